@@ -1,0 +1,77 @@
+"""Hyper-parameters as small frozen dataclasses, checked on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+Solver = Literal["cg", "cholesky"]
+DType = Literal["float32", "bfloat16"]
+
+
+@dataclasses.dataclass(frozen=True)
+class HParams:
+    """What the iALS objective and its solver need.
+
+    Attributes:
+      dim: embedding dimension d.
+      reg: lambda, the regularisation weight.
+      unobserved_weight: alpha0, the weight of the all-pairs push towards 0 (through the Gramian).
+      nu: frequency-scaling exponent; lambda_u = reg * (|I_u| + alpha0 * n_other) ** nu.
+        0 gives plain ALS regularisation, 1 the scaling of Rendle et al. (2021).
+      solver: 'cg' (warm-started conjugate gradient, ``cg_steps`` steps) or 'cholesky' (exact).
+      cg_steps: CG iterations per row and half-epoch.
+      dtype: table storage dtype; the normal equations are always float32.
+      init_scale: sigma; tables start as N(0, sigma / sqrt(dim)).
+    """
+
+    dim: int = 128
+    reg: float = 0.003
+    unobserved_weight: float = 0.03
+    nu: float = 1.0
+    solver: Solver = "cg"
+    cg_steps: int = 3
+    dtype: DType = "float32"
+    init_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.dim < 1:
+            raise ValueError(f"dim must be >= 1, got {self.dim}")
+        if self.reg < 0 or self.unobserved_weight < 0 or self.nu < 0:
+            raise ValueError(
+                f"reg, unobserved_weight and nu must be >= 0, got {self.reg}, {self.unobserved_weight}, {self.nu}")
+        if self.solver not in ("cg", "cholesky"):
+            raise ValueError(f"solver must be 'cg' or 'cholesky', got {self.solver!r}")
+        if self.cg_steps < 1:
+            raise ValueError(f"cg_steps must be >= 1, got {self.cg_steps}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.init_scale <= 0:
+            raise ValueError(f"init_scale must be > 0, got {self.init_scale}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Packing:
+    """How sparse rows become fixed-shape blocks.
+
+    Attributes:
+      batch_entries: target padded entries per block (rows x width); sized so that the
+        gathered block (batch_entries x dim floats) stays near the L2 cache.
+      min_width: narrowest block width.
+      max_width: rows longer than this are "long": their normal equations are summed
+        over sub-rows of this width (any length works, no "row too long" error).
+      growth: ratio between consecutive block widths (padding waste <= 1 - 1/growth).
+      max_dense_bytes: memory bound for per-row d x d matrices held at once.
+    """
+
+    batch_entries: int = 0  # 0 = chosen from dim
+    min_width: int = 8
+    max_width: int = 1024
+    growth: float = 2.0
+    max_dense_bytes: int = 64 << 20
+
+    def entries_for(self, dim: int) -> int:
+        if self.batch_entries:
+            return self.batch_entries
+        # ~2 MiB of gathered float32 rows per block, at least one widest row.
+        return max(self.max_width, (2 << 20) // (4 * dim))

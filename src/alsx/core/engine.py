@@ -1,0 +1,99 @@
+"""Training engines: own the packed data on device and run epochs.
+
+An engine turns (row CSR, column CSR, hyper-parameters) into device arrays once,
+then ``epoch`` maps an :class:`ALSState` to the next one.  ``LocalEngine`` runs on
+one device; the sharded engine (``alsx.core.sharding``) offers the same methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alsx.config import HParams, Packing
+from alsx.core.objective import Loss, regularisation_term, row_regularisation, unobserved_term
+from alsx.core.state import ALSState, init_state
+from alsx.core.step import half_step, observed_loss
+from alsx.data.matrix import CSR
+from alsx.data.packing import PackedSide, pack
+
+
+class Engine(Protocol):
+    hp: HParams
+
+    def init_state(self, seed: int) -> ALSState: ...
+
+    def epoch(self, state: ALSState) -> ALSState: ...
+
+    def loss(self, state: ALSState) -> Loss: ...
+
+    def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclasses.dataclass
+class PackStats:
+    """What packing cost: fill ratios and seconds, for logs and benchmarks."""
+
+    row_fill: float
+    col_fill: float
+    seconds: float
+
+
+class LocalEngine:
+    """iALS on the default device.
+
+    Args:
+      rows: CSR of the training matrix (rows of W against columns of H).
+      cols: CSR of its transpose.
+      hp: hyper-parameters.
+      packing: block layout.
+      tied: one table for rows and columns (square matrices only).
+    """
+
+    def __init__(self, rows: CSR, cols: CSR, hp: HParams, packing: Packing = Packing(), tied: bool = False):
+        if tied and rows.n_rows != rows.n_cols:
+            raise ValueError(f"tied embeddings need a square matrix, got {rows.n_rows} x {rows.n_cols}")
+        t = time.perf_counter()
+        dense = hp.solver == "cholesky"
+        self.hp = hp
+        self.tied = tied
+        self.n_rows, self.n_cols = rows.n_rows, rows.n_cols
+        row_side: PackedSide = pack(rows, hp.dim, packing, dense_rows=dense)
+        col_side: PackedSide = pack(cols, hp.dim, packing, dense_rows=dense)
+        self.stats = PackStats(row_side.fill_ratio, col_side.fill_ratio, time.perf_counter() - t)
+        self._rows = jax.device_put(row_side.arrays())
+        self._cols = jax.device_put(col_side.arrays())
+
+    def init_state(self, seed: int) -> ALSState:
+        hp = self.hp
+        return init_state(seed, self.n_rows, self.n_cols, hp.dim, hp.init_scale, hp.dtype, self.tied)
+
+    def _half(self, w, h, side):
+        hp = self.hp
+        return half_step(w, h, side, hp.reg, hp.unobserved_weight, hp.nu, solver=hp.solver, cg_steps=hp.cg_steps)
+
+    def epoch(self, state: ALSState) -> ALSState:
+        w = self._half(state.w, state.h, self._rows)
+        h = w if self.tied else state.h
+        h = self._half(h, w, self._cols)
+        if self.tied:
+            w = h
+        return ALSState(w=w, h=h, epoch=state.epoch + 1, tied=self.tied)
+
+    def loss(self, state: ALSState) -> Loss:
+        hp = self.hp
+        lam_w = row_regularisation(self._rows["counts"], self.n_cols, hp.reg, hp.unobserved_weight, hp.nu)
+        lam_h = row_regularisation(self._cols["counts"], self.n_rows, hp.reg, hp.unobserved_weight, hp.nu)
+        obs = observed_loss(state.w, state.h, self._rows)
+        unobs = unobserved_term(state.w, state.h, hp.unobserved_weight)
+        reg = regularisation_term(state.w, lam_w) + regularisation_term(state.h, lam_h)
+        return Loss(float(obs), float(unobs), float(reg))
+
+    def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]:
+        w = np.asarray(state.w.astype(jnp.float32))
+        return w, (w if self.tied else np.asarray(state.h.astype(jnp.float32)))

@@ -1,0 +1,42 @@
+"""Table initialisation and the training state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def storage_dtype(name: str):
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def init_table(key: jax.Array, n: int, dim: int, scale: float, dtype: str = "float32") -> jax.Array:
+    """[n, dim] N(0, (scale / sqrt(dim))^2) entries, stored in ``dtype``."""
+    t = jax.random.normal(key, (n, dim), jnp.float32) * (scale / np.sqrt(dim))
+    return t.astype(storage_dtype(dtype))
+
+
+@dataclasses.dataclass
+class ALSState:
+    """The learned tables and how far training got.
+
+    Attributes:
+      w: [n_rows, d] row embeddings; for tied models the one shared table.
+      h: [n_cols, d] column embeddings; ``h is w`` when tied.
+      epoch: completed epochs.
+    """
+
+    w: jax.Array
+    h: jax.Array
+    epoch: int = 0
+    tied: bool = False
+
+
+def init_state(seed: int, n_rows: int, n_cols: int, dim: int, scale: float, dtype: str, tied: bool) -> ALSState:
+    kw, kh = jax.random.split(jax.random.PRNGKey(seed))
+    w = init_table(kw, n_rows, dim, scale, dtype)
+    h = w if tied else init_table(kh, n_cols, dim, scale, dtype)
+    return ALSState(w=w, h=h, epoch=0, tied=tied)

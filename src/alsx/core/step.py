@@ -1,0 +1,141 @@
+"""The half-epoch: gather -> normal equations -> solve -> scatter.
+
+``half_step`` updates every row of one table against the fixed other table; an
+epoch is two half-steps with the roles swapped (or, for tied embeddings, two
+half-steps of one table, first by its out-links then by its in-links).
+
+Everything here is a pure function of (tables, packed arrays, hyper-parameters),
+jit-compiled once per packed shape.  The column gather is a parameter so the
+sharded engine can replace a local ``take`` with its exchange.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from alsx.core import normal_eq as ne
+from alsx.core import solvers
+from alsx.core.objective import row_regularisation
+
+Gather = Callable[[jax.Array, jax.Array], jax.Array]
+SideArrays = dict[str, Any]  # PackedSide.arrays() on device
+
+
+def take_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
+    """[..., d] float32 rows of ``table`` at ``ids`` (the single-device gather)."""
+    return jnp.take(table, ids, axis=0).astype(jnp.float32)
+
+
+def solve_rows(hg, conf, x0, reg, gram, alpha0, solver, cg_steps):
+    """Solves the normal equations of S independent rows from their gathered block."""
+    b = ne.block_rhs(hg, conf)
+    if solver == "cholesky":
+        a = ne.shared_lhs(ne.block_lhs(hg, conf), gram, alpha0, reg)
+        return solvers.cholesky(a, b)
+
+    def matvec(x):
+        return ne.add_shared(ne.block_matvec(hg, conf, x), x, gram, alpha0, reg)
+
+    return solvers.conjugate_gradient(matvec, b, x0, cg_steps)
+
+
+def solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, gather):
+    """[n_batches, S, d] solutions for one width bucket, one batch at a time (bounded memory)."""
+    cols, conf, rows = block
+
+    def body(_, batch):
+        c, cf, r = batch
+        hg = gather(h, c)
+        x0 = w.at[r].get(mode="fill", fill_value=0).astype(jnp.float32)
+        reg = lam.at[r].get(mode="fill", fill_value=1.0)
+        return None, solve_rows(hg, cf, x0, reg, gram, alpha0, solver, cg_steps)
+
+    _, x = jax.lax.scan(body, None, (cols, conf, rows))
+    return x
+
+
+def solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather):
+    """[n_long, d] solutions for rows split into sub-rows; each pass over A sums all chunks."""
+    cols, conf, seg, rows = long
+    n_long = rows.shape[0]
+    d = h.shape[1]
+
+    def chunk_sum(fn, shape):
+        def body(acc, chunk):
+            c, cf, sg = chunk
+            return acc + jax.ops.segment_sum(fn(gather(h, c), cf, sg), sg, n_long), None
+
+        acc, _ = jax.lax.scan(body, jnp.zeros(shape, jnp.float32), (cols, conf, seg))
+        return acc
+
+    reg = lam[rows]
+    x0 = w[rows].astype(jnp.float32)
+    b = chunk_sum(lambda hg, cf, sg: ne.block_rhs(hg, cf), (n_long, d))
+    if solver == "cholesky":
+        a = chunk_sum(lambda hg, cf, sg: ne.block_lhs(hg, cf), (n_long, d, d))
+        return solvers.cholesky(ne.shared_lhs(a, gram, alpha0, reg), b)
+
+    def matvec(x):
+        ax = chunk_sum(lambda hg, cf, sg: ne.block_matvec(hg, cf, x[sg]), (n_long, d))
+        return ne.add_shared(ax, x, gram, alpha0, reg)
+
+    return solvers.conjugate_gradient(matvec, b, x0, cg_steps)
+
+
+@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather"))
+def half_step(
+    w: jax.Array,
+    h: jax.Array,
+    side: SideArrays,
+    reg: float,
+    alpha0: float,
+    nu: float,
+    *,
+    solver: str = "cg",
+    cg_steps: int = 3,
+    gather: Gather = take_rows,
+) -> jax.Array:
+    """Re-solves every row of ``w`` [n_rows, d] against the fixed ``h`` [n_cols, d].
+
+    Rows with no entries get the exact optimum 0.  Returns a new table of ``w``'s dtype.
+    """
+    n_rows, d = w.shape
+    gram = ne.gramian(h)
+    lam = row_regularisation(side["counts"], h.shape[0], reg, alpha0, nu)
+    out = jnp.zeros_like(w)
+    for block in side["blocks"]:
+        x = solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, gather)
+        out = out.at[block[2].reshape(-1)].set(x.reshape(-1, d).astype(w.dtype), mode="drop")
+    if side["long"] is not None:
+        x = solve_long(w, h, gram, side["long"], lam, alpha0, solver, cg_steps, gather)
+        out = out.at[side["long"][3]].set(x.astype(w.dtype))
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("gather",))
+def observed_loss(w: jax.Array, h: jax.Array, side: SideArrays, gather: Gather = take_rows) -> jax.Array:
+    """sum over stored entries of c_ui (<w_u, h_i> - 1)^2 (padding has c = 0)."""
+    total = jnp.zeros((), jnp.float32)
+    for cols, conf, rows in side["blocks"]:
+        def body(acc, batch):
+            c, cf, r = batch
+            x = w.at[r].get(mode="fill", fill_value=0).astype(jnp.float32)
+            s = ne.block_scores(gather(h, c), x)
+            return acc + jnp.sum(cf * (s - 1.0) ** 2), None
+
+        total, _ = jax.lax.scan(body, total, (cols, conf, rows))
+    if side["long"] is not None:
+        cols, conf, seg, rows = side["long"]
+        wl = w[rows].astype(jnp.float32)
+
+        def body(acc, chunk):
+            c, cf, sg = chunk
+            s = ne.block_scores(gather(h, c), wl[sg])
+            return acc + jnp.sum(cf * (s - 1.0) ** 2), None
+
+        total, _ = jax.lax.scan(body, total, (cols, conf, seg))
+    return total

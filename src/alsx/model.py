@@ -1,0 +1,248 @@
+"""The ALS estimator: hyper-parameters in the constructor, ``fit`` learns.
+
+>>> model = ALS(dim=64, epochs=10).fit(interactions)          # doctest: +SKIP
+>>> ids, scores = model.recommend([0, 1], k=10)                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from alsx.config import HParams, Packing
+from alsx.data.matrix import CSR, Interactions
+from alsx.data.split import Split
+
+FORMAT_VERSION = 1
+
+
+def as_interactions(x: Any) -> Interactions:
+    """Accepts Interactions, scipy.sparse matrices and pandas DataFrames (via ingest)."""
+    if isinstance(x, Interactions):
+        return x
+    from alsx.data.ingest import load_interactions
+
+    data, _ = load_interactions(x)
+    return data
+
+
+def _check_finite(table: np.ndarray, name: str, epoch: int) -> None:
+    if not np.all(np.isfinite(table)):
+        bad = int(np.count_nonzero(~np.isfinite(table)))
+        raise FloatingPointError(
+            f"training diverged at epoch {epoch}: {bad} non-finite values in the {name} table "
+            "(try a larger --reg or a smaller --unobserved-weight)")
+
+
+class ALS:
+    """Implicit alternating least squares (iALS, Hu et al. 2008; Rendle et al. 2021).
+
+    Args:
+      dim: embedding dimension.
+      reg: lambda; each row is regularised by reg * (|I_u| + unobserved_weight * n_cols) ** nu.
+      unobserved_weight: alpha0, weight of the push of all pairs towards 0.
+      nu: frequency-scaling exponent of the regulariser (0: plain, 1: Rendle et al.).
+      solver: 'cg' or 'cholesky'.
+      cg_steps: CG iterations per half-epoch.
+      epochs: full epochs (rows, then columns).
+      dtype: table storage, 'float32' or 'bfloat16' (normal equations stay float32).
+      alpha: if set, confidences are 1 + alpha * value (Hu et al.); else every entry weighs 1.
+      tied: one table for rows and columns (square graphs).
+      init_scale: tables start as N(0, init_scale / sqrt(dim)).
+      seed: seeds the initial tables.
+      packing: block layout of the sparse rows.
+      engine_factory: builds the training engine (default: one device; see
+        ``alsx.core.sharding`` for many devices).
+      progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        dim: int = 128,
+        reg: float = 0.003,
+        unobserved_weight: float = 0.03,
+        nu: float = 1.0,
+        solver: str = "cg",
+        cg_steps: int = 3,
+        epochs: int = 16,
+        dtype: str = "float32",
+        alpha: float | None = None,
+        tied: bool = False,
+        init_scale: float = 0.1,
+        seed: int = 0,
+        packing: Packing = Packing(),
+        engine_factory: Callable | None = None,
+        progress: bool = True,
+    ):
+        self.hparams = HParams(dim=dim, reg=reg, unobserved_weight=unobserved_weight, nu=nu, solver=solver,
+                               cg_steps=cg_steps, dtype=dtype, init_scale=init_scale)
+        if epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {epochs}")
+        self.epochs = epochs
+        self.alpha = alpha
+        self.tied = tied
+        self.seed = seed
+        self.packing = packing
+        self.engine_factory = engine_factory
+        self.progress = progress
+        self.row_embeddings_: np.ndarray | None = None
+        self.col_embeddings_: np.ndarray | None = None
+        self.history_: list[dict] = []
+        self.train_: CSR | None = None
+        self.row_vocab_ = None
+        self.col_vocab_ = None
+
+    # ------------------------------------------------------------------ training
+    def _engine(self, train: Interactions):
+        rows, cols = train.csr(self.alpha), train.csc(self.alpha)
+        if self.engine_factory is not None:
+            return self.engine_factory(rows, cols, self.hparams, self.packing, self.tied), rows
+        from alsx.core.engine import LocalEngine
+
+        return LocalEngine(rows, cols, self.hparams, self.packing, self.tied), rows
+
+    def fit(
+        self,
+        x: Any,
+        *,
+        split: Split | None = None,
+        eval_every: int = 0,
+        eval_ks: tuple[int, ...] = (20, 50),
+        callback: Callable[[dict, Any], None] | None = None,
+        state: Any = None,
+    ) -> "ALS":
+        """Learns both tables.
+
+        Args:
+          x: training interactions (Interactions, scipy.sparse or DataFrame); with
+            ``split``, pass ``split.train``.
+          split: enables evaluation every ``eval_every`` epochs (and after the last).
+          callback: called after each epoch with (history record, engine state), e.g.
+            for checkpoints.
+          state: resume from this engine state instead of a fresh initialisation.
+        """
+        from alsx.eval.protocol import evaluate
+
+        train = as_interactions(x)
+        engine, rows_csr = self._engine(train)
+        self.train_ = rows_csr
+        self.row_vocab_, self.col_vocab_ = train.row_vocab, train.col_vocab
+        self.shape_ = train.shape
+        self.pack_stats_ = getattr(engine, "stats", None)
+        st = engine.init_state(self.seed) if state is None else state
+        bar = tqdm(range(st.epoch, self.epochs), desc="alsx", unit="epoch", disable=not self.progress,
+                   initial=st.epoch, total=self.epochs)
+        for _ in bar:
+            t0 = time.perf_counter()
+            st = engine.epoch(st)
+            jax_block(st)
+            seconds = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            loss = engine.loss(st)
+            record: dict[str, Any] = {"epoch": st.epoch, "seconds": seconds, "loss": loss.to_dict(),
+                                      "loss_seconds": time.perf_counter() - t1}
+            if not math.isfinite(loss.total):
+                w, h = engine.to_numpy(st)
+                _check_finite(w, "row", st.epoch)
+                _check_finite(h, "column", st.epoch)
+                raise FloatingPointError(f"training diverged at epoch {st.epoch}: loss is {loss.total}")
+            if split is not None and eval_every and (st.epoch % eval_every == 0 or st.epoch == self.epochs):
+                w, h = engine.to_numpy(st)
+                record["metrics"] = evaluate(w, h, split, self.hparams, eval_ks, self.alpha, baseline=False)["model"]
+            self.history_.append(record)
+            bar.set_postfix(loss=f"{loss.total:.5g}", s=f"{seconds:.2f}")
+            if callback is not None:
+                callback(record, st)
+        self.state_ = st
+        self.row_embeddings_, self.col_embeddings_ = engine.to_numpy(st)
+        return self
+
+    # ------------------------------------------------------------------ serving
+    def _require_fit(self) -> None:
+        if self.row_embeddings_ is None:
+            raise RuntimeError("the model is not fitted: call fit() or ALS.load() first")
+
+    def recommend(self, rows: Any, k: int = 10, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k columns for each of ``rows`` (dense indices), seen columns excluded.
+
+        Returns:
+          ids: int32 [n, k] column indices (-1 where fewer than k remain); scores: float32 [n, k].
+        """
+        from alsx.serve.topk import topk_scores
+
+        self._require_fit()
+        rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        if rows.size and (rows.min() < 0 or rows.max() >= self.row_embeddings_.shape[0]):
+            raise IndexError(f"row index out of range [0, {self.row_embeddings_.shape[0]}): {rows}")
+        exclude = self.train_ if exclude_seen else None
+        scores, ids = topk_scores(self.row_embeddings_[rows], self.col_embeddings_, k, exclude=exclude,
+                                  exclude_ids=rows if exclude is not None else None)
+        return ids, scores
+
+    def similar_items(self, items: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The k most cosine-similar columns to each of ``items`` (itself excluded)."""
+        from alsx.serve.topk import similar
+
+        self._require_fit()
+        scores, ids = similar(self.col_embeddings_, np.atleast_1d(np.asarray(items)), k)
+        return ids, scores
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict:
+        return {"format_version": FORMAT_VERSION, "hparams": dataclasses.asdict(self.hparams),
+                "epochs": self.epochs, "alpha": self.alpha, "tied": self.tied, "seed": self.seed,
+                "packing": dataclasses.asdict(self.packing),
+                "shape": list(getattr(self, "shape_", (0, 0)))}
+
+    def save(self, path: str | Path) -> Path:
+        """Writes npy tables, json config/history, npz vocabularies and training rows (never pickle)."""
+        self._require_fit()
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "row_embeddings.npy", self.row_embeddings_.astype(np.float32))
+        np.save(out / "col_embeddings.npy", self.col_embeddings_.astype(np.float32))
+        (out / "config.json").write_text(json.dumps(self.config(), indent=2))
+        (out / "history.json").write_text(json.dumps(self.history_, indent=2))
+        np.savez(out / "train.npz", indptr=self.train_.indptr, indices=self.train_.indices,
+                 values=self.train_.values, n_cols=np.int64(self.train_.n_cols))
+        for name, vocab in (("row_vocab.npz", self.row_vocab_), ("col_vocab.npz", self.col_vocab_)):
+            if vocab is not None:
+                vocab.save(out / name)
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ALS":
+        src = Path(path)
+        cfg = json.loads((src / "config.json").read_text())
+        if cfg.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{src / 'config.json'}: unsupported format_version {cfg.get('format_version')!r}")
+        hp = cfg["hparams"]
+        model = cls(**hp, epochs=cfg["epochs"], alpha=cfg["alpha"], tied=cfg["tied"], seed=cfg["seed"],
+                    packing=Packing(**cfg["packing"]), progress=False)
+        model.row_embeddings_ = np.load(src / "row_embeddings.npy", allow_pickle=False)
+        model.col_embeddings_ = np.load(src / "col_embeddings.npy", allow_pickle=False)
+        model.shape_ = tuple(cfg["shape"])
+        hist = src / "history.json"
+        model.history_ = json.loads(hist.read_text()) if hist.exists() else []
+        with np.load(src / "train.npz", allow_pickle=False) as z:
+            model.train_ = CSR(z["indptr"], z["indices"], z["values"], int(z["n_cols"]))
+        from alsx.data.vocab import Vocab
+
+        for attr, name in (("row_vocab_", "row_vocab.npz"), ("col_vocab_", "col_vocab.npz")):
+            if (src / name).exists():
+                setattr(model, attr, Vocab.load(src / name))
+        return model
+
+
+def jax_block(state: Any) -> None:
+    """Waits for the state's arrays so epoch timings measure the work, not the dispatch."""
+    import jax
+
+    jax.block_until_ready((state.w, state.h))
