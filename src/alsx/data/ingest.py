@@ -4,9 +4,10 @@ One entry point, :func:`load_interactions`, reads
 
 * ``.npz`` (keys ``rows``, ``cols``, optional ``values``, ``shape``, ``timestamps``,
   ``is_test``, ``row_ids``, ``col_ids``; see /work/shared/data/README.md),
-* CSV / TSV (``.csv``, ``.tsv``, ``.txt`` with a comma), optionally compressed (``.gz``, ``.bz2``),
-* whitespace edge lists (``.edges``, ``.el``, ``.txt``; ``#`` and ``%`` comment lines;
-  ``src dst [weight]``), optionally compressed,
+* CSV / TSV (``.csv``, ``.tsv``; ``.txt`` whose first data line has a comma),
+  optionally compressed (``.gz``, ``.bz2``); no comment lines,
+* whitespace edge lists (``.edges``, ``.el``, other ``.txt``; runs of spaces / tabs;
+  ``#`` and ``%`` comment lines; ``src dst [weight]``), optionally compressed,
 * Parquet, a pandas ``DataFrame``, a scipy sparse matrix, or a dict / tuple of arrays,
 
 validates every entry and returns the matrix with a one-line :class:`IngestSummary`.
@@ -109,7 +110,7 @@ class _Raw:
     source: str
     rows: IdColumn
     cols: IdColumn
-    values: np.ndarray | None  # float64 [n], or None for binary input
+    values: np.ndarray | None  # float64 or float32 [n], or None for binary input
     timestamps: np.ndarray | None  # int64 [n]
     is_test: np.ndarray | None  # bool [n]
     labels: dict[str, str]  # role -> how to name its column in messages
@@ -269,7 +270,7 @@ def _np_ids(arr: np.ndarray, label: str, source: str, locate: Location) -> IdCol
         bad[~bad] = arr[~bad] != np.floor(arr[~bad])
         if bad.any():
             i = _first(bad)
-            raise _fail(source, locate([i])[0], f"non-integer id {arr[i]!r} in {label} (dtype {arr.dtype})")
+            raise _fail(source, locate([i])[0], f"non-integer id {arr[i].item()!r} in {label} (dtype {arr.dtype})")
         arr = arr.astype(np.int64)
     elif kind == "O":
         try:
@@ -319,6 +320,8 @@ def _np_values(arr: np.ndarray, label: str, source: str) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.ndim != 1 or arr.dtype.kind not in "iufb":
         raise _fail(source, None, f"{label} must be a 1-D numeric array, got dtype {arr.dtype}, shape {arr.shape}")
+    if arr.dtype == np.float32:
+        return arr  # already the output dtype: no float64 copy of a large column
     return arr.astype(np.float64, copy=False)
 
 
@@ -333,7 +336,7 @@ def _np_timestamps(arr: np.ndarray, label: str, source: str, locate: Location) -
         bad[~bad] = arr[~bad] != np.floor(arr[~bad])
         if bad.any():
             i = _first(bad)
-            raise _fail(source, locate([i])[0], f"non-integer timestamp {arr[i]!r} in {label}")
+            raise _fail(source, locate([i])[0], f"non-integer timestamp {arr[i].item()!r} in {label}")
     return arr.astype(np.int64, copy=False)
 
 
@@ -345,7 +348,7 @@ def _np_bool(arr: np.ndarray, label: str, source: str, locate: Location) -> np.n
         bad = (arr != 0) & (arr != 1)
         if bad.any():
             i = _first(bad)
-            raise _fail(source, locate([i])[0], f"{label} must be 0/1 or bool, got {arr[i]!r}")
+            raise _fail(source, locate([i])[0], f"{label} must be 0/1 or bool, got {arr[i].item()!r}")
         return arr.astype(bool)
     raise _fail(source, None, f"{label} must be bool, got dtype {arr.dtype}")
 
@@ -1006,14 +1009,15 @@ def _finish(raw: _Raw, *, shape, ids, square, duplicates, allow_negative, keep_z
         bad = ~np.isfinite(values)
         if bad.any():
             i = _first(bad)
-            raise _fail(src, raw.locate([i])[0], f"value {values[i]!r} in {raw.labels['value']} is not finite")
+            raise _fail(src, raw.locate([i])[0], f"value {values[i].item()!r} in {raw.labels['value']} is not finite")
         if not allow_negative and (values < 0).any():
             i = _first(values < 0)
-            raise _fail(src, raw.locate([i])[0], f"negative value {values[i]!r} in {raw.labels['value']} (pass allow_negative=True to accept)")
-        v32 = values.astype(np.float32)
+            raise _fail(src, raw.locate([i])[0], f"negative value {values[i].item()!r} in {raw.labels['value']} (pass allow_negative=True to accept)")
+        with np.errstate(over="ignore"):  # overflow is reported below with its line
+            v32 = values.astype(np.float32, copy=False)
         if not np.isfinite(v32).all():
             i = _first(~np.isfinite(v32))
-            raise _fail(src, raw.locate([i])[0], f"value {values[i]!r} in {raw.labels['value']} overflows float32")
+            raise _fail(src, raw.locate([i])[0], f"value {values[i].item()!r} in {raw.labels['value']} overflows float32")
         values = v32
         if not keep_zeros:
             nz = values != 0
@@ -1103,7 +1107,8 @@ def _sort_dedupe(rows, cols, n_cols, values, ts, test, duplicates, where, pair_n
             key = key[np.concatenate(([True], ~dup))]
         del dup
         rows_out = (key // n_cols).astype(np.int32)
-        cols_out = (key - rows_out.astype(np.int64) * n_cols).astype(np.int32)
+        np.remainder(key, n_cols, out=key)  # in place: one int64 array alive, not three
+        cols_out = key.astype(np.int32)
         return rows_out, cols_out, None, None, None, merged
 
     order = np.argsort(key, kind="stable")  # stable: 'first' keeps the earliest line

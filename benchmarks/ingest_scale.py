@@ -1,0 +1,175 @@
+"""Ingest at scale: wall time and peak memory of load_interactions on 100M entries.
+
+Generates, in a temporary directory,
+
+* ``edges.npz``: 100M random (row, col) int32 pairs, shape 10M x 2M (binary);
+* ``weighted.npz``: the same pairs plus float32 values (the argsort + merge path);
+* ``edges.txt``: the first 20M pairs as a whitespace edge list (text parser path),
+
+ingests each in a fresh child process (so one case's memory does not leak into
+the next) and records wall time and the child's peak RSS (``ru_maxrss``). The
+``## Ingest`` section of benchmarks/RESULTS.md is replaced with the results.
+
+Usage:
+  python benchmarks/ingest_scale.py                       # full run (about 20 GiB free RAM)
+  python benchmarks/ingest_scale.py --nnz 1000000 --text-lines 200000 --no-write   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+
+
+def child(path: str) -> None:
+    """Runs in a fresh interpreter: ingest ``path`` and print one JSON line."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from alsx.data.ingest import load_interactions
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: interpreter + imports
+    t0 = time.perf_counter()
+    inter, summary = load_interactions(path)
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {
+        "wall_s": wall,
+        "peak_rss_gib": peak / 2**20,
+        "import_rss_gib": base / 2**20,
+        "result_gib": (inter.rows.nbytes + inter.cols.nbytes + inter.values.nbytes) / 2**30,
+        "summary": summary.to_dict(),
+    }
+    print(json.dumps(out))
+
+
+def generate(tmp: Path, nnz: int, n_rows: int, n_cols: int, text_lines: int, seed: int) -> dict[str, Path]:
+    """Writes the inputs; returns case name -> path."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, n_rows, nnz, dtype=np.int32)
+    cols = rng.integers(0, n_cols, nnz, dtype=np.int32)
+    shape = np.array([n_rows, n_cols], dtype=np.int64)
+    paths = {"npz binary": tmp / "edges.npz", "npz valued": tmp / "weighted.npz"}
+    np.savez(paths["npz binary"], rows=rows, cols=cols, shape=shape)
+    values = rng.integers(1, 6, nnz).astype(np.float32)
+    np.savez(paths["npz valued"], rows=rows, cols=cols, values=values, shape=shape)
+    del values
+    if text_lines:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        paths["edge list text"] = tmp / "edges.txt"
+        with open(paths["edge list text"], "wb") as f:
+            f.write(b"# random edge list: src dst\n")
+            table = pa.table({"src": rows[:text_lines], "dst": cols[:text_lines]})
+            pacsv.write_csv(table, f, write_options=pacsv.WriteOptions(include_header=False, delimiter=" ", quoting_style="none"))
+    return paths
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        m = re.search(r"^Model name:\s*(.+)$", out, re.M)
+        model = m.group(1).strip() if m else model
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    mem = "?"
+    try:
+        kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem = f"{kib / 2**20:.1f} GiB"
+    except (OSError, AttributeError):
+        pass
+    return f"{model}, {os.cpu_count()} logical cores, {mem} RAM, Python {platform.python_version()}, NumPy {np.__version__}"
+
+
+def write_section(text: str) -> None:
+    """Replaces (or appends) the ``## Ingest`` section, leaving other sections untouched."""
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(r"^## Ingest\n.*?(?=^## |\Z)", re.M | re.S)
+    if pattern.search(old):
+        new = pattern.sub(lambda _: text, old, count=1)
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    RESULTS.write_text(new)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nnz", type=int, default=100_000_000)
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--cols", type=int, default=2_000_000)
+    ap.add_argument("--text-lines", type=int, default=20_000_000, help="0 to skip the text edge list")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tmp", default=None, help="directory for the generated files (default: a new temp dir)")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child)
+        return
+
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + sys.argv[1:])
+    results = []
+    with tempfile.TemporaryDirectory(dir=args.tmp, prefix="alsx_ingest_") as tmp:
+        t0 = time.perf_counter()
+        paths = generate(Path(tmp), args.nnz, args.rows, args.cols, args.text_lines, args.seed)
+        print(f"generated inputs in {time.perf_counter() - t0:.1f} s", flush=True)
+        for case, path in paths.items():
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(path)], capture_output=True, text=True, cwd=ROOT
+            )
+            if proc.returncode:
+                raise SystemExit(f"{case} failed:\n{proc.stderr}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r.update(case=case, size_gib=path.stat().st_size / 2**30)
+            results.append(r)
+            s = r["summary"]
+            print(
+                f"{case}: {s['rows_read']:,} read, {s['kept']:,} kept in {r['wall_s']:.1f} s, "
+                f"peak RSS {r['peak_rss_gib']:.2f} GiB",
+                flush=True,
+            )
+
+    lines = [
+        "## Ingest",
+        "",
+        f"`load_interactions` on generated random data ({time.strftime('%Y-%m-%d')}).",
+        "",
+        f"- Command: `{command}`",
+        f"- Machine: {machine()}",
+        f"- Matrix: {args.rows:,} x {args.cols:,}, uniform random int32 pairs (seed {args.seed}).",
+        "- Each case runs in a fresh child process; wall time covers `load_interactions` only",
+        "  (reading, validation, sort, de-duplication); peak RSS is the child's `ru_maxrss`,",
+        "  including about {:.2f} GiB for the interpreter and imports.".format(results[0]["import_rss_gib"]),
+        "",
+        "| input | file GiB | entries read | kept | duplicates merged | wall s | peak RSS GiB | result GiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        s = r["summary"]
+        lines.append(
+            f"| {r['case']} | {r['size_gib']:.2f} | {s['rows_read']:,} | {s['kept']:,} | {s['merged_duplicates']:,} "
+            f"| {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} | {r['result_gib']:.2f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    main()
