@@ -1,0 +1,310 @@
+"""Orbax checkpoints of the training state that any mesh can resume.
+
+Layout of a checkpoint directory (one Orbax ``CheckpointManager``)::
+
+    <dir>/<epoch>/tables/   w [n_rows', d] (and h [n_cols', d] unless tied), EXTERNAL row order;
+                            n' rounds n up to a multiple of the saving run's device count
+                            (zero rows: shardings must divide evenly)
+    <dir>/<epoch>/meta/     JSON: epoch, shapes, dtype, tied, exact checksums of the tables
+
+Tables are stored un-permuted and sharded by rows, so a run with another device
+or process count restores them by passing target ``ShapeDtypeStruct``s that
+carry *its* sharding (and its own row padding: Orbax pads or truncates the zero
+tail with ``strict=False``), then permutes them into its own layout.  Nothing is
+pickled.
+
+Atomicity is Orbax's: a step is written under a temporary name and renamed
+when complete, so a run killed mid-save leaves no step that looks finished.  A
+finished step that fails to read back, or whose checksum disagrees with the
+one recorded at save time, is reported (``logging.warning`` and
+:attr:`Restored.skipped`) and the previous good step is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from alsx.core.sharding import SHARD, make_mesh, table_sharding
+from alsx.core.state import ALSState
+from alsx.distributed import Watchdog, fail_fast
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used with this model (wrong shapes, no usable step)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointOptions:
+    """When and where to checkpoint.
+
+    Attributes:
+      directory: checkpoint root (created if missing).
+      every_epochs: save after every K-th epoch (0 = never by count).
+      every_minutes: also save when this many minutes have passed since the last save
+        (None = never by time).
+      max_to_keep: newest finished checkpoints kept (older ones deleted), >= 2 so a
+        corrupted newest one still has a fallback.
+    """
+
+    directory: str
+    every_epochs: int = 1
+    every_minutes: float | None = None
+    max_to_keep: int = 3
+
+    def __post_init__(self) -> None:
+        if self.every_epochs < 0:
+            raise ValueError(f"every_epochs must be >= 0, got {self.every_epochs}")
+        if self.every_minutes is not None and self.every_minutes <= 0:
+            raise ValueError(f"every_minutes must be > 0 or None, got {self.every_minutes}")
+        if self.max_to_keep < 2:
+            raise ValueError(f"max_to_keep must be >= 2 (a fallback for a corrupted newest step), "
+                             f"got {self.max_to_keep}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What :meth:`Checkpointer.restore` found.
+
+    Attributes:
+      state: the restored state, in the engine's layout.
+      epoch: the checkpoint's epoch.
+      skipped: (epoch, reason) of newer checkpoints that were unreadable or corrupted.
+    """
+
+    state: ALSState
+    epoch: int
+    skipped: tuple[tuple[int, str], ...]
+
+
+@jax.jit
+def table_checksum(table: jax.Array) -> jax.Array:
+    """uint32 sum over elements of bits(x) * (flat index + 1), mod 2**32.
+
+    Integer addition modulo 2**32 is associative, so the value is exact and the same
+    for any sharding or reduction order; it changes if any element changes or moves.
+    """
+    if table.dtype == jnp.float32:
+        bits = jax.lax.bitcast_convert_type(table, jnp.uint32)
+    else:  # 16-bit floats
+        bits = jax.lax.bitcast_convert_type(table, jnp.uint16).astype(jnp.uint32)
+    n, d = table.shape
+    index = (jnp.arange(n, dtype=jnp.uint32)[:, None] * jnp.uint32(d)
+             + jnp.arange(d, dtype=jnp.uint32)[None, :] + jnp.uint32(1))
+    return jnp.sum(bits * index, dtype=jnp.uint32)
+
+
+def _engine_mesh(engine: Any):
+    """The engine's mesh; a one-device mesh for ``LocalEngine``."""
+    mesh = getattr(engine, "mesh", None)
+    return mesh if mesh is not None else make_mesh(jax.devices()[:1])
+
+
+def _to_external(engine: Any, state: ALSState) -> tuple[jax.Array, jax.Array]:
+    if hasattr(engine, "to_external"):
+        return engine.to_external(state)
+    sharding = table_sharding(_engine_mesh(engine))  # LocalEngine: tables are already external
+    return jax.device_put(state.w, sharding), jax.device_put(state.h, sharding)
+
+
+def _from_external(engine: Any, w: jax.Array, h: jax.Array, epoch: int) -> ALSState:
+    if hasattr(engine, "from_external"):
+        return engine.from_external(w, h, epoch)
+    w = w[: engine.n_rows]
+    h = w if engine.tied else h[: engine.n_cols]
+    return ALSState(w=w, h=h, epoch=int(epoch), tied=engine.tied)
+
+
+def _same_on_all_processes(flag: bool) -> bool:
+    """Process 0's decision, broadcast (time-based decisions differ between hosts)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+class Checkpointer:
+    """Saves and restores the tables of a ``ShardedEngine`` or a ``LocalEngine`` through Orbax.
+
+    Args:
+      options: where and how often.
+    """
+
+    def __init__(self, options: CheckpointOptions):
+        self.options = options
+        os.makedirs(options.directory, exist_ok=True)
+        self._manager = ocp.CheckpointManager(
+            os.path.abspath(options.directory),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=options.max_to_keep,
+                create=True,
+                enable_async_checkpointing=False,  # a save returns only once the step is final
+            ),
+            item_names=("tables", "meta"),
+        )
+        self._last_save = time.monotonic()
+
+    # ---- saving ----------------------------------------------------------------------------
+
+    def due(self, epoch: int) -> bool:
+        """Whether ``epoch`` should be saved under the options (agreed by all processes)."""
+        o = self.options
+        by_count = o.every_epochs > 0 and epoch % o.every_epochs == 0
+        by_time = o.every_minutes is not None and time.monotonic() - self._last_save >= 60 * o.every_minutes
+        return _same_on_all_processes(by_count or by_time)
+
+    def maybe_save(self, engine: Any, state: ALSState) -> bool:
+        """Saves ``state`` if :meth:`due`; returns whether it saved."""
+        if self.due(state.epoch):
+            self.save(engine, state)
+            return True
+        return False
+
+    def save(self, engine: Any, state: ALSState, extra: dict | None = None) -> None:
+        """Writes ``state`` as step ``state.epoch`` (collective: every process calls it)."""
+        w, h = _to_external(engine, state)
+        tables = {"w": w} if state.tied else {"w": w, "h": h}
+        meta = {
+            "format": FORMAT_VERSION,
+            "epoch": int(state.epoch),
+            "tied": bool(state.tied),
+            "shapes": {"w": [engine.n_rows, engine.hp.dim]} | ({} if state.tied else {"h": [engine.n_cols, engine.hp.dim]}),
+            "dtype": str(w.dtype),
+            "checksums": {k: int(table_checksum(v)) for k, v in tables.items()},
+            "extra": extra or {},
+        }
+        self._manager.save(
+            int(state.epoch),
+            args=ocp.args.Composite(tables=ocp.args.StandardSave(tables), meta=ocp.args.JsonSave(meta)),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+        self._last_save = time.monotonic()
+
+    # ---- restoring -------------------------------------------------------------------------
+
+    def epochs(self) -> list[int]:
+        """Finished checkpoint epochs, newest first (temporary, unfinished ones are not listed)."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps(), reverse=True)
+
+    def restore(self, engine: Any) -> Restored | None:
+        """The newest good checkpoint placed on ``engine``'s mesh, or None if there is none.
+
+        Raises:
+          CheckpointError: checkpoints exist but none is usable, or they belong to a
+            model of another shape or dtype (a configuration error, not corruption).
+        """
+        skipped: list[tuple[int, str]] = []
+        for epoch in self.epochs():
+            try:
+                state = self._restore_step(engine, epoch)
+            except CheckpointError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any read failure means "corrupted"
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                log.warning("checkpoint %s/%d is unreadable (%s); trying an older one",
+                            self.options.directory, epoch, reason)
+                skipped.append((epoch, reason))
+                continue
+            if skipped:
+                log.warning("resumed from epoch %d after skipping corrupted checkpoints %s",
+                            epoch, [s for s, _ in skipped])
+            return Restored(state=state, epoch=epoch, skipped=tuple(skipped))
+        if skipped:
+            raise CheckpointError(f"no usable checkpoint in {self.options.directory}: "
+                                  + "; ".join(f"epoch {s}: {r}" for s, r in skipped))
+        return None
+
+    def _restore_step(self, engine: Any, epoch: int) -> ALSState:
+        meta = self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        want = {"w": [engine.n_rows, engine.hp.dim]}
+        if not engine.tied:
+            want["h"] = [engine.n_cols, engine.hp.dim]
+        dtype = jnp.dtype({"float32": jnp.float32, "bfloat16": jnp.bfloat16}[engine.hp.dtype])
+        if bool(meta["tied"]) != bool(engine.tied) or meta["shapes"] != want or meta["dtype"] != str(dtype):
+            raise CheckpointError(
+                f"checkpoint {self.options.directory}/{epoch} holds tables {meta['shapes']} {meta['dtype']} "
+                f"(tied={meta['tied']}) but the model needs {want} {dtype} (tied={engine.tied}); "
+                "use another checkpoint directory or the same dim/dtype/data")
+        sharding = table_sharding(_engine_mesh(engine))
+        P = sharding.mesh.shape[SHARD]
+        target = {k: jax.ShapeDtypeStruct((-(-n // P) * P, d), dtype, sharding=sharding) for k, (n, d) in want.items()}
+        tables = self._manager.restore(  # strict=False: the zero tail is padded / truncated to this mesh
+            epoch, args=ocp.args.Composite(tables=ocp.args.StandardRestore(target, strict=False)))["tables"]
+        for k, v in tables.items():
+            got = int(table_checksum(v))
+            if got != int(meta["checksums"][k]):
+                raise ValueError(f"table {k!r} checksum {got} != saved {meta['checksums'][k]}")
+        h = tables["w"] if engine.tied else tables["h"]
+        return _from_external(engine, tables["w"], h, int(meta["epoch"]))
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def train(
+    engine: Any,
+    epochs: int,
+    seed: int = 0,
+    checkpointer: Checkpointer | None = None,
+    *,
+    step_timeout_s: float | None = None,
+    on_epoch: Callable[[ALSState], None] | None = None,
+) -> ALSState:
+    """Runs ``engine`` to ``epochs`` completed epochs, resuming from ``checkpointer`` if it holds one.
+
+    Saves when :meth:`Checkpointer.due` says so and always after the last epoch.  In a
+    multi-process run a failed peer ends this process with a clear message
+    (:func:`alsx.distributed.fail_fast`), and ``step_timeout_s`` bounds each epoch
+    (:class:`alsx.distributed.Watchdog`).
+
+    Args:
+      engine: a LocalEngine or ShardedEngine.
+      epochs: total epochs wanted (a resumed run does only the missing ones).
+      seed: initialisation seed for a fresh start.
+      checkpointer: where to resume from and save to (None: no checkpoints).
+      step_timeout_s: watchdog limit per epoch.
+      on_epoch: called with the state after each epoch (logging, progress markers).
+    """
+    state = None
+    with fail_fast("training"), Watchdog(step_timeout_s) as watchdog:
+        if checkpointer is not None:
+            found = checkpointer.restore(engine)
+            if found is not None:
+                state = found.state
+                log.info("resuming from epoch %d", found.epoch)
+        if state is None:
+            state = engine.init_state(seed)
+        saved = None
+        while state.epoch < epochs:
+            state = engine.epoch(state)
+            jax.block_until_ready(state.w)
+            watchdog.beat()
+            if on_epoch is not None:
+                on_epoch(state)
+            if checkpointer is not None and checkpointer.maybe_save(engine, state):
+                saved = state.epoch
+        if checkpointer is not None and saved != state.epoch and state.epoch > 0 \
+                and state.epoch not in checkpointer.epochs():
+            checkpointer.save(engine, state)
+    return state

@@ -1,0 +1,173 @@
+"""Sharding vocabulary: the mesh, its axis name, every PartitionSpec, and row ownership.
+
+Tables are sharded by rows over a 1-D mesh of *all* devices of *all* processes.
+Row ``u`` of a table (its external index) lives in slot ``position[u]`` of the
+device-side table, which is laid out as ``n_shards`` contiguous blocks of
+``n_local`` slots::
+
+    device table [n_shards * n_local, d], PartitionSpec(SHARD, None)
+    shard s holds slots s * n_local .. (s + 1) * n_local - 1
+    slot -> external row: ``external[slot]`` (-1 for a padding slot, kept at zero)
+
+Rows are assigned to shards so stored entries per shard are balanced (web graphs
+are heavily skewed); inside a shard, rows keep increasing external order, so
+local order agrees with external order (top-k tie breaks rely on this).
+
+Nothing else in alsx spells an axis name or builds a PartitionSpec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+SHARD = "shard"
+"""The one mesh axis: devices that each own a slice of every table's rows."""
+
+TABLE = P(SHARD, None)
+"""[rows, d] tables: rows split over SHARD, the embedding dimension whole."""
+
+STACKED = P(SHARD)
+"""Per-device host data stacked on a leading [n_shards, ...] axis (packed batches, plans)."""
+
+REPLICATED = P()
+"""Small arrays every device holds whole (Gramians, query batches)."""
+
+# How many of the heaviest rows are placed one by one (longest-processing-time
+# rounds); the light tail is dealt round-robin in snake order.
+_LPT_ROUNDS = 8192
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh named (SHARD,) over ``devices`` (default: every device of every process)."""
+    devs = np.asarray(jax.devices() if devices is None else list(devices), dtype=object)
+    return Mesh(devs.reshape(-1), (SHARD,))
+
+
+def n_shards(mesh: Mesh) -> int:
+    return int(mesh.shape[SHARD])
+
+
+def table_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, TABLE)
+
+
+def stacked_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, STACKED)
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, REPLICATED)
+
+
+def local_shards(mesh: Mesh) -> list[int]:
+    """Shard indices whose device belongs to this process, in mesh order."""
+    me = jax.process_index()
+    return [s for s, d in enumerate(mesh.devices.reshape(-1)) if d.process_index == me]
+
+
+@dataclasses.dataclass(frozen=True)
+class RowLayout:
+    """Which shard owns each row of one table, and where.
+
+    Attributes:
+      n: external rows.
+      n_shards: P.
+      n_local: slots per shard (ceil(n / P), at least 1).
+      position: int64 [n] device slot of each external row (shard * n_local + local).
+      external: int64 [P * n_local] external row in each slot, -1 for padding.
+    """
+
+    n: int
+    n_shards: int
+    n_local: int
+    position: np.ndarray
+    external: np.ndarray
+
+    @property
+    def n_slots(self) -> int:
+        return self.n_shards * self.n_local
+
+    def owner(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, local slot) of external row ids."""
+        pos = self.position[np.asarray(ids, dtype=np.int64)]
+        return pos // self.n_local, pos % self.n_local
+
+    def shard_rows(self, shard: int) -> np.ndarray:
+        """int64 [n_local] external rows of ``shard``'s slots (-1 for padding)."""
+        return self.external[shard * self.n_local:(shard + 1) * self.n_local]
+
+    def loads(self, weights: np.ndarray) -> np.ndarray:
+        """float64 [P] total weight (e.g. stored entries) per shard."""
+        shard = self.position // self.n_local
+        return np.bincount(shard, weights=np.asarray(weights, np.float64), minlength=self.n_shards)
+
+    def imbalance(self, weights: np.ndarray) -> float:
+        """max / mean shard load (1.0 is perfect)."""
+        loads = self.loads(weights)
+        return float(loads.max() / max(loads.mean(), 1e-300))
+
+
+def balanced_layout(weights: np.ndarray, n_shards: int) -> RowLayout:
+    """Assigns rows to shards with equal row counts and balanced total weight.
+
+    Rows are taken heaviest first in rounds of ``n_shards``: within a round, the
+    heaviest row goes to the currently lightest shard (LPT with one row per shard
+    per round, so every shard gets ceil or floor of n / P rows and the table shards
+    stay equal-sized).  After ``_LPT_ROUNDS`` rounds the remaining light rows are
+    dealt in snake order, which keeps the tail vectorised; its imbalance is at most
+    one tail row's weight.
+
+    Args:
+      weights: [n] non-negative work per row (stored entries; out + in links when tied).
+      n_shards: P >= 1.
+    """
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    w = np.asarray(weights, dtype=np.float64)
+    n = int(w.shape[0])
+    n_local = max(1, -(-n // n_shards))
+    order = np.argsort(-w, kind="stable")  # heaviest first, ties by external id
+    shard_of = np.empty(n, dtype=np.int64)
+    load = np.zeros(n_shards, dtype=np.float64)
+    n_rounds = -(-n // n_shards)
+    head = min(n_rounds, _LPT_ROUNDS)
+    for r in range(head):
+        ids = order[r * n_shards:(r + 1) * n_shards]
+        targets = np.argsort(load, kind="stable")[: len(ids)]  # lightest shard takes the heaviest row
+        shard_of[ids] = targets
+        load[targets] += w[ids]
+    tail = order[head * n_shards:]
+    if len(tail):
+        lightest_first = np.argsort(load, kind="stable")
+        k = np.arange(len(tail))
+        rnd, j = k // n_shards, k % n_shards
+        snake = np.where(rnd % 2 == 0, j, n_shards - 1 - j)
+        shard_of[tail] = lightest_first[snake]
+    # Slots: rows of each shard in increasing external order.
+    ext_sorted = np.lexsort((np.arange(n), shard_of))  # by shard, then external id
+    counts = np.bincount(shard_of, minlength=n_shards)
+    if counts.max(initial=0) > n_local:  # cannot happen: every round gives one row per shard
+        raise AssertionError("layout overflow")
+    starts = np.cumsum(counts) - counts
+    local = np.arange(n) - np.repeat(starts, counts)
+    slot_of_sorted = shard_of[ext_sorted] * n_local + local
+    position = np.empty(n, dtype=np.int64)
+    position[ext_sorted] = slot_of_sorted
+    external = np.full(n_shards * n_local, -1, dtype=np.int64)
+    external[position] = np.arange(n)
+    return RowLayout(n=n, n_shards=n_shards, n_local=n_local, position=position, external=external)
+
+
+def contiguous_layout(n: int, n_shards: int) -> RowLayout:
+    """Rows in external order, split into equal contiguous ranges (no balancing)."""
+    n_local = max(1, -(-n // n_shards))
+    position = np.arange(n, dtype=np.int64)
+    external = np.full(n_shards * n_local, -1, dtype=np.int64)
+    external[:n] = position
+    return RowLayout(n=n, n_shards=n_shards, n_local=n_local, position=position, external=external)
