@@ -9,6 +9,7 @@ Generates, in a temporary directory,
 ingests each in a fresh child process (so one case's memory does not leak into
 the next) and records wall time and the child's peak RSS (``ru_maxrss``). The
 ``## Ingest`` section of benchmarks/RESULTS.md is replaced with the results.
+Peak memory is the child's ``VmHWM`` (``ru_maxrss`` where /proc is missing).
 
 Usage:
   python benchmarks/ingest_scale.py                       # full run (about 20 GiB free RAM)
@@ -36,20 +37,32 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident set size.
+
+    ``VmHWM`` belongs to the current address space, so it starts afresh at exec;
+    ``ru_maxrss`` would carry over the parent's peak (getrusage(2): kept across execve).
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 2**20
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
 def child(path: str) -> None:
     """Runs in a fresh interpreter: ingest ``path`` and print one JSON line."""
     sys.path.insert(0, str(ROOT / "src"))
     from alsx.data.ingest import load_interactions
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: interpreter + imports
+    base = peak_rss_gib()  # interpreter + imports
     t0 = time.perf_counter()
     inter, summary = load_interactions(path)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = {
         "wall_s": wall,
-        "peak_rss_gib": peak / 2**20,
-        "import_rss_gib": base / 2**20,
+        "peak_rss_gib": peak_rss_gib(),
+        "import_rss_gib": base,
         "result_gib": (inter.rows.nbytes + inter.cols.nbytes + inter.values.nbytes) / 2**30,
         "summary": summary.to_dict(),
     }
@@ -123,6 +136,7 @@ def main() -> None:
         return
 
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + sys.argv[1:])
+    load_at_start = os.getloadavg()[0]
     results = []
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="alsx_ingest_") as tmp:
         t0 = time.perf_counter()
@@ -152,8 +166,9 @@ def main() -> None:
         f"- Command: `{command}`",
         f"- Machine: {machine()}",
         f"- Matrix: {args.rows:,} x {args.cols:,}, uniform random int32 pairs (seed {args.seed}).",
+        f"- Load average when started: {load_at_start:.2f} (other work shares these cores).",
         "- Each case runs in a fresh child process; wall time covers `load_interactions` only",
-        "  (reading, validation, sort, de-duplication); peak RSS is the child's `ru_maxrss`,",
+        "  (reading, validation, sort, de-duplication); peak RSS is the child's `VmHWM`,",
         "  including about {:.2f} GiB for the interpreter and imports.".format(results[0]["import_rss_gib"]),
         "",
         "| input | file GiB | entries read | kept | duplicates merged | wall s | peak RSS GiB | result GiB |",
