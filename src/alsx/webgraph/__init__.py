@@ -1,0 +1,17 @@
+"""WebGraph link-prediction data sets: Common Crawl builds, synthetic graphs, on-disk format."""
+
+from alsx.webgraph.build import CCInputs
+from alsx.webgraph.build import build_webgraph
+from alsx.webgraph.dataset import WebGraphDataset
+from alsx.webgraph.dataset import open_dataset
+from alsx.webgraph.synthetic import SynthSpec
+from alsx.webgraph.synthetic import synth_webgraph
+
+__all__ = [
+    "CCInputs",
+    "SynthSpec",
+    "WebGraphDataset",
+    "build_webgraph",
+    "open_dataset",
+    "synth_webgraph",
+]

@@ -275,7 +275,8 @@ class SynthModel:
             for a in accepted:  # drop targets the row already has
                 pos = np.minimum(np.searchsorted(a, key), len(a) - 1)
                 key = key[a[pos] != key]
-            accepted.append(key)
+            if len(key):
+                accepted.append(key)
             need = need - np.bincount(key >> 32, minlength=hi - lo)
         key = np.concatenate(accepted) if accepted else np.zeros(0, dtype=np.int64)
         bs = ((key >> 32) + lo).astype(np.int32)
