@@ -62,8 +62,9 @@ class SynthSpec:
       self_link_fraction: target share of self-links among arcs.
       alpha_out, alpha_in: power-law exponents of out- and in-degree (> 1).
       host_alpha: power-law exponent of host sizes (> 1).
-      dangling_fraction: share of nodes without out-links of their own (the
-        crawl frontier; cnr-2000 has 24 %). They still get reversed arcs.
+      dangling_fraction: share of nodes with an empty row (the crawl frontier;
+        cnr-2000 has 24 %): no out-links, no self-link, and arcs into them are
+        never reversed (the reverse share of the others is raised to compensate).
       chunk_edges: arcs per chunk (memory is about 60 bytes per arc of a chunk).
     """
 
@@ -179,24 +180,29 @@ class SynthModel:
         self.beta_in = 1.0 / (spec.alpha_in - 1.0)
         self.host_span = _powerlaw_span(sizes, self.beta_in)  # [n_hosts] in-rank CDF normaliser per host
         self.global_span = float(_powerlaw_span(n, self.beta_in))
-        self.p_self_node = min(1.0, spec.self_link_fraction * spec.n_edges / n)
+        n_src = max(1, int(round(n * (1.0 - spec.dangling_fraction))))
+        # Dangling nodes keep empty rows: no self-link, no reversed arc.
+        self.p_self_node = min(1.0, spec.self_link_fraction * spec.n_edges / n_src)
+        self.q_reverse = min(1.0, spec.reverse_share / max(1e-12, n_src / n))  # arcs into dangling nodes are not reversed
 
         # Out-degrees: a Zipf rank law over the non-dangling nodes (random order),
         # scaled so that self-links + base arcs + reversed arcs ~ n_edges.
         q = spec.reverse_share
-        n_base = max(0.0, (spec.n_edges - n * self.p_self_node) / (1.0 + q))
-        n_src = max(1, int(round(n * (1.0 - spec.dangling_fraction))))
+        n_base = max(0.0, (spec.n_edges - n_src * self.p_self_node) / (1.0 + q))
         ranks = np.arange(1, n_src + 1, dtype=np.float64)
         wr = np.power(ranks, -1.0 / (spec.alpha_out - 1.0))
         expect = n_base * wr / wr.sum()
         deg = np.floor(expect + rng.random(n_src)).astype(np.int64)  # stochastic rounding keeps the sum
         deg = np.minimum(deg, n - 1)
         self.out_target = np.zeros(n, dtype=np.int64)
-        self.out_target[rng.permutation(n)[:n_src]] = deg
+        active = rng.permutation(n)[:n_src]
+        self.out_target[active] = deg
+        self.dangling = np.ones(n, dtype=bool)  # [n] nodes without a row of their own
+        self.dangling[active] = False
         self.perm_in = rng.permutation(n).astype(np.int32)
         # Chunks are node ranges holding ~chunk_edges arcs (row + reversed arcs), so a
         # row's candidates all live in one chunk and repeats are removed there.
-        per_node = self.out_target * (1.0 + q) + self.p_self_node
+        per_node = self.out_target * (1.0 + q) + self.p_self_node * ~self.dangling
         cum = np.concatenate([[0.0], np.cumsum(per_node)])
         k = max(1, int(np.ceil(cum[-1] / spec.chunk_edges)))
         bounds = np.searchsorted(cum, np.arange(1, k) * spec.chunk_edges, side="left")
@@ -252,7 +258,7 @@ class SynthModel:
             raise IndexError(f"chunk {i} out of range [0, {self.n_chunks})")
         rng = np.random.default_rng([sp.seed, i])
         lo, hi = int(self.node_bounds[i]), int(self.node_bounds[i + 1])
-        selfs = (lo + np.flatnonzero(rng.random(hi - lo) < self.p_self_node)).astype(np.int32)
+        selfs = (lo + np.flatnonzero((rng.random(hi - lo) < self.p_self_node) & ~self.dangling[lo:hi])).astype(np.int32)
 
         want = self.out_target[lo:hi]  # [rows]
         size = self.host_size[self.node_host[lo:hi]]
@@ -281,7 +287,7 @@ class SynthModel:
         key = np.concatenate(accepted) if accepted else np.zeros(0, dtype=np.int64)
         bs = ((key >> 32) + lo).astype(np.int32)
         bd = (key & 0xFFFFFFFF).astype(np.int32)
-        rev = rng.random(len(bs)) < sp.reverse_share
+        rev = (rng.random(len(bs)) < self.q_reverse) & ~self.dangling[bd]
         return np.concatenate([selfs, bs, bd[rev]]), np.concatenate([selfs, bd, bs[rev]])
 
     def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
