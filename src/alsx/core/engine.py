@@ -95,5 +95,5 @@ class LocalEngine:
         return Loss(float(obs), float(unobs), float(reg))
 
     def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]:
-        w = np.asarray(state.w.astype(jnp.float32))
-        return w, (w if self.tied else np.asarray(state.h.astype(jnp.float32)))
+        w = np.array(state.w.astype(jnp.float32))
+        return w, (w if self.tied else np.array(state.h.astype(jnp.float32)))

@@ -1,0 +1,313 @@
+"""Command line: subcommands parse flags and call the library.
+
+    alsx demo                                  built-in synthetic graph, end to end
+    alsx train DATA --out DIR [options]        fit, evaluate, save
+    alsx evaluate DIR DATA                     re-evaluate a saved model on its split
+    alsx recommend DIR ROW [ROW ...] -k N      top-k unseen columns per row
+    alsx webgraph {build,synth} ...            WebGraph data sets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULTS = {  # measured: see README "Defaults" and benchmarks/RESULTS.md
+    "dim": 128, "epochs": 16, "reg": 0.003, "unobserved_weight": 0.03, "nu": 1.0,
+    "solver": "cg", "cg_steps": 3, "dtype": "float32", "seed": 0,
+}
+
+
+# ---------------------------------------------------------------------------- arguments
+def _add_model_args(p: argparse.ArgumentParser, dim: int = DEFAULTS["dim"], epochs: int = DEFAULTS["epochs"]) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--dim", type=int, default=dim, help="embedding dimension (default %(default)s)")
+    g.add_argument("--epochs", type=int, default=epochs, help="full epochs (default %(default)s)")
+    g.add_argument("--reg", type=float, default=DEFAULTS["reg"], help="lambda (default %(default)s)")
+    g.add_argument("--unobserved-weight", type=float, default=DEFAULTS["unobserved_weight"],
+                   help="alpha0, weight of all pairs pushed to 0 (default %(default)s)")
+    g.add_argument("--nu", type=float, default=DEFAULTS["nu"],
+                   help="frequency scaling of the regulariser: 0 plain, 1 Rendle et al. (default %(default)s)")
+    g.add_argument("--solver", choices=["cg", "cholesky"], default=DEFAULTS["solver"])
+    g.add_argument("--cg-steps", type=int, default=DEFAULTS["cg_steps"])
+    g.add_argument("--dtype", choices=["float32", "bfloat16"], default=DEFAULTS["dtype"], help="table storage")
+    g.add_argument("--alpha", type=float, default=None,
+                   help="confidence c = 1 + alpha * value from the value column (default: binary)")
+    g.add_argument("--tied", action="store_true", help="one table for rows and columns (square graphs)")
+    g.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input")
+    g.add_argument("--format", dest="fmt", default=None, help="npz, csv, tsv, parquet, edgelist (default: by suffix)")
+    g.add_argument("--row", default=None, help="row column: header name or 0-based number")
+    g.add_argument("--col", default=None, help="column column: header name or 0-based number")
+    g.add_argument("--value", default=None, help="value column (with --alpha gives confidences)")
+    g.add_argument("--timestamp", default=None, help="timestamp column (for --split last)")
+    g.add_argument("--ids", choices=["auto", "index", "map"], default="auto",
+                   help="'index': non-negative integer indices kept as given; 'map': arbitrary ids")
+    g.add_argument("--square", action="store_true", help="rows and columns share one vocabulary (graphs)")
+    g.add_argument("--duplicates", choices=["sum", "error", "first"], default="sum")
+
+
+def _add_split_args(p: argparse.ArgumentParser, default: str = "random") -> None:
+    g = p.add_argument_group("split")
+    g.add_argument("--split", choices=["none", "random", "heldout-rows", "last", "given"], default=default,
+                   help="random: per-row holdout; heldout-rows: rows never trained, folded in at evaluation; "
+                        "last: latest entries by timestamp; given: the input's is_test mask (default %(default)s)")
+    g.add_argument("--test-fraction", type=float, default=0.2, help="random: share of each row held out")
+    g.add_argument("--heldout-fraction", type=float, default=0.1, help="heldout-rows: share of rows held out")
+    g.add_argument("--history-fraction", type=float, default=0.8, help="heldout-rows: share folded in")
+    g.add_argument("--split-seed", type=int, default=0)
+    g.add_argument("--k", dest="ks", type=int, nargs="+", default=[20, 50], help="cut-offs for metrics")
+
+
+SPLIT_KEYS = ("split", "test_fraction", "heldout_fraction", "history_fraction", "split_seed")
+DATA_KEYS = ("fmt", "row", "col", "value", "timestamp", "ids", "square", "duplicates")
+
+
+# ---------------------------------------------------------------------------- helpers
+def _load(path: str, a: argparse.Namespace):
+    from alsx.data.ingest import load_interactions
+
+    col = lambda v: int(v) if v is not None and str(v).isdigit() else v  # noqa: E731
+    data, summary = load_interactions(
+        path, fmt=a.fmt, row=col(a.row), col=col(a.col), value=col(a.value), timestamp=col(a.timestamp),
+        ids=a.ids, square=a.square, duplicates=a.duplicates)
+    print(f"ingest: {summary}", file=sys.stderr)
+    return data, summary
+
+
+def make_split(data, a: argparse.Namespace):
+    from alsx.data import split as sp
+
+    if a.split == "none":
+        return None
+    if a.split == "random":
+        return sp.random_holdout(data, fraction=a.test_fraction, seed=a.split_seed)
+    if a.split == "heldout-rows":
+        return sp.heldout_rows_split(data, row_fraction=a.heldout_fraction,
+                                     history_fraction=a.history_fraction, seed=a.split_seed)
+    if a.split == "last":
+        return sp.leave_last_out(data, seed=a.split_seed)
+    return sp.given_split(data)
+
+
+def _model(a: argparse.Namespace, progress: bool = True):
+    from alsx.model import ALS
+
+    return ALS(dim=a.dim, epochs=a.epochs, reg=a.reg, unobserved_weight=a.unobserved_weight, nu=a.nu,
+               solver=a.solver, cg_steps=a.cg_steps, dtype=a.dtype, alpha=a.alpha, tied=a.tied,
+               seed=a.seed, progress=progress)
+
+
+def format_table(results: dict[str, dict[str, float]], ks) -> str:
+    names = [f"{m}@{k}" for k in ks for m in ("recall", "recall_gt", "ndcg")]
+    lines = [f"{'model':<12}" + "".join(f"{n:>13}" for n in names)]
+    for model, metrics in results.items():
+        lines.append(f"{model:<12}" + "".join(f"{metrics.get(n, float('nan')):>13.4f}" for n in names))
+    return "\n".join(lines)
+
+
+def _fold_in_heldout(model, split) -> None:
+    """Gives held-out rows their folded-in embeddings, so every row of the saved table is usable."""
+    from alsx.eval.protocol import _compact_rows
+    from alsx.serve.foldin import fold_in
+
+    if split is None or split.heldout_rows is None or split.foldin is None:
+        return
+    rows = split.heldout_rows
+    hist = _compact_rows(split.foldin, rows, model.alpha)
+    model.row_embeddings_[rows] = fold_in(model.col_embeddings_, hist, model.hparams)
+
+
+def plot_history(history: list[dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for part in ("total", "observed", "unobserved", "regularisation"):
+        ax1.plot(epochs, [h["loss"][part] for h in history], marker="o", label=part)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    ax1.set_title("training loss")
+    rec = [(h["epoch"], h["metrics"]["recall@20"]) for h in history if "metrics" in h]
+    if rec:
+        ax2.plot(*zip(*rec), marker="o", color="tab:green", label="alsx")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("Recall@20")
+    ax2.set_title("held-out Recall@20")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_train(a: argparse.Namespace) -> int:
+    from alsx.eval.protocol import evaluate
+
+    data, summary = _load(a.data, a)
+    split = make_split(data, a)
+    if split is not None:
+        print(f"split: {split.summary()}", file=sys.stderr)
+    train = data if split is None else split.train
+    model = _model(a)
+    t = time.perf_counter()
+    model.fit(train, split=split, eval_every=a.eval_every if split is not None else 0, eval_ks=tuple(a.ks))
+    seconds = time.perf_counter() - t
+    out = Path(a.out)
+    model.save(out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["data"] = {"path": str(a.data), **{k: getattr(a, k) for k in DATA_KEYS}}
+    cfg["split"] = {k: getattr(a, k) for k in SPLIT_KEYS}
+    cfg["ingest"] = summary.to_dict()
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    if split is not None:
+        results = evaluate(model.row_embeddings_, model.col_embeddings_, split, model.hparams, tuple(a.ks), a.alpha)
+        (out / "metrics.json").write_text(json.dumps(results, indent=2))
+        print(format_table(results, a.ks))
+    _fold_in_heldout(model, split)
+    np.save(out / "row_embeddings.npy", model.row_embeddings_)
+    print(f"trained {model.epochs} epochs in {seconds:.1f}s; wrote {out}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from alsx.eval.protocol import evaluate
+    from alsx.model import ALS
+
+    model = ALS.load(a.model)
+    cfg = json.loads((Path(a.model) / "config.json").read_text())
+    args = argparse.Namespace(**{**cfg.get("data", {}), **cfg.get("split", {})})
+    for k in DATA_KEYS + SPLIT_KEYS:  # flags given now override the saved ones
+        if getattr(a, k, None) is not None:
+            setattr(args, k, getattr(a, k))
+    data, _ = _load(a.data or cfg["data"]["path"], args)
+    split = make_split(data, args)
+    if split is None:
+        print("error: the model was trained without a split; pass --split", file=sys.stderr)
+        return 2
+    results = evaluate(model.row_embeddings_, model.col_embeddings_, split, model.hparams, tuple(a.ks), model.alpha)
+    print(format_table(results, a.ks))
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_recommend(a: argparse.Namespace) -> int:
+    from alsx.model import ALS
+
+    model = ALS.load(a.model)
+    if model.row_vocab_ is not None:
+        raw = np.asarray(a.rows)
+        if model.row_vocab_.kind == "int":
+            raw = raw.astype(np.int64)
+        rows = model.row_vocab_.encode(raw)
+    else:
+        rows = np.asarray([int(r) for r in a.rows])
+    ids, scores = model.recommend(rows, k=a.k, exclude_seen=not a.include_seen)
+    for r, row_ids, row_scores in zip(a.rows, ids, scores):
+        keep = row_ids >= 0
+        items = row_ids[keep]
+        if model.col_vocab_ is not None:
+            items = model.col_vocab_.decode(items)
+        recs = [{"id": (i.item() if hasattr(i, "item") else i), "score": round(float(s), 6)}
+                for i, s in zip(items, row_scores[keep])]
+        print(json.dumps({"row": r, "recommendations": recs}))
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from alsx.data.split import heldout_rows_split
+    from alsx.data.synthetic import community_graph
+    from alsx.eval.protocol import evaluate
+
+    t0 = time.perf_counter()
+    data = community_graph(n_nodes=a.nodes, n_edges=a.edges, seed=a.seed)
+    split = heldout_rows_split(data, row_fraction=0.1, history_fraction=0.8, seed=a.seed)
+    print(f"synthetic community graph: {data.shape[0]:,} nodes, {data.nnz:,} links; "
+          f"{len(split.heldout_rows):,} rows held out (80% of each folded in, 20% to find)")
+    model = _model(a)
+    model.fit(split.train, split=split, eval_every=1, eval_ks=(20, 50))
+    results = evaluate(model.row_embeddings_, model.col_embeddings_, split, model.hparams, (20, 50))
+    out = Path(a.out) if a.out else Path.cwd() / f"alsx-demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    model.save(out)
+    _fold_in_heldout(model, split)
+    np.save(out / "row_embeddings.npy", model.row_embeddings_)
+    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    png = plot_history(model.history_, out / "training.png",
+                       f"alsx demo: d={a.dim}, {data.nnz:,} links, held-out rows")
+    print()
+    print(format_table(results, (20, 50)))
+    h = model.history_
+    print(f"\nloss {h[0]['loss']['total']:.1f} -> {h[-1]['loss']['total']:.1f}; "
+          f"{np.mean([r['seconds'] for r in h[1:]] or [h[0]['seconds']]):.2f} s/epoch after compile; "
+          f"total {time.perf_counter() - t0:.1f}s")
+    print(f"embeddings, config, history and {png.name} written to: {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alsx", description="implicit ALS embeddings in JAX")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train and evaluate on a built-in synthetic link graph")
+    _add_model_args(d, dim=64, epochs=10)
+    d.add_argument("--nodes", type=int, default=40_000)
+    d.add_argument("--edges", type=int, default=400_000)
+    d.add_argument("--out", default=None, help="output folder (default: ./alsx-demo-TIMESTAMP)")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="fit a model on a data file")
+    t.add_argument("data", help="npz, csv/tsv, parquet or edge list (optionally .gz)")
+    t.add_argument("--out", required=True, help="output folder")
+    _add_model_args(t)
+    _add_data_args(t)
+    _add_split_args(t)
+    t.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: only at the end)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a saved model on its split")
+    e.add_argument("model", help="folder written by 'alsx train'")
+    e.add_argument("data", nargs="?", default=None, help="data file (default: the one it was trained on)")
+    e.add_argument("--split", choices=["random", "heldout-rows", "last", "given"], default=None)
+    e.add_argument("--split-seed", type=int, default=None)
+    e.add_argument("--k", dest="ks", type=int, nargs="+", default=[20, 50])
+    e.add_argument("--json", default=None, help="also write the metrics to this file")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("recommend", help="top-k unseen columns for rows")
+    r.add_argument("model", help="folder written by 'alsx train'")
+    r.add_argument("rows", nargs="+", help="row ids (original ids when the model has a vocabulary)")
+    r.add_argument("-k", type=int, default=10)
+    r.add_argument("--include-seen", action="store_true")
+    r.set_defaults(func=cmd_recommend)
+
+    try:
+        from alsx.webgraph.cli import add_webgraph_commands
+    except ImportError:  # pragma: no cover - the webgraph module is optional at import time
+        add_webgraph_commands = None
+    if add_webgraph_commands is not None:
+        add_webgraph_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
