@@ -22,6 +22,8 @@ it for the benchmark's comparison.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 
@@ -68,3 +70,78 @@ def allgather_rows(table: jax.Array, slots: jax.Array) -> jax.Array:
         rows = jnp.take(table, jnp.where(mine, local, 0), axis=0).astype(jnp.float32)
         rows = jnp.where(mine[..., None], rows, 0.0)  # [P, S, W, d]
         return jax.lax.psum(rows, SHARD)[me]
+
+
+# ---- byte accounting from the compiled program ---------------------------------------------
+
+_DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8, "s32": 4, "u32": 4, "s64": 8, "u64": 8,
+                "s8": 1, "u8": 1, "pred": 1, "s16": 2, "u16": 2}
+_COLLECTIVES = ("all-to-all", "all-reduce", "all-gather", "collective-permute", "reduce-scatter")
+_SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
+_COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$")
+_OP = re.compile(r"=\s*(.*?)\s+(" + "|".join(_COLLECTIVES) + r")(?:-start)?\(")
+_WHILE = re.compile(r"\bwhile\(.*body=%?([\w.\-]+)")
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_CALL = re.compile(r"\b(?:calls|true_computation|false_computation|branch_computations)=\{?%?([\w.\-]+)")
+
+
+def _shape_bytes(text: str) -> int:
+    total = 0
+    for dtype, dims in _SHAPE.findall(text):
+        n = 1
+        for x in filter(None, dims.split(",")):
+            n *= int(x)
+        total += n * _DTYPE_BYTES[dtype]
+    return total
+
+
+def collective_bytes(hlo_text: str) -> dict[str, int]:
+    """Bytes per device that each collective kind produces when the program runs once.
+
+    Parses optimised HLO text (``jit(f).lower(...).compile().as_text()``): the result
+    size of every collective, multiplied by the known trip counts of the while loops
+    around it (scans over batches).  For an all-to-all the result is the buffer a
+    device receives (its own block included); (P - 1) / P of it crosses the network.
+    """
+    comps: dict[str, list[str]] = {}
+    entry, current = None, None
+    for line in hlo_text.splitlines():
+        m = _COMP.match(line.strip())
+        if m and not line.startswith(" "):
+            current = m.group(1)
+            comps[current] = []
+            if line.startswith("ENTRY"):
+                entry = current
+            continue
+        if current is not None:
+            comps[current].append(line)
+
+    memo: dict[str, dict[str, int]] = {}
+
+    def visit(name: str, depth: int = 0) -> dict[str, int]:
+        if name in memo:
+            return memo[name]
+        out = {k: 0 for k in _COLLECTIVES}
+        if depth > 64 or name not in comps:
+            return out
+        for line in comps[name]:
+            m = _OP.search(line)
+            if m:
+                out[m.group(2)] += _shape_bytes(m.group(1))
+                continue
+            w = _WHILE.search(line)
+            if w:
+                trip = _TRIP.search(line)
+                n = int(trip.group(1)) if trip else 1
+                for k, v in visit(w.group(1), depth + 1).items():
+                    out[k] += n * v
+                continue
+            for c in _CALL.findall(line):
+                for k, v in visit(c, depth + 1).items():
+                    out[k] += v
+        memo[name] = out
+        return out
+
+    if entry is None:
+        return {k: 0 for k in _COLLECTIVES}
+    return visit(entry)

@@ -277,6 +277,34 @@ class ShardedEngine:
                            out_specs=(REPLICATED, REPLICATED, REPLICATED), check_vma=_CHECK_VMA)
         return jax.jit(fn)
 
+    def traffic(self) -> dict[str, int]:
+        """Analytic bytes per device for one epoch (both half-steps).
+
+        Returns:
+          all_to_all: all-to-all result buffers (P K d per batch, table dtype), the own
+            block included; ``all_to_all_sent`` is the (P - 1) / P that crosses devices.
+          all_reduce: Gramian all-reduce buffers (d^2 float32 per half-step).
+          alx_all_gather, alx_all_reduce: what the ALX gather (all-gather the [S, W] ids,
+            psum the masked [P, S, W, d] float32 rows) would produce for the same batches.
+        """
+        hp = self.hp
+        P, d = n_shards(self.mesh), hp.dim
+        isz = jnp.dtype(jnp.bfloat16 if hp.dtype == "bfloat16" else jnp.float32).itemsize
+        # A long chunk is gathered once per pass over A: b and A for Cholesky, b, A x0 and
+        # one matvec per step for CG (the step recomputes instead of holding sub-rows).
+        passes = 2 if hp.solver == "cholesky" else 2 + hp.cg_steps
+        a2a = ids = alx = 0
+        for shape, caps in ((self.shapes[0], self.stats.row_caps), (self.shapes[1], self.stats.col_caps)):
+            items = [(nb, s, w, 1) for nb, s, w in zip(shape.n_batches, shape.per_batch, shape.widths)]
+            if shape.long is not None:
+                items.append((shape.long[2], shape.long[1], shape.width, passes))
+            for (nb, s, w, reps), k in zip(items, caps):
+                a2a += reps * nb * P * k * d * isz
+                ids += reps * nb * P * s * w * 4
+                alx += reps * nb * P * s * w * d * 4
+        return {"all_to_all": a2a, "all_to_all_sent": a2a * (P - 1) // P, "all_reduce": 2 * d * d * 4,
+                "alx_all_gather": ids, "alx_all_reduce": alx}
+
     def lower_epoch(self, state: ALSState):
         """The lowered epoch program (for HLO inspection and byte counts in benchmarks)."""
         return self._epoch.lower(state.w, state.h, self._rows, self._cols)

@@ -309,3 +309,22 @@ def stack(sides: list[ShardSide]) -> dict:
     """Stacks the arrays of several shards (same caps) on a new leading axis: leaves [n, ...]."""
     trees = [s.arrays() for s in sides]
     return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+def local_part(csr: CSR, layout: RowLayout, shards: list[int]) -> CSR:
+    """The rows of ``csr`` that ``shards`` own; every other row left empty (same shape).
+
+    What one process of a multi-process run needs to keep: pass it with the global
+    row lengths (``ShardedEngine(..., row_counts=..., col_counts=...)``).  A reader
+    that streams the input can apply the same ownership test entry by entry.
+    """
+    keep = np.zeros(csr.n_rows, dtype=bool)
+    for s in shards:
+        ext = layout.shard_rows(s)
+        keep[ext[ext >= 0]] = True
+    lengths = np.where(keep, csr.lengths(), 0)
+    indptr = np.zeros(csr.n_rows + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    take = np.repeat(keep, csr.lengths())
+    return CSR(indptr=indptr, indices=np.asarray(csr.indices)[take], values=np.asarray(csr.values)[take],
+               n_cols=csr.n_cols)

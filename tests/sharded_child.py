@@ -1,0 +1,167 @@
+"""Child process for the sharding tests (device counts must be fixed before jax is imported).
+
+Usage: python tests/sharded_child.py '<json config>'
+
+Config keys: mode ("compare" | "train" | "mp" | "stall"), devices, out, and per mode:
+  compare: 3 epochs of LocalEngine per variant and of ShardedEngine per (variant, P) in
+           ``runs``, the mesh being the first P of ``devices`` devices; saves all tables.
+  train:   alsx.checkpoint.train to ``epochs`` with checkpoints in ``ckpt`` every ``every``.
+  mp:      one of ``nproc`` processes (``pid``, ``port``); ``epochs`` epochs or, with
+           ``forever``, until killed, writing ``progress`` after each epoch.
+  stall:   a Watchdog with ``timeout`` seconds around a wait that never ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+CFG = json.loads(sys.argv[1])
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={CFG.get('devices', 1)}"
+
+import numpy as np  # noqa: E402
+
+N_ROWS, N_COLS = 70, 50
+
+
+def problem(square: bool = False):
+    """A small skewed matrix with long rows (> max_width 16), empty rows and columns."""
+    from alsx.data.matrix import coo_to_csr
+
+    rng = np.random.default_rng(7)
+    n, m = (N_ROWS, N_ROWS) if square else (N_ROWS, N_COLS)
+    p_row = rng.pareto(1.2, n) + 0.2
+    p_col = rng.pareto(1.2, m) + 0.2
+    dense = rng.random((n, m)) < np.clip(0.25 * np.outer(p_row, p_col) / np.mean(p_row) / np.mean(p_col), 0, 1)
+    dense[2, :] = True  # a long row (m > 16 entries)
+    dense[:, 3] = True  # a long column
+    dense[5, :] = False  # an empty row
+    dense[:, 7] = False  # an empty column
+    r, c = np.nonzero(dense)
+    v = (1.0 + rng.random(len(r))).astype(np.float32)
+    return coo_to_csr(r, c, v, n, m), coo_to_csr(c, r, v, m, n)
+
+
+def settings(solver: str = "cholesky", dtype: str = "float32"):
+    from alsx.config import HParams, Packing
+
+    hp = HParams(dim=8, reg=0.05, unobserved_weight=0.1, nu=1.0, solver=solver, cg_steps=3, dtype=dtype)
+    return hp, Packing(min_width=4, max_width=16, batch_entries=64)
+
+
+VARIANTS = {  # name -> (solver, dtype, tied)
+    "f32": ("cholesky", "float32", False),
+    "f32_tied": ("cholesky", "float32", True),
+    "bf16": ("cholesky", "bfloat16", False),
+    "cg": ("cg", "float32", False),
+}
+
+
+def compare() -> None:
+    """LocalEngine once per variant, ShardedEngine on meshes of the first P devices per run."""
+    import jax
+
+    from alsx.core.engine import LocalEngine
+    from alsx.core.sharded import ShardedEngine
+    from alsx.core.sharding import make_mesh
+
+    out = {}
+    for name in sorted({name for name, _ in CFG["runs"]}):
+        solver, dtype, tied = VARIANTS[name]
+        rows, cols = problem(square=tied)
+        hp, pk = settings(solver, dtype)
+        local = LocalEngine(rows, cols, hp, pk, tied=tied)
+        a = local.init_state(0)
+        out[f"{name}_init_local"] = local.to_numpy(a)[0]
+        for _ in range(3):
+            a = local.epoch(a)
+        out[f"{name}_w_local"], out[f"{name}_h_local"] = local.to_numpy(a)
+        out[f"{name}_loss_local"] = np.asarray(local.loss(a).total)
+    for name, P in CFG["runs"]:
+        solver, dtype, tied = VARIANTS[name]
+        rows, cols = problem(square=tied)
+        hp, pk = settings(solver, dtype)
+        sharded = ShardedEngine(rows, cols, hp, pk, tied=tied, mesh=make_mesh(jax.devices()[:P]))
+        b = sharded.init_state(0)
+        out[f"{name}_{P}_init"] = sharded.to_numpy(b)[0]
+        for _ in range(3):
+            b = sharded.epoch(b)
+        out[f"{name}_{P}_w"], out[f"{name}_{P}_h"] = sharded.to_numpy(b)
+        out[f"{name}_{P}_loss"] = np.asarray(sharded.loss(b).total)
+        out[f"{name}_{P}_imbalance"] = np.asarray(sharded.stats.imbalance())
+    np.savez(CFG["out"], **out)
+
+
+def train() -> None:
+    from alsx.checkpoint import Checkpointer, CheckpointOptions
+    from alsx.checkpoint import train as run
+    from alsx.core.sharded import ShardedEngine
+
+    rows, cols = problem()
+    hp, pk = settings()
+    engine = ShardedEngine(rows, cols, hp, pk)
+    ck = None
+    if CFG.get("ckpt"):
+        ck = Checkpointer(CheckpointOptions(CFG["ckpt"], every_epochs=CFG.get("every", 1)))
+    state = run(engine, CFG["epochs"], seed=0, checkpointer=ck)
+    w, h = engine.to_numpy(state)
+    np.savez(CFG["out"], w=w, h=h, epoch=state.epoch)
+
+
+def multi_process() -> None:
+    import jax
+
+    from alsx.distributed import DistributedOptions, Watchdog, fail_fast, initialize
+
+    initialize(DistributedOptions(coordinator=f"127.0.0.1:{CFG['port']}", num_processes=CFG["nproc"],
+                                  process_id=CFG["pid"], heartbeat_timeout_s=CFG.get("heartbeat", 10),
+                                  init_timeout_s=60))
+    from alsx.core.engine import LocalEngine
+    from alsx.core.sharded import ShardedEngine
+    from alsx.core.sharding import balanced_layout, local_shards, make_mesh
+    from alsx.data.shard_packing import local_part
+
+    rows, cols = problem()
+    hp, pk = settings()
+    mesh = make_mesh()
+    assert len(mesh.devices.reshape(-1)) == CFG["nproc"] * CFG["devices"]
+    # Each process keeps only the rows (and columns) its shards own.
+    rc, cc = rows.lengths(), cols.lengths()
+    mine = local_shards(mesh)
+    P = mesh.shape["shard"]
+    my_rows = local_part(rows, balanced_layout(rc, P), mine)
+    my_cols = local_part(cols, balanced_layout(cc, P), mine)
+    assert my_rows.nnz < rows.nnz or CFG["nproc"] == 1
+    engine = ShardedEngine(my_rows, my_cols, hp, pk, mesh=mesh, row_counts=rc, col_counts=cc)
+    state = engine.init_state(0)
+    epochs = 10**9 if CFG.get("forever") else CFG["epochs"]
+    with fail_fast("training"), Watchdog(CFG.get("step_timeout")) as wd:
+        while state.epoch < epochs:
+            state = engine.epoch(state)
+            jax.block_until_ready(state.w)
+            wd.beat()
+            if CFG.get("progress"):
+                with open(f"{CFG['progress']}.{CFG['pid']}", "w") as f:
+                    f.write(str(state.epoch))
+    w, h = engine.to_numpy(state)
+    if CFG["pid"] == 0:
+        local = LocalEngine(rows, cols, hp, pk)
+        a = local.init_state(0)
+        for _ in range(CFG["epochs"]):
+            a = local.epoch(a)
+        lw, lh = local.to_numpy(a)
+        np.savez(CFG["out"], w=w, h=h, w_local=lw, h_local=lh)
+
+
+def stall() -> None:
+    import threading
+
+    from alsx.distributed import Watchdog
+
+    with Watchdog(CFG["timeout"]):
+        threading.Event().wait()  # never set: a hung step
+
+
+if __name__ == "__main__":
+    {"compare": compare, "train": train, "mp": multi_process, "stall": stall}[CFG["mode"]]()
