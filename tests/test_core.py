@@ -15,7 +15,7 @@ from alsx.data.matrix import CSR, coo_to_csr
 from alsx.data.packing import pack
 from reference import loss_parts, random_problem, solve_rows
 
-NARROW = Packing(min_width=2, max_width=8, batch_entries=16)  # several buckets + long rows on tiny data
+NARROW = Packing(n_buckets=3, max_width=8, batch_entries=16)  # several buckets + long rows on tiny data
 LAYOUTS = [Packing(), NARROW]
 REG, ALPHA0, NU = 0.05, 0.2, 1.0
 

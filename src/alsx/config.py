@@ -57,17 +57,18 @@ class Packing:
     Attributes:
       batch_entries: target padded entries per block (rows x width); sized so that the
         gathered block (batch_entries x dim floats) stays near the L2 cache.
-      min_width: narrowest block width.
+      n_buckets: at most this many block widths, chosen from the row-length histogram
+        to minimise padding (each width is one compiled program per side).
+      min_width: narrowest block width (shorter rows are padded to it).
       max_width: rows longer than this are "long": their normal equations are summed
         over sub-rows of this width (any length works, no "row too long" error).
-      growth: ratio between consecutive block widths (padding waste <= 1 - 1/growth).
       max_dense_bytes: memory bound for per-row d x d matrices held at once.
     """
 
     batch_entries: int = 0  # 0 = chosen from dim
-    min_width: int = 8
+    n_buckets: int = 10
+    min_width: int = 1
     max_width: int = 1024
-    growth: float = 2.0
     max_dense_bytes: int = 64 << 20
 
     def entries_for(self, dim: int) -> int:

@@ -86,15 +86,44 @@ class PackedSide:
         return {"blocks": blocks, "long": long, "counts": self.counts}
 
 
-def bucket_widths(cfg: Packing) -> np.ndarray:
-    """int64 [n_buckets] increasing block widths from min_width to max_width."""
-    widths = []
-    w = float(cfg.min_width)
-    while w < cfg.max_width:
-        widths.append(int(np.ceil(w / 8) * 8) if w >= 8 else int(w))
-        w *= cfg.growth
-    widths.append(cfg.max_width)
-    return np.unique(np.asarray(widths, dtype=np.int64))
+def bucket_widths(lengths: np.ndarray, n_buckets: int, max_width: int) -> np.ndarray:
+    """int64 [<= n_buckets] block widths that minimise padding for these row lengths.
+
+    Exact dynamic programme over the distinct lengths v <= max_width (O(n_buckets * V^2)):
+    a bucket (a, b] padded to width b wastes sum_{a < v <= b} count_v * (b - v).
+    """
+    lengths = np.asarray(lengths)
+    vals, counts = np.unique(lengths[(lengths > 0) & (lengths <= max_width)], return_counts=True)
+    if len(vals) == 0:
+        return np.zeros(0, dtype=np.int64)
+    k = min(n_buckets, len(vals))
+    c = np.concatenate([[0], np.cumsum(counts)]).astype(np.float64)  # C[j]: rows with length <= vals[j-1]
+    s = np.concatenate([[0], np.cumsum(counts * vals)]).astype(np.float64)
+    j = np.arange(1, len(vals) + 1)
+    i = np.arange(len(vals))
+    # cost[i, j]: bucket holding vals[i:j] padded to vals[j-1]; inf where empty (i >= j).
+    cost = vals[j - 1][None, :] * (c[j][None, :] - c[i][:, None]) - (s[j][None, :] - s[i][:, None])
+    cost = np.where(i[:, None] < j[None, :], cost, np.inf)
+    best = cost[0].copy()  # best[j-1]: cheapest cover of vals[:j] with the buckets so far
+    back = []  # back[m][j-1]: start of the last bucket with m+2 buckets, -1 when fewer were better
+    for _ in range(1, k):
+        total = best[:-1][:, None] + cost[1:]  # previous buckets cover vals[:i], i >= 1
+        arg = np.argmin(total, axis=0)
+        new = total[arg, np.arange(len(vals))]
+        better = new < best
+        back.append(np.where(better, arg + 1, -1))
+        best = np.where(better, new, best)
+    widths, end, m = [], len(vals), len(back)
+    while True:
+        if m > 0 and back[m - 1][end - 1] < 0:
+            m -= 1
+            continue
+        widths.append(int(vals[end - 1]))
+        if m == 0:
+            break
+        end = int(back[m - 1][end - 1])
+        m -= 1
+    return np.asarray(sorted(widths), dtype=np.int64)
 
 
 def _gather_rows(csr: CSR, starts: np.ndarray, lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +157,8 @@ def pack(csr: CSR, dim: int, cfg: Packing = Packing(), dense_rows: bool = False)
     n_rows = csr.n_rows
     entries = cfg.entries_for(dim)
     row_cap = max(1, cfg.max_dense_bytes // (4 * dim * dim)) if dense_rows else None
-    widths = bucket_widths(cfg)
+    widths = bucket_widths(np.maximum(lengths, min(cfg.min_width, cfg.max_width)) * (lengths > 0),
+                           cfg.n_buckets, cfg.max_width)
     indptr = np.asarray(csr.indptr)
 
     blocks = []
