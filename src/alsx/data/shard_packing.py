@@ -17,8 +17,8 @@ shards, batches and owners; with balanced ownership K ~ unique / P)::
     positions int32 [n_batches, S, W]   entry (s, l) of batch b reads row
                                          positions[b, s, l] of the received [P * K, d] buffer
 
-Rows are placed as in :func:`alsx.data.packing.pack` (same width ladder and long-row
-split), with row slots local to the shard: ``n_local`` marks an empty slot.
+Rows are placed as in :func:`alsx.data.packing.pack` (the same block widths, chosen
+from the global row lengths, and the same long-row split), with row slots local to the shard: ``n_local`` marks an empty slot.
 """
 
 from __future__ import annotations
@@ -152,7 +152,9 @@ def side_shape(counts: np.ndarray, layout: RowLayout, dim: int, cfg: Packing, de
     counts = np.asarray(counts, dtype=np.int64)
     entries = cfg.entries_for(dim)
     row_cap = max(1, cfg.max_dense_bytes // (4 * dim * dim)) if dense_rows else None
-    widths = bucket_widths(cfg)
+    # The widths LocalEngine's pack() picks for the whole side, so rows land in the same buckets.
+    widths = bucket_widths(np.maximum(counts, min(cfg.min_width, cfg.max_width)) * (counts > 0),
+                           cfg.n_buckets, cfg.max_width)
     shard_of = layout.position // layout.n_local
     P = layout.n_shards
     short = (counts > 0) & (counts <= cfg.max_width)
