@@ -1,0 +1,211 @@
+"""Shared helpers of benchmarks/quality.py and benchmarks/compare.py.
+
+Data sets, their evaluation protocol, machine facts for the results headers,
+peak memory of the current process, and running one measurement in a fresh
+child interpreter (so each library's peak RSS is its own).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+DATA = Path(os.environ.get("ALSX_DATA", "/work/shared/data"))
+
+FILES = {
+    "gowalla": "gowalla_lightgcn.npz",
+    "ml1m": "ml1m_implicit.npz",
+    "cnr": "web_cnr2000.npz",
+}
+# Protocol per data set: the split shipped with the data, or held-out rows (strong generalisation).
+PROTOCOL = {"gowalla": "given", "ml1m": "given", "cnr": "heldout_rows", "synth10m": "heldout_rows"}
+SYNTH = {"n_rows": 1_000_000, "n_cols": 200_000, "nnz": 10_000_000, "seed": 0}
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def synthetic_powerlaw(n_rows: int, n_cols: int, nnz: int, seed: int = 0):
+    """A power-law-ish binary matrix with about ``nnz`` distinct entries.
+
+    Row and column of each entry are drawn independently with probability
+    proportional to (rank + 10) ** -0.8 over a random permutation of the ids
+    (heavy heads, long tails, like user activity and item popularity).
+    """
+    from alsx.data.matrix import Interactions
+
+    rng = np.random.default_rng(seed)
+
+    def draw(n, size, perm):
+        p = (np.arange(n, dtype=np.float64) + 10.0) ** -0.8
+        cdf = np.cumsum(p)
+        cdf /= cdf[-1]
+        return perm[np.searchsorted(cdf, rng.random(size), side="right").clip(0, n - 1)]
+
+    prow, pcol = rng.permutation(n_rows), rng.permutation(n_cols)
+    keys = np.empty(0, np.int64)
+    want = nnz
+    while keys.size < nnz:
+        r = draw(n_rows, int(want * 1.15), prow).astype(np.int64)
+        c = draw(n_cols, int(want * 1.15), pcol).astype(np.int64)
+        keys = np.unique(np.concatenate([keys, r * n_cols + c]))
+        want = nnz - keys.size + 1000
+    keys = rng.permutation(keys)[:nnz]
+    keys.sort()
+    rows = (keys // n_cols).astype(np.int32)
+    cols = (keys % n_cols).astype(np.int32)
+    return Interactions(rows=rows, cols=cols, values=np.ones(rows.size, np.float32), shape=(n_rows, n_cols))
+
+
+def load(name: str):
+    """Interactions of a named data set (see FILES, plus 'synth10m')."""
+    if name == "synth10m":
+        return synthetic_powerlaw(**SYNTH)
+    from alsx.data.ingest import load_interactions
+
+    x, _ = load_interactions(str(DATA / FILES[name]))
+    return x
+
+
+def split_of(name: str, x):
+    """The evaluation split of a data set: given (is_test) or held-out rows (10 % rows, 80 % history)."""
+    from alsx.data.split import given_split, heldout_rows_split
+
+    if PROTOCOL[name] == "given":
+        return given_split(x)
+    return heldout_rows_split(x, row_fraction=0.1, history_fraction=0.8, seed=0)
+
+
+def to_scipy(part, n_rows: int | None = None):
+    """scipy CSR (float32 ones) of an Interactions part."""
+    import scipy.sparse as sp
+
+    shape = part.shape if n_rows is None else (n_rows, part.shape[1])
+    return sp.csr_matrix((np.ones(part.nnz, np.float32), (part.rows, part.cols)), shape=shape)
+
+
+def eval_parts(split):
+    """(rows evaluated, truth CSR, history CSR) exactly as alsx.eval.protocol.evaluate builds them."""
+    from alsx.eval.protocol import _compact_rows, eval_rows
+
+    rows = eval_rows(split)
+    truth = _compact_rows(split.test, rows)
+    hist_src = split.foldin if split.foldin is not None else split.train
+    history = _compact_rows(hist_src, rows)
+    return rows, truth, history
+
+
+def csr_to_scipy(c):
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((np.asarray(c.values, np.float32), c.indices, c.indptr), shape=(c.n_rows, c.n_cols))
+
+
+# ---------------------------------------------------------------------------- machine
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident set size (VmHWM), GiB."""
+    return proc_hwm_gib("self")
+
+
+def proc_hwm_gib(pid) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 2**20
+    except (OSError, AttributeError):
+        return float("nan")
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import jax
+
+    return (f"{cpu}, {os.cpu_count()} logical cores, {mem:.1f} GiB RAM, no GPU (JAX {jax.__version__} "
+            f"on {jax.default_backend()}), Python {platform.python_version()}, NumPy {np.__version__}")
+
+
+def now() -> str:
+    return datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+
+
+def command_line() -> str:
+    import shlex
+
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+
+
+# ---------------------------------------------------------------------------- child processes
+
+
+def run_child(script: Path, spec: dict, timeout: float | None = None, nice: int = 0) -> dict:
+    """Runs ``script --child JSON`` in a fresh interpreter; returns its last JSON stdout line.
+
+    On failure the dict has an ``error`` key (and ``timeout`` when it ran out of time).
+    """
+    cmd = [sys.executable, str(script), "--child", json.dumps(spec)]
+    if nice:
+        cmd = ["nice", "-n", str(nice)] + cmd
+    env = dict(os.environ)
+    env.setdefault("PYTHONPATH", str(ROOT / "src"))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s", "timeout": True, **spec}
+    wall = time.perf_counter() - t0
+    for line in reversed(proc.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            out = json.loads(line)
+            out["child_wall_s"] = wall
+            return out
+    tail = (proc.stderr or proc.stdout)[-1500:]
+    return {"error": f"exit {proc.returncode}: {tail}", **spec}
+
+
+def emit(obj: dict) -> None:
+    """Prints the child's result as the last stdout line."""
+    sys.stdout.flush()
+    print(json.dumps(obj, default=float), flush=True)
+
+
+def append_jsonl(path: Path, obj: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(obj, default=float) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def fmt(v, nd=4):
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
