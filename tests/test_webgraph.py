@@ -265,7 +265,7 @@ def test_chunked_build_equals_unchunked(tmp_path):
     cc, _ = random_cc(tmp_path / "cc", n_edge_files=2)
     kw = dict(tld=["de", "in"], min_degree=3, heldout_fraction=0.1, seed=1)
     big = build_webgraph(cc, tmp_path / "big", **kw)
-    small = build_webgraph(cc, tmp_path / "small", chunk_edges=7, block_nnz=13, max_shard_nnz=50, **kw)
+    small = build_webgraph(cc, tmp_path / "small", chunk_edges=7, block_nnz=13, max_shard_nnz=50, fill_budget_nnz=20, **kw)
     assert len(small.shards("train_csr")) > 1
     assert big.manifest["counts"] == small.manifest["counts"]
     for name in ("train_csr", "train_csc", "foldin_csr", "truth_csr"):
@@ -297,6 +297,31 @@ def test_url_edge_list_with_tld(tmp_path):
 def test_int_edge_list_rejects_tld(tmp_path):
     with pytest.raises(ValueError, match="TLD"):
         build_webgraph(_edge_list(tmp_path, np.array([[1, 2]])), tmp_path / "out", tld="de")
+
+
+def test_bucketed_fill_equals_memmap_fill(tmp_path):
+    rng = np.random.default_rng(2)
+    rows, cols = rng.integers(0, 50, 3000), rng.integers(0, 70, 3000)
+    chunks = [(rows[i : i + 200], cols[i : i + 200]) for i in range(0, 3000, 200)]
+    a = ExternalCSRBuilder(tmp_path / "a", 50, 70, max_shard_nnz=1000, block_nnz=64)
+    b = ExternalCSRBuilder(tmp_path / "b", 50, 70, max_shard_nnz=1000, block_nnz=64)
+    for x in (a, b):
+        x.count(rows)
+        x.allocate()
+    for r, c in chunks:
+        a.fill(r, c)
+    ia = a.finalize()
+    plan = b.bucket_plan(150)
+    assert len(plan) > len(ia["shards"])  # several RAM buckets per shard
+    for bucket in plan:
+        b.fill_bucket(bucket, iter(chunks))
+    ib = b.finalize_buckets()
+    assert (ia["nnz"], ia["nnz_before_dedupe"]) == (ib["nnz"], ib["nnz_before_dedupe"])
+    assert ia["nnz"] < 3000  # repeats were removed
+    assert len(ia["shards"]) == len(ib["shards"]) > 1
+    for sa, sb in zip(ia["shards"], ib["shards"]):
+        for key in ("indptr", "indices"):
+            assert np.array_equal(np.load(tmp_path / sa[key]), np.load(tmp_path / sb[key])), key
 
 
 def test_external_builder_dedupes_and_checks_passes(tmp_path):

@@ -48,6 +48,8 @@ from alsx.webgraph.dataset import (
 
 #: Edges per ingest / generation chunk (int64 pairs: 16 bytes each, plus sort temporaries).
 DEFAULT_CHUNK_EDGES = 1 << 23
+#: Entries of one in-RAM row bucket while filling a CSR (1 GiB of int32 per orientation).
+DEFAULT_FILL_BUDGET_NNZ = 1 << 28
 
 EdgeChunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 
@@ -146,15 +148,19 @@ def build_stage(
     n_chunks: int | None = None,
     desc: str = "edges",
     spill: bool = True,
+    fill_budget_nnz: int = DEFAULT_FILL_BUDGET_NNZ,
 ) -> dict[str, Any]:
     """Writes the deduplicated graph of ``chunks`` as CSR + CSC (no split) under ``stage_dir``.
 
     Args:
       chunks: a callable returning a fresh iterable of (src, dst) int [m] chunks;
-        it is iterated twice (count, then fill) and must yield the same edges.
+        it is iterated for counting, then (unless ``spill``) once per fill
+        bucket, and must yield the same edges every time.
       n_nodes: node count; ids are in [0, n_nodes).
       spill: during the count pass, also write the chunks to a temporary file
         (8 bytes per edge) and fill from it, instead of iterating ``chunks`` again.
+      fill_budget_nnz: entries per in-RAM row bucket (4 bytes each, per
+        orientation); the edges are read once per bucket.
     Returns:
       The ``matrices`` manifest entries plus ``edges_in`` (before dedupe) and ``edges`` (after).
     """
@@ -183,15 +189,21 @@ def build_stage(
                 pair = np.fromfile(f, dtype=np.int32, count=2 * m).reshape(-1, 2)
                 yield pair[:, 0], pair[:, 1]
 
+    source = replay if spill else chunks
+    # Row buckets that fit ``fill_budget_nnz`` are built in RAM, one pass over the
+    # edges per bucket pair, and written sequentially (see ExternalCSRBuilder.fill_bucket).
+    plan_r, plan_c = csr.bucket_plan(fill_budget_nnz), csc.bucket_plan(fill_budget_nnz)
     try:
-        for src, dst in _tqdm(progress, iterable=replay() if spill else chunks(), total=n_chunks, desc=f"{desc}: fill", unit="chunk"):
-            csr.fill(src, dst)
-            csc.fill(dst, src)
+        for i in _tqdm(progress, iterable=range(max(len(plan_r), len(plan_c))), desc=f"{desc}: fill", unit="bucket"):
+            if i < len(plan_r):
+                csr.fill_bucket(plan_r[i], source())
+            if i < len(plan_c):
+                csc.fill_bucket(plan_c[i], ((d, s) for s, d in source()))
     finally:
         if spill:
             spill_path.unlink()
-    m_csr = csr.finalize()
-    m_csc = csc.finalize()
+    m_csr = csr.finalize_buckets()
+    m_csc = csc.finalize_buckets()
     if m_csr["nnz"] != m_csc["nnz"]:  # pragma: no cover - a bug guard
         raise RuntimeError(f"CSR has {m_csr['nnz']} entries but its transpose {m_csc['nnz']}")
     empty = {}
@@ -726,6 +738,7 @@ def stage_and_finalize(
     n_chunks: int | None = None,
     desc: str = "edges",
     spill: bool = True,
+    fill_budget_nnz: int = DEFAULT_FILL_BUDGET_NNZ,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Edges -> final dataset files in ``out_dir`` (no manifest yet): stage, then filter/split.
 
@@ -743,7 +756,8 @@ def stage_and_finalize(
     direct = not _needs_finalize(min_degree, keep_self_links, heldout_fraction)
     stage_dir = out_dir if direct else out_dir / "_stage"
     st = build_stage(
-        chunks, n_nodes, stage_dir, max_shard_nnz=max_shard_nnz, block_nnz=block_nnz, progress=progress, n_chunks=n_chunks, desc=desc, spill=spill
+        chunks, n_nodes, stage_dir, max_shard_nnz=max_shard_nnz, block_nnz=block_nnz, progress=progress, n_chunks=n_chunks, desc=desc, spill=spill,
+        fill_budget_nnz=fill_budget_nnz,
     )
     arrays = {"heldout_rows": "heldout_rows.npy"}
     for name, a in (node_arrays or {}).items():
@@ -827,6 +841,7 @@ def build_webgraph(
     chunk_edges: int = DEFAULT_CHUNK_EDGES,
     max_shard_nnz: int = DEFAULT_MAX_SHARD_NNZ,
     block_nnz: int = DEFAULT_BLOCK_NNZ,
+    fill_budget_nnz: int = DEFAULT_FILL_BUDGET_NNZ,
     checksum: bool = False,
     overwrite: bool = False,
     progress: bool = False,
@@ -850,6 +865,7 @@ def build_webgraph(
       chunk_edges: edges per processing chunk (bounds memory).
       max_shard_nnz: entries per shard file.
       block_nnz: entries per sort / scan block.
+      fill_budget_nnz: entries per in-RAM row bucket when building CSRs.
       checksum: record sha256 of every file in the manifest.
     Returns:
       The opened dataset.
@@ -881,6 +897,7 @@ def build_webgraph(
             n_chunks=n_chunks,
             desc="stage",
             spill=False,  # the ingest spill is already on disk: replay it
+            fill_budget_nnz=fill_budget_nnz,
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -41,7 +41,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from alsx.webgraph.build import DEFAULT_CHUNK_EDGES, _prepare_out, stage_and_finalize
+from alsx.webgraph.build import DEFAULT_CHUNK_EDGES, DEFAULT_FILL_BUDGET_NNZ, _prepare_out, stage_and_finalize
 from alsx.webgraph.dataset import DEFAULT_BLOCK_NNZ, DEFAULT_MAX_SHARD_NNZ, WebGraphDataset, open_dataset, write_manifest
 
 # Stream tag of the global tables; chunk streams use [seed, i] with i < 2**32.
@@ -322,6 +322,7 @@ def synth_webgraph(
     history_fraction: float = 0.8,
     max_shard_nnz: int = DEFAULT_MAX_SHARD_NNZ,
     block_nnz: int = DEFAULT_BLOCK_NNZ,
+    fill_budget_nnz: int = DEFAULT_FILL_BUDGET_NNZ,
     checksum: bool = False,
     overwrite: bool = False,
     progress: bool = False,
@@ -369,6 +370,7 @@ def synth_webgraph(
         seed=seed,
         max_shard_nnz=max_shard_nnz,
         block_nnz=block_nnz,
+        fill_budget_nnz=fill_budget_nnz,
         progress=progress,
         n_chunks=model.n_chunks,
         desc="synth",
