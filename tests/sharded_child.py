@@ -17,10 +17,9 @@ import json
 import os
 import sys
 
-CFG = json.loads(sys.argv[1])
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={CFG.get('devices', 1)}"
+import numpy as np
 
-import numpy as np  # noqa: E402
+CFG: dict = {}  # set from argv in __main__, before jax is imported
 
 N_ROWS, N_COLS = 70, 50
 
@@ -144,6 +143,11 @@ def multi_process() -> None:
             if CFG.get("progress"):
                 with open(f"{CFG['progress']}.{CFG['pid']}", "w") as f:
                     f.write(str(state.epoch))
+    if CFG.get("ckpt"):  # every process takes part in the save
+        from alsx.checkpoint import Checkpointer, CheckpointOptions
+
+        with Checkpointer(CheckpointOptions(CFG["ckpt"])) as ck:
+            ck.save(engine, state)
     w, h = engine.to_numpy(state)
     if CFG["pid"] == 0:
         local = LocalEngine(rows, cols, hp, pk)
@@ -164,4 +168,6 @@ def stall() -> None:
 
 
 if __name__ == "__main__":
+    CFG.update(json.loads(sys.argv[1]))
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={CFG.get('devices', 1)}"
     {"compare": compare, "train": train, "mp": multi_process, "stall": stall}[CFG["mode"]]()

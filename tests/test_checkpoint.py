@@ -239,3 +239,29 @@ def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
     for t in "wh":
         err = np.abs(moved[t] - ref[t]).max() / np.abs(ref[t]).max()
         assert err <= 1e-5, f"{t}: {err}"
+
+
+def test_save_policy_every_m_minutes(engine, tmp_path, monkeypatch):
+    import alsx.checkpoint as ckmod
+
+    now = [1000.0]
+    monkeypatch.setattr(ckmod.time, "monotonic", lambda: now[0])
+    with Checkpointer(CheckpointOptions(str(tmp_path), every_epochs=0, every_minutes=2)) as ck:
+        assert not ck.due(1)
+        now[0] += 119
+        assert not ck.due(2)
+        now[0] += 2  # 2 minutes and 1 second after the last save
+        assert ck.due(3)
+        ck.save(engine, engine.init_state(0))
+        assert not ck.due(4)  # the save restarted the clock
+
+
+def test_bfloat16_round_trip(tmp_path):
+    rows, cols = _problem()
+    eng = ShardedEngine(rows, cols, HParams(dim=8, solver="cholesky", dtype="bfloat16"), PK)
+    state = eng.epoch(eng.init_state(0))
+    with Checkpointer(CheckpointOptions(str(tmp_path))) as ck:
+        ck.save(eng, state)
+        got = ck.restore(eng)
+    assert str(got.state.w.dtype) == "bfloat16"
+    assert np.array_equal(eng.to_numpy(got.state)[1], eng.to_numpy(state)[1])

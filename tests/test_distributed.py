@@ -104,8 +104,9 @@ def test_bad_options_are_explained(kwargs, match):
 def test_two_processes_match_one(tmp_path):
     port = _free_port()
     out = str(tmp_path / "mp.npz")
-    procs = [_spawn({"mode": "mp", "devices": 2, "nproc": 2, "pid": i, "port": port, "epochs": 3, "out": out})
-             for i in range(2)]
+    ckpt = str(tmp_path / "ckpt")
+    procs = [_spawn({"mode": "mp", "devices": 2, "nproc": 2, "pid": i, "port": port, "epochs": 3, "out": out,
+                     "ckpt": ckpt}) for i in range(2)]
     results = _finish(procs, timeout=180)
     for code, err in results:
         assert code == 0, err[-4000:]
@@ -113,6 +114,21 @@ def test_two_processes_match_one(tmp_path):
     for t in "wh":
         err = np.abs(z[t] - z[f"{t}_local"]).max() / np.abs(z[f"{t}_local"]).max()
         assert err <= 1e-5, f"{t}: 2 x 2 devices differ from one process by {err}"
+
+    # The checkpoint the two processes wrote together restores in this single process.
+    sys.path.insert(0, HERE)
+    import sharded_child
+
+    from alsx.checkpoint import Checkpointer, CheckpointOptions
+    from alsx.core.sharded import ShardedEngine
+
+    rows, cols = sharded_child.problem()
+    engine = ShardedEngine(rows, cols, *sharded_child.settings())
+    with Checkpointer(CheckpointOptions(ckpt)) as ck:
+        got = ck.restore(engine)
+    assert got is not None and got.epoch == 3
+    w, h = engine.to_numpy(got.state)
+    assert np.array_equal(w, z["w"]) and np.array_equal(h, z["h"])
 
 
 @pytest.mark.parametrize("victim", [1, 0])  # 0 also hosts the coordination service

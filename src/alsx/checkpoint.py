@@ -298,7 +298,7 @@ def train(
         saved = None
         while state.epoch < epochs:
             state = engine.epoch(state)
-            jax.block_until_ready(state.w)
+            jax.block_until_ready((state.w, state.h))
             watchdog.beat()
             if on_epoch is not None:
                 on_epoch(state)

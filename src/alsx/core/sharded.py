@@ -120,11 +120,10 @@ class ShardedEngine:
       row_counts, col_counts: int [n_rows], [n_cols] global stored entries per row and per
         column.  Needed only when ``rows`` / ``cols`` hold just this process's part;
         default their lengths.
-      memory_budget: per-device bytes for the memory planner (default: what the device
-        reports, or host memory / local devices on CPU); None and ``check_memory=False``
-        skip the check.
-      check_memory: raise :class:`alsx.plan.MemoryPlanError` before copying anything to the
-        devices if the plan does not fit.
+      memory_budget: per-device bytes for the memory planner; None: what the device
+        reports (host memory / local devices on CPU).
+      check_memory: run the planner and raise :class:`alsx.plan.MemoryPlanError` before
+        copying anything to the devices if the plan does not fit (False skips it).
     """
 
     def __init__(
