@@ -46,7 +46,7 @@ def settings(solver: str = "cholesky", dtype: str = "float32"):
     from alsx.config import HParams, Packing
 
     hp = HParams(dim=8, reg=0.05, unobserved_weight=0.1, nu=1.0, solver=solver, cg_steps=3, dtype=dtype)
-    return hp, Packing(min_width=4, max_width=16, batch_entries=64)
+    return hp, Packing(min_width=4, max_width=16, batch_entries=64, n_buckets=3)  # few blocks: quick to compile
 
 
 VARIANTS = {  # name -> (solver, dtype, tied)

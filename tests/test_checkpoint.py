@@ -26,7 +26,7 @@ from alsx.data.matrix import coo_to_csr
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
 HP = HParams(dim=8, reg=0.05, unobserved_weight=0.1, solver="cholesky")
-PK = Packing(min_width=4, max_width=16, batch_entries=64)
+PK = Packing(min_width=4, max_width=16, batch_entries=64, n_buckets=3)
 
 
 def _problem(n=43, m=29, seed=3):
