@@ -118,7 +118,7 @@ def multi_process() -> None:
                                   init_timeout_s=60))
     from alsx.core.engine import LocalEngine
     from alsx.core.sharded import ShardedEngine
-    from alsx.core.sharding import balanced_layout, local_shards, make_mesh
+    from alsx.core.sharding import SHARD, balanced_layout, local_shards, make_mesh
     from alsx.data.shard_packing import local_part
 
     rows, cols = problem()
@@ -128,7 +128,7 @@ def multi_process() -> None:
     # Each process keeps only the rows (and columns) its shards own.
     rc, cc = rows.lengths(), cols.lengths()
     mine = local_shards(mesh)
-    P = mesh.shape["shard"]
+    P = mesh.shape[SHARD]
     my_rows = local_part(rows, balanced_layout(rc, P), mine)
     my_cols = local_part(cols, balanced_layout(cc, P), mine)
     assert my_rows.nnz < rows.nnz or CFG["nproc"] == 1
