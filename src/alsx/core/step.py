@@ -87,6 +87,22 @@ def solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather):
 
 
 @functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather"))
+def _block_update(out, w, h, gram, block, lam, alpha0, solver, cg_steps, gather):
+    x = solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, gather)
+    return out.at[block[2].reshape(-1)].set(x.reshape(-1, w.shape[1]).astype(out.dtype), mode="drop")
+
+
+@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather"))
+def _long_update(out, w, h, gram, long, lam, alpha0, solver, cg_steps, gather):
+    x = solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather)
+    return out.at[long[3]].set(x.astype(out.dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("n_other",))
+def _prologue(h, counts, reg, alpha0, nu, n_other):
+    return ne.gramian(h), row_regularisation(counts, n_other, reg, alpha0, nu)
+
+
 def half_step(
     w: jax.Array,
     h: jax.Array,
@@ -102,17 +118,17 @@ def half_step(
     """Re-solves every row of ``w`` [n_rows, d] against the fixed ``h`` [n_cols, d].
 
     Rows with no entries get the exact optimum 0.  Returns a new table of ``w``'s dtype.
+    Each width bucket is its own compiled program, run one after the other: one XLA
+    program holding many buckets' LAPACK Cholesky calls deadlocked on the CPU here
+    (10 buckets hung, any 9 ran), and per-bucket programs also compile in parallel-friendly,
+    reusable pieces.  Inside ``jit`` (the sharded engine) the calls simply inline.
     """
-    n_rows, d = w.shape
-    gram = ne.gramian(h)
-    lam = row_regularisation(side["counts"], h.shape[0], reg, alpha0, nu)
+    gram, lam = _prologue(h, side["counts"], reg, alpha0, nu, h.shape[0])
     out = jnp.zeros_like(w)
     for block in side["blocks"]:
-        x = solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, gather)
-        out = out.at[block[2].reshape(-1)].set(x.reshape(-1, d).astype(w.dtype), mode="drop")
+        out = _block_update(out, w, h, gram, block, lam, alpha0, solver, cg_steps, gather)
     if side["long"] is not None:
-        x = solve_long(w, h, gram, side["long"], lam, alpha0, solver, cg_steps, gather)
-        out = out.at[side["long"][3]].set(x.astype(w.dtype))
+        out = _long_update(out, w, h, gram, side["long"], lam, alpha0, solver, cg_steps, gather)
     return out
 
 
