@@ -155,18 +155,40 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
 
 
 # ---------------------------------------------------------------------------- commands
+def _checkpointer(a: argparse.Namespace):
+    """The Checkpointer asked for by --checkpoint-every/--checkpoint-minutes/--resume, or None."""
+    if not (a.checkpoint_every or a.checkpoint_minutes or a.resume):
+        return None
+    from alsx.checkpoint import CheckpointOptions, Checkpointer
+
+    if a.resume:
+        root = Path(a.resume)
+        directory = root / "checkpoints" if (root / "checkpoints").is_dir() else root
+        if not directory.is_dir():
+            raise SystemExit(f"error: --resume {a.resume}: no checkpoint folder there")
+    else:
+        directory = Path(a.out) / "checkpoints"
+    return Checkpointer(CheckpointOptions(str(directory.resolve()), every_epochs=a.checkpoint_every or 0,
+                                          every_minutes=a.checkpoint_minutes))
+
+
 def cmd_train(a: argparse.Namespace) -> int:
+    from alsx.distributed import init_from_args
     from alsx.eval.protocol import evaluate
 
+    topo = init_from_args(a)
     data, summary = _load(a.data, a)
     split = make_split(data, a)
     if split is not None:
         print(f"split: {split.summary()}", file=sys.stderr)
     train = data if split is None else split.train
-    model = _model(a)
+    model = _model(a, progress=topo.process_index == 0)
     t = time.perf_counter()
-    model.fit(train, split=split, eval_every=a.eval_every if split is not None else 0, eval_ks=tuple(a.ks))
+    model.fit(train, split=split, eval_every=a.eval_every if split is not None else 0, eval_ks=tuple(a.ks),
+              checkpointer=_checkpointer(a), step_timeout_s=topo.options.step_timeout_s)
     seconds = time.perf_counter() - t
+    if topo.process_index != 0:  # every process holds the full tables; one writes them
+        return 0
     out = Path(a.out)
     model.save(out)
     cfg = json.loads((out / "config.json").read_text())
@@ -277,6 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(t)
     _add_split_args(t)
     t.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: only at the end)")
+    g = t.add_argument_group("checkpoints")
+    g.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+                   help="save a checkpoint (Orbax, sharded, atomic) every K epochs into OUT/checkpoints")
+    g.add_argument("--checkpoint-minutes", type=float, default=None, metavar="M", help="also every M minutes")
+    g.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue from the newest good checkpoint in DIR (an earlier --out or its checkpoints/); "
+                        "any device or process count")
+    from alsx.distributed import add_distributed_arguments
+
+    add_distributed_arguments(t)
+    t.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                   help="split the CPU into N JAX devices (e.g. one per core; sets XLA_FLAGS before JAX starts)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a saved model on its split")
@@ -318,6 +352,11 @@ def enable_compile_cache() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "cpu_devices", None):
+        import os
+
+        flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
     enable_compile_cache()
     return int(args.func(args) or 0)
 

@@ -101,12 +101,11 @@ class ALS:
 
     # ------------------------------------------------------------------ training
     def _engine(self, train: Interactions):
-        rows, cols = train.csr(self.alpha), train.csc(self.alpha)
-        if self.engine_factory is not None:
-            return self.engine_factory(rows, cols, self.hparams, self.packing, self.tied), rows
-        from alsx.core.engine import LocalEngine
+        from alsx.core.engine import make_engine
 
-        return LocalEngine(rows, cols, self.hparams, self.packing, self.tied), rows
+        rows, cols = train.csr(self.alpha), train.csc(self.alpha)
+        factory = self.engine_factory or make_engine
+        return factory(rows, cols, self.hparams, self.packing, self.tied), rows
 
     def fit(
         self,
@@ -116,7 +115,8 @@ class ALS:
         eval_every: int = 0,
         eval_ks: tuple[int, ...] = (20, 50),
         callback: Callable[[dict, Any], None] | None = None,
-        state: Any = None,
+        checkpointer: Any = None,
+        step_timeout_s: float | None = None,
     ) -> "ALS":
         """Learns both tables.
 
@@ -124,10 +124,12 @@ class ALS:
           x: training interactions (Interactions, scipy.sparse or DataFrame); with
             ``split``, pass ``split.train``.
           split: enables evaluation every ``eval_every`` epochs (and after the last).
-          callback: called after each epoch with (history record, engine state), e.g.
-            for checkpoints.
-          state: resume from this engine state instead of a fresh initialisation.
+          callback: called after each epoch with (history record, engine state).
+          checkpointer: an ``alsx.checkpoint.Checkpointer``: resume from its newest good
+            checkpoint and save on its schedule.
+          step_timeout_s: stop with an error when one epoch takes longer (hung peer).
         """
+        from alsx.checkpoint import train as run_epochs
         from alsx.eval.protocol import evaluate
 
         train = as_interactions(x)
@@ -136,14 +138,11 @@ class ALS:
         self.row_vocab_, self.col_vocab_ = train.row_vocab, train.col_vocab
         self.shape_ = train.shape
         self.pack_stats_ = getattr(engine, "stats", None)
-        st = engine.init_state(self.seed) if state is None else state
-        bar = tqdm(range(st.epoch, self.epochs), desc="alsx", unit="epoch", disable=not self.progress,
-                   initial=st.epoch, total=self.epochs)
-        for _ in bar:
-            t0 = time.perf_counter()
-            st = engine.epoch(st)
-            jax_block(st)
-            seconds = time.perf_counter() - t0
+        bar = tqdm(total=self.epochs, desc="alsx", unit="epoch", disable=not self.progress)
+        clock = [time.perf_counter()]
+
+        def on_epoch(st) -> None:
+            seconds = time.perf_counter() - clock[0]
             t1 = time.perf_counter()
             loss = engine.loss(st)
             record: dict[str, Any] = {"epoch": st.epoch, "seconds": seconds, "loss": loss.to_dict(),
@@ -157,9 +156,17 @@ class ALS:
                 w, h = engine.to_numpy(st)
                 record["metrics"] = evaluate(w, h, split, self.hparams, eval_ks, self.alpha, baseline=False)["model"]
             self.history_.append(record)
+            bar.n = st.epoch
             bar.set_postfix(loss=f"{loss.total:.5g}", s=f"{seconds:.2f}")
             if callback is not None:
                 callback(record, st)
+            clock[0] = time.perf_counter()
+
+        try:
+            st = run_epochs(engine, self.epochs, self.seed, checkpointer, step_timeout_s=step_timeout_s,
+                            on_epoch=on_epoch)
+        finally:
+            bar.close()
         self.state_ = st
         self.row_embeddings_, self.col_embeddings_ = engine.to_numpy(st)
         return self
@@ -239,10 +246,3 @@ class ALS:
             if (src / name).exists():
                 setattr(model, attr, Vocab.load(src / name))
         return model
-
-
-def jax_block(state: Any) -> None:
-    """Waits for the state's arrays so epoch timings measure the work, not the dispatch."""
-    import jax
-
-    jax.block_until_ready((state.w, state.h))

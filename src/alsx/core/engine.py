@@ -97,3 +97,25 @@ class LocalEngine:
     def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]:
         w = np.array(state.w.astype(jnp.float32))
         return w, (w if self.tied else np.array(state.h.astype(jnp.float32)))
+
+
+def make_engine(rows: CSR, cols: CSR, hp: HParams, packing: Packing = Packing(), tied: bool = False) -> Engine:
+    """LocalEngine on one device; otherwise a ShardedEngine over every device of every process.
+
+    In a multi-process run each process keeps only the rows its shards own (plus the
+    global row lengths), so host memory per process shrinks with the process count.
+    """
+    if jax.device_count() == 1:
+        return LocalEngine(rows, cols, hp, packing, tied)
+    from alsx.core.sharded import ShardedEngine
+    from alsx.core.sharding import SHARD, balanced_layout, local_shards, make_mesh
+    from alsx.data.shard_packing import local_part
+
+    mesh = make_mesh()
+    if jax.process_count() == 1:
+        return ShardedEngine(rows, cols, hp, packing, tied=tied, mesh=mesh)
+    rc, cc = rows.lengths(), cols.lengths()
+    mine, p = local_shards(mesh), mesh.shape[SHARD]
+    my_rows = local_part(rows, balanced_layout(rc, p), mine)
+    my_cols = local_part(cols, balanced_layout(cc, p), mine)
+    return ShardedEngine(my_rows, my_cols, hp, packing, tied=tied, mesh=mesh, row_counts=rc, col_counts=cc)
