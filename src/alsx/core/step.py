@@ -87,19 +87,22 @@ def solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather):
 
 
 @functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather"))
-def _block_update(out, w, h, gram, block, lam, alpha0, solver, cg_steps, gather):
+def block_update(out, w, h, gram, block, lam, alpha0, solver, cg_steps, gather):
+    """``out`` with the rows of one width bucket (cols, conf, rows arrays) re-solved."""
     x = solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, gather)
     return out.at[block[2].reshape(-1)].set(x.reshape(-1, w.shape[1]).astype(out.dtype), mode="drop")
 
 
 @functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather"))
-def _long_update(out, w, h, gram, long, lam, alpha0, solver, cg_steps, gather):
+def long_update(out, w, h, gram, long, lam, alpha0, solver, cg_steps, gather):
+    """``out`` with the long rows (cols, conf, seg, rows arrays) re-solved."""
     x = solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather)
     return out.at[long[3]].set(x.astype(out.dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("n_other",))
-def _prologue(h, counts, reg, alpha0, nu, n_other):
+def prologue(h, counts, reg, alpha0, nu, n_other):
+    """The Gramian of ``h`` and every row's lambda: what all buckets of a half-step share."""
     return ne.gramian(h), row_regularisation(counts, n_other, reg, alpha0, nu)
 
 
@@ -123,12 +126,12 @@ def half_step(
     (10 buckets hung, any 9 ran), and per-bucket programs also compile in parallel-friendly,
     reusable pieces.  Inside ``jit`` (the sharded engine) the calls simply inline.
     """
-    gram, lam = _prologue(h, side["counts"], reg, alpha0, nu, h.shape[0])
+    gram, lam = prologue(h, side["counts"], reg, alpha0, nu, h.shape[0])
     out = jnp.zeros_like(w)
     for block in side["blocks"]:
-        out = _block_update(out, w, h, gram, block, lam, alpha0, solver, cg_steps, gather)
+        out = block_update(out, w, h, gram, block, lam, alpha0, solver, cg_steps, gather)
     if side["long"] is not None:
-        out = _long_update(out, w, h, gram, side["long"], lam, alpha0, solver, cg_steps, gather)
+        out = long_update(out, w, h, gram, side["long"], lam, alpha0, solver, cg_steps, gather)
     return out
 
 
