@@ -189,3 +189,43 @@ def test_packing_places_every_entry_exactly_once():
     np.testing.assert_array_equal(got, ref)
     assert side.nnz == len(rows) and 0 < side.fill_ratio <= 1
     assert set(lr.rows.tolist()) == {6, 7, 8}  # the rows longer than max_width=8
+
+
+@pytest.mark.parametrize("packing", LAYOUTS, ids=["default", "narrow"])
+def test_block_solver_with_one_block_is_exact(packing):
+    conf, w, h = random_problem(11)
+    d = w.shape[1]
+    side = jax.device_put(pack(to_csr(conf), d, packing).arrays())
+    got = half_step(jnp.asarray(w), jnp.asarray(h), side, REG, ALPHA0, NU, solver="block", block_size=d)
+    assert rel_err(np.asarray(got, np.float64), solve_rows(conf, h, REG, ALPHA0, NU)) < 1e-5
+
+
+@pytest.mark.parametrize("packing", LAYOUTS, ids=["default", "narrow"])
+def test_block_solver_sweeps_converge_to_exact(packing):
+    conf, w, h = random_problem(12, d=8)
+    side = jax.device_put(pack(to_csr(conf), 8, packing).arrays())
+    exact = solve_rows(conf, h, REG, ALPHA0, NU)
+    x = jnp.asarray(w)
+    errs = []
+    for _ in range(30):  # repeated sweeps with h fixed = block coordinate descent on one convex problem
+        x = half_step(x, jnp.asarray(h), side, REG, ALPHA0, NU, solver="block", block_size=2)
+        errs.append(rel_err(np.asarray(x, np.float64), exact))
+    assert errs[1] < errs[0] and errs[-1] < 1e-4
+
+
+def test_block_solver_never_increases_loss():
+    conf, _, _ = random_problem(13, n=60, m=45, d=8)
+    hp = HParams(dim=8, reg=REG, unobserved_weight=ALPHA0, nu=NU, solver="block", block_size=4)
+    eng = LocalEngine(to_csr(conf), to_csr(conf.T), hp, NARROW)
+    st = eng.init_state(0)
+    prev = eng.loss(st).total
+    for _ in range(5):
+        st = eng.epoch(st)
+        cur = eng.loss(st).total
+        assert cur <= prev * (1 + 1e-6)
+        prev = cur
+
+
+def test_block_size_must_divide_dim():
+    with pytest.raises(ValueError, match="divide"):
+        HParams(dim=10, solver="block", block_size=4)

@@ -33,8 +33,11 @@ def _add_model_args(p: argparse.ArgumentParser, dim: int = DEFAULTS["dim"], epoc
                    help="alpha0, weight of all pairs pushed to 0 (default %(default)s)")
     g.add_argument("--nu", type=float, default=DEFAULTS["nu"],
                    help="frequency scaling of the regulariser: 0 plain, 1 Rendle et al. (default %(default)s)")
-    g.add_argument("--solver", choices=["cg", "cholesky"], default=DEFAULTS["solver"])
+    g.add_argument("--solver", choices=["cg", "cholesky", "block"], default=DEFAULTS["solver"],
+                   help="cg: matrix-free conjugate gradient; cholesky: exact; block: iALS++ subspace sweeps "
+                        "(for large --dim)")
     g.add_argument("--cg-steps", type=int, default=DEFAULTS["cg_steps"])
+    g.add_argument("--block-size", type=int, default=64, help="subspace size of --solver block (divides --dim)")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=DEFAULTS["dtype"], help="table storage")
     g.add_argument("--alpha", type=float, default=None,
                    help="confidence c = 1 + alpha * value from the value column (default: binary)")
@@ -102,7 +105,7 @@ def _model(a: argparse.Namespace, progress: bool = True):
     from alsx.model import ALS
 
     return ALS(dim=a.dim, epochs=a.epochs, reg=a.reg, unobserved_weight=a.unobserved_weight, nu=a.nu,
-               solver=a.solver, cg_steps=a.cg_steps, dtype=a.dtype, alpha=a.alpha, tied=a.tied,
+               solver=a.solver, cg_steps=a.cg_steps, block_size=a.block_size, dtype=a.dtype, alpha=a.alpha, tied=a.tied,
                seed=a.seed, progress=progress)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-Solver = Literal["cg", "cholesky"]
+Solver = Literal["cg", "cholesky", "block"]
 DType = Literal["float32", "bfloat16"]
 
 
@@ -19,8 +19,10 @@ class HParams:
       unobserved_weight: alpha0, the weight of the all-pairs push towards 0 (through the Gramian).
       nu: frequency-scaling exponent; lambda_u = reg * (|I_u| + alpha0 * n_other) ** nu.
         0 gives plain ALS regularisation, 1 the scaling of Rendle et al. (2021).
-      solver: 'cg' (warm-started conjugate gradient, ``cg_steps`` steps) or 'cholesky' (exact).
+      solver: 'cg' (warm-started conjugate gradient, ``cg_steps`` steps), 'cholesky' (exact)
+        or 'block' (iALS++: one sweep of exact updates of ``block_size``-dim subspaces).
       cg_steps: CG iterations per row and half-epoch.
+      block_size: subspace size of the 'block' solver (must divide dim).
       dtype: table storage dtype; the normal equations are always float32.
       init_scale: sigma; tables start as N(0, sigma / sqrt(dim)).
     """
@@ -31,6 +33,7 @@ class HParams:
     nu: float = 1.0
     solver: Solver = "cg"
     cg_steps: int = 3
+    block_size: int = 64
     dtype: DType = "float32"
     init_scale: float = 0.1
 
@@ -40,8 +43,10 @@ class HParams:
         if self.reg < 0 or self.unobserved_weight < 0 or self.nu < 0:
             raise ValueError(
                 f"reg, unobserved_weight and nu must be >= 0, got {self.reg}, {self.unobserved_weight}, {self.nu}")
-        if self.solver not in ("cg", "cholesky"):
-            raise ValueError(f"solver must be 'cg' or 'cholesky', got {self.solver!r}")
+        if self.solver not in ("cg", "cholesky", "block"):
+            raise ValueError(f"solver must be 'cg', 'cholesky' or 'block', got {self.solver!r}")
+        if self.solver == "block" and (self.block_size < 1 or self.dim % self.block_size):
+            raise ValueError(f"block_size must divide dim for the block solver, got {self.block_size} and {self.dim}")
         if self.cg_steps < 1:
             raise ValueError(f"cg_steps must be >= 1, got {self.cg_steps}")
         if self.dtype not in ("float32", "bfloat16"):

@@ -51,6 +51,7 @@ class ALS:
       nu: frequency-scaling exponent of the regulariser (0: plain, 1: Rendle et al.).
       solver: 'cg' or 'cholesky'.
       cg_steps: CG iterations per half-epoch.
+      block_size: subspace size of the 'block' (iALS++) solver.
       epochs: full epochs (rows, then columns).
       dtype: table storage, 'float32' or 'bfloat16' (normal equations stay float32).
       alpha: if set, confidences are 1 + alpha * value (Hu et al.); else every entry weighs 1.
@@ -71,6 +72,7 @@ class ALS:
         nu: float = 1.0,
         solver: str = "cg",
         cg_steps: int = 3,
+        block_size: int = 64,
         epochs: int = 16,
         dtype: str = "float32",
         alpha: float | None = None,
@@ -82,7 +84,7 @@ class ALS:
         progress: bool = True,
     ):
         self.hparams = HParams(dim=dim, reg=reg, unobserved_weight=unobserved_weight, nu=nu, solver=solver,
-                               cg_steps=cg_steps, dtype=dtype, init_scale=init_scale)
+                               cg_steps=cg_steps, block_size=block_size, dtype=dtype, init_scale=init_scale)
         if epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
         self.epochs = epochs

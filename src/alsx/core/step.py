@@ -30,8 +30,19 @@ def take_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
     return jnp.take(table, ids, axis=0).astype(jnp.float32)
 
 
-def solve_rows(hg, conf, x0, reg, gram, alpha0, solver, cg_steps):
-    """Solves the normal equations of S independent rows from their gathered block."""
+def solve_rows(hg, conf, x0, reg, gram, alpha0, solver, cg_steps, block_size=0):
+    """Solves the normal equations of S independent rows from their gathered block.
+
+    solver: 'cg' (``cg_steps`` matrix-free steps), 'cholesky' (exact) or 'block'
+    (one iALS++ sweep over blocks of ``block_size`` dimensions).
+    """
+    if solver == "block":
+        def stats(x, k):
+            hk = jax.lax.dynamic_slice_in_dim(hg, k, block_size, axis=2)
+            err = ne.block_scores(hg, x) - 1.0
+            return ne.block_lhs(hk, conf), ne.block_rhs(hk, conf * err)
+
+        return solvers.block_coordinate(stats, x0, gram, alpha0, reg, block_size)
     b = ne.block_rhs(hg, conf)
     if solver == "cholesky":
         a = ne.shared_lhs(ne.block_lhs(hg, conf), gram, alpha0, reg)
@@ -43,7 +54,7 @@ def solve_rows(hg, conf, x0, reg, gram, alpha0, solver, cg_steps):
     return solvers.conjugate_gradient(matvec, b, x0, cg_steps)
 
 
-def solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, gather):
+def solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, gather, block_size=0):
     """[n_batches, S, d] solutions for one width bucket, one batch at a time (bounded memory)."""
     cols, conf, rows = block
 
@@ -52,13 +63,13 @@ def solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, gather):
         hg = gather(h, c)
         x0 = w.at[r].get(mode="fill", fill_value=0).astype(jnp.float32)
         reg = lam.at[r].get(mode="fill", fill_value=1.0)
-        return None, solve_rows(hg, cf, x0, reg, gram, alpha0, solver, cg_steps)
+        return None, solve_rows(hg, cf, x0, reg, gram, alpha0, solver, cg_steps, block_size)
 
     _, x = jax.lax.scan(body, None, (cols, conf, rows))
     return x
 
 
-def solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather):
+def solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather, block_size=0):
     """[n_long, d] solutions for rows split into sub-rows; each pass over A sums all chunks."""
     cols, conf, seg, rows = long
     n_long = rows.shape[0]
@@ -74,6 +85,17 @@ def solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather):
 
     reg = lam[rows]
     x0 = w[rows].astype(jnp.float32)
+    if solver == "block":
+        def stats(x, k):
+            def both(hg, cf, sg):
+                hk = jax.lax.dynamic_slice_in_dim(hg, k, block_size, axis=2)
+                err = ne.block_scores(hg, x[sg]) - 1.0
+                return jnp.concatenate([ne.block_lhs(hk, cf), ne.block_rhs(hk, cf * err)[:, None, :]], axis=1)
+
+            acc = chunk_sum(both, (n_long, block_size + 1, block_size))
+            return acc[:, :block_size], acc[:, block_size]
+
+        return solvers.block_coordinate(stats, x0, gram, alpha0, reg, block_size)
     b = chunk_sum(lambda hg, cf, sg: ne.block_rhs(hg, cf), (n_long, d))
     if solver == "cholesky":
         a = chunk_sum(lambda hg, cf, sg: ne.block_lhs(hg, cf), (n_long, d, d))
@@ -86,17 +108,17 @@ def solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather):
     return solvers.conjugate_gradient(matvec, b, x0, cg_steps)
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather"))
-def block_update(out, w, h, gram, block, lam, alpha0, solver, cg_steps, gather):
+@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather", "block_size"))
+def block_update(out, w, h, gram, block, lam, alpha0, solver, cg_steps, gather, block_size=0):
     """``out`` with the rows of one width bucket (cols, conf, rows arrays) re-solved."""
-    x = solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, gather)
+    x = solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, gather, block_size)
     return out.at[block[2].reshape(-1)].set(x.reshape(-1, w.shape[1]).astype(out.dtype), mode="drop")
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather"))
-def long_update(out, w, h, gram, long, lam, alpha0, solver, cg_steps, gather):
+@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather", "block_size"))
+def long_update(out, w, h, gram, long, lam, alpha0, solver, cg_steps, gather, block_size=0):
     """``out`` with the long rows (cols, conf, seg, rows arrays) re-solved."""
-    x = solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather)
+    x = solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather, block_size)
     return out.at[long[3]].set(x.astype(out.dtype))
 
 
@@ -117,6 +139,7 @@ def half_step(
     solver: str = "cg",
     cg_steps: int = 3,
     gather: Gather = take_rows,
+    block_size: int = 0,
 ) -> jax.Array:
     """Re-solves every row of ``w`` [n_rows, d] against the fixed ``h`` [n_cols, d].
 
@@ -129,9 +152,9 @@ def half_step(
     gram, lam = prologue(h, side["counts"], reg, alpha0, nu, h.shape[0])
     out = jnp.zeros_like(w)
     for block in side["blocks"]:
-        out = block_update(out, w, h, gram, block, lam, alpha0, solver, cg_steps, gather)
+        out = block_update(out, w, h, gram, block, lam, alpha0, solver, cg_steps, gather, block_size)
     if side["long"] is not None:
-        out = long_update(out, w, h, gram, side["long"], lam, alpha0, solver, cg_steps, gather)
+        out = long_update(out, w, h, gram, side["long"], lam, alpha0, solver, cg_steps, gather, block_size)
     return out
 
 
