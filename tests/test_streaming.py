@@ -81,3 +81,24 @@ def test_one_range_cache_and_no_prefetch_agree():
     _, (c, d), _ = run(StreamingEngine(rows, cols, hp, NARROW, chunk_entries=40, prefetch=False), 1)
     np.testing.assert_allclose(a, c, rtol=0, atol=1e-6)
     np.testing.assert_allclose(b, d, rtol=0, atol=1e-6)
+
+
+def test_alsx_train_on_dataset_dir(tmp_path):
+    import json
+
+    from alsx.cli import main
+    from alsx.model import ALS
+    from alsx.webgraph.synthetic import synth_webgraph
+
+    ds = synth_webgraph(tmp_path / "wg", 400, 4000, seed=1, heldout_fraction=0.2)
+    assert len(ds.heldout_rows) > 0
+    out = tmp_path / "model"
+    assert main(["train", str(ds.path), "--out", str(out), "--dim", "8", "--epochs", "2", "--tied"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["model"]["recall@20"] <= 1.0 and metrics["model"]["n_eval_rows"] > 0
+    assert metrics["model"]["recall@50"] >= metrics["model"]["recall@20"]
+    hist = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in hist] == [1, 2]
+    model = ALS.load(out)  # same layout as ALS.save
+    assert model.row_embeddings_.shape == (400, 8)
+    assert np.all(np.isfinite(model.row_embeddings_))

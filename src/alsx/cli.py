@@ -180,6 +180,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     from alsx.eval.protocol import evaluate
 
     topo = init_from_args(a)
+    from alsx.webgraph.train import cmd_train_dataset, is_dataset
+
+    if is_dataset(a.data):  # a WebGraph dataset directory: stream it from disk, evaluate its held-out rows
+        return cmd_train_dataset(a)
     data, summary = _load(a.data, a)
     split = make_split(data, a)
     if split is not None:

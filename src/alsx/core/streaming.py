@@ -54,17 +54,17 @@ def _pow2_at_least(n: int) -> int:
 # Our own jitted wrappers (not step.block_update/long_update) only to donate ``out``:
 # without donation every call copies the whole n x d output table, and a half-step
 # makes hundreds of calls.  The maths is step.solve_block / step.solve_long unchanged.
-@functools.partial(jax.jit, static_argnames=("solver", "cg_steps"), donate_argnums=(0,))
-def _block_call(out, w, h, gram, block, lam, alpha0, solver, cg_steps):
+@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "block_size"), donate_argnums=(0,))
+def _block_call(out, w, h, gram, block, lam, alpha0, solver, cg_steps, block_size=0):
     """``out`` with the rows of one [K, S, width] call re-solved (row id n_rows = empty slot)."""
-    x = solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, take_rows)
+    x = solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, take_rows, block_size)
     return out.at[block[2].reshape(-1)].set(x.reshape(-1, w.shape[1]).astype(out.dtype), mode="drop")
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "cg_steps"), donate_argnums=(0,))
-def _long_call(out, w, h, gram, long, lam, alpha0, solver, cg_steps):
+@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "block_size"), donate_argnums=(0,))
+def _long_call(out, w, h, gram, long, lam, alpha0, solver, cg_steps, block_size=0):
     """``out`` with the long rows of one call re-solved (padded slots have row id n_rows)."""
-    x = solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, take_rows)
+    x = solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, take_rows, block_size)
     return out.at[long[3]].set(x.astype(out.dtype), mode="drop")
 
 
@@ -314,13 +314,14 @@ class StreamingEngine:
         """New [n, d] table for ``side``'s rows against the fixed ``h`` (as step.half_step)."""
         hp = self.hp
         gram, lam = prologue(h, self._counts[side], hp.reg, hp.unobserved_weight, hp.nu, h.shape[0])
+        bs = hp.block_size if hp.solver == "block" else 0
         out = jnp.zeros_like(w)
         nnz = padded = 0
         for chunk in self.chunks(side):
             for block in chunk.blocks:
-                out = _block_call(out, w, h, gram, block, lam, hp.unobserved_weight, hp.solver, hp.cg_steps)
+                out = _block_call(out, w, h, gram, block, lam, hp.unobserved_weight, hp.solver, hp.cg_steps, bs)
             for long in chunk.longs:
-                out = _long_call(out, w, h, gram, long, lam, hp.unobserved_weight, hp.solver, hp.cg_steps)
+                out = _long_call(out, w, h, gram, long, lam, hp.unobserved_weight, hp.solver, hp.cg_steps, bs)
             # Wait for this range before taking the next: bounds live ranges to this one plus
             # the one being packed in the background (async dispatch would otherwise run ahead).
             out.block_until_ready()
