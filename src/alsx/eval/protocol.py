@@ -97,6 +97,7 @@ def evaluate_heldout_csr(
     col_counts: np.ndarray | None = None,
     max_rows: int | None = None,
     seed: int = 0,
+    score_bytes: int = 256 << 20,
 ) -> dict[str, dict[str, float]]:
     """Held-out-rows evaluation from CSRs (e.g. a WebGraph dataset's fold-in/truth matrices).
 
@@ -110,6 +111,7 @@ def evaluate_heldout_csr(
       col_counts: [n_cols] training entries per column; adds a popularity baseline.
       max_rows: evaluate a seeded random sample of this many rows (full ranking over
         millions of columns costs n_rows x n_cols x d).
+      score_bytes: memory for one batch of dense scores (sets the scoring batch size).
 
     Returns:
       {"model": metrics} (plus "popularity" with ``col_counts``); metrics as ``ranking_metrics``.
@@ -121,7 +123,10 @@ def evaluate_heldout_csr(
     tru = take_rows(truth, rows)
     query = fold_in(h, hist, hp)
     kmax = max(ks)
-    _, top = topk_scores(query, h, kmax, exclude=hist)
+    # Each batch holds a dense [batch, n_cols] score matrix: keep it near score_bytes
+    # (1024 rows x 5.7M columns would be 23 GB).
+    batch = max(1, min(1024, score_bytes // (4 * max(h.shape[0], 1))))
+    _, top = topk_scores(query, h, kmax, exclude=hist, batch_size=1 << (batch.bit_length() - 1))
     out = {"model": ranking_metrics(top, tru, ks)}
     if col_counts is not None:
         out["popularity"] = ranking_metrics(popularity_topk(hist, np.asarray(col_counts), kmax), tru, ks)

@@ -125,6 +125,7 @@ def train_webgraph(
 
     st = run_epochs(engine, epochs, seed, checkpointer, step_timeout_s=step_timeout_s, on_epoch=on_epoch)
     train_s = time.perf_counter() - t0
+    train_hwm = vm_hwm_bytes()  # peak RSS of training alone (evaluation adds its score batches)
     w, h = engine.to_numpy(st)
     metrics = None
     t1 = time.perf_counter()
@@ -134,7 +135,7 @@ def train_webgraph(
             history[-1]["metrics"] = metrics["model"]
     eval_s[0] += time.perf_counter() - t1
     result = {"dataset": str(path), "n_nodes": ds.n_nodes, "nnz": rows.nnz, "dim": hp.dim, "epochs": st.epoch,
-              "history": history, "metrics": metrics, "train_seconds": train_s, "eval_seconds": eval_s[0],
+              "history": history, "metrics": metrics, "train_seconds": train_s, "train_vm_hwm": train_hwm, "eval_seconds": eval_s[0],
               "seconds_per_epoch": [r["seconds"] for r in history]}
     if out is not None:
         _write(Path(out), ds, rows, w, h, hp, result, tied, alpha, seed, packing, fold_in_heldout)
