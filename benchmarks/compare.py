@@ -84,7 +84,8 @@ def child_alsx(spec: dict) -> dict:
         fit_wall = time.perf_counter() - t0
         rss_fit = _rss()
         t1 = time.perf_counter()
-        ev = evaluate(m.row_embeddings_, m.col_embeddings_, split, m.hparams, KS, baseline=(i == 0))
+        ev = (evaluate(m.row_embeddings_, m.col_embeddings_, split, m.hparams, KS, baseline=(i == 0))
+              if spec.get("evaluate", True) else {"model": {}})
         out.append({"config": cfg, "epoch_s": [r["seconds"] for r in m.history_],
                     "loss_s": [r["loss_seconds"] for r in m.history_], "fit_wall_s": fit_wall,
                     "pack_s": m.pack_stats_.seconds if m.pack_stats_ else None,
@@ -116,12 +117,14 @@ def child_implicit(spec: dict) -> dict:
             fit_wall = time.perf_counter() - t0
             rss_fit = _rss()
             t1 = time.perf_counter()
-            if split.foldin is not None:
+            if not spec.get("evaluate", True):
+                ids = None
+            elif split.foldin is not None:
                 ids, _ = model.recommend(np.arange(len(rows)), hist, N=max(KS), filter_already_liked_items=True,
                                          recalculate_user=True)
             else:
                 ids, _ = model.recommend(rows, hist, N=max(KS), filter_already_liked_items=True)
-            metrics = ranking_metrics(np.asarray(ids), truth, KS)
+            metrics = ranking_metrics(np.asarray(ids), truth, KS) if ids is not None else {}
             out.append({"config": cfg, "epoch_s": times, "fit_wall_s": fit_wall, "eval_s": time.perf_counter() - t1,
                         "metrics": metrics, "peak_rss_fit_gib": rss_fit})
     return {"runs": out, "rss_load_gib": rss_load, "peak_rss_gib": _rss()}
@@ -194,12 +197,14 @@ def child_spark(spec: dict) -> dict:
         w, h = table(m.userFactors, n_rows), table(m.itemFactors, n_cols)
         t1 = time.perf_counter()
         hist = C.csr_to_scipy(history)
-        if split.foldin is not None:
-            q = _spark_foldin(h, hist, cfg["regParam"], cfg["alpha"])
-        else:
-            q = w[rows]
-        _, ids = topk_scores(q, h, max(KS), exclude=history)
-        metrics = ranking_metrics(ids, truth, KS)
+        metrics = {}
+        if spec.get("evaluate", True):
+            if split.foldin is not None:
+                q = _spark_foldin(h, hist, cfg["regParam"], cfg["alpha"])
+            else:
+                q = w[rows]
+            _, ids = topk_scores(q, h, max(KS), exclude=history)
+            metrics = ranking_metrics(ids, truth, KS)
         per_epoch = ((fit_wall - one_wall) / (spec["epochs"] - 1)) if one_wall is not None else None
         jvm = [p for p in psutil.Process(os.getpid()).children(recursive=True) if "java" in p.name()]
         jvm_hwm = max((C.proc_hwm_gib(p.pid) for p in jvm), default=float("nan"))
@@ -256,7 +261,8 @@ def main_parent(args) -> None:
                     configs = [best_config(records, lib, ds, d) or DEFAULTS[lib]]
                 spec = {"lib": lib, "dataset": ds, "dim": d, "epochs": args.epochs, "configs": configs,
                         "task": args.task, "spark_memory": args.spark_memory,
-                        "spark_one_iter": args.task == "speed"}
+                        "spark_one_iter": args.task == "speed",
+                        "evaluate": ds not in args.no_eval.split(",")}
                 print(f"[{C.now()}] {args.task} {lib} {ds} d={d} epochs={args.epochs} load {C.loadavg()}",
                       flush=True)
                 load0 = C.loadavg()
@@ -270,7 +276,7 @@ def main_parent(args) -> None:
                     print("   ERROR", res["error"][-600:], flush=True)
                 else:
                     for run in res["runs"]:
-                        print(f"   {run['config']} r@20={run['metrics']['recall@20']:.4f} "
+                        print(f"   {run['config']} r@20={run['metrics'].get('recall@20', float('nan')):.4f} "
                               f"s/epoch={_per_epoch(lib, run):.2f} fit={run['fit_wall_s']:.1f}s "
                               f"rss={res['peak_rss_gib']:.2f}GiB", flush=True)
     write_report()
@@ -419,7 +425,7 @@ def write_report() -> None:
             if lib == "spark":
                 rss += f" (+JVM {run.get('jvm_peak_rss_gib', float('nan')):.2f})"
             lines.append(f"| {ds} | {d} | {lib} | {pe:.2f} | {ratio} | {C.fmt(comp, 1)} | {run['fit_wall_s']:.1f} | "
-                         f"{r['epochs']} | {run['metrics']['recall@20']:.4f} | {rss} | {r['date']} | "
+                         f"{r['epochs']} | {C.fmt(run['metrics'].get('recall@20'))} | {rss} | {r['date']} | "
                          f"{r['loadavg_start']} → {r['loadavg_end']} |")
         cmds = sorted({r["command"] for r in speed})
         lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in cmds), ""]
@@ -494,6 +500,7 @@ def main(argv=None) -> None:
     p.add_argument("--libs", default="alsx,implicit,spark")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per child")
     p.add_argument("--spark-memory", default="10g")
+    p.add_argument("--no-eval", default="synth10m", help="data sets whose speed runs skip evaluation")
     for lib in GRIDS:
         p.add_argument(f"--grid-{lib}", default=None, help=f"override the {lib} grid: 'key=v1,v2 key2=v3,v4'")
     p.add_argument("--report", action="store_true", help="only rewrite the markdown and the chart")
