@@ -369,8 +369,11 @@ def write_report() -> None:
                 continue
             b = max(r["runs"], key=lambda run: run["metrics"]["recall@20"])
             m = b["metrics"]
+            edge = [k for k in b["config"] if b["config"][k] in (min(x["config"][k] for x in r["runs"]),
+                                                                 max(x["config"][k] for x in r["runs"]))]
+            edge_note = f" (edge of grid: {', '.join(edge)})" if edge else ""
             pop = next((run["popularity"] for run in r["runs"] if run.get("popularity")), None)
-            lines.append(f"| {ds} | {d} | {r['epochs']} | {lib} | {_cfg(b['config'])} | {m['recall@20']:.4f} | "
+            lines.append(f"| {ds} | {d} | {r['epochs']} | {lib} | {_cfg(b['config'])}{edge_note} | {m['recall@20']:.4f} | "
                          f"{m['recall@50']:.4f} | {m['recall_gt@20']:.4f} | {m['ndcg@20']:.4f} | "
                          f"{C.fmt(pop['recall@20']) if pop else '–'} | {r['date']} | {r['loadavg_start']} |")
         lines += ["", "Full grids (recall@20):", ""]
