@@ -53,6 +53,25 @@ def build(name: str, root: Path) -> tuple[Path, float]:
     return out, time.perf_counter() - t
 
 
+def sample_rss(proc: subprocess.Popen, every: float = 0.5) -> dict[str, int]:
+    """Peak RssAnon / RssFile of a running child, sampled from /proc until it exits.
+
+    Reads stdout/stderr only after exit, so the child must not fill the pipes (it prints one line).
+    """
+    peak = {"peak_rss_anon_bytes": 0, "peak_rss_file_bytes": 0}
+    keys = {"RssAnon:": "peak_rss_anon_bytes", "RssFile:": "peak_rss_file_bytes"}
+    while proc.poll() is None:
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                k = line.split(":")[0] + ":"
+                if k in keys:
+                    peak[keys[k]] = max(peak[keys[k]], int(line.split()[1]) * 1024)
+        except OSError:
+            break
+        time.sleep(every)
+    return peak
+
+
 def child(a: argparse.Namespace) -> None:
     """Trains one dataset in this process and prints one JSON line."""
     from alsx.cli import enable_compile_cache
@@ -81,7 +100,10 @@ def run(a: argparse.Namespace) -> None:
         if a.tied:
             cmd.append("--tied")
         t = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        peaks = sample_rss(proc)  # anonymous vs file-backed (mapped dataset pages) peaks
+        stdout, stderr = proc.communicate()
+        p = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
         wall = time.perf_counter() - t
         line = [s for s in p.stdout.splitlines() if s.startswith("RESULT ")]
         if p.returncode or not line:
@@ -94,7 +116,7 @@ def run(a: argparse.Namespace) -> None:
                "recall@20": res["metrics"]["model"]["recall@20"], "recall@50": res["metrics"]["model"]["recall@50"],
                "pop_recall@20": res["metrics"]["popularity"]["recall@20"],
                "n_eval_rows": res["metrics"]["model"]["n_eval_rows"], "peak_rss_bytes": res["vm_hwm"],
-               "train_peak_rss_bytes": res.get("train_vm_hwm"),
+               "train_peak_rss_bytes": res.get("train_vm_hwm"), **peaks,
                "build_seconds": build_s, "child_wall_seconds": wall, "chunk_entries": a.chunk_entries,
                "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         with open(RESULTS, "a") as f:
