@@ -45,6 +45,13 @@ def _add_model_args(p: argparse.ArgumentParser, dim: int = DEFAULTS["dim"], epoc
     g.add_argument("--seed", type=int, default=DEFAULTS["seed"])
 
 
+def _add_cpu_devices(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--cpu-devices", type=int, default=default, metavar="N",
+                   help="split the CPU into N JAX devices, the tables sharded over them (XLA runs one device "
+                        "per core, so this is how a CPU run uses every core); 0 = one per core "
+                        "(default %(default)s; ignored on GPUs)")
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input")
     g.add_argument("--format", dest="fmt", default=None, help="npz, csv, tsv, parquet, edgelist (default: by suffix)")
@@ -297,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nodes", type=int, default=40_000)
     d.add_argument("--edges", type=int, default=400_000)
     d.add_argument("--out", default=None, help="output folder (default: ./alsx-demo-TIMESTAMP)")
+    _add_cpu_devices(d, default=1)
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="fit a model on a data file")
@@ -316,8 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     from alsx.distributed import add_distributed_arguments
 
     add_distributed_arguments(t)
-    t.add_argument("--cpu-devices", type=int, default=None, metavar="N",
-                   help="split the CPU into N JAX devices (e.g. one per core; sets XLA_FLAGS before JAX starts)")
+    _add_cpu_devices(t, default=0)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a saved model on its split")
@@ -359,11 +366,13 @@ def enable_compile_cache() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "cpu_devices", None):
+    if hasattr(args, "cpu_devices"):
         import os
 
-        flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:  # an explicit XLA_FLAGS wins
+            n = args.cpu_devices or min(os.cpu_count() or 1, 8)
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
     enable_compile_cache()
     return int(args.func(args) or 0)
 
