@@ -218,3 +218,18 @@ def test_block_solver_sweeps_converge_to_exact(packing):
 def test_block_size_must_divide_dim():
     with pytest.raises(ValueError, match="divide"):
         HParams(dim=10, solver="block", block_size=4)
+
+
+def test_profile_reports_every_phase():
+    from alsx.core.profile import profile_half_step, solve_flops
+
+    conf, w, h = random_problem(14)
+    side = jax.device_put(pack(to_csr(conf), w.shape[1], NARROW).arrays())
+    hp = HParams(dim=w.shape[1], reg=REG, unobserved_weight=ALPHA0)
+    prof = profile_half_step(jnp.asarray(w), jnp.asarray(h), side, hp)
+    phases = ["gramian", "gather", "normal_equations", "solve", "scatter", "long_rows"]
+    assert all(prof[p] >= 0 for p in phases) and prof["long_rows"] > 0
+    assert prof["total"] == pytest.approx(sum(prof[p] for p in phases))
+    assert prof["sgemm_gflops"] > 0
+    # CG, 3 steps, d=4: per entry 2d(1 + 2*4) flops, per row 4 products x G of 2d^2.
+    assert solve_flops(10, 2, 4, HParams(dim=4, cg_steps=3)) == 10 * 8 * 9 + 2 * 4 * 2 * 16

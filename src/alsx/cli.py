@@ -182,6 +182,29 @@ def _checkpointer(a: argparse.Namespace):
                                           every_minutes=a.checkpoint_minutes))
 
 
+def _profile(model, train) -> dict:
+    """Per-phase seconds of the row and column half-steps at the trained tables (one device)."""
+    import jax
+
+    from alsx.core.profile import profile_half_step
+    from alsx.data.packing import pack
+
+    w = jax.device_put(model.row_embeddings_, jax.devices()[0])
+    h = jax.device_put(model.col_embeddings_, jax.devices()[0])
+    dense = model.hparams.solver == "cholesky"
+    result = {}
+    for name, csr, a, b in (("rows", train.csr(model.alpha), w, h), ("cols", train.csc(model.alpha), h, w)):
+        side = jax.device_put(pack(csr, model.hparams.dim, model.packing, dense_rows=dense).arrays(), jax.devices()[0])
+        result[name] = profile_half_step(a, b, side, model.hparams)
+    phases = [k for k in result["rows"] if k not in ("solve_gflops", "sgemm_gflops")]
+    print("phase seconds   " + "".join(f"{p:>17}" for p in phases))
+    for name, r in result.items():
+        print(f"{name:<16}" + "".join(f"{r[p]:>17.3f}" for p in phases))
+    r = result["rows"]
+    print(f"solve phase {r['solve_gflops']:.1f} GFLOP/s against a measured sgemm of {r['sgemm_gflops']:.1f} GFLOP/s")
+    return result
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from alsx.distributed import init_from_args
     from alsx.eval.protocol import evaluate
@@ -214,6 +237,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         results = evaluate(model.row_embeddings_, model.col_embeddings_, split, model.hparams, tuple(a.ks), a.alpha)
         (out / "metrics.json").write_text(json.dumps(results, indent=2))
         print(format_table(results, a.ks))
+    if a.profile:
+        (out / "profile.json").write_text(json.dumps(_profile(model, train), indent=2))
     _fold_in_heldout(model, split)
     np.save(out / "row_embeddings.npy", model.row_embeddings_)
     print(f"trained {model.epochs} epochs in {seconds:.1f}s; wrote {out}")
@@ -314,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(t)
     _add_split_args(t)
     t.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: only at the end)")
+    t.add_argument("--profile", action="store_true",
+                   help="after training, time each phase of both half-steps (gather, normal equations, solve, "
+                        "scatter, Gramian) on one device; writes OUT/profile.json")
     g = t.add_argument_group("checkpoints")
     g.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
                    help="save a checkpoint (Orbax, sharded, atomic) every K epochs into OUT/checkpoints")

@@ -108,14 +108,15 @@ def solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather, block_si
     return solvers.conjugate_gradient(matvec, b, x0, cg_steps)
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather", "block_size"))
+# ``out`` is donated: each bucket writes its rows in place instead of copying the table.
+@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather", "block_size"), donate_argnums=0)
 def block_update(out, w, h, gram, block, lam, alpha0, solver, cg_steps, gather, block_size=0):
     """``out`` with the rows of one width bucket (cols, conf, rows arrays) re-solved."""
     x = solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, gather, block_size)
     return out.at[block[2].reshape(-1)].set(x.reshape(-1, w.shape[1]).astype(out.dtype), mode="drop")
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather", "block_size"))
+@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather", "block_size"), donate_argnums=0)
 def long_update(out, w, h, gram, long, lam, alpha0, solver, cg_steps, gather, block_size=0):
     """``out`` with the long rows (cols, conf, seg, rows arrays) re-solved."""
     x = solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather, block_size)

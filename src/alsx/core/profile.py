@@ -1,0 +1,112 @@
+"""Per-phase timings of a half-step: Gramian, gather, normal equations, solve, scatter.
+
+A compiled half-step fuses its phases, so they cannot be timed from outside.  Here
+each bucket is run as nested programs that stop after each phase (gather only; gather
+and the normal-equation terms; the full solve; the scatter alone) and the phases are
+the differences.  Every program is run once to compile, then timed.  The solve phase's
+FLOP rate is set against a float32 matrix product measured in the same process.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+
+from alsx.config import HParams
+from alsx.core import normal_eq as ne
+from alsx.core.step import SideArrays, block_update, prologue, solve_rows, take_rows
+
+
+def _timed(fn, *args, repeat: int = 2, fresh_first: bool = False) -> float:
+    """Best wall time of ``fn(*args)``; ``fresh_first`` copies a donated first argument each run."""
+    def call():
+        a = (jnp.array(args[0], copy=True),) + args[1:] if fresh_first else args
+        jax.block_until_ready(a[0])
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*a))
+        return time.perf_counter() - t
+
+    call()  # compile and warm up
+    return min(call() for _ in range(repeat))
+
+
+@functools.partial(jax.jit, static_argnames=("stage",))
+def _partial_block(w, h, gram, block, lam, alpha0, stage: str):
+    """Runs one bucket up to ``stage`` ('gather' or 'normal') and returns a scalar to wait on."""
+    cols, conf, rows = block
+
+    def body(acc, batch):
+        c, cf, r = batch
+        hg = take_rows(h, c)
+        if stage == "gather":
+            return acc + jnp.sum(hg), None
+        x0 = w.at[r].get(mode="fill", fill_value=0).astype(jnp.float32)
+        reg = lam.at[r].get(mode="fill", fill_value=1.0)
+        b = ne.block_rhs(hg, cf)
+        ax = ne.add_shared(ne.block_matvec(hg, cf, x0), x0, gram, alpha0, reg)
+        return acc + jnp.sum(b - ax), None
+
+    acc, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (cols, conf, rows))
+    return acc
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _scatter(out, rows, x):
+    return out.at[rows.reshape(-1)].set(x.reshape(-1, out.shape[1]), mode="drop")
+
+
+def solve_flops(entries: int, rows: int, dim: int, hp: HParams) -> float:
+    """Floating-point operations of the solve per padded entry count (multiply-adds count 2)."""
+    d = dim
+    if hp.solver == "cg":  # rhs + (steps + 1) matvecs of 2 passes; x G per matvec
+        return entries * 2 * d * (1 + 2 * (hp.cg_steps + 1)) + rows * (hp.cg_steps + 1) * 2 * d * d
+    if hp.solver == "cholesky":  # A = sum h h^T, then factor and two triangular solves
+        return entries * (2 * d * d + 2 * d) + rows * (d ** 3 / 3 + 2 * d * d)
+    b = hp.block_size  # per block: scores, A_KK, gradient, b x b solve
+    return entries * (d // b) * (2 * d + 2 * b * b + 2 * b) + rows * (d // b) * (b ** 3 / 3 + 2 * d * b)
+
+
+def sgemm_rate(n: int = 2048) -> float:
+    """Measured float32 FLOP/s of an n x n matrix product on the default device."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    return 2 * n ** 3 / _timed(f, a, repeat=3)
+
+
+def profile_half_step(w: jax.Array, h: jax.Array, side: SideArrays, hp: HParams) -> dict[str, float]:
+    """Seconds per phase of one half-step (short-row buckets; long rows timed as one phase)."""
+    alpha0, block_size = hp.unobserved_weight, hp.block_size if hp.solver == "block" else 0
+    gram, lam = prologue(h, side["counts"], hp.reg, alpha0, hp.nu, h.shape[0])
+    out = {"gramian": _timed(prologue, h, side["counts"], hp.reg, alpha0, hp.nu, h.shape[0]),
+           "gather": 0.0, "normal_equations": 0.0, "solve": 0.0, "scatter": 0.0, "long_rows": 0.0}
+    entries = rows = 0
+    zeros = jnp.zeros_like(w)
+    for block in side["blocks"]:
+        g = _timed(_partial_block, w, h, gram, block, lam, alpha0, "gather")
+        n = _timed(_partial_block, w, h, gram, block, lam, alpha0, "normal")
+        full = _timed(block_update, zeros, w, h, gram, block, lam, alpha0, hp.solver, hp.cg_steps, take_rows,
+                      block_size, fresh_first=True)
+        x = jnp.zeros(block[2].shape + (w.shape[1],), w.dtype)
+        s = _timed(_scatter, zeros, block[2], x, fresh_first=True)
+        out["gather"] += g
+        out["normal_equations"] += max(n - g, 0.0)
+        out["solve"] += max(full - n - s, 0.0)
+        out["scatter"] += s
+        entries += block[0].size
+        rows += block[2].size
+    if side["long"] is not None:
+        from alsx.core.step import long_update
+
+        out["long_rows"] = _timed(long_update, zeros, w, h, gram, side["long"], lam, alpha0, hp.solver,
+                                  hp.cg_steps, take_rows, block_size, fresh_first=True)
+    out["total"] = sum(out.values())
+    out["solve_gflops"] = solve_flops(entries, rows, w.shape[1], hp) / max(out["solve"] + out["normal_equations"],
+                                                                           1e-9) / 1e9
+    out["sgemm_gflops"] = sgemm_rate() / 1e9
+    return out
+
+
+__all__ = ["profile_half_step", "sgemm_rate", "solve_flops", "solve_rows"]
