@@ -83,7 +83,8 @@ def test_one_range_cache_and_no_prefetch_agree():
     np.testing.assert_allclose(b, d, rtol=0, atol=1e-6)
 
 
-def test_alsx_train_on_dataset_dir(tmp_path):
+@pytest.mark.parametrize("tied", [False, True])
+def test_alsx_train_on_dataset_dir(tmp_path, tied):
     import json
 
     from alsx.cli import main
@@ -93,7 +94,7 @@ def test_alsx_train_on_dataset_dir(tmp_path):
     ds = synth_webgraph(tmp_path / "wg", 400, 4000, seed=1, heldout_fraction=0.2)
     assert len(ds.heldout_rows) > 0
     out = tmp_path / "model"
-    assert main(["train", str(ds.path), "--out", str(out), "--dim", "8", "--epochs", "2", "--tied"]) == 0
+    assert main(["train", str(ds.path), "--out", str(out), "--dim", "8", "--epochs", "2"] + ["--tied"] * tied) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["model"]["recall@20"] <= 1.0 and metrics["model"]["n_eval_rows"] > 0
     assert metrics["model"]["recall@50"] >= metrics["model"]["recall@20"]

@@ -149,8 +149,9 @@ def _write(out: Path, ds: WebGraphDataset, rows: CSR, w: np.ndarray, h: np.ndarr
     from alsx.model import FORMAT_VERSION
 
     out.mkdir(parents=True, exist_ok=True)
-    w = np.array(w, dtype=np.float32, copy=True) if tied else np.asarray(w, np.float32)
+    w = np.asarray(w, np.float32)
     if fold_in_heldout and len(ds.heldout_rows):
+        w = np.array(w, copy=True)  # to_numpy may give a read-only view (and, tied, the column table)
         from alsx.eval.protocol import take_rows
         from alsx.serve.foldin import fold_in
 
