@@ -30,9 +30,10 @@ def ingest_section(text: str) -> str:
 
 
 def demote(md: str) -> str:
-    """Fragments may start at '#'; inside RESULTS.md every heading sits below the title."""
-    return re.sub(r"^(#+) ", lambda m: ("#" * max(2, len(m.group(1)) + (len(m.group(1)) == 1))) + " ", md,
-                  flags=re.M)
+    """A fragment titled with '#' has every heading pushed one level down, below RESULTS.md's title."""
+    if not re.search(r"^# ", md, re.M):
+        return md
+    return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", md, flags=re.M)
 
 
 def main() -> None:
