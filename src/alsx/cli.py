@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="fit a model on a data file")
-    t.add_argument("data", help="npz, csv/tsv, parquet or edge list (optionally .gz)")
+    t.add_argument("data", help="npz, csv/tsv, parquet or edge list (optionally .gz), or a dataset folder written "
+                                "by alsx webgraph build/synth (trained out of core, evaluated on its held-out rows)")
     t.add_argument("--out", required=True, help="output folder")
     _add_model_args(t)
     _add_data_args(t)
