@@ -47,6 +47,7 @@ JSONL = C.BENCH / "results_compare.jsonl"
 MD = C.BENCH / "results_compare.md"
 PNG = C.BENCH / "compare.png"
 KS = (20, 50)
+INVOCATION = time.strftime("%Y%m%dT%H%M%S")
 
 # Tuning grids (3 x 3 each). alsx: lambda x alpha0 (nu = 1, frequency-scaled lambda, Rendle et al.).
 # implicit: regularization x alpha (observed confidence alpha * 1, unobserved weight 1, plain lambda).
@@ -269,7 +270,7 @@ def main_parent(args) -> None:
                 res = C.run_child(Path(__file__), spec, timeout=args.timeout)
                 res.update({k: spec[k] for k in ("lib", "dataset", "dim", "epochs", "task")})
                 res.update({"date": C.now(), "loadavg_start": load0, "loadavg_end": C.loadavg(),
-                            "command": C.command_line()})
+                            "command": C.command_line(), "invocation": INVOCATION})
                 C.append_jsonl(JSONL, res)
                 records.append(res)
                 if "error" in res:
@@ -408,10 +409,16 @@ def write_report() -> None:
                   "| data | d | library | s/epoch | alsx ÷ implicit | compile s | fit wall s | epochs | recall@20 | "
                   "peak RSS GiB | date | load avg start→end |",
                   "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
-        latest = _latest(speed)
         order = {"cnr": 0, "gowalla": 1, "ml1m": 2, "synth10m": 3}
-        for (lib, ds, d), r in sorted(latest.items(), key=lambda kv: (order.get(kv[0][1], 9), kv[0][2],
-                                                                      ["alsx", "implicit", "spark"].index(kv[0][0]))):
+        libs = ["alsx", "implicit", "spark"]
+        # Every run is listed (repeats included); alsx ÷ implicit pairs runs of one invocation.
+        latest = {}
+        for i, r in enumerate(speed):
+            latest[(r["lib"], r["dataset"], r["dim"], i)] = r
+        inv = lambda r: r.get("invocation", r["command"])  # noqa: E731
+        same_cmd = {(r["lib"], r["dataset"], r["dim"], inv(r)): r for r in speed}
+        for (lib, ds, d, _), r in sorted(latest.items(), key=lambda kv: (order.get(kv[0][1], 9), kv[0][2],
+                                                                         kv[1]["date"][:16], libs.index(kv[0][0]))):
             if "runs" not in r:
                 lines.append(f"| {ds} | {d} | {lib} | infeasible/failed: {r['error'][:120].replace('|', '/')} "
                              f"||||||||| {r['date']} | {r['loadavg_start']} |")
@@ -420,7 +427,7 @@ def write_report() -> None:
             pe = _per_epoch(lib, run)
             ratio = "–"
             if lib == "alsx":
-                imp = latest.get(("implicit", ds, d))
+                imp = same_cmd.get(("implicit", ds, d, inv(r)))
                 if imp and "runs" in imp:
                     ratio = f"{pe / _per_epoch('implicit', imp['runs'][0]):.2f}"
             comp = _compile(lib, run)
@@ -464,34 +471,32 @@ def plot(records) -> None:
         return
     libs = ["alsx", "implicit", "spark"]
     colors = {"alsx": "tab:blue", "implicit": "tab:orange", "spark": "tab:green"}
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw={"width_ratios": [3, 3, 1.4]})
+    wdt = 0.27
     cases = sorted({(ds, d) for (_, ds, d) in speed})
     x = np.arange(len(cases))
-    wdt = 0.27
-    for j, lib in enumerate(libs):
-        vals = [(_per_epoch(lib, speed[(lib, ds, d)]["runs"][0]) if (lib, ds, d) in speed else np.nan)
-                for ds, d in cases]
-        axes[0].bar(x + (j - 1) * wdt, vals, wdt, label=lib, color=colors[lib])
-    axes[0].set_xticks(x, [f"{ds}\nd={d}" for ds, d in cases], fontsize=8)
+
+    def bars(ax, value, src, cases_):
+        for j, lib in enumerate(libs):
+            vals = [value(lib, src[(lib, ds, d)]) if (lib, ds, d) in src else np.nan for ds, d in cases_]
+            ax.bar(np.arange(len(cases_)) + (j - 1) * wdt, vals, wdt, label=lib, color=colors[lib])
+        ax.set_xticks(np.arange(len(cases_)), [f"{ds}\nd={d}" for ds, d in cases_], fontsize=8)
+        ax.legend(fontsize=8)
+
+    bars(axes[0], lambda lib, r: _per_epoch(lib, r["runs"][0]), speed, cases)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("seconds per epoch (log)")
-    axes[0].set_title("Speed, same d and epochs (2 cores, shared machine)")
-    axes[0].legend()
-    qcases = sorted({(ds, d) for (_, ds, d) in grid}) or cases
-    src = grid if grid else speed
-    x = np.arange(len(qcases))
-    for j, lib in enumerate(libs):
-        vals = []
-        for ds, d in qcases:
-            r = src.get((lib, ds, d))
-            vals.append(max(run["metrics"]["recall@20"] for run in r["runs"]) if r else np.nan)
-        axes[1].bar(x + (j - 1) * wdt, vals, wdt, label=lib, color=colors[lib])
-    axes[1].set_xticks(x, [f"{ds}\nd={d}" for ds, d in qcases], fontsize=8)
+    axes[0].set_title("Speed: s/epoch, 5 epochs, same d (2 shared cores)")
+    bars(axes[1], lambda lib, r: r["runs"][0]["metrics"].get("recall@20", np.nan), speed, cases)
     axes[1].set_ylabel("Recall@20 (min(k,|gt|))")
-    axes[1].set_title("Quality, each tuned on a 3×3 grid" if grid else "Quality after the speed runs")
-    axes[1].legend()
+    axes[1].set_title("Recall@20 of those speed runs (Spark untuned)")
+    qcases = sorted({(ds, d) for (_, ds, d) in grid})
+    if qcases:
+        bars(axes[2], lambda lib, r: max(run["metrics"]["recall@20"] for run in r["runs"]), grid, qcases)
+    axes[2].set_title("Tuned on a grid (best point)")
+    axes[2].set_ylabel("Recall@20")
     fig.tight_layout()
-    fig.savefig(PNG, dpi=110)
+    fig.savefig(PNG, dpi=100)
 
 
 def main(argv=None) -> None:
