@@ -39,6 +39,7 @@ from alsx.core.sharding import (
     table_sharding,
 )
 from alsx.data.matrix import CSR
+from alsx.serve.topk import exclusion_rows
 
 PAD_ID = -1
 _NO_ID = np.iinfo(np.int32).max  # sorts after every real id in the merge
@@ -185,17 +186,7 @@ def sharded_topk(
     n, m = query.shape[0], table.n
     if n == 0 or m == 0:
         return np.full((n, k), -np.inf, np.float32), np.full((n, k), PAD_ID, np.int32)
-    rows_of = None
-    if exclude is not None:
-        rows_of = np.arange(n) if exclude_ids is None else np.asarray(exclude_ids, np.int64)
-        if rows_of.shape != (n,):
-            raise ValueError(f"exclude_ids must have one entry per query row ({n}). Got shape {rows_of.shape}.")
-        if exclude_ids is None and exclude.n_rows != n:
-            raise ValueError(f"exclude has {exclude.n_rows} rows but query has {n}; pass exclude_ids to map them.")
-        if rows_of.size and (rows_of.min() < 0 or rows_of.max() >= exclude.n_rows):
-            raise ValueError(f"exclude_ids must be in [0, {exclude.n_rows}).")
-    elif exclude_ids is not None:
-        raise ValueError("exclude_ids was given without exclude.")
+    rows_of = exclusion_rows(exclude, exclude_ids, n)
 
     layout, mesh = table.layout, table.mesh
     mask = np.zeros(layout.n_slots, np.float32)

@@ -74,6 +74,22 @@ def _padded_exclusions(exclude: CSR, rows: np.ndarray, n_cols: int) -> np.ndarra
     return np.where(valid, exclude.indices[gather], n_cols).astype(np.int32)
 
 
+def exclusion_rows(exclude: CSR | None, exclude_ids: np.ndarray | None, n: int) -> np.ndarray | None:
+    """int64 [n] row of ``exclude`` for each query row (checked), or None without exclusions."""
+    if exclude is None:
+        if exclude_ids is not None:
+            raise ValueError("exclude_ids was given without exclude.")
+        return None
+    rows_of = np.arange(n) if exclude_ids is None else np.asarray(exclude_ids, dtype=np.int64)
+    if rows_of.shape != (n,):
+        raise ValueError(f"exclude_ids must have one entry per query row ({n}). Got shape {rows_of.shape}.")
+    if exclude_ids is None and exclude.n_rows != n:
+        raise ValueError(f"exclude has {exclude.n_rows} rows but query has {n}; pass exclude_ids to map them.")
+    if rows_of.size and (rows_of.min() < 0 or rows_of.max() >= exclude.n_rows):
+        raise ValueError(f"exclude_ids must be in [0, {exclude.n_rows}).")
+    return rows_of
+
+
 def topk_scores(
     query: np.ndarray | jax.Array,
     table: np.ndarray | jax.Array,
@@ -114,16 +130,7 @@ def topk_scores(
     if n == 0 or m == 0:
         return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), PAD_ID, dtype=np.int32)
 
-    if exclude is not None:
-        rows_of = np.arange(n) if exclude_ids is None else np.asarray(exclude_ids, dtype=np.int64)
-        if rows_of.shape != (n,):
-            raise ValueError(f"exclude_ids must have one entry per query row ({n}). Got shape {rows_of.shape}.")
-        if exclude_ids is None and exclude.n_rows != n:
-            raise ValueError(f"exclude has {exclude.n_rows} rows but query has {n}; pass exclude_ids to map them.")
-        if rows_of.size and (rows_of.min() < 0 or rows_of.max() >= exclude.n_rows):
-            raise ValueError(f"exclude_ids must be in [0, {exclude.n_rows}).")
-    elif exclude_ids is not None:
-        raise ValueError("exclude_ids was given without exclude.")
+    rows_of = exclusion_rows(exclude, exclude_ids, n)
 
     col_mask = np.zeros(m, dtype=np.float32)
     if exclude_cols is not None:
