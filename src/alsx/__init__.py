@@ -7,6 +7,22 @@ import os as _os
 # came). One BLAS thread per caller is also faster for the tiny batched d x d solves.
 _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+
+def _one_lapack_thread() -> None:
+    # The variable above is read only when OpenBLAS loads; if jax (hence scipy's OpenBLAS,
+    # which jaxlib's LAPACK kernels call) was imported first, limit that library now.
+    # NumPy's own BLAS is left as the user configured it.
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.internal_api == "openblas" and "scipy.libs" in lib.filepath and lib.num_threads != 1:
+            lib.set_num_threads(1)
+
+
+_one_lapack_thread()
+
 from alsx.config import HParams
 from alsx.config import Packing
 from alsx.model import ALS
