@@ -34,6 +34,15 @@ def block_matvec(hg: jax.Array, conf: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.einsum("sl,sld->sd", q, hg, precision=HIGHEST)
 
 
+def block_residual(hg: jax.Array, conf: jax.Array, x: jax.Array) -> jax.Array:
+    """[S, d] sum_l conf * (1 - <hg[s, l], x[s]>) * hg[s, l] = b_s - (observed part of A_s) x_s.
+
+    The same value as ``block_rhs - block_matvec`` with one pass over ``hg`` fewer.
+    """
+    q = conf * (1.0 - block_scores(hg, x))
+    return jnp.einsum("sl,sld->sd", q, hg, precision=HIGHEST)
+
+
 def block_lhs(hg: jax.Array, conf: jax.Array) -> jax.Array:
     """[S, d, d] sum_l conf * hg hg^T: the observed part of A_s."""
     return jnp.einsum("sld,sle->sde", hg * conf[..., None], hg, precision=HIGHEST)

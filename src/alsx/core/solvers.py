@@ -1,7 +1,7 @@
 """Batched linear solvers behind one calling convention.
 
 Each solver takes the right-hand sides ``b`` [R, d], a warm start ``x0`` [R, d]
-and either a matrix-free ``matvec`` ([R, d] -> [R, d]) or dense ``a`` [R, d, d].
+(CG: the starting residual instead) and either a matrix-free ``matvec`` ([R, d] -> [R, d]) or dense ``a`` [R, d, d].
 Rows are independent systems; every operation is batched over R.
 """
 
@@ -24,13 +24,15 @@ def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
-def conjugate_gradient(matvec: MatVec, b: jax.Array, x0: jax.Array, steps: int) -> jax.Array:
+def conjugate_gradient(matvec: MatVec, r0: jax.Array, x0: jax.Array, steps: int) -> jax.Array:
     """``steps`` CG iterations on A x = b from x0 (A symmetric positive definite per row).
 
+    Takes the starting residual ``r0 = b - A x0`` rather than b: iALS forms it from the
+    row's scores in one pass over the gathered rows fewer than b and A x0 separately.
     Warm-started from the previous embedding, a few steps suffice in ALS (Takács et al. 2011);
     with ``steps`` >= d the result is exact up to rounding.
     """
-    r = b - matvec(x0)
+    r = r0
     p = r
     rs = _rowdot(r, r)
 

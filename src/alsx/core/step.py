@@ -43,15 +43,15 @@ def solve_rows(hg, conf, x0, reg, gram, alpha0, solver, cg_steps, block_size=0):
             return ne.block_lhs(hk, conf), ne.block_rhs(hk, conf * err)
 
         return solvers.block_coordinate(stats, x0, gram, alpha0, reg, block_size)
-    b = ne.block_rhs(hg, conf)
     if solver == "cholesky":
         a = ne.shared_lhs(ne.block_lhs(hg, conf), gram, alpha0, reg)
-        return solvers.cholesky(a, b)
+        return solvers.cholesky(a, ne.block_rhs(hg, conf))
 
     def matvec(x):
         return ne.add_shared(ne.block_matvec(hg, conf, x), x, gram, alpha0, reg)
 
-    return solvers.conjugate_gradient(matvec, b, x0, cg_steps)
+    r0 = ne.block_residual(hg, conf, x0) - ne.add_shared(0.0, x0, gram, alpha0, reg)
+    return solvers.conjugate_gradient(matvec, r0, x0, cg_steps)
 
 
 def solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, gather, block_size=0):
@@ -96,16 +96,18 @@ def solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather, block_si
             return acc[:, :block_size], acc[:, block_size]
 
         return solvers.block_coordinate(stats, x0, gram, alpha0, reg, block_size)
-    b = chunk_sum(lambda hg, cf, sg: ne.block_rhs(hg, cf), (n_long, d))
     if solver == "cholesky":
         a = chunk_sum(lambda hg, cf, sg: ne.block_lhs(hg, cf), (n_long, d, d))
+        b = chunk_sum(lambda hg, cf, sg: ne.block_rhs(hg, cf), (n_long, d))
         return solvers.cholesky(ne.shared_lhs(a, gram, alpha0, reg), b)
 
     def matvec(x):
         ax = chunk_sum(lambda hg, cf, sg: ne.block_matvec(hg, cf, x[sg]), (n_long, d))
         return ne.add_shared(ax, x, gram, alpha0, reg)
 
-    return solvers.conjugate_gradient(matvec, b, x0, cg_steps)
+    r0 = chunk_sum(lambda hg, cf, sg: ne.block_residual(hg, cf, x0[sg]), (n_long, d))
+    r0 = r0 - ne.add_shared(0.0, x0, gram, alpha0, reg)
+    return solvers.conjugate_gradient(matvec, r0, x0, cg_steps)
 
 
 # ``out`` is donated: each bucket writes its rows in place instead of copying the table.
