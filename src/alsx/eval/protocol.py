@@ -123,10 +123,8 @@ def evaluate_heldout_csr(
     tru = take_rows(truth, rows)
     query = fold_in(h, hist, hp)
     kmax = max(ks)
-    # Each batch holds a dense [batch, n_cols] score matrix: keep it near score_bytes
-    # (1024 rows x 5.7M columns would be 23 GB).
-    batch = max(1, min(1024, score_bytes // (4 * max(h.shape[0], 1))))
-    _, top = topk_scores(query, h, kmax, exclude=hist, batch_size=1 << (batch.bit_length() - 1))
+    # Each batch holds a dense [batch, n_cols] score matrix (1024 rows x 5.7M columns would be 23 GB).
+    _, top = topk_scores(query, h, kmax, exclude=hist, score_bytes=score_bytes)
     out = {"model": ranking_metrics(top, tru, ks)}
     if col_counts is not None:
         out["popularity"] = ranking_metrics(popularity_topk(hist, np.asarray(col_counts), kmax), tru, ks)

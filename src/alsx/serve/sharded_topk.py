@@ -39,7 +39,7 @@ from alsx.core.sharding import (
     table_sharding,
 )
 from alsx.data.matrix import CSR
-from alsx.serve.topk import exclusion_rows
+from alsx.serve.topk import exclusion_rows, score_batch
 
 PAD_ID = -1
 _NO_ID = np.iinfo(np.int32).max  # sorts after every real id in the merge
@@ -148,7 +148,7 @@ def sharded_topk(
     table: ShardedTable | np.ndarray,
     k: int,
     exclude: CSR | None = None,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     exclude_ids: np.ndarray | None = None,
     *,
     exclude_cols: np.ndarray | None = None,
@@ -164,7 +164,8 @@ def sharded_topk(
       k: results per row (may exceed m; extra slots are padding).
       exclude: CSR of per-row excluded column ids (e.g. the training history); row
         ``exclude_ids[i]`` (default ``i``) belongs to query row ``i``.
-      batch_size: query rows per device call.
+      batch_size: query rows per device call; default: sized like ``topk_scores`` from
+        each device's column shard.
       exclude_ids: int [n] row of ``exclude`` for each query row.
       exclude_cols: column ids removed for every row.
       mesh: the mesh for a host ``table`` (default: all devices).
@@ -181,9 +182,10 @@ def sharded_topk(
         raise ValueError(f"query [n, d] and table [m, d] must share d. Got {query.shape} and {(table.n, d)}.")
     if k < 1:
         raise ValueError(f"The 'k' parameter must be >= 1. Got {k!r} instead.")
+    n, m = query.shape[0], table.n
+    batch_size = score_batch(table.layout.n_local) if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"The 'batch_size' parameter must be >= 1. Got {batch_size!r} instead.")
-    n, m = query.shape[0], table.n
     if n == 0 or m == 0:
         return np.full((n, k), -np.inf, np.float32), np.full((n, k), PAD_ID, np.int32)
     rows_of = exclusion_rows(exclude, exclude_ids, n)

@@ -90,15 +90,27 @@ def exclusion_rows(exclude: CSR | None, exclude_ids: np.ndarray | None, n: int) 
     return rows_of
 
 
+# One batch's dense scores: 1024 rows x 325k columns would be 1.3 GB, and allocating
+# such blocks over and over costs more in page faults than the scoring itself.
+SCORE_BYTES = 128 << 20
+
+
+def score_batch(n_cols: int, score_bytes: int = SCORE_BYTES, cap: int = 1024) -> int:
+    """Rows per scoring batch: the largest power of two <= cap whose [rows, n_cols] float32 fits."""
+    rows = max(1, min(cap, score_bytes // (4 * max(n_cols, 1))))
+    return 1 << (rows.bit_length() - 1)
+
+
 def topk_scores(
     query: np.ndarray | jax.Array,
     table: np.ndarray | jax.Array,
     k: int,
     exclude: CSR | None = None,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     exclude_ids: np.ndarray | None = None,
     *,
     exclude_cols: np.ndarray | None = None,
+    score_bytes: int = SCORE_BYTES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k columns by dot product for every query row.
 
@@ -108,11 +120,13 @@ def topk_scores(
       k: number of results per row (may exceed m; extra slots are padding).
       exclude: per-row column ids to leave out (usually the training history), a CSR
         whose row ``exclude_ids[i]`` (or ``i``) belongs to query row ``i``.
-      batch_size: query rows scored per device call.
+      batch_size: query rows scored per device call; default: as many as fit a dense
+        [batch, m] float32 score block in ``score_bytes`` (at most 1024, a power of two).
       exclude_ids: int [n] row of ``exclude`` for each query row, e.g. the evaluated
         rows' ids when ``query`` is a subset of the row table. Default: ``arange(n)``,
         which needs ``exclude.n_rows == n``.
       exclude_cols: int column ids removed for every row (e.g. unavailable items).
+      score_bytes: memory budget of one batch's scores when ``batch_size`` is None.
 
     Returns:
       scores: float32 [n, k], descending per row; ``-inf`` in padded slots.
@@ -124,9 +138,10 @@ def topk_scores(
         raise ValueError(f"query [n, d] and table [m, d] must share d. Got {query.shape} and {table.shape}.")
     if k < 1:
         raise ValueError(f"The 'k' parameter must be >= 1. Got {k!r} instead.")
+    n, m = query.shape[0], table.shape[0]
+    batch_size = score_batch(m, score_bytes) if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"The 'batch_size' parameter must be >= 1. Got {batch_size!r} instead.")
-    n, m = query.shape[0], table.shape[0]
     if n == 0 or m == 0:
         return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), PAD_ID, dtype=np.int32)
 
@@ -165,7 +180,7 @@ def topk_scores(
 
 
 def similar(
-    table: np.ndarray | jax.Array, ids: np.ndarray, k: int, exclude_self: bool = True, batch_size: int = 1024
+    table: np.ndarray | jax.Array, ids: np.ndarray, k: int, exclude_self: bool = True, batch_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k rows of ``table`` most cosine-similar to each of ``table[ids]``.
 
