@@ -29,8 +29,10 @@ FILES = {
     "cnr": "web_cnr2000.npz",
 }
 # Protocol per data set: the split shipped with the data, or held-out rows (strong generalisation).
-PROTOCOL = {"gowalla": "given", "ml1m": "given", "cnr": "heldout_rows", "synth10m": "heldout_rows"}
+PROTOCOL = {"gowalla": "given", "ml1m": "given", "cnr": "heldout_rows", "synth10m": "heldout_rows",
+            "synth100m": "heldout_rows"}
 SYNTH = {"n_rows": 1_000_000, "n_cols": 200_000, "nnz": 10_000_000, "seed": 0}
+SYNTH100M = {"n_rows": 10_000_000, "n_cols": 2_000_000, "nnz": 100_000_000, "seed": 0}  # SYNTH x 10
 
 
 # ---------------------------------------------------------------------------- data
@@ -69,9 +71,11 @@ def synthetic_powerlaw(n_rows: int, n_cols: int, nnz: int, seed: int = 0):
 
 
 def load(name: str):
-    """Interactions of a named data set (see FILES, plus 'synth10m')."""
+    """Interactions of a named data set (see FILES, plus 'synth10m' and 'synth100m')."""
     if name == "synth10m":
         return synthetic_powerlaw(**SYNTH)
+    if name == "synth100m":
+        return synthetic_powerlaw(**SYNTH100M)
     from alsx.data.ingest import load_interactions
 
     x, _ = load_interactions(str(DATA / FILES[name]))

@@ -45,7 +45,8 @@ def problem(square: bool = False):
 def settings(solver: str = "cholesky", dtype: str = "float32"):
     from alsx.config import HParams, Packing
 
-    hp = HParams(dim=8, reg=0.05, unobserved_weight=0.1, nu=1.0, solver=solver, cg_steps=3, dtype=dtype)
+    hp = HParams(dim=8, reg=0.05, unobserved_weight=0.1, nu=1.0, solver=solver, cg_steps=3, dtype=dtype,
+                 block_size=4)
     return hp, Packing(min_width=4, max_width=16, batch_entries=64, n_buckets=3)  # few blocks: quick to compile
 
 
@@ -54,6 +55,7 @@ VARIANTS = {  # name -> (solver, dtype, tied)
     "f32_tied": ("cholesky", "float32", True),
     "bf16": ("cholesky", "bfloat16", False),
     "cg": ("cg", "float32", False),
+    "block": ("block", "float32", False),  # iALS++ sweeps over 2 blocks of 4 dimensions
 }
 
 

@@ -183,19 +183,10 @@ def _checkpointer(a: argparse.Namespace):
 
 
 def _profile(model, train) -> dict:
-    """Per-phase seconds of the row and column half-steps at the trained tables (one device)."""
-    import jax
+    """Per-phase seconds of the row and column half-steps at the trained tables (one device), printed."""
+    from alsx.core.profile import profile_model
 
-    from alsx.core.profile import profile_half_step
-    from alsx.data.packing import pack
-
-    w = jax.device_put(model.row_embeddings_, jax.devices()[0])
-    h = jax.device_put(model.col_embeddings_, jax.devices()[0])
-    dense = model.hparams.solver == "cholesky"
-    result = {}
-    for name, csr, a, b in (("rows", train.csr(model.alpha), w, h), ("cols", train.csc(model.alpha), h, w)):
-        side = jax.device_put(pack(csr, model.hparams.dim, model.packing, dense_rows=dense).arrays(), jax.devices()[0])
-        result[name] = profile_half_step(a, b, side, model.hparams)
+    result = profile_model(model, train)
     phases = [k for k in result["rows"] if k not in ("solve_gflops", "sgemm_gflops")]
     print("phase seconds   " + "".join(f"{p:>17}" for p in phases))
     for name, r in result.items():

@@ -45,9 +45,8 @@ def _partial_block(w, h, gram, block, lam, alpha0, stage: str):
             return acc + jnp.sum(hg), None
         x0 = w.at[r].get(mode="fill", fill_value=0).astype(jnp.float32)
         reg = lam.at[r].get(mode="fill", fill_value=1.0)
-        b = ne.block_rhs(hg, cf)
-        ax = ne.add_shared(ne.block_matvec(hg, cf, x0), x0, gram, alpha0, reg)
-        return acc + jnp.sum(b - ax), None
+        r0 = ne.block_residual(hg, cf, x0) - ne.add_shared(0.0, x0, gram, alpha0, reg)
+        return acc + jnp.sum(r0), None
 
     acc, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (cols, conf, rows))
     return acc
@@ -61,8 +60,8 @@ def _scatter(out, rows, x):
 def solve_flops(entries: int, rows: int, dim: int, hp: HParams) -> float:
     """Floating-point operations of the solve per padded entry count (multiply-adds count 2)."""
     d = dim
-    if hp.solver == "cg":  # rhs + (steps + 1) matvecs of 2 passes; x G per matvec
-        return entries * 2 * d * (1 + 2 * (hp.cg_steps + 1)) + rows * (hp.cg_steps + 1) * 2 * d * d
+    if hp.solver == "cg":  # residual + one matvec per step, 2 passes each; x G with each
+        return entries * 2 * d * 2 * (hp.cg_steps + 1) + rows * (hp.cg_steps + 1) * 2 * d * d
     if hp.solver == "cholesky":  # A = sum h h^T, then factor and two triangular solves
         return entries * (2 * d * d + 2 * d) + rows * (d ** 3 / 3 + 2 * d * d)
     b = hp.block_size  # per block: scores, A_KK, gradient, b x b solve
@@ -109,4 +108,21 @@ def profile_half_step(w: jax.Array, h: jax.Array, side: SideArrays, hp: HParams)
     return out
 
 
-__all__ = ["profile_half_step", "sgemm_rate", "solve_flops", "solve_rows"]
+def profile_model(model, train) -> dict[str, dict[str, float]]:
+    """``profile_half_step`` of the row and column half-steps at a fitted ``ALS``'s tables (one device).
+
+    ``train``: the ``Interactions`` it was fitted on.
+    """
+    from alsx.data.packing import pack
+
+    dev = jax.devices()[0]
+    w, h = jax.device_put(model.row_embeddings_, dev), jax.device_put(model.col_embeddings_, dev)
+    dense = model.hparams.solver == "cholesky"
+    result = {}
+    for name, csr, a, b in (("rows", train.csr(model.alpha), w, h), ("cols", train.csc(model.alpha), h, w)):
+        side = jax.device_put(pack(csr, model.hparams.dim, model.packing, dense_rows=dense).arrays(), dev)
+        result[name] = profile_half_step(a, b, side, model.hparams)
+    return result
+
+
+__all__ = ["profile_half_step", "profile_model", "sgemm_rate", "solve_flops", "solve_rows"]

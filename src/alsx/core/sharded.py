@@ -232,13 +232,15 @@ class ShardedEngine:
         d = w.shape[1]
         gram = jax.lax.psum(ne.gramian(h), SHARD)  # [d, d]: padding slots are zero rows
         lam = row_regularisation(side["counts"], n_other, hp.reg, hp.unobserved_weight, hp.nu)
+        bs = hp.block_size if hp.solver == "block" else 0
         out = jnp.zeros_like(w)  # rows without entries get the exact optimum 0
         for block in side["blocks"]:
-            x = solve_block(w, h, gram, block, lam, hp.unobserved_weight, hp.solver, hp.cg_steps, fetch_rows)
+            x = solve_block(w, h, gram, block, lam, hp.unobserved_weight, hp.solver, hp.cg_steps, fetch_rows, bs)
             # Solved rows are this shard's own slots: a local write, no scatter traffic.
             out = out.at[block[2].reshape(-1)].set(x.reshape(-1, d).astype(w.dtype), mode="drop")
         if side["long"] is not None:
-            x = solve_long(w, h, gram, side["long"], lam, hp.unobserved_weight, hp.solver, hp.cg_steps, fetch_rows)
+            x = solve_long(w, h, gram, side["long"], lam, hp.unobserved_weight, hp.solver, hp.cg_steps, fetch_rows,
+                           bs)
             out = out.at[side["long"][3]].set(x.astype(w.dtype), mode="drop")
         return out
 

@@ -1,0 +1,244 @@
+"""Speed figures beyond the side-by-side suite: linear cost, solvers at large d, bf16, FLOP rates.
+
+One task per command; every measurement runs in its own child interpreter (its own
+peak RSS and JAX device count), is appended to ``benchmarks/results_solvers.jsonl``,
+and ``benchmarks/results_solvers.md`` is rewritten from all records at the end.
+
+  # cost per nonzero at 10M and 100M nonzeros, d=64 (alsx and implicit in one run)
+  python benchmarks/solvers.py --task linear --epochs 3
+
+  # iALS++ (block) against CG and Cholesky at large d, same epochs, Recall@20
+  python benchmarks/solvers.py --task solvers --dataset ml1m --dims 1024 --epochs 8 \\
+      --variants cg:3,cholesky,block:128,block:64
+
+  # bf16 against float32 tables: seconds per epoch and Recall@20
+  python benchmarks/solvers.py --task dtype --dataset gowalla --dims 256 --epochs 16
+
+  # FLOP rate of the solve phase against the measured sgemm (alsx train --profile's numbers)
+  python benchmarks/solvers.py --task flops --dataset cnr --dims 64,256 --variants cg:3,cholesky,block:32
+
+  python benchmarks/solvers.py --report
+
+alsx runs with one JAX CPU device per core (``--devices``, the default of ``alsx train``);
+implicit with BLAS limited to one thread and ``num_threads=2`` (3 CG steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+JSONL = C.BENCH / "results_solvers.jsonl"
+MD = C.BENCH / "results_solvers.md"
+KS = (20, 50)
+
+
+# =============================================================================== children
+
+
+def _variant(v: str) -> dict:
+    """'cg:3' / 'cholesky' / 'block:128' -> ALS keyword arguments."""
+    name, _, arg = v.partition(":")
+    if name == "cg":
+        return {"solver": "cg", "cg_steps": int(arg or 3)}
+    if name == "block":
+        return {"solver": "block", "block_size": int(arg or 64)}
+    return {"solver": name}
+
+
+def child(spec: dict) -> dict:
+    if spec.get("devices", 1) > 1:  # before jax is imported
+        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={spec['devices']}"
+    t0 = time.perf_counter()
+    x = C.load(spec["dataset"])
+    split = C.split_of(spec["dataset"], x)
+    out = {"load_s": time.perf_counter() - t0, "nnz_train": int(split.train.nnz)}
+    if spec["lib"] == "implicit":
+        from implicit.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
+
+        times: list[float] = []
+        with threadpool_limits(limits=1, user_api="blas"):
+            m = AlternatingLeastSquares(factors=spec["dim"], iterations=spec["epochs"], num_threads=2,
+                                        random_state=0, use_cg=True, regularization=10.0, alpha=10.0)
+            m.fit(C.to_scipy(split.train), show_progress=False, callback=lambda it, el, loss: times.append(el))
+        return {**out, "epoch_s": times, "peak_rss_gib": C.peak_rss_gib()}
+
+    import jax
+
+    import alsx
+    from alsx.eval.protocol import evaluate
+
+    kw = {**_variant(spec.get("variant", "cg:3")), "dtype": spec.get("dtype", "float32")}
+    m = alsx.ALS(dim=spec["dim"], epochs=spec["epochs"], reg=spec["reg"], unobserved_weight=spec["a0"],
+                 seed=0, progress=False, **kw).fit(split.train)
+    out.update({"devices": jax.device_count(), "epoch_s": [r["seconds"] for r in m.history_],
+                "peak_rss_fit_gib": C.peak_rss_gib()})
+    if spec.get("evaluate", True):
+        out["metrics"] = evaluate(m.row_embeddings_, m.col_embeddings_, split, m.hparams, KS)["model"]
+    if spec["task"] == "flops":
+        from alsx.core.profile import profile_model
+
+        out["profile"] = profile_model(m, split.train)
+    out["peak_rss_gib"] = C.peak_rss_gib()
+    return out
+
+
+# =============================================================================== parent
+
+
+def run(spec: dict, timeout: float) -> dict:
+    load0 = C.loadavg()
+    print(f"[{C.now()}] {spec} load {load0}", flush=True)
+    res = {**spec, **C.run_child(Path(__file__), spec, timeout=timeout)}
+    res.update({"date": C.now(), "loadavg_start": load0, "loadavg_end": C.loadavg(), "command": C.command_line(),
+                "machine": C.machine()})
+    C.append_jsonl(JSONL, res)
+    if "error" in res:
+        print("   ERROR", res["error"][-800:], flush=True)
+    else:
+        print(f"   s/epoch {_per_epoch(res):.2f}  recall@20 {res.get('metrics', {}).get('recall@20', float('nan')):.4f}",
+              flush=True)
+    return res
+
+
+def _per_epoch(r: dict) -> float:
+    e = r.get("epoch_s") or [float("nan")]
+    return float(np.mean(e[1:])) if len(e) > 1 else float(e[0])
+
+
+def main_parent(a) -> None:
+    dims = [int(d) for d in a.dims.split(",")]
+    base = {"task": a.task, "epochs": a.epochs, "reg": a.reg, "a0": a.a0, "devices": a.devices}
+    if a.task == "linear":
+        for ds in ("synth10m", "synth100m"):
+            for lib in ("alsx", "implicit"):
+                run({**base, "lib": lib, "dataset": ds, "dim": dims[0], "evaluate": False}, a.timeout)
+    elif a.task == "dtype":
+        for d in dims:
+            for dt in ("float32", "bfloat16"):
+                run({**base, "lib": "alsx", "dataset": a.dataset, "dim": d, "dtype": dt}, a.timeout)
+    else:  # solvers, flops
+        for d in dims:
+            for v in a.variants.split(","):
+                run({**base, "lib": "alsx", "dataset": a.dataset, "dim": d, "variant": v,
+                     "evaluate": a.task == "solvers"}, a.timeout)
+
+
+# =============================================================================== report
+
+
+def _latest(records: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    """The newest successful record per configuration, in first-seen order."""
+    seen: dict[tuple, dict] = {}
+    for r in records:
+        if "error" not in r:
+            seen[tuple(r.get(k) for k in keys)] = r
+    return list(seen.values())
+
+
+def _load(r: dict) -> str:
+    return f"{r['loadavg_start'].split()[0]} → {r['loadavg_end'].split()[0]}"
+
+
+def write_report() -> None:
+    recs = C.read_jsonl(JSONL)
+    by = {t: [r for r in recs if r["task"] == t] for t in ("linear", "solvers", "dtype", "flops")}
+    L = ["## Solvers, linear cost, bf16 and FLOP rates", "",
+         "Written by `benchmarks/solvers.py` (commands in each table's rows and in the script's docstring). "
+         "s/epoch is the mean of epochs 2..E (alsx's first epoch holds the XLA compile). alsx runs with one JAX "
+         "CPU device per core (as `alsx train` does); implicit 0.7.3 with BLAS threads = 1, `num_threads=2`, CG 3. "
+         "The load average (2 cores) at start → end of each child is given; a niced background job (the WebGraph "
+         "820M run) shared the machine during some rows, as marked by loads above ≈1.", ""]
+    rows = _latest(by["linear"], ("lib", "dataset", "dim", "epochs"))
+    if rows:
+        L += ["### Cost against nonzeros (d=64)", "",
+              "| data | nnz (train) | library | s/epoch | s per 1M nnz | 100M ÷ 10M per-nnz cost | peak RSS GiB | load |",
+              "|---|---:|---|---:|---:|---:|---:|---|"]
+        per = {(r["lib"], r["dataset"]): _per_epoch(r) / (r["nnz_train"] / 1e6) for r in rows}
+        for r in rows:
+            ratio = ""
+            if r["dataset"] == "synth100m" and (r["lib"], "synth10m") in per:
+                ratio = f"{per[(r['lib'], 'synth100m')] / per[(r['lib'], 'synth10m')]:.2f}"
+            L.append(f"| {r['dataset']} | {r['nnz_train']:,} | {r['lib']} | {_per_epoch(r):.2f} | "
+                     f"{per[(r['lib'], r['dataset'])]:.3f} | {ratio} | {r['peak_rss_gib']:.2f} | {_load(r)} |")
+        L += ["", f"Command: `{rows[-1]['command']}`", ""]
+    rows = _latest(by["solvers"], ("dataset", "dim", "variant", "epochs", "reg", "a0"))
+    if rows:
+        L += ["### Solvers at large d (same data, d, epochs, λ, α0)", "",
+              "| data | d | solver | epochs | λ | α0 | s/epoch | Recall@20 | Recall@50 | NDCG@20 | peak RSS GiB | load |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in rows:
+            m = r.get("metrics", {})
+            L.append(f"| {r['dataset']} | {r['dim']} | {r['variant']} | {r['epochs']} | {r['reg']} | {r['a0']} | "
+                     f"{_per_epoch(r):.2f} | {C.fmt(m.get('recall@20'))} | {C.fmt(m.get('recall@50'))} | "
+                     f"{C.fmt(m.get('ndcg@20'))} | {r['peak_rss_gib']:.2f} | {_load(r)} |")
+        L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
+    rows = _latest(by["dtype"], ("dataset", "dim", "dtype", "epochs", "reg", "a0"))
+    if rows:
+        L += ["### bf16 against float32 table storage (CG 3)", "",
+              "| data | d | tables | epochs | s/epoch | Recall@20 | Recall@50 | NDCG@20 | peak RSS GiB | load |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+        for r in rows:
+            m = r.get("metrics", {})
+            L.append(f"| {r['dataset']} | {r['dim']} | {r.get('dtype', 'float32')} | {r['epochs']} | "
+                     f"{_per_epoch(r):.2f} | {C.fmt(m.get('recall@20'))} | {C.fmt(m.get('recall@50'))} | "
+                     f"{C.fmt(m.get('ndcg@20'))} | {r['peak_rss_gib']:.2f} | {_load(r)} |")
+        L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
+    rows = _latest(by["flops"], ("dataset", "dim", "variant"))
+    if rows:
+        L += ["### FLOP rate of the solve phase (one device, `alsx train --profile`'s measurement)", "",
+              "The solve phase's floating-point operations (`alsx.core.profile.solve_flops`: multiply-adds count 2, "
+              "padding included) over the seconds of its normal-equation and solve phases, against a float32 "
+              "2048² matrix product timed in the same process (the machine's sgemm rate on this device).", "",
+              "| data | d | solver | side | gather s | normal eq. s | solve s | scatter s | long rows s | "
+              "solve GFLOP/s | sgemm GFLOP/s | % of sgemm | load |",
+              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in rows:
+            for side in ("rows", "cols"):
+                p = r["profile"][side]
+                L.append(f"| {r['dataset']} | {r['dim']} | {r['variant']} | {side} | {p['gather']:.3f} | "
+                         f"{p['normal_equations']:.3f} | {p['solve']:.3f} | {p['scatter']:.3f} | "
+                         f"{p['long_rows']:.3f} | {p['solve_gflops']:.1f} | {p['sgemm_gflops']:.1f} | "
+                         f"{100 * p['solve_gflops'] / p['sgemm_gflops']:.0f} % | {_load(r)} |")
+        L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
+    if recs:
+        L += [f"Machine: {recs[-1]['machine']}.", ""]
+    MD.write_text("\n".join(L))
+    print(f"wrote {MD}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=["linear", "solvers", "dtype", "flops"], default="linear")
+    p.add_argument("--dataset", default="ml1m")
+    p.add_argument("--dims", default="64")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--variants", default="cg:3,cholesky,block:128")
+    p.add_argument("--reg", type=float, default=0.003)
+    p.add_argument("--a0", type=float, default=0.03)
+    p.add_argument("--devices", type=int, default=os.cpu_count() or 1, help="JAX CPU devices for alsx")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--report", action="store_true")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        import json
+
+        C.emit(child(json.loads(a.child)))
+        return
+    if not a.report:
+        main_parent(a)
+    write_report()
+
+
+if __name__ == "__main__":
+    main()
