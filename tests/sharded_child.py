@@ -119,20 +119,27 @@ def multi_process() -> None:
                                   process_id=CFG["pid"], heartbeat_timeout_s=CFG.get("heartbeat", 10),
                                   init_timeout_s=60))
     from alsx.core.engine import LocalEngine
-    from alsx.core.sharded import ShardedEngine
-    from alsx.core.sharding import SHARD, balanced_layout, local_shards, make_mesh
+    from alsx.core.sharded import ShardedEngine, engine_layouts
+    from alsx.core.sharding import local_shards, make_mesh, process_groups
     from alsx.data.shard_packing import local_part
 
     rows, cols = problem()
     hp, pk = settings()
     mesh = make_mesh()
     assert len(mesh.devices.reshape(-1)) == CFG["nproc"] * CFG["devices"]
-    # Each process keeps only the rows (and columns) its shards own.
+    assert process_groups(mesh) == CFG["nproc"]
+    # Each process keeps only the rows (and columns) its shards own: one contiguous range
+    # of each, so it reads one slice of each CSR.
     rc, cc = rows.lengths(), cols.lengths()
     mine = local_shards(mesh)
-    P = mesh.shape[SHARD]
-    my_rows = local_part(rows, balanced_layout(rc, P), mine)
-    my_cols = local_part(cols, balanced_layout(cc, P), mine)
+    row_layout, col_layout = engine_layouts(rc, cc, mesh, tied=False)
+    my_rows = local_part(rows, row_layout, mine)
+    my_cols = local_part(cols, col_layout, mine)
+    for part, full, lay in ((my_rows, rows, row_layout), (my_cols, cols, col_layout)):
+        owned = np.flatnonzero(np.isin(lay.position // lay.n_local, mine))
+        assert np.array_equal(owned, np.arange(owned[0], owned[-1] + 1))
+        span = slice(full.indptr[owned[0]], full.indptr[owned[-1] + 1])
+        assert np.array_equal(part.indices, full.indices[span])
     assert my_rows.nnz < rows.nnz or CFG["nproc"] == 1
     engine = ShardedEngine(my_rows, my_cols, hp, pk, mesh=mesh, row_counts=rc, col_counts=cc)
     state = engine.init_state(0)

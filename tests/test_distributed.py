@@ -167,3 +167,30 @@ def test_watchdog_stops_a_stalled_process():
     code, err = _finish([proc], timeout=60)[0]
     assert code == EXIT_STALLED, err[-2000:]
     assert "no epoch finished" in err
+
+
+def test_two_processes_train_a_dataset_dir_like_one(tmp_path):
+    """`alsx train DATASET_DIR` on 2 processes x 2 devices (each reading its row ranges of the
+    memory-mapped CSRs) gives the embeddings of the one-process out-of-core run."""
+    from alsx.cli import main
+    from alsx.webgraph.synthetic import synth_webgraph
+
+    ds = synth_webgraph(tmp_path / "wg", 300, 3000, seed=2, heldout_fraction=0.1)
+    common = ["--dim", "8", "--epochs", "2", "--solver", "cholesky", "--reg", "0.05", "--unobserved-weight", "0.1"]
+    assert main(["train", str(ds.path), "--out", str(tmp_path / "one")] + common) == 0
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "alsx.cli", "train", str(ds.path), "--out", str(tmp_path / "mp"),
+                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+                               "--cpu-devices", "2"] + common,
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for i in range(2)]
+    results = _finish(procs, timeout=240)
+    for code, err in results:
+        assert code == 0, err[-4000:]
+    assert "2 processes, 4 devices" in results[0][1]  # the sharded engine, not the streaming one
+    for name in ("row_embeddings.npy", "col_embeddings.npy"):
+        a, b = np.load(tmp_path / "mp" / name), np.load(tmp_path / "one" / name)
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), name
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "mp" / "metrics.json").read_text())
+    assert abs(m1["model"]["recall@20"] - m2["model"]["recall@20"]) <= 1e-6

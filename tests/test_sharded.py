@@ -158,3 +158,54 @@ def test_sharded_equals_local_engine(compared, name, P):
         assert err <= tol, f"{name} {t}: relative error {err:.3g} > {tol} on {P} devices"
     assert abs(z[f"{name}_{P}_loss"] - z[f"{name}_loss_local"]) <= 1e-4 * abs(z[f"{name}_loss_local"])
     assert np.all(z[f"{name}_{P}_imbalance"] >= 1.0)
+
+
+# ---- process groups: each process owns one contiguous row range --------------------------------
+
+
+def test_grouped_layout_gives_each_process_a_contiguous_balanced_range():
+    rng = np.random.default_rng(3)
+    weights = np.floor(rng.pareto(1.1, 20_003) * 10).astype(np.int64)
+    lay = balanced_layout(weights, 8, n_groups=2)  # 2 processes x 4 devices
+    assert np.array_equal(lay.external[lay.position], np.arange(20_003))
+    group = lay.position // lay.n_local // 4
+    cut = int(np.argmax(group == 1))
+    assert np.all(group[:cut] == 0) and np.all(group[cut:] == 1)  # one contiguous range each
+    g_loads = np.bincount(group, weights=weights.astype(np.float64), minlength=2)
+    g_rows = np.bincount(group, minlength=2)
+    # Cut on weight share + row share: each group within a (heaviest-row) margin of half of both.
+    share = g_loads / weights.sum() + g_rows / len(weights)
+    assert np.all(np.abs(share - 1.0) <= 2 * weights.max() / weights.sum() + 2 / len(weights))
+    # Within a group the devices are balanced as by the ungrouped layout.
+    shard_loads = lay.loads(weights).reshape(2, 4)
+    assert np.all(shard_loads.max(1) <= 1.01 * np.maximum(shard_loads.mean(1), weights.max()))
+    with pytest.raises(ValueError, match="n_groups"):
+        balanced_layout(weights, 8, n_groups=3)
+
+
+class _Recorder:
+    """An indices/values stand-in that records which slices are read."""
+
+    def __init__(self, a: np.ndarray):
+        self.a, self.reads = a, []
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.a[key]
+
+
+def test_local_part_reads_only_the_span_of_its_rows():
+    rows, _ = _random_csr(4, 60, 40)
+    lay = balanced_layout(rows.lengths(), 4, n_groups=2)
+    from alsx.data.matrix import CSR
+
+    idx, val = _Recorder(rows.indices), _Recorder(rows.values)
+    spy = CSR(indptr=rows.indptr, indices=idx, values=val, n_cols=rows.n_cols)
+    part = local_part(spy, lay, [2, 3])  # the second process's shards
+    owned = np.flatnonzero(lay.position // lay.n_local >= 2)
+    lo, hi = rows.indptr[owned[0]], rows.indptr[owned[-1] + 1]
+    assert idx.reads == [slice(lo, hi)] and val.reads == [slice(lo, hi)]
+    assert lo > 0  # the first process's rows were never touched
+    assert np.array_equal(part.indices, rows.indices[lo:hi])
+    for u in owned[:5]:
+        assert np.array_equal(part.row(u)[0], rows.row(u)[0])

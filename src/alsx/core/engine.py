@@ -104,19 +104,23 @@ def make_engine(rows: CSR, cols: CSR, hp: HParams, packing: Packing = Packing(),
     """LocalEngine on one device; otherwise a ShardedEngine over every device of every process.
 
     In a multi-process run each process keeps only the rows its shards own (plus the
-    global row lengths), so host memory per process shrinks with the process count.
+    global row lengths), so host memory per process shrinks with the process count;
+    with memory-mapped CSRs it also reads only those rows.
     """
     if jax.device_count() == 1:
         return LocalEngine(rows, cols, hp, packing, tied)
-    from alsx.core.sharded import ShardedEngine
-    from alsx.core.sharding import SHARD, balanced_layout, local_shards, make_mesh
+    from alsx.core.sharded import ShardedEngine, engine_layouts
+    from alsx.core.sharding import local_shards, make_mesh
     from alsx.data.shard_packing import local_part
 
     mesh = make_mesh()
     if jax.process_count() == 1:
         return ShardedEngine(rows, cols, hp, packing, tied=tied, mesh=mesh)
+    # Each process owns a contiguous range of rows and of columns: from memory-mapped CSRs
+    # (a WebGraph dataset) it reads just those slices.
     rc, cc = rows.lengths(), cols.lengths()
-    mine, p = local_shards(mesh), mesh.shape[SHARD]
-    my_rows = local_part(rows, balanced_layout(rc, p), mine)
-    my_cols = local_part(cols, balanced_layout(cc, p), mine)
+    mine = local_shards(mesh)
+    row_layout, col_layout = engine_layouts(rc, cc, mesh, tied)
+    my_rows = local_part(rows, row_layout, mine)
+    my_cols = local_part(cols, col_layout, mine)
     return ShardedEngine(my_rows, my_cols, hp, packing, tied=tied, mesh=mesh, row_counts=rc, col_counts=cc)

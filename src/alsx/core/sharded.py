@@ -41,6 +41,7 @@ from alsx.core.sharding import (
     local_shards,
     make_mesh,
     n_shards,
+    process_groups,
     stacked_sharding,
     table_sharding,
 )
@@ -153,11 +154,7 @@ class ShardedEngine:
         P = n_shards(self.mesh)
         rc = np.asarray(rows.lengths() if row_counts is None else row_counts, np.int64)
         cc = np.asarray(cols.lengths() if col_counts is None else col_counts, np.int64)
-        if tied:
-            self.row_layout = self.col_layout = balanced_layout(rc + cc, P)
-        else:
-            self.row_layout = balanced_layout(rc, P)
-            self.col_layout = balanced_layout(cc, P)
+        self.row_layout, self.col_layout = engine_layouts(rc, cc, self.mesh, tied)
         dense = hp.solver == "cholesky"
         shape_r = side_shape(rc, self.row_layout, hp.dim, packing, dense)
         shape_c = side_shape(cc, self.col_layout, hp.dim, packing, dense)
@@ -383,6 +380,19 @@ class ShardedEngine:
         idx = jax.device_put(np.asarray(index, np.int32), jax.sharding.NamedSharding(self.mesh, REPLICATED))
         fn = jax.jit(_take_rows, out_shardings=table_sharding(self.mesh))
         return fn(table, idx)
+
+
+def engine_layouts(rc: np.ndarray, cc: np.ndarray, mesh: Mesh, tied: bool) -> tuple[RowLayout, RowLayout]:
+    """Row and column layouts of a ShardedEngine on ``mesh`` (global row / column entry counts).
+
+    In a multi-process run each process owns one contiguous range of rows (and of
+    columns), balanced within it over its devices: see ``balanced_layout(n_groups=)``.
+    """
+    P, groups = n_shards(mesh), process_groups(mesh)
+    if tied:
+        lay = balanced_layout(rc + cc, P, n_groups=groups)
+        return lay, lay
+    return balanced_layout(rc, P, n_groups=groups), balanced_layout(cc, P, n_groups=groups)
 
 
 def _take_rows(table: jax.Array, index: jax.Array) -> jax.Array:

@@ -114,7 +114,36 @@ class RowLayout:
         return float(loads.max() / max(loads.mean(), 1e-300))
 
 
-def balanced_layout(weights: np.ndarray, n_shards: int, slack: float = 0.0) -> RowLayout:
+def process_groups(mesh: Mesh) -> int:
+    """Number of processes when each owns an equal run of consecutive shards, else 1.
+
+    With G > 1 groups, :func:`balanced_layout` gives each process a contiguous range of
+    rows, so a process reading its part of an on-disk matrix reads one slice of it.
+    """
+    procs = np.array([d.process_index for d in mesh.devices.reshape(-1)])
+    g = len(np.unique(procs))
+    if g == 1 or len(procs) % g:
+        return 1
+    runs = procs.reshape(g, -1)
+    return g if np.all(runs == runs[:, :1]) and len(np.unique(runs[:, 0])) == g else 1
+
+
+def group_ranges(weights: np.ndarray, n_groups: int) -> np.ndarray:
+    """int64 [n_groups + 1] cut points of contiguous row ranges, balanced in weight and rows.
+
+    Each range gets about 1 / n_groups of the total of (weight share + row share), so
+    neither the work nor the table slots of one process run far above the others.
+    """
+    w = np.asarray(weights, np.float64)
+    n = w.shape[0]
+    score = w / max(w.sum(), 1e-300) + 1.0 / max(n, 1)
+    cum = np.concatenate([[0.0], np.cumsum(score)])
+    targets = cum[-1] * np.arange(1, n_groups) / n_groups
+    cuts = np.searchsorted(cum, targets, side="left")
+    return np.concatenate([[0], cuts, [n]]).astype(np.int64)
+
+
+def balanced_layout(weights: np.ndarray, n_shards: int, slack: float = 0.0, n_groups: int = 1) -> RowLayout:
     """Assigns rows to shards so the total weight per shard is balanced.
 
     Greedy longest-processing-time: rows heaviest first, each to the currently
@@ -131,14 +160,31 @@ def balanced_layout(weights: np.ndarray, n_shards: int, slack: float = 0.0) -> R
       weights: [n] non-negative work per row (stored entries; out + in links when tied).
       n_shards: P >= 1.
       slack: extra rows a shard may hold, as a fraction of n / P.
+      n_groups: G processes owning P / G consecutive shards each: rows are first cut into
+        G contiguous ranges (:func:`group_ranges`), then balanced within each range over
+        that process's shards, so each process owns one contiguous slice of the rows.
     """
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
     if slack < 0:
         raise ValueError(f"slack must be >= 0, got {slack}")
+    if n_groups < 1 or n_shards % n_groups:
+        raise ValueError(f"n_groups must divide n_shards={n_shards}, got {n_groups}")
     w = np.asarray(weights, dtype=np.float64)
     n = int(w.shape[0])
-    P = n_shards
+    if n_groups == 1:
+        return _layout(_lpt_shards(w, n_shards, slack), n_shards)
+    per = n_shards // n_groups
+    cuts = group_ranges(w, n_groups)
+    shard_of = np.empty(n, dtype=np.int64)
+    for g in range(n_groups):
+        shard_of[cuts[g]:cuts[g + 1]] = g * per + _lpt_shards(w[cuts[g]:cuts[g + 1]], per, slack)
+    return _layout(shard_of, n_shards)
+
+
+def _lpt_shards(w: np.ndarray, P: int, slack: float) -> np.ndarray:
+    """int64 [n] shard of each row: the longest-processing-time assignment above."""
+    n = int(w.shape[0])
     cap = max(1, int(np.ceil(n / P * (1 + slack))))
     order = np.argsort(-w, kind="stable")  # heaviest first, ties by external id
     shard_of = np.empty(n, dtype=np.int64)
@@ -167,6 +213,12 @@ def balanced_layout(weights: np.ndarray, n_shards: int, slack: float = 0.0) -> R
         k = np.arange(len(labels)) - np.repeat(np.cumsum(quota) - quota, quota)
         times = (k + 0.5) / np.repeat(np.maximum(quota, 1), quota)
         shard_of[tail] = labels[np.lexsort((load[labels], times))]
+    return shard_of
+
+
+def _layout(shard_of: np.ndarray, P: int) -> RowLayout:
+    """The RowLayout of a row -> shard assignment (slots of a shard in external order)."""
+    n = int(shard_of.shape[0])
     counts = np.bincount(shard_of, minlength=P)
     n_local = max(1, int(counts.max(initial=0)))
     # Slots: rows of each shard in increasing external order.

@@ -318,15 +318,26 @@ def local_part(csr: CSR, layout: RowLayout, shards: list[int]) -> CSR:
 
     What one process of a multi-process run needs to keep: pass it with the global
     row lengths (``ShardedEngine(..., row_counts=..., col_counts=...)``).  A reader
-    that streams the input can apply the same ownership test entry by entry.
+    that streams the input can apply the same ownership test entry by entry.  Reads
+    only the entries between the first and the last owned row.
     """
     keep = np.zeros(csr.n_rows, dtype=bool)
     for s in shards:
         ext = layout.shard_rows(s)
         keep[ext[ext >= 0]] = True
-    lengths = np.where(keep, csr.lengths(), 0)
+    full = csr.lengths()
+    lengths = np.where(keep, full, 0)
     indptr = np.zeros(csr.n_rows + 1, dtype=np.int64)
     np.cumsum(lengths, out=indptr[1:])
-    take = np.repeat(keep, csr.lengths())
-    return CSR(indptr=indptr, indices=np.asarray(csr.indices)[take], values=np.asarray(csr.values)[take],
-               n_cols=csr.n_cols)
+    owned = np.flatnonzero(keep)
+    if owned.size == 0:
+        return CSR(indptr=indptr, indices=np.zeros(0, np.int32), values=np.zeros(0, np.float32), n_cols=csr.n_cols)
+    # Only the span [first owned row, last owned row] of the entries is read: one
+    # contiguous slice when the layout gives this process a row range (n_groups > 1).
+    lo, hi = int(owned[0]), int(owned[-1]) + 1
+    a, b = int(csr.indptr[lo]), int(csr.indptr[hi])
+    indices, values = np.asarray(csr.indices[a:b]), np.asarray(csr.values[a:b])
+    if owned.size < hi - lo:
+        take = np.repeat(keep[lo:hi], full[lo:hi])
+        indices, values = indices[take], values[take]
+    return CSR(indptr=indptr, indices=indices, values=values, n_cols=csr.n_cols)

@@ -82,7 +82,11 @@ def train_webgraph(
     step_timeout_s: float | None = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
 ) -> dict[str, Any]:
-    """Fits tables on dataset ``path`` with the StreamingEngine and evaluates its held-out rows.
+    """Fits tables on dataset ``path`` and evaluates its held-out rows.
+
+    One process: the out-of-core StreamingEngine.  Several processes (``jax.distributed``):
+    the sharded engine, each process reading only its contiguous row and column ranges
+    of the memory-mapped CSRs; process 0 evaluates and writes ``out``.
 
     Writes to ``out`` (if given): row_embeddings.npy [n, d] (held-out rows folded in when
     ``fold_in_heldout``), col_embeddings.npy [n, d], config.json, history.json, metrics.json
@@ -91,22 +95,35 @@ def train_webgraph(
     Returns:
       {"history": [...], "metrics": {...} or None, "seconds_per_epoch": [...], "n_nodes", "nnz", ...}.
     """
+    import jax
+
     from alsx.checkpoint import train as run_epochs
     from alsx.core.streaming import DEFAULT_CHUNK_ENTRIES, StreamingEngine
 
     ds = open_dataset(path)
     rows, cols = _with_alpha(ds.train_csr(), alpha), _with_alpha(ds.train_csc(), alpha)
     t0 = time.perf_counter()
-    engine = StreamingEngine(rows, cols, hp, packing, tied=tied, chunk_entries=chunk_entries or DEFAULT_CHUNK_ENTRIES)
-    log(f"webgraph: {ds.n_nodes:,} nodes, {rows.nnz:,} train links, {len(ds.heldout_rows):,} held-out rows; "
-        f"{len(engine._layout['rows'].ranges)} + {len(engine._layout['cols'].ranges)} row ranges per epoch")
+    if jax.process_count() > 1:
+        from alsx.core.engine import make_engine
+
+        engine = make_engine(rows, cols, hp, packing, tied)
+        plan = f"{jax.process_count()} processes, {jax.device_count()} devices"
+    else:
+        engine = StreamingEngine(rows, cols, hp, packing, tied=tied,
+                                 chunk_entries=chunk_entries or DEFAULT_CHUNK_ENTRIES)
+        plan = f"{len(engine._layout['rows'].ranges)} + {len(engine._layout['cols'].ranges)} row ranges per epoch"
+    lead = jax.process_index() == 0
+    if not lead:
+        log = lambda s: None  # noqa: E731 - one process reports
+    log(f"webgraph: {ds.n_nodes:,} nodes, {rows.nnz:,} train links, {len(ds.heldout_rows):,} held-out rows; {plan}")
     history: list[dict[str, Any]] = []
     clock = [time.perf_counter()]
     eval_s = [0.0]
 
     def on_epoch(st) -> None:
         seconds = time.perf_counter() - clock[0]
-        rec: dict[str, Any] = {"epoch": st.epoch, "seconds": seconds, "pack_seconds": engine.pack_seconds}
+        rec: dict[str, Any] = {"epoch": st.epoch, "seconds": seconds,
+                               "pack_seconds": getattr(engine, "pack_seconds", 0.0)}
         engine.pack_seconds = 0.0
         if compute_loss:
             t1 = time.perf_counter()
@@ -114,7 +131,7 @@ def train_webgraph(
             rec["loss"], rec["loss_seconds"] = loss.to_dict(), time.perf_counter() - t1
             if not math.isfinite(loss.total):
                 raise FloatingPointError(f"training diverged at epoch {st.epoch}: loss is {loss.total}")
-        if eval_every and st.epoch % eval_every == 0 and st.epoch != epochs:
+        if lead and eval_every and st.epoch % eval_every == 0 and st.epoch != epochs:
             t1 = time.perf_counter()
             _, h = engine.to_numpy(st)
             rec["metrics"] = evaluate_dataset(ds, h, hp, ks, alpha, max_eval_rows, seed, baseline=False)["model"]
@@ -129,7 +146,7 @@ def train_webgraph(
     w, h = engine.to_numpy(st)
     metrics = None
     t1 = time.perf_counter()
-    if len(ds.heldout_rows):
+    if lead and len(ds.heldout_rows):
         metrics = evaluate_dataset(ds, h, hp, ks, alpha, max_eval_rows, seed)
         if history:
             history[-1]["metrics"] = metrics["model"]
@@ -137,7 +154,7 @@ def train_webgraph(
     result = {"dataset": str(path), "n_nodes": ds.n_nodes, "nnz": rows.nnz, "dim": hp.dim, "epochs": st.epoch,
               "history": history, "metrics": metrics, "train_seconds": train_s, "train_vm_hwm": train_hwm, "eval_seconds": eval_s[0],
               "seconds_per_epoch": [r["seconds"] for r in history]}
-    if out is not None:
+    if out is not None and lead:
         _write(Path(out), ds, rows, w, h, hp, result, tied, alpha, seed, packing, fold_in_heldout)
     return result
 
