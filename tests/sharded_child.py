@@ -158,13 +158,17 @@ def multi_process() -> None:
         with Checkpointer(CheckpointOptions(CFG["ckpt"])) as ck:
             ck.save(engine, state)
     w, h = engine.to_numpy(state)
+    # Top-k with the column table sharded over both processes' devices (history excluded).
+    from alsx.serve.sharded_topk import sharded_topk
+
+    scores, ids = sharded_topk(w, h, 7, exclude=rows, mesh=mesh)
     if CFG["pid"] == 0:
         local = LocalEngine(rows, cols, hp, pk)
         a = local.init_state(0)
         for _ in range(CFG["epochs"]):
             a = local.epoch(a)
         lw, lh = local.to_numpy(a)
-        np.savez(CFG["out"], w=w, h=h, w_local=lw, h_local=lh)
+        np.savez(CFG["out"], w=w, h=h, w_local=lw, h_local=lh, topk_scores=scores, topk_ids=ids)
 
 
 def stall() -> None:

@@ -115,10 +115,18 @@ def test_two_processes_match_one(tmp_path):
         err = np.abs(z[t] - z[f"{t}_local"]).max() / np.abs(z[f"{t}_local"]).max()
         assert err <= 1e-5, f"{t}: 2 x 2 devices differ from one process by {err}"
 
-    # The checkpoint the two processes wrote together restores in this single process.
+    # Sharded top-k across the two processes equals the single-device top-k of the same tables.
     sys.path.insert(0, HERE)
     import sharded_child
 
+    from alsx.serve.topk import topk_scores
+
+    rows, cols = sharded_child.problem()
+    want_s, want_i = topk_scores(z["w"], z["h"], 7, exclude=rows)
+    assert np.array_equal(z["topk_ids"], want_i)
+    np.testing.assert_allclose(z["topk_scores"], want_s, rtol=1e-5, atol=1e-6)
+
+    # The checkpoint the two processes wrote together restores in this single process.
     from alsx.checkpoint import Checkpointer, CheckpointOptions
     from alsx.core.sharded import ShardedEngine
 
