@@ -34,6 +34,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -72,6 +73,8 @@ def _rss():
 
 
 def child_alsx(spec: dict) -> dict:
+    if spec.get("alsx_devices", 1) > 1:  # before jax is imported; `alsx train`'s default is one per core
+        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={spec['alsx_devices']}"
     import alsx
     from alsx.eval.protocol import evaluate
 
@@ -262,13 +265,13 @@ def main_parent(args) -> None:
                     configs = [best_config(records, lib, ds, d) or DEFAULTS[lib]]
                 spec = {"lib": lib, "dataset": ds, "dim": d, "epochs": args.epochs, "configs": configs,
                         "task": args.task, "spark_memory": args.spark_memory,
-                        "spark_one_iter": args.task == "speed",
+                        "spark_one_iter": args.task == "speed", "alsx_devices": args.alsx_devices,
                         "evaluate": ds not in args.no_eval.split(",")}
                 print(f"[{C.now()}] {args.task} {lib} {ds} d={d} epochs={args.epochs} load {C.loadavg()}",
                       flush=True)
                 load0 = C.loadavg()
                 res = C.run_child(Path(__file__), spec, timeout=args.timeout)
-                res.update({k: spec[k] for k in ("lib", "dataset", "dim", "epochs", "task")})
+                res.update({k: spec[k] for k in ("lib", "dataset", "dim", "epochs", "task", "alsx_devices")})
                 res.update({"date": C.now(), "loadavg_start": load0, "loadavg_end": C.loadavg(),
                             "command": C.command_line(), "invocation": INVOCATION})
                 C.append_jsonl(JSONL, res)
@@ -434,7 +437,8 @@ def write_report() -> None:
             rss = f"{run['peak_rss_fit_gib']:.2f}"
             if lib == "spark":
                 rss += f" (+JVM {run.get('jvm_peak_rss_gib', float('nan')):.2f})"
-            lines.append(f"| {ds} | {d} | {lib} | {pe:.2f} | {ratio} | {C.fmt(comp, 1)} | {run['fit_wall_s']:.1f} | "
+            label = f"alsx ({r.get('alsx_devices') or 1} JAX dev.)" if lib == "alsx" else lib
+            lines.append(f"| {ds} | {d} | {label} | {pe:.2f} | {ratio} | {C.fmt(comp, 1)} | {run['fit_wall_s']:.1f} | "
                          f"{r['epochs']} | {C.fmt(run['metrics'].get('recall@20'))} | {rss} | {r['date']} | "
                          f"{r['loadavg_start']} → {r['loadavg_end']} |")
         cmds = sorted({r["command"] for r in speed})
@@ -509,6 +513,8 @@ def main(argv=None) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per child")
     p.add_argument("--spark-memory", default="10g")
     p.add_argument("--no-eval", default="synth10m", help="data sets whose speed runs skip evaluation")
+    p.add_argument("--alsx-devices", type=int, default=1,
+                   help="JAX CPU devices for alsx (`alsx train` uses one per core; the estimator one)")
     for lib in GRIDS:
         p.add_argument(f"--grid-{lib}", default=None, help=f"override the {lib} grid: 'key=v1,v2 key2=v3,v4'")
     p.add_argument("--report", action="store_true", help="only rewrite the markdown and the chart")
