@@ -105,3 +105,21 @@ def test_divergence_stops_with_the_epoch(csv_file):
     model = ALS(dim=32, reg=0.0, unobserved_weight=0.0, solver="cholesky", epochs=3, progress=False)
     with pytest.raises(FloatingPointError, match="epoch 1"):
         model.fit(x)
+
+
+def test_loss_every_skips_the_loss_but_not_training_or_divergence_checks(csv_file):
+    _, x = csv_file
+    kw = dict(dim=8, epochs=3, progress=False, solver="cholesky")
+    every = ALS(**kw).fit(x)
+    sparse = ALS(loss_every=2, **kw).fit(x)
+    assert [("loss" in r) for r in every.history_] == [True, True, True]
+    assert [("loss" in r) for r in sparse.history_] == [False, True, True]  # epoch 2, and the last
+    assert sparse.history_[1]["loss"] == every.history_[1]["loss"]
+    np.testing.assert_array_equal(sparse.row_embeddings_, every.row_embeddings_)
+    never = ALS(loss_every=0, **kw).fit(x)
+    assert not any("loss" in r for r in never.history_)
+    with pytest.raises(FloatingPointError, match="epoch 1"):  # found from the tables alone
+        ALS(dim=32, reg=0.0, unobserved_weight=0.0, solver="cholesky", epochs=3, progress=False,
+            loss_every=0).fit(x)
+    with pytest.raises(ValueError, match="loss_every"):
+        ALS(loss_every=-1)

@@ -113,7 +113,7 @@ def _model(a: argparse.Namespace, progress: bool = True):
 
     return ALS(dim=a.dim, epochs=a.epochs, reg=a.reg, unobserved_weight=a.unobserved_weight, nu=a.nu,
                solver=a.solver, cg_steps=a.cg_steps, block_size=a.block_size, dtype=a.dtype, alpha=a.alpha, tied=a.tied,
-               seed=a.seed, progress=progress)
+               seed=a.seed, progress=progress, loss_every=getattr(a, "loss_every", 1))
 
 
 def format_table(results: dict[str, dict[str, float]], ks) -> str:
@@ -331,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(t)
     _add_split_args(t)
     t.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: only at the end)")
+    t.add_argument("--loss-every", type=int, default=1,
+                   help="training loss every N epochs and after the last (0: never; non-finite tables still stop)")
     t.add_argument("--profile", action="store_true",
                    help="after training, time each phase of both half-steps (gather, normal equations, solve, "
                         "scatter, Gramian) on one device; writes OUT/profile.json")

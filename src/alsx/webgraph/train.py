@@ -201,7 +201,7 @@ def cmd_train_dataset(a: Any) -> int:
     t = time.perf_counter()
     res = train_webgraph(a.data, a.out, hp, epochs=a.epochs, tied=a.tied, alpha=a.alpha, seed=a.seed,
                          ks=tuple(a.ks), eval_every=a.eval_every, chunk_entries=chunk, max_eval_rows=max_rows,
-                         checkpointer=_checkpointer(a))
+                         checkpointer=_checkpointer(a), compute_loss=getattr(a, "loss_every", 1) != 0)
     if res["metrics"] is not None:
         print(format_table(res["metrics"], a.ks))
     print(f"trained {res['epochs']} epochs in {time.perf_counter() - t:.1f}s (streaming); wrote {a.out}")
