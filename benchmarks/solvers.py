@@ -171,28 +171,19 @@ def write_report() -> None:
             L.append(f"| {r['dataset']} | {r['nnz_train']:,} | {r['lib']} | {_per_epoch(r):.2f} | "
                      f"{per[(r['lib'], r['dataset'])]:.3f} | {ratio} | {r['peak_rss_gib']:.2f} | {_load(r)} |")
         L += ["", f"Command: `{rows[-1]['command']}`", ""]
-    rows = _latest(by["solvers"], ("dataset", "dim", "variant", "epochs", "reg", "a0"))
-    if rows:
-        L += ["### Solvers at large d (same data, d, epochs, λ, α0)", "",
-              "| data | d | solver | epochs | λ | α0 | s/epoch | Recall@20 | Recall@50 | NDCG@20 | peak RSS GiB | load |",
-              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-        for r in rows:
-            m = r.get("metrics", {})
-            L.append(f"| {r['dataset']} | {r['dim']} | {r['variant']} | {r['epochs']} | {r['reg']} | {r['a0']} | "
-                     f"{_per_epoch(r):.2f} | {C.fmt(m.get('recall@20'))} | {C.fmt(m.get('recall@50'))} | "
-                     f"{C.fmt(m.get('ndcg@20'))} | {r['peak_rss_gib']:.2f} | {_load(r)} |")
-        L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
-    rows = _latest(by["dtype"], ("dataset", "dim", "dtype", "epochs", "reg", "a0"))
-    if rows:
-        L += ["### bf16 against float32 table storage (CG 3)", "",
-              "| data | d | tables | epochs | s/epoch | Recall@20 | Recall@50 | NDCG@20 | peak RSS GiB | load |",
-              "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
-        for r in rows:
-            m = r.get("metrics", {})
-            L.append(f"| {r['dataset']} | {r['dim']} | {r.get('dtype', 'float32')} | {r['epochs']} | "
-                     f"{_per_epoch(r):.2f} | {C.fmt(m.get('recall@20'))} | {C.fmt(m.get('recall@50'))} | "
-                     f"{C.fmt(m.get('ndcg@20'))} | {r['peak_rss_gib']:.2f} | {_load(r)} |")
-        L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
+    for task, what, title in (("solvers", "variant", "Solvers at large d (same data, d, epochs, λ, α0)"),
+                               ("dtype", "dtype", "bf16 against float32 table storage (CG 3)")):
+        rows = _latest(by[task], ("dataset", "dim", what, "epochs", "reg", "a0"))
+        if rows:
+            L += [f"### {title}", "", f"| data | d | {what} | epochs | λ | α0 | s/epoch | Recall@20 | Recall@50 | "
+                  "NDCG@20 | peak RSS GiB | load |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            for r in rows:
+                m = r.get("metrics", {})
+                L.append(f"| {r['dataset']} | {r['dim']} | {r.get(what, 'float32')} | {r['epochs']} | {r['reg']} | "
+                         f"{r['a0']} | {_per_epoch(r):.2f} | {C.fmt(m.get('recall@20'))} | "
+                         f"{C.fmt(m.get('recall@50'))} | {C.fmt(m.get('ndcg@20'))} | {r['peak_rss_gib']:.2f} | "
+                         f"{_load(r)} |")
+            L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
     rows = _latest(by["flops"], ("dataset", "dim", "variant"))
     if rows:
         L += ["### FLOP rate of the solve phase (one device, `alsx train --profile`'s measurement)", "",
