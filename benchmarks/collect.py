@@ -18,6 +18,7 @@ FRAGMENTS = [  # (file, what it answers)
     ("summary.md", "Summary of the figures the issues ask for"),
     ("results_quality.md", None),
     ("results_compare.md", None),
+    ("results_solvers.md", None),
     ("sharding_report.md", None),
     ("webgraph_report.md", None),
     ("webgraph_train_report.md", None),

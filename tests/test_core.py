@@ -233,3 +233,35 @@ def test_profile_reports_every_phase():
     assert prof["sgemm_gflops"] > 0
     # CG, 3 steps, d=4: per entry 2d(1 + 2*4) flops, per row 4 products x G of 2d^2.
     assert solve_flops(10, 2, 4, HParams(dim=4, cg_steps=3)) == 10 * 8 * 9 + 2 * 4 * 2 * 16
+
+
+def test_many_concurrent_cholesky_solves_do_not_deadlock(tmp_path):
+    """More independent batched Cholesky solves in one program than XLA has pool threads.
+
+    jaxlib's batched LAPACK kernels wait on the pool they split their batch over; with
+    every pool thread inside such a wait, the program hung forever (seen in training).
+    Run in a child with a deadline so a regression fails instead of hanging the suite.
+    """
+    import os
+    import subprocess
+    import sys
+
+    n_calls = (os.cpu_count() or 2) + 2
+    code = f"""
+import jax, jax.numpy as jnp, numpy as np
+from alsx.core.solvers import cholesky
+r = np.random.default_rng(0).random((2000, 32, 32)).astype(np.float32)
+a = jnp.asarray(r @ r.transpose(0, 2, 1) + 32 * np.eye(32, dtype=np.float32))
+b = jnp.ones((2000, 32), jnp.float32)
+f = jax.jit(lambda a: [cholesky(a * (1 + i), b) for i in range({n_calls})])
+for _ in range(10):
+    out = jax.block_until_ready(f(a))
+x = np.asarray(out[0], np.float64)
+want = np.linalg.solve(np.asarray(a, np.float64), np.ones((2000, 32, 1)))[..., 0]
+print("maxerr", float(np.abs(x - want).max() / np.abs(want).max()))
+"""
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split("maxerr")[1]) < 1e-4

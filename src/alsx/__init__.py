@@ -2,9 +2,10 @@
 
 import os as _os
 
-# XLA's CPU Cholesky calls LAPACK from scipy's OpenBLAS on its own worker threads; a
-# multi-threaded OpenBLAS there deadlocked here (main thread waiting on a result that never
-# came). One BLAS thread per caller is also faster for the tiny batched d x d solves.
+# XLA's CPU Cholesky calls LAPACK from scipy's OpenBLAS on XLA's own worker threads, which
+# already use every core: one BLAS thread per caller avoids oversubscription and is faster
+# for the small d x d solves. (The deadlock once blamed on this came from jaxlib's batched
+# kernels waiting on XLA's thread pool; see alsx.core.solvers.cholesky.)
 _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 

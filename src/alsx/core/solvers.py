@@ -51,11 +51,21 @@ def conjugate_gradient(matvec: MatVec, r0: jax.Array, x0: jax.Array, steps: int)
 
 
 def cholesky(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Exact solve of a [R, d, d] x = b [R, d] for symmetric positive definite a."""
-    factor = jnp.linalg.cholesky(a)
-    y = jax.lax.linalg.triangular_solve(factor, b[..., None], left_side=True, lower=True)
-    x = jax.lax.linalg.triangular_solve(factor, y, left_side=True, lower=True, transpose_a=True)
-    return x[..., 0]
+    """Exact solve of a [R, d, d] x = b [R, d] for symmetric positive definite a.
+
+    LAPACK is called one matrix at a time (``lax.map``).  jaxlib's batched CPU kernels
+    split a batch over XLA's intra-op thread pool and block until the pieces finish;
+    when as many such calls run at once as the pool has threads (two devices' programs,
+    or independent buckets of one program), every pool thread waits and nothing runs:
+    a deadlock seen here.  One matrix per call never splits, and costs the same.
+    """
+    def one(ab):
+        factor = jnp.linalg.cholesky(ab[0])
+        y = jax.lax.linalg.triangular_solve(factor, ab[1][:, None], left_side=True, lower=True)
+        x = jax.lax.linalg.triangular_solve(factor, y, left_side=True, lower=True, transpose_a=True)
+        return x[:, 0]
+
+    return jax.lax.map(one, (a, b))
 
 
 def block_coordinate(

@@ -148,9 +148,9 @@ def half_step(
 
     Rows with no entries get the exact optimum 0.  Returns a new table of ``w``'s dtype.
     Each width bucket is its own compiled program, run one after the other: one XLA
-    program holding many buckets' LAPACK Cholesky calls deadlocked on the CPU here
-    (10 buckets hung, any 9 ran), and per-bucket programs also compile in parallel-friendly,
-    reusable pieces.  Inside ``jit`` (the sharded engine) the calls simply inline.
+    program holding many buckets' batched LAPACK Cholesky calls deadlocked on the CPU
+    (since fixed in ``solvers.cholesky``), and per-bucket programs also compile in
+    small, reusable pieces.  Inside ``jit`` (the sharded engine) the calls simply inline.
     """
     gram, lam = prologue(h, side["counts"], reg, alpha0, nu, h.shape[0])
     out = jnp.zeros_like(w)
