@@ -231,8 +231,9 @@ def test_profile_reports_every_phase():
     assert all(prof[p] >= 0 for p in phases) and prof["long_rows"] > 0
     assert prof["total"] == pytest.approx(sum(prof[p] for p in phases))
     assert prof["sgemm_gflops"] > 0
-    # CG, 3 steps, d=4: per entry 2d(1 + 2*4) flops, per row 4 products x G of 2d^2.
-    assert solve_flops(10, 2, 4, HParams(dim=4, cg_steps=3)) == 10 * 8 * 9 + 2 * 4 * 2 * 16
+    # CG, 3 steps, d=4: per entry 2 passes of 2d flops for the starting residual and for each
+    # step's matvec (4 x 2 x 2d), per row 4 products x G of 2d^2.
+    assert solve_flops(10, 2, 4, HParams(dim=4, cg_steps=3)) == 10 * 4 * 2 * 8 + 2 * 4 * 2 * 16
 
 
 def test_many_concurrent_cholesky_solves_do_not_deadlock(tmp_path):
