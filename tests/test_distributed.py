@@ -184,7 +184,8 @@ def test_two_processes_train_a_dataset_dir_like_one(tmp_path):
     from alsx.webgraph.synthetic import synth_webgraph
 
     ds = synth_webgraph(tmp_path / "wg", 300, 3000, seed=2, heldout_fraction=0.1)
-    common = ["--dim", "8", "--epochs", "2", "--solver", "cholesky", "--reg", "0.05", "--unobserved-weight", "0.1"]
+    common = ["--dim", "8", "--epochs", "2", "--solver", "cholesky", "--reg", "0.05", "--unobserved-weight", "0.1",
+              "--eval-every", "1"]  # a mid-run evaluation: to_numpy is a collective for all processes
     assert main(["train", str(ds.path), "--out", str(tmp_path / "one")] + common) == 0
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "alsx.cli", "train", str(ds.path), "--out", str(tmp_path / "mp"),

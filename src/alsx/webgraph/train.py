@@ -131,10 +131,11 @@ def train_webgraph(
             rec["loss"], rec["loss_seconds"] = loss.to_dict(), time.perf_counter() - t1
             if not math.isfinite(loss.total):
                 raise FloatingPointError(f"training diverged at epoch {st.epoch}: loss is {loss.total}")
-        if lead and eval_every and st.epoch % eval_every == 0 and st.epoch != epochs:
+        if eval_every and st.epoch % eval_every == 0 and st.epoch != epochs:
             t1 = time.perf_counter()
-            _, h = engine.to_numpy(st)
-            rec["metrics"] = evaluate_dataset(ds, h, hp, ks, alpha, max_eval_rows, seed, baseline=False)["model"]
+            _, h = engine.to_numpy(st)  # a collective across processes: every process takes part
+            if lead:
+                rec["metrics"] = evaluate_dataset(ds, h, hp, ks, alpha, max_eval_rows, seed, baseline=False)["model"]
             eval_s[0] += time.perf_counter() - t1
         history.append(rec)
         log(f"epoch {st.epoch}: {seconds:.1f}s" + (f", loss {rec['loss']['total']:.6g}" if "loss" in rec else ""))
