@@ -121,6 +121,8 @@ def main_parent(a) -> None:
     if a.task == "linear":
         for ds in ("synth10m", "synth100m"):
             for lib in ("alsx", "implicit"):
+                if a.only and f"{lib}:{ds}" not in a.only.split(","):
+                    continue
                 run({**base, "lib": lib, "dataset": ds, "dim": dims[0], "evaluate": False}, a.timeout)
     elif a.task == "dtype":
         for d in dims:
@@ -218,6 +220,7 @@ def main(argv=None) -> None:
     p.add_argument("--a0", type=float, default=0.03)
     p.add_argument("--devices", type=int, default=os.cpu_count() or 1, help="JAX CPU devices for alsx")
     p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--only", default="", help="linear task: run only these LIB:DATASET pairs, e.g. alsx:synth100m")
     p.add_argument("--report", action="store_true")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
