@@ -14,8 +14,6 @@ and writes the section between the ``synth-vs-cnr`` markers of the report.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import shlex
 import sys
@@ -29,20 +27,10 @@ import numpy as np
 from alsx.webgraph.stats import dataset_stats, edges_to_csr_pair, graph_stats
 from alsx.webgraph.synthetic import synth_webgraph
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
 REPORT = Path(__file__).with_name("webgraph_report.md")
-
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}, NumPy {np.__version__}"
 
 
 def replace_section(path: Path, name: str, body: str) -> None:
@@ -123,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 Command: `{cmd}`
 
-Machine: {machine()}
+Machine: {C.machine()}
 
 Synthetic graph: `synth_webgraph(out, {n:,}, {real['arcs']:,}, seed={a.seed}, dangling_fraction={round(dangling, 3)})`,
 other parameters at their defaults (locality {params['locality']}, reciprocity {params['reciprocity']},
