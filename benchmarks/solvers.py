@@ -172,7 +172,7 @@ def write_report() -> None:
                 ratio = f"{per[(r['lib'], 'synth100m')] / per[(r['lib'], 'synth10m')]:.2f}"
             L.append(f"| {r['dataset']} | {r['nnz_train']:,} | {r['lib']} | {_per_epoch(r):.2f} | "
                      f"{per[(r['lib'], r['dataset'])]:.3f} | {ratio} | {r['peak_rss_gib']:.2f} | {_load(r)} |")
-        L += ["", f"Command: `{rows[-1]['command']}`", ""]
+        L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
     for task, what, title in (("solvers", "variant", "Solvers at large d (same data, d, epochs, λ, α0)"),
                                ("dtype", "dtype", "bf16 against float32 table storage (CG 3)")):
         rows = _latest(by[task], ("dataset", "dim", what, "epochs", "reg", "a0"))
