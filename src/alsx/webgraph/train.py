@@ -122,9 +122,9 @@ def train_webgraph(
 
     def on_epoch(st) -> None:
         seconds = time.perf_counter() - clock[0]
-        rec: dict[str, Any] = {"epoch": st.epoch, "seconds": seconds,
-                               "pack_seconds": getattr(engine, "pack_seconds", 0.0)}
-        engine.pack_seconds = 0.0
+        rec: dict[str, Any] = {"epoch": st.epoch, "seconds": seconds}
+        if isinstance(engine, StreamingEngine):  # its host-side packing time, reset per epoch
+            rec["pack_seconds"], engine.pack_seconds = engine.pack_seconds, 0.0
         if compute_loss:
             t1 = time.perf_counter()
             loss = engine.loss(st)
