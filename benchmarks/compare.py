@@ -84,13 +84,14 @@ def child_alsx(spec: dict) -> dict:
     out = []
     for i, cfg in enumerate(spec["configs"]):
         t0 = time.perf_counter()
-        m = alsx.ALS(dim=spec["dim"], epochs=spec["epochs"], progress=False, seed=0, **cfg).fit(split.train)
+        m = alsx.ALS(dim=spec["dim"], epochs=spec["epochs"], progress=False, seed=0,
+                     backend=spec.get("alsx_backend", "jax"), **cfg).fit(split.train)
         fit_wall = time.perf_counter() - t0
         rss_fit = _rss()
         t1 = time.perf_counter()
         ev = (evaluate(m.row_embeddings_, m.col_embeddings_, split, m.hparams, KS, baseline=(i == 0))
               if spec.get("evaluate", True) else {"model": {}})
-        out.append({"config": cfg, "epoch_s": [r["seconds"] for r in m.history_],
+        out.append({"config": cfg, "engine": m.engine_name_, "epoch_s": [r["seconds"] for r in m.history_],
                     "loss_s": [r["loss_seconds"] for r in m.history_], "fit_wall_s": fit_wall,
                     "pack_s": m.pack_stats_.seconds if m.pack_stats_ else None,
                     "eval_s": time.perf_counter() - t1, "metrics": ev["model"],
@@ -266,12 +267,13 @@ def main_parent(args) -> None:
                 spec = {"lib": lib, "dataset": ds, "dim": d, "epochs": args.epochs, "configs": configs,
                         "task": args.task, "spark_memory": args.spark_memory,
                         "spark_one_iter": args.task == "speed", "alsx_devices": args.alsx_devices,
-                        "evaluate": ds not in args.no_eval.split(",")}
+                        "alsx_backend": args.alsx_backend, "evaluate": ds not in args.no_eval.split(",")}
                 print(f"[{C.now()}] {args.task} {lib} {ds} d={d} epochs={args.epochs} load {C.loadavg()}",
                       flush=True)
                 load0 = C.loadavg()
                 res = C.run_child(Path(__file__), spec, timeout=args.timeout)
-                res.update({k: spec[k] for k in ("lib", "dataset", "dim", "epochs", "task", "alsx_devices")})
+                res.update({k: spec[k] for k in ("lib", "dataset", "dim", "epochs", "task", "alsx_devices",
+                                                 "alsx_backend")})
                 res.update({"date": C.now(), "loadavg_start": load0, "loadavg_end": C.loadavg(),
                             "command": C.command_line(), "invocation": INVOCATION})
                 C.append_jsonl(JSONL, res)
@@ -437,7 +439,10 @@ def write_report() -> None:
             rss = f"{run['peak_rss_fit_gib']:.2f}"
             if lib == "spark":
                 rss += f" (+JVM {run.get('jvm_peak_rss_gib', float('nan')):.2f})"
-            label = f"alsx ({r.get('alsx_devices') or 1} JAX dev.)" if lib == "alsx" else lib
+            label = lib
+            if lib == "alsx":
+                label = ("alsx (CPU kernel)" if run.get("engine") == "CpuEngine"
+                         else f"alsx ({r.get('alsx_devices') or 1} JAX dev.)")
             lines.append(f"| {ds} | {d} | {label} | {pe:.2f} | {ratio} | {C.fmt(comp, 1)} | {run['fit_wall_s']:.1f} | "
                          f"{r['epochs']} | {C.fmt(run['metrics'].get('recall@20'))} | {rss} | {r['date']} | "
                          f"{r['loadavg_start']} → {r['loadavg_end']} |")
@@ -513,6 +518,8 @@ def main(argv=None) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per child")
     p.add_argument("--spark-memory", default="10g")
     p.add_argument("--no-eval", default="synth10m", help="data sets whose speed runs skip evaluation")
+    p.add_argument("--alsx-backend", choices=["auto", "cpu", "jax"], default="auto",
+                   help="alsx engine: auto = the CPU kernel here (CG, float32); jax = XLA on --alsx-devices")
     p.add_argument("--alsx-devices", type=int, default=1,
                    help="JAX CPU devices for alsx (`alsx train` uses one per core; the estimator one)")
     for lib in GRIDS:

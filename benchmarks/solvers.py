@@ -79,8 +79,8 @@ def child(spec: dict) -> dict:
 
     kw = {**_variant(spec.get("variant", "cg:3")), "dtype": spec.get("dtype", "float32")}
     m = alsx.ALS(dim=spec["dim"], epochs=spec["epochs"], reg=spec["reg"], unobserved_weight=spec["a0"],
-                 seed=0, progress=False, **kw).fit(split.train)
-    out.update({"devices": jax.device_count(), "epoch_s": [r["seconds"] for r in m.history_],
+                 seed=0, progress=False, backend=spec.get("backend", "jax"), **kw).fit(split.train)
+    out.update({"devices": jax.device_count(), "engine": m.engine_name_, "epoch_s": [r["seconds"] for r in m.history_],
                 "peak_rss_fit_gib": C.peak_rss_gib()})
     if spec.get("evaluate", True):
         out["metrics"] = evaluate(m.row_embeddings_, m.col_embeddings_, split, m.hparams, KS)["model"]
@@ -117,7 +117,8 @@ def _per_epoch(r: dict) -> float:
 
 def main_parent(a) -> None:
     dims = [int(d) for d in a.dims.split(",")]
-    base = {"task": a.task, "epochs": a.epochs, "reg": a.reg, "a0": a.a0, "devices": a.devices}
+    base = {"task": a.task, "epochs": a.epochs, "reg": a.reg, "a0": a.a0, "devices": a.devices,
+            "backend": a.backend}
     if a.task == "linear":
         for ds in ("synth10m", "synth100m"):
             for lib in ("alsx", "implicit"):
@@ -147,6 +148,13 @@ def _latest(records: list[dict], keys: tuple[str, ...]) -> list[dict]:
     return list(seen.values())
 
 
+def _label(r: dict) -> str:
+    """'implicit', or alsx with its engine (records before the CPU backend ran the JAX engine)."""
+    if r["lib"] != "alsx":
+        return r["lib"]
+    return "alsx (CPU kernel)" if r.get("engine") == "CpuEngine" else f"alsx ({r.get('devices', 1)} JAX dev.)"
+
+
 def _load(r: dict) -> str:
     return f"{r['loadavg_start'].split()[0]} → {r['loadavg_end'].split()[0]}"
 
@@ -160,18 +168,18 @@ def write_report() -> None:
          "CPU device per core (as `alsx train` does); implicit 0.7.3 with BLAS threads = 1, `num_threads=2`, CG 3. "
          "The load average (2 cores) at start → end of each child is given; a niced background job (the WebGraph "
          "820M run) shared the machine during some rows, as marked by loads above ≈1.", ""]
-    rows = _latest(by["linear"], ("lib", "dataset", "dim", "epochs"))
+    rows = _latest(by["linear"], ("lib", "engine", "dataset", "dim", "epochs"))
     if rows:
         L += ["### Cost against nonzeros (d=64)", "",
               "| data | nnz (train) | library | s/epoch | s per 1M nnz | 100M ÷ 10M per-nnz cost | peak RSS GiB | load |",
               "|---|---:|---|---:|---:|---:|---:|---|"]
-        per = {(r["lib"], r["dataset"]): _per_epoch(r) / (r["nnz_train"] / 1e6) for r in rows}
+        per = {(_label(r), r["dataset"]): _per_epoch(r) / (r["nnz_train"] / 1e6) for r in rows}
         for r in rows:
             ratio = ""
-            if r["dataset"] == "synth100m" and (r["lib"], "synth10m") in per:
-                ratio = f"{per[(r['lib'], 'synth100m')] / per[(r['lib'], 'synth10m')]:.2f}"
-            L.append(f"| {r['dataset']} | {r['nnz_train']:,} | {r['lib']} | {_per_epoch(r):.2f} | "
-                     f"{per[(r['lib'], r['dataset'])]:.3f} | {ratio} | {r['peak_rss_gib']:.2f} | {_load(r)} |")
+            if r["dataset"] == "synth100m" and (_label(r), "synth10m") in per:
+                ratio = f"{per[(_label(r), 'synth100m')] / per[(_label(r), 'synth10m')]:.2f}"
+            L.append(f"| {r['dataset']} | {r['nnz_train']:,} | {_label(r)} | {_per_epoch(r):.2f} | "
+                     f"{per[(_label(r), r['dataset'])]:.3f} | {ratio} | {r['peak_rss_gib']:.2f} | {_load(r)} |")
         L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
     for task, what, title in (("solvers", "variant", "Solvers at large d (same data, d, epochs, λ, α0)"),
                                ("dtype", "dtype", "bf16 against float32 table storage (CG 3)")):
@@ -186,7 +194,23 @@ def write_report() -> None:
                          f"{C.fmt(m.get('recall@50'))} | {C.fmt(m.get('ndcg@20'))} | {r['peak_rss_gib']:.2f} | "
                          f"{_load(r)} |")
             L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
-    rows = _latest(by["flops"], ("dataset", "dim", "variant"))
+    rows = _latest([r for r in by["flops"] if "rotate" in r["profile"]["rows"]], ("dataset", "dim", "variant"))
+    if rows:
+        L += ["### FLOP rate of the CPU backend's kernel (`alsx train --profile`)", "",
+              "Phases of one half-step: Gramian (+ eigen-decomposition), rotation of both tables (BLAS), the fused "
+              "kernel's residual pass (gather, b − A·x0, write) and its CG steps.  GFLOP/s counts the kernel's "
+              "multiply-adds over stored entries (2 passes × 2d FLOPs per entry for the residual and each step) "
+              "per second of kernel time, against a float32 2048² matrix product timed in the same process.", "",
+              "| data | d | side | Gramian s | rotate s | residual s | CG steps s | kernel GFLOP/s | sgemm GFLOP/s | "
+              "% of sgemm | load |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in rows:
+            for side in ("rows", "cols"):
+                p = r["profile"][side]
+                L.append(f"| {r['dataset']} | {r['dim']} | {side} | {p['gramian']:.3f} | {p['rotate']:.3f} | "
+                         f"{p['residual']:.3f} | {p['cg_steps']:.3f} | {p['solve_gflops']:.1f} | "
+                         f"{p['sgemm_gflops']:.1f} | {100 * p['solve_gflops'] / p['sgemm_gflops']:.0f} % | {_load(r)} |")
+        L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
+    rows = _latest([r for r in by["flops"] if "rotate" not in r["profile"]["rows"]], ("dataset", "dim", "variant"))
     if rows:
         L += ["### FLOP rate of the solve phase (one device, `alsx train --profile`'s measurement)", "",
               "The solve phase's floating-point operations (`alsx.core.profile.solve_flops`: multiply-adds count 2, "
@@ -219,6 +243,8 @@ def main(argv=None) -> None:
     p.add_argument("--reg", type=float, default=0.003)
     p.add_argument("--a0", type=float, default=0.03)
     p.add_argument("--devices", type=int, default=os.cpu_count() or 1, help="JAX CPU devices for alsx")
+    p.add_argument("--backend", choices=["auto", "cpu", "jax"], default="auto",
+                   help="alsx engine (auto: the CPU kernel for CG float32 here, JAX otherwise)")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--only", default="", help="linear task: run only these LIB:DATASET pairs, e.g. alsx:synth100m")
     p.add_argument("--report", action="store_true")

@@ -9,6 +9,8 @@ Config keys: mode ("compare" | "train" | "mp" | "stall"), devices, out, and per 
   mp:      one of ``nproc`` processes (``pid``, ``port``); ``epochs`` epochs or, with
            ``forever``, until killed, writing ``progress`` after each epoch.
   stall:   a Watchdog with ``timeout`` seconds around a wait that never ends.
+  permute: ``permute_rows`` of a random sharded table on ``devices`` devices; saves the
+           result, the NumPy reference and the compiled program's collective bytes.
 """
 
 from __future__ import annotations
@@ -171,6 +173,48 @@ def multi_process() -> None:
         np.savez(CFG["out"], w=w, h=h, w_local=lw, h_local=lh, topk_scores=scores, topk_ids=ids)
 
 
+def permute() -> None:
+    import jax
+
+    from alsx.core.exchange import collective_bytes
+    from alsx.core.sharded import permute_rows
+    from alsx.core.sharding import make_mesh, table_sharding
+
+    mesh = make_mesh()
+    P, d = len(jax.devices()), 8
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(P * 25, d)).astype(np.float32)
+    index = rng.integers(0, P * 25, size=P * 30)  # [P * 30] rows (repeats allowed), some zero
+    index[rng.choice(P * 30, size=7, replace=False)] = -1
+    table = jax.device_put(src, table_sharding(mesh))
+    got = np.asarray(permute_rows(table, index, mesh))
+    ref = np.where((index >= 0)[:, None], src[np.maximum(index, 0)], 0.0)
+    import alsx.core.sharded as sh
+
+    captured = {}
+    real_jit = jax.jit
+
+    def spy(fn, **kw):  # keep the program to read its collectives
+        compiled = real_jit(fn, **kw)
+        captured["fn"] = compiled
+        return compiled
+
+    sh.jax.jit = spy
+    try:
+        permute_rows(table, index, mesh)
+    finally:
+        sh.jax.jit = real_jit
+    from alsx.core.exchange import permutation_plan
+    from alsx.core.sharding import stacked_sharding
+
+    request, place = permutation_plan(index, len(src), P)
+    args = [table] + [jax.make_array_from_callback(a.shape, stacked_sharding(mesh), lambda i, a=a: a[i])
+                      for a in (request, place)]
+    text = captured["fn"].lower(*args).compile().as_text()
+    np.savez(CFG["out"], got=got, ref=ref, k=request.shape[2],
+             **{k.replace("-", "_"): v for k, v in collective_bytes(text).items()})
+
+
 def stall() -> None:
     import threading
 
@@ -183,4 +227,4 @@ def stall() -> None:
 if __name__ == "__main__":
     CFG.update(json.loads(sys.argv[1]))
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={CFG.get('devices', 1)}"
-    {"compare": compare, "train": train, "mp": multi_process, "stall": stall}[CFG["mode"]]()
+    {"compare": compare, "train": train, "mp": multi_process, "stall": stall, "permute": permute}[CFG["mode"]]()

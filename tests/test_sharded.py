@@ -209,3 +209,19 @@ def test_local_part_reads_only_the_span_of_its_rows():
     assert np.array_equal(part.indices, rows.indices[lo:hi])
     for u in owned[:5]:
         assert np.array_equal(part.row(u)[0], rows.row(u)[0])
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_permute_rows_is_an_all_to_all_not_a_gather(devices, tmp_path):
+    """Checkpoint save/restore re-layouts tables with this: exact, and no device ever
+    receives more than the rows it keeps (no all-gather of the table)."""
+    out = tmp_path / "perm.npz"
+    run_child({"mode": "permute", "devices": devices, "out": str(out)})
+    r = np.load(out)
+    assert np.array_equal(r["got"], r["ref"])
+    assert int(r["all_gather"]) == 0 and int(r["all_reduce"]) == 0
+    k, d = int(r["k"]), 8
+    # received per device: the [P, K] requests and the [P, K, d] rows; a table shard is 30 x d
+    expect = devices * k * 4 + devices * k * d * 4 if devices > 1 else 0  # one device: nothing to move
+    assert int(r["all_to_all"]) == expect
+    assert devices * k <= 2 * 30  # K ~ rows per shard / P here: the plan is not the whole table

@@ -5,7 +5,10 @@ Layout of a checkpoint directory (one Orbax ``CheckpointManager``)::
     <dir>/<epoch>/tables/   w [n_rows', d] (and h [n_cols', d] unless tied), EXTERNAL row order;
                             n' rounds n up to a multiple of the saving run's device count
                             (zero rows: shardings must divide evenly)
+                            and, for the CPU backend's rotated tables, basis [d, d] float64
+                            (original tables = stored @ basis^T)
     <dir>/<epoch>/meta/     JSON: epoch, shapes, dtype, tied, exact checksums of the tables
+                            (and the basis's SHA-256)
 
 Tables are stored un-permuted and sharded by rows, so a run with another device
 or process count restores them by passing target ``ShapeDtypeStruct``s that
@@ -119,12 +122,24 @@ def _to_external(engine: Any, state: ALSState) -> tuple[jax.Array, jax.Array]:
     return jax.device_put(state.w, sharding), jax.device_put(state.h, sharding)
 
 
-def _from_external(engine: Any, w: jax.Array, h: jax.Array, epoch: int) -> ALSState:
+def _from_external(engine: Any, w: jax.Array, h: jax.Array, epoch: int, basis: np.ndarray | None) -> ALSState:
+    if hasattr(engine, "from_external") and getattr(engine, "keeps_basis", False):
+        return engine.from_external(w, h, epoch, basis)
+    if basis is not None:  # an engine without rotated tables: back to the original basis
+        back = jnp.asarray(basis.T, jnp.float32)
+        w = jnp.matmul(w.astype(jnp.float32), back).astype(w.dtype)
+        h = w if engine.tied else jnp.matmul(h.astype(jnp.float32), back).astype(h.dtype)
     if hasattr(engine, "from_external"):
         return engine.from_external(w, h, epoch)
     w = w[: engine.n_rows]
     h = w if engine.tied else h[: engine.n_cols]
     return ALSState(w=w, h=h, epoch=int(epoch), tied=engine.tied)
+
+
+def _sha256(a: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
 def _same_on_all_processes(flag: bool) -> bool:
@@ -177,6 +192,7 @@ class Checkpointer:
         """Writes ``state`` as step ``state.epoch`` (collective: every process calls it)."""
         w, h = _to_external(engine, state)
         tables = {"w": w} if state.tied else {"w": w, "h": h}
+        basis = getattr(engine, "keeps_basis", False) and state.basis is not None
         meta = {
             "format": FORMAT_VERSION,
             "epoch": int(state.epoch),
@@ -186,6 +202,9 @@ class Checkpointer:
             "checksums": {k: int(table_checksum(v)) for k, v in tables.items()},
             "extra": extra or {},
         }
+        if basis:
+            tables["basis"] = np.ascontiguousarray(state.basis, np.float64)
+            meta["basis_sha256"] = _sha256(tables["basis"])
         self._manager.save(
             int(state.epoch),
             args=ocp.args.Composite(tables=ocp.args.StandardSave(tables), meta=ocp.args.JsonSave(meta)),
@@ -243,14 +262,21 @@ class Checkpointer:
         sharding = table_sharding(_engine_mesh(engine))
         P = sharding.mesh.shape[SHARD]
         target = {k: jax.ShapeDtypeStruct((-(-n // P) * P, d), dtype, sharding=sharding) for k, (n, d) in want.items()}
+        if "basis_sha256" in meta:
+            target["basis"] = np.zeros((engine.hp.dim, engine.hp.dim), np.float64)
         tables = self._manager.restore(  # strict=False: the zero tail is padded / truncated to this mesh
             epoch, args=ocp.args.Composite(tables=ocp.args.StandardRestore(target, strict=False)))["tables"]
+        basis = None
+        if "basis_sha256" in meta:
+            basis = np.asarray(tables.pop("basis"), np.float64)
+            if _sha256(basis) != meta["basis_sha256"]:
+                raise ValueError("basis SHA-256 differs from the one saved")
         for k, v in tables.items():
             got = int(table_checksum(v))
             if got != int(meta["checksums"][k]):
                 raise ValueError(f"table {k!r} checksum {got} != saved {meta['checksums'][k]}")
         h = tables["w"] if engine.tied else tables["h"]
-        return _from_external(engine, tables["w"], h, int(meta["epoch"]))
+        return _from_external(engine, tables["w"], h, int(meta["epoch"]), basis)
 
     def close(self) -> None:
         self._manager.close()

@@ -43,13 +43,17 @@ def _add_model_args(p: argparse.ArgumentParser, dim: int = DEFAULTS["dim"], epoc
                    help="confidence c = 1 + alpha * value from the value column (default: binary)")
     g.add_argument("--tied", action="store_true", help="one table for rows and columns (square graphs)")
     g.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    g.add_argument("--backend", choices=["auto", "cpu", "jax"], default="auto",
+                   help="cpu: fused Numba CG kernels on all cores; jax: XLA on every device (sharded when "
+                        "there are several); auto: cpu on a CPU-only single-process CG float32 run, "
+                        "else jax (default %(default)s)")
 
 
 def _add_cpu_devices(p: argparse.ArgumentParser, default: int) -> None:
     p.add_argument("--cpu-devices", type=int, default=default, metavar="N",
-                   help="split the CPU into N JAX devices, the tables sharded over them (XLA runs one device "
-                        "per core, so this is how a CPU run uses every core); 0 = one per core "
-                        "(default %(default)s; ignored on GPUs)")
+                   help="with --backend jax: split the CPU into N JAX devices, the tables sharded over them "
+                        "(XLA runs one device per core, so this is how a JAX CPU run uses every core); "
+                        "0 = one per core (default %(default)s; ignored on GPUs)")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -113,7 +117,7 @@ def _model(a: argparse.Namespace, progress: bool = True):
 
     return ALS(dim=a.dim, epochs=a.epochs, reg=a.reg, unobserved_weight=a.unobserved_weight, nu=a.nu,
                solver=a.solver, cg_steps=a.cg_steps, block_size=a.block_size, dtype=a.dtype, alpha=a.alpha, tied=a.tied,
-               seed=a.seed, progress=progress, loss_every=getattr(a, "loss_every", 1))
+               seed=a.seed, progress=progress, loss_every=getattr(a, "loss_every", 1), backend=a.backend)
 
 
 def format_table(results: dict[str, dict[str, float]], ks) -> str:

@@ -59,8 +59,10 @@ class ALS:
       init_scale: tables start as N(0, init_scale / sqrt(dim)).
       seed: seeds the initial tables.
       packing: block layout of the sparse rows.
-      engine_factory: builds the training engine (default: one device; see
-        ``alsx.core.sharding`` for many devices).
+      backend: 'auto', 'cpu' or 'jax' (see ``alsx.core.engine.make_engine``): 'auto' trains
+        with the fused CPU kernels on a CPU-only host (CG, float32, one process) and with
+        JAX (one device or sharded over all) otherwise.
+      engine_factory: builds the training engine instead of ``make_engine`` (tests, custom meshes).
       progress: show a progress bar.
       loss_every: compute the training loss every N epochs and after the last (0: never).
         The loss costs about a third of a CG epoch at small d; epochs without it still
@@ -86,6 +88,7 @@ class ALS:
         engine_factory: Callable | None = None,
         progress: bool = True,
         loss_every: int = 1,
+        backend: str = "auto",
     ):
         self.hparams = HParams(dim=dim, reg=reg, unobserved_weight=unobserved_weight, nu=nu, solver=solver,
                                cg_steps=cg_steps, block_size=block_size, dtype=dtype, init_scale=init_scale)
@@ -93,6 +96,11 @@ class ALS:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
         if loss_every < 0:
             raise ValueError(f"loss_every must be >= 0, got {loss_every}")
+        from alsx.core.engine import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         self.loss_every = loss_every
         self.epochs = epochs
         self.alpha = alpha
@@ -113,8 +121,9 @@ class ALS:
         from alsx.core.engine import make_engine
 
         rows, cols = train.csr(self.alpha), train.csc(self.alpha)
-        factory = self.engine_factory or make_engine
-        return factory(rows, cols, self.hparams, self.packing, self.tied), rows
+        if self.engine_factory is not None:
+            return self.engine_factory(rows, cols, self.hparams, self.packing, self.tied), rows
+        return make_engine(rows, cols, self.hparams, self.packing, self.tied, backend=self.backend), rows
 
     def fit(
         self,
@@ -146,6 +155,7 @@ class ALS:
         self.train_ = rows_csr
         self.row_vocab_, self.col_vocab_ = train.row_vocab, train.col_vocab
         self.shape_ = train.shape
+        self.engine_name_ = type(engine).__name__
         self.pack_stats_ = getattr(engine, "stats", None)
         bar = tqdm(total=self.epochs, desc="alsx", unit="epoch", disable=not self.progress)
         clock = [time.perf_counter()]

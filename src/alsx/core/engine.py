@@ -100,13 +100,39 @@ class LocalEngine:
         return w, (w if self.tied else np.array(state.h.astype(jnp.float32)))
 
 
-def make_engine(rows: CSR, cols: CSR, hp: HParams, packing: Packing = Packing(), tied: bool = False) -> Engine:
-    """LocalEngine on one device; otherwise a ShardedEngine over every device of every process.
+BACKENDS = ("auto", "cpu", "jax")
+
+
+def resolve_backend(backend: str, hp: HParams) -> str:
+    """'cpu' or 'jax' for ``backend`` ('auto': the CPU kernel wherever it applies)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "jax":
+        return "jax"
+    from alsx.core.cpu import cpu_backend_reason
+
+    why_not = cpu_backend_reason(hp)
+    if backend == "cpu" and why_not is not None:
+        raise ValueError(f"backend='cpu' cannot train this model: {why_not}; use backend='jax'")
+    return "jax" if why_not else "cpu"
+
+
+def make_engine(rows: CSR, cols: CSR, hp: HParams, packing: Packing = Packing(), tied: bool = False,
+                backend: str = "auto") -> Engine:
+    """The training engine for this machine and model.
+
+    backend 'cpu' (what 'auto' picks on a CPU-only host, one process, CG on float32 tables):
+    ``CpuEngine``, fused Numba kernels on all cores.  Otherwise (backend 'jax'): LocalEngine
+    on one device, or a ShardedEngine over every device of every process.
 
     In a multi-process run each process keeps only the rows its shards own (plus the
     global row lengths), so host memory per process shrinks with the process count;
     with memory-mapped CSRs it also reads only those rows.
     """
+    if resolve_backend(backend, hp) == "cpu":
+        from alsx.core.cpu import CpuEngine
+
+        return CpuEngine(rows, cols, hp, packing, tied)
     if jax.device_count() == 1:
         return LocalEngine(rows, cols, hp, packing, tied)
     from alsx.core.sharded import ShardedEngine, engine_layouts

@@ -26,6 +26,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from alsx.core.sharding import SHARD
 
@@ -70,6 +71,56 @@ def allgather_rows(table: jax.Array, slots: jax.Array) -> jax.Array:
         rows = jnp.take(table, jnp.where(mine, local, 0), axis=0).astype(jnp.float32)
         rows = jnp.where(mine[..., None], rows, 0.0)  # [P, S, W, d]
         return jax.lax.psum(rows, SHARD)[me]
+
+
+# ---- permutations of a row-sharded table (checkpoints, layout changes) ------------------------
+
+
+def permutation_plan(index: np.ndarray, n_src: int, n_shards: int) -> tuple[np.ndarray, np.ndarray]:
+    """Host plan of ``out = src[index]`` between two row-sharded tables (numpy, identical on every process).
+
+    Args:
+      index: int64 [n_dst] source row of each destination row (-1: a zero row);
+        n_dst and n_src are multiples of ``n_shards`` (P); shards hold contiguous rows.
+
+    Returns:
+      request int32 [P, P, K]: request[p, o] = local rows of source shard o that
+        destination shard p needs (padded with 0); K = the largest such count.
+      place int32 [P, P, K]: where each requested row lands in p's local rows
+        (n_dst / P for padding: a dropped row).
+    """
+    P = n_shards
+    ls, ld = n_src // P, len(index) // P
+    dst = np.flatnonzero(index >= 0)
+    src = np.asarray(index, np.int64)[dst]
+    pair = (dst // ld) * P + src // ls
+    order = np.argsort(pair, kind="stable")
+    pair, dst, src = pair[order], dst[order], src[order]
+    counts = np.bincount(pair, minlength=P * P)
+    k = max(1, int(counts.max(initial=0)))
+    rank = np.arange(len(pair)) - (np.cumsum(counts) - counts)[pair]
+    request = np.zeros((P, P, k), np.int32)
+    place = np.full((P, P, k), ld, np.int32)
+    request[pair // P, pair % P, rank] = src % ls
+    place[pair // P, pair % P, rank] = dst % ld
+    return request, place
+
+
+def permute_local(table: jax.Array, request: jax.Array, place: jax.Array, n_out: int) -> jax.Array:
+    """Inside shard_map: this shard's [n_out, d] rows of the permuted table.
+
+    Two all-to-alls: the requests go to their owners, the rows come back.  A device
+    moves only the rows it sends and receives (about n_out x d), never the whole table.
+
+    Args:
+      table: [n_local, d] this shard of the source; request, place: [P, K] (see
+        :func:`permutation_plan`).
+    """
+    serve = jax.lax.all_to_all(request, SHARD, 0, 0, tiled=True)  # [P, K]: rows shard o wants from me
+    rows = jnp.take(table, serve, axis=0)  # [P, K, d]
+    got = jax.lax.all_to_all(rows, SHARD, 0, 0, tiled=True)  # [P, K, d]: from owner o
+    out = jnp.zeros((n_out + 1, table.shape[1]), table.dtype)
+    return out.at[place.reshape(-1)].set(got.reshape(-1, table.shape[1]))[:n_out]
 
 
 # ---- byte accounting from the compiled program ---------------------------------------------

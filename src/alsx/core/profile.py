@@ -109,12 +109,20 @@ def profile_half_step(w: jax.Array, h: jax.Array, side: SideArrays, hp: HParams)
 
 
 def profile_model(model, train) -> dict[str, dict[str, float]]:
-    """``profile_half_step`` of the row and column half-steps at a fitted ``ALS``'s tables (one device).
+    """``profile_half_step`` of the row and column half-steps at a fitted ``ALS``'s tables (one device;
+    for a model trained by the CPU backend, that backend's phases).
 
     ``train``: the ``Interactions`` it was fitted on.
     """
     from alsx.data.packing import pack
 
+    if getattr(model, "engine_name_", None) == "CpuEngine":
+        from alsx.core import cpu
+        from alsx.core.state import ALSState
+
+        eng = cpu.CpuEngine(train.csr(model.alpha), train.csc(model.alpha), model.hparams, tied=model.tied)
+        st = ALSState(w=model.row_embeddings_, h=model.col_embeddings_, tied=model.tied)
+        return {side: cpu.profile_half_step(eng, st, side) for side in ("rows", "cols")}
     dev = jax.devices()[0]
     w, h = jax.device_put(model.row_embeddings_, dev), jax.device_put(model.col_embeddings_, dev)
     dense = model.hparams.solver == "cholesky"

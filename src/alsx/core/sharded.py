@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 
 from alsx.config import HParams, Packing
 from alsx.core import normal_eq as ne
-from alsx.core.exchange import fetch_rows, serve_lists
+from alsx.core.exchange import fetch_rows, permutation_plan, permute_local, serve_lists
 from alsx.core.objective import Loss, regularisation_term, row_regularisation
 from alsx.core.sharding import (
     REPLICATED,
@@ -376,10 +376,25 @@ class ShardedEngine:
         return out
 
     def _permute(self, table: jax.Array, index: np.ndarray) -> jax.Array:
-        """[len(index), d] rows table[index] (zeros where index < 0), sharded by rows."""
-        idx = jax.device_put(np.asarray(index, np.int32), jax.sharding.NamedSharding(self.mesh, REPLICATED))
-        fn = jax.jit(_take_rows, out_shardings=table_sharding(self.mesh))
-        return fn(table, idx)
+        return permute_rows(table, index, self.mesh)
+
+
+def permute_rows(table: jax.Array, index: np.ndarray, mesh: Mesh) -> jax.Array:
+    """[len(index), d] rows table[index] (zeros where index < 0), both sharded by rows over ``mesh``.
+
+    An all-to-all exchange (:func:`alsx.core.exchange.permute_local`): each device
+    sends and receives only its own rows, so saving or restoring a checkpoint never
+    holds a whole table on one device.  ``len(index)`` and the table's rows are
+    multiples of the shard count.
+    """
+    P = n_shards(mesh)
+    request, place = permutation_plan(np.asarray(index, np.int64), table.shape[0], P)
+    stacked = stacked_sharding(mesh)
+    put = lambda a: jax.make_array_from_callback(a.shape, stacked, lambda i: a[i])  # noqa: E731
+    body = lambda t, r, q: permute_local(t, r[0], q[0], len(index) // P)  # noqa: E731
+    fn = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(TABLE, STACKED, STACKED), out_specs=TABLE,
+                               check_vma=_CHECK_VMA))
+    return fn(table, put(request), put(place))
 
 
 def engine_layouts(rc: np.ndarray, cc: np.ndarray, mesh: Mesh, tied: bool) -> tuple[RowLayout, RowLayout]:
@@ -393,11 +408,6 @@ def engine_layouts(rc: np.ndarray, cc: np.ndarray, mesh: Mesh, tied: bool) -> tu
         lay = balanced_layout(rc + cc, P, n_groups=groups)
         return lay, lay
     return balanced_layout(rc, P, n_groups=groups), balanced_layout(cc, P, n_groups=groups)
-
-
-def _take_rows(table: jax.Array, index: jax.Array) -> jax.Array:
-    rows = jnp.take(table, jnp.maximum(index, 0), axis=0)
-    return jnp.where((index >= 0)[:, None], rows, jnp.zeros_like(rows))
 
 
 def _gather_host(x: jax.Array) -> np.ndarray:

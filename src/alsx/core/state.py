@@ -27,12 +27,15 @@ class ALSState:
       w: [n_rows, d] row embeddings; for tied models the one shared table.
       h: [n_cols, d] column embeddings; ``h is w`` when tied.
       epoch: completed epochs.
+      basis: None, or an orthogonal [d, d] float64 Q with the tables stored rotated,
+        w = w_original @ Q (the CPU backend's eigenbasis; ``engine.to_numpy`` undoes it).
     """
 
     w: jax.Array
     h: jax.Array
     epoch: int = 0
     tied: bool = False
+    basis: np.ndarray | None = None
 
 
 def init_state(seed: int, n_rows: int, n_cols: int, dim: int, scale: float, dtype: str, tied: bool) -> ALSState:

@@ -1,0 +1,408 @@
+"""The CPU backend: the CG half-epoch as one fused Numba kernel per side.
+
+On a CPU, XLA runs the padded-block half-step (``alsx.core.step``) as separate gather,
+einsum and scatter loops over materialised ``[rows, width, d]`` blocks.  Here each row is
+solved start to finish while its column embeddings sit in L1: read the CSR row, form the
+residual, run the CG steps, write the result.  Nothing is padded or gathered up front, so
+memory is the two tables plus the two CSRs.
+
+The shared term alpha0 * G + lambda_u * I of every row's matrix would cost O(d^2) per row
+and CG step.  The objective is unchanged when both tables are rotated by the same
+orthogonal Q (scores, Gramian products and norms are invariant), and CG iterates rotate
+along with the problem.  So each half-step rotates both tables into the eigenbasis of the
+fixed table's Gramian, G = Q diag(e) Q^T, where the shared term is the diagonal
+alpha0 * e + lambda_u: O(d) per row and step.  The rotations and the Gramian are three
+BLAS matrix products per half-step, at close to the machine's sgemm peak.  Tables are kept
+in the rotated basis between epochs; ``ALSState.basis`` records it and ``to_numpy``
+returns the tables in the original one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numba
+import numpy as np
+from numba import prange
+
+from alsx.config import HParams, Packing
+from alsx.core.objective import Loss, row_regularisation
+from alsx.core.state import ALSState, init_state
+from alsx.data.matrix import CSR
+
+# Work per row ~ (nnz * passes + a few d-vectors): rows are cut into blocks of equal work.
+ROW_COST = 4
+BLOCKS_PER_THREAD = 64
+
+
+# ============================================================================ kernels
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _cg_rows(indptr, indices, conf, starts, w, h, shared, lam, steps, out):  # pragma: no cover - compiled
+    """CG on every row in the eigenbasis of the shared term (see the module docstring).
+
+    indptr/indices/conf: the CSR of this side; starts: [n_blocks + 1] row cuts;
+    w: [n, d] warm starts; h: [m, d] fixed table; shared: [d] alpha0 * eigenvalues;
+    lam: [n]; out: [n, d] (written; rows without entries get their optimum 0).
+    """
+    d = w.shape[1]
+    for blk in prange(len(starts) - 1):
+        x = np.empty(d, np.float32)
+        r = np.empty(d, np.float32)
+        p = np.empty(d, np.float32)
+        ap = np.empty(d, np.float32)
+        diag = np.empty(d, np.float32)
+        for u in range(starts[blk], starts[blk + 1]):
+            s0, s1 = indptr[u], indptr[u + 1]
+            if s0 == s1:
+                out[u, :] = 0.0
+                continue
+            for j in range(d):
+                x[j] = w[u, j]
+                diag[j] = shared[j] + lam[u]
+                r[j] = -diag[j] * x[j]
+            for k in range(s0, s1):  # r = b - A x0 in one pass: sum c (1 - <h, x0>) h
+                hk = h[indices[k]]
+                s = np.float32(0.0)
+                for j in range(d):
+                    s += hk[j] * x[j]
+                q = conf[k] * (np.float32(1.0) - s)
+                for j in range(d):
+                    r[j] += q * hk[j]
+            rs = np.float32(0.0)
+            for j in range(d):
+                p[j] = r[j]
+                rs += r[j] * r[j]
+            for _ in range(steps):
+                for j in range(d):
+                    ap[j] = diag[j] * p[j]
+                for k in range(s0, s1):
+                    hk = h[indices[k]]
+                    s = np.float32(0.0)
+                    for j in range(d):
+                        s += hk[j] * p[j]
+                    q = conf[k] * s
+                    for j in range(d):
+                        ap[j] += q * hk[j]
+                pap = np.float32(0.0)
+                for j in range(d):
+                    pap += p[j] * ap[j]
+                if pap <= 0.0 or rs <= 0.0:  # converged exactly: keep x
+                    break
+                alpha = rs / pap
+                rs_new = np.float32(0.0)
+                for j in range(d):
+                    x[j] += alpha * p[j]
+                    r[j] -= alpha * ap[j]
+                    rs_new += r[j] * r[j]
+                beta = rs_new / rs
+                rs = rs_new
+                for j in range(d):
+                    p[j] = r[j] + beta * p[j]
+            out[u, :] = x
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _observed_loss(indptr, indices, conf, starts, w, h):  # pragma: no cover - compiled
+    """sum over stored entries of c (<w_u, h_i> - 1)^2, accumulated in float64."""
+    d = w.shape[1]
+    total = 0.0
+    for blk in prange(len(starts) - 1):
+        part = 0.0
+        for u in range(starts[blk], starts[blk + 1]):
+            for k in range(indptr[u], indptr[u + 1]):
+                hk = h[indices[k]]
+                s = 0.0
+                for j in range(d):
+                    s += np.float64(hk[j]) * np.float64(w[u, j])
+                part += conf[k] * (s - 1.0) ** 2
+        total += part
+    return total
+
+
+# ============================================================================ pure functions
+def work_blocks(indptr: np.ndarray, n_blocks: int) -> np.ndarray:
+    """int64 [k + 1] row cuts into at most ``n_blocks`` blocks of about equal work.
+
+    Numba hands each thread an equal count of consecutive blocks, so equal-work blocks
+    keep threads balanced on skewed (web) graphs.
+    """
+    n = len(indptr) - 1
+    cost = indptr + ROW_COST * np.arange(n + 1, dtype=np.int64)  # cumulative work at each row cut
+    targets = np.linspace(0, cost[-1], n_blocks + 1)
+    cuts = np.searchsorted(cost, targets, side="left")
+    cuts[0], cuts[-1] = 0, n
+    return np.unique(cuts).astype(np.int64)
+
+
+class RowThreads:
+    """Row-parallel BLAS on ``n`` Python threads, each calling single-threaded BLAS.
+
+    Multi-threaded OpenBLAS leaves its workers spinning after each product, and the
+    Numba kernel that follows runs 40-50 % slower on a small machine while they do;
+    splitting the rows over our own threads and limiting BLAS to one thread (inside
+    :meth:`blas`) is also as fast for these tall-skinny products.
+    """
+
+    def __init__(self, n: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.n = max(1, n)
+        self._pool = ThreadPoolExecutor(self.n, thread_name_prefix="alsx-blas") if self.n > 1 else None
+
+    def blas(self):
+        """Context in which BLAS runs one thread per call."""
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=1, user_api="blas")
+
+    def _map(self, fn, n_rows: int) -> list:
+        cuts = np.linspace(0, n_rows, self.n + 1).astype(np.int64)
+        spans = [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+        if self._pool is None:
+            return [fn(*sp) for sp in spans]
+        return list(self._pool.map(lambda sp: fn(*sp), spans))
+
+    def matmul(self, x: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """x [n, k] @ y [k, d] into ``out``."""
+        out = np.empty((x.shape[0], y.shape[1]), np.float32) if out is None else out
+        self._map(lambda a, b: np.matmul(x[a:b], y, out=out[a:b]), len(x))
+        return out
+
+    def gram(self, x: np.ndarray) -> np.ndarray:
+        """x^T x, float32 products summed in float64."""
+        return sum(self._map(lambda a, b: (x[a:b].T @ x[a:b]).astype(np.float64), len(x)))
+
+
+def eigenbasis(table: np.ndarray, threads: RowThreads) -> tuple[np.ndarray, np.ndarray]:
+    """(e [d] float64 >= 0, Q [d, d] float64) with table^T table = Q diag(e) Q^T."""
+    e, q = np.linalg.eigh(threads.gram(table))
+    return np.maximum(e, 0.0), q
+
+
+def half_step(
+    w: np.ndarray,
+    h: np.ndarray,
+    side: CSR,
+    lam: np.ndarray,
+    alpha0: float,
+    cg_steps: int,
+    starts: np.ndarray,
+    threads: RowThreads,
+    *,
+    tied: bool = False,
+    out: np.ndarray | None = None,
+    h_out: np.ndarray | None = None,
+    scratch: np.ndarray | None = None,
+    timings: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Re-solves every row of ``w`` [n, d] against the fixed ``h`` [m, d] by ``cg_steps`` CG steps.
+
+    Both tables are first rotated by Q, the eigenvectors of h^T h (for ``tied``, w is h),
+    with BLAS on ``threads``.  Returns (new w, h @ Q, Q [d, d] float64): both tables in the new basis.
+
+    out / h_out / scratch: optional float32 buffers for the new w, h @ Q and w @ Q (the
+    warm start); reusing them spares the page faults of fresh 100 MB arrays every
+    half-step.  None of them may alias ``w`` or ``h``.
+    ``timings`` (optional) accumulates seconds per phase: gramian, rotate, solve.
+    """
+    t0 = time.perf_counter()
+    with threads.blas():
+        e, q = eigenbasis(h, threads)
+        t1 = time.perf_counter()
+        q32 = q.astype(np.float32)
+        h_rot = threads.matmul(h, q32, out=h_out)
+        w_rot = h_rot if tied else threads.matmul(w, q32, out=scratch)
+    t2 = time.perf_counter()
+    out = np.empty_like(w_rot) if out is None else out
+    _cg_rows(side.indptr, side.indices, side.values, starts, w_rot, h_rot, (alpha0 * e).astype(np.float32),
+             lam, cg_steps, out)
+    if timings is not None:
+        t3 = time.perf_counter()
+        for k, v in (("gramian", t1 - t0), ("rotate", t2 - t1), ("solve", t3 - t2)):
+            timings[k] = timings.get(k, 0.0) + v
+    return out, h_rot, q
+
+
+def numba_threads() -> int:
+    return numba.get_num_threads()
+
+
+# ============================================================================ engine
+def _as_csr32(c: CSR) -> CSR:
+    """The CSR with the dtypes the kernel is compiled for (no copy when they already match)."""
+    return dataclasses.replace(c, indptr=np.ascontiguousarray(c.indptr, np.int64),
+                               indices=np.ascontiguousarray(c.indices, np.int32),
+                               values=np.ascontiguousarray(c.values, np.float32))
+
+
+class CpuEngine:
+    """iALS with the CG solver on the host CPU, one process, all cores (Numba threads).
+
+    Same interface and, up to float32 rounding, same results as ``LocalEngine`` with
+    ``solver='cg'``.  Tables are NumPy float32 arrays; ``state.basis`` is the rotation
+    they are stored in (see the module docstring).
+
+    Args:
+      rows: CSR of the training matrix; cols: CSR of its transpose.
+      hp: hyper-parameters (solver 'cg', dtype 'float32').
+      packing: unused (no padded blocks); accepted for the engine-factory signature.
+      tied: one table for rows and columns (square matrices only).
+    """
+
+    def __init__(self, rows: CSR, cols: CSR, hp: HParams, packing: Packing | None = None, tied: bool = False):
+        if hp.solver != "cg" or hp.dtype != "float32":
+            raise ValueError(f"the CPU backend runs solver='cg' on float32 tables, got solver={hp.solver!r} "
+                             f"dtype={hp.dtype!r}; use backend='jax' for the others")
+        if tied and rows.n_rows != rows.n_cols:
+            raise ValueError(f"tied embeddings need a square matrix, got {rows.n_rows} x {rows.n_cols}")
+        from alsx.core.engine import PackStats
+
+        t = time.perf_counter()
+        self.hp, self.tied = hp, tied
+        self.n_rows, self.n_cols = rows.n_rows, rows.n_cols
+        self.rows, self.cols = _as_csr32(rows), _as_csr32(cols)
+        n_blocks = BLOCKS_PER_THREAD * numba_threads()
+        self._starts = (work_blocks(self.rows.indptr, n_blocks), work_blocks(self.cols.indptr, n_blocks))
+        self._lam = (self._lambdas(self.rows, self.n_cols), self._lambdas(self.cols, self.n_rows))
+        self.timings: dict[str, float] = {}
+        self._buffers: dict[str, np.ndarray] = {}
+        self._threads = RowThreads(numba_threads())
+        self.stats = PackStats(1.0, 1.0, time.perf_counter() - t)  # CSR as is: no padding
+
+    def _lambdas(self, side: CSR, n_other: int) -> np.ndarray:
+        hp = self.hp
+        return np.asarray(row_regularisation(side.lengths(), n_other, hp.reg, hp.unobserved_weight, hp.nu))
+
+    def init_state(self, seed: int) -> ALSState:
+        """The same start as the JAX engines (same seed, same tables)."""
+        hp = self.hp
+        st = init_state(seed, self.n_rows, self.n_cols, hp.dim, hp.init_scale, hp.dtype, self.tied)
+        w = np.array(st.w, np.float32)
+        return ALSState(w=w, h=w if self.tied else np.array(st.h, np.float32), epoch=0, tied=self.tied)
+
+    def _buffer(self, name: str, n: int) -> np.ndarray:
+        """A private [n, d] float32 array kept between epochs (never part of a returned state)."""
+        buf = self._buffers.get(name)
+        if buf is None:
+            buf = self._buffers[name] = np.empty((n, self.hp.dim), np.float32)
+        return buf
+
+    def epoch(self, state: ALSState) -> ALSState:
+        """Two half-steps.  The midway tables live in private buffers reused every epoch; the
+        returned state's tables are fresh arrays, so earlier states stay valid."""
+        hp = self.hp
+        basis = np.eye(hp.dim) if state.basis is None else state.basis
+        args = (hp.unobserved_weight, hp.cg_steps)
+        n, m = self.n_rows, self.n_cols
+        if self.tied:
+            t, _, q1 = half_step(state.w, state.w, self.rows, self._lam[0], *args, self._starts[0], self._threads, tied=True,
+                                 out=self._buffer("t_out", n), h_out=self._buffer("t_rot", n), timings=self.timings)
+            h, _, q2 = half_step(t, t, self.cols, self._lam[1], *args, self._starts[1], self._threads, tied=True,
+                                 timings=self.timings)
+            w = h
+        else:
+            w, h, q1 = half_step(state.w, state.h, self.rows, self._lam[0], *args, self._starts[0], self._threads,
+                                 out=self._buffer("w_out", n), h_out=self._buffer("h_rot", m),
+                                 scratch=self._buffer("w_warm", n), timings=self.timings)
+            h, w, q2 = half_step(h, w, self.cols, self._lam[1], *args, self._starts[1], self._threads,
+                                 scratch=self._buffer("h_warm", m), timings=self.timings)
+        return ALSState(w=w, h=h, epoch=state.epoch + 1, tied=self.tied, basis=basis @ q1 @ q2)
+
+    def loss(self, state: ALSState) -> Loss:
+        """The objective's parts (rotation-invariant, so computed in the stored basis)."""
+        a0 = self.hp.unobserved_weight
+        obs = _observed_loss(self.rows.indptr, self.rows.indices, self.rows.values, self._starts[0],
+                             state.w, state.h)
+        w64, h64 = state.w.astype(np.float64), state.h.astype(np.float64)
+        unobs = a0 * float(np.sum((w64.T @ w64) * (h64.T @ h64)))
+        reg = float(self._lam[0] @ np.einsum("ij,ij->i", w64, w64) + self._lam[1] @ np.einsum("ij,ij->i", h64, h64))
+        return Loss(float(obs), unobs, reg)
+
+    def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]:
+        """float32 tables in the original basis."""
+        if state.basis is None:
+            return state.w, state.h
+        back = state.basis.T.astype(np.float32)
+        w = state.w @ back
+        return w, (w if self.tied else state.h @ back)
+
+    # Checkpoints hold the stored (rotated) tables and their basis, so a resumed run
+    # continues bit for bit; other engines rotate them back when they restore.
+    keeps_basis = True
+
+    def to_external(self, state: ALSState):
+        import jax
+
+        from alsx.core.sharding import make_mesh, table_sharding
+
+        sharding = table_sharding(make_mesh(jax.devices()[:1]))
+        return jax.device_put(state.w, sharding), jax.device_put(state.h, sharding)
+
+    def from_external(self, w, h, epoch: int, basis: np.ndarray | None = None) -> ALSState:
+        w = np.array(w[: self.n_rows], np.float32)
+        h = w if self.tied else np.array(h[: self.n_cols], np.float32)
+        return ALSState(w=w, h=h, epoch=int(epoch), tied=self.tied, basis=basis)
+
+
+def cpu_backend_reason(hp: HParams) -> str | None:
+    """None when ``CpuEngine`` can train ``hp`` here, else why not (for 'auto' and error messages)."""
+    import jax
+
+    if hp.solver != "cg":
+        return f"solver {hp.solver!r} (the CPU kernel is CG)"
+    if hp.dtype != "float32":
+        return f"dtype {hp.dtype!r} (the CPU kernel stores float32)"
+    if jax.process_count() > 1:
+        return "a multi-process run (the sharded engine spans processes)"
+    if jax.default_backend() != "cpu":
+        return f"an accelerator ({jax.default_backend()}) is present"
+    if os.environ.get("NUMBA_DISABLE_JIT") == "1":
+        return "NUMBA_DISABLE_JIT=1"
+    return None
+
+
+def profile_half_step(engine: CpuEngine, state: ALSState, side: str = "rows", repeat: int = 2) -> dict[str, float]:
+    """Best-of-``repeat`` seconds per phase of one half-step of ``engine`` at ``state``.
+
+    Phases: gramian (+ eigen-decomposition), rotate (both tables), residual (the kernel
+    with 0 CG steps: gather, b - A x0, write) and cg_steps (the rest of the kernel).
+    solve_gflops counts the kernel's multiply-adds over the stored entries (2 passes of
+    2d FLOPs per entry, for the residual and each step) per second of kernel time.
+    """
+    from alsx.core.profile import sgemm_rate
+
+    hp = engine.hp
+    i = 0 if side == "rows" else 1
+    csr, lam, starts = (engine.rows, engine.cols)[i], engine._lam[i], engine._starts[i]
+    w, h = (state.w, state.h) if i == 0 else (state.h, state.w)
+    threads = engine._threads
+    out = np.empty_like(w)
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    with threads.blas():
+        gramian = best(lambda: eigenbasis(h, threads))
+        q32 = eigenbasis(h, threads)[1].astype(np.float32)
+        rotate = best(lambda: (threads.matmul(h, q32), threads.matmul(w, q32)))
+    shared = np.ones(hp.dim, np.float32) * hp.unobserved_weight
+
+    def kernel(steps):
+        return lambda: _cg_rows(csr.indptr, csr.indices, csr.values, starts, w, h, shared, lam, steps, out)
+
+    residual = best(kernel(0))
+    full = best(kernel(hp.cg_steps))
+    flops = csr.nnz * 2 * (2 * hp.dim) * (hp.cg_steps + 1)
+    result = {"gramian": gramian, "rotate": rotate, "residual": residual, "cg_steps": max(full - residual, 0.0)}
+    result["total"] = sum(result.values())
+    result["solve_gflops"] = flops / full / 1e9
+    result["sgemm_gflops"] = sgemm_rate() / 1e9
+    return result

@@ -1,0 +1,154 @@
+"""The CPU backend (fused Numba CG kernel in the Gramian's eigenbasis) against the float64 oracle
+and against the JAX engine."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alsx.checkpoint import Checkpointer, CheckpointOptions, train
+from alsx.config import HParams
+from alsx.core import cpu
+from alsx.core.engine import LocalEngine, make_engine, resolve_backend
+from alsx.data.matrix import coo_to_csr
+from reference import loss_parts, random_problem, solve_rows
+
+REG, ALPHA0 = 0.05, 0.2
+
+
+def to_csr(conf: np.ndarray):
+    r, c = np.nonzero(conf)
+    return coo_to_csr(r, c, conf[r, c].astype(np.float32), *conf.shape)
+
+
+def rel_err(a, b):
+    return np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max()
+
+
+def engines(conf, hp, tied=False):
+    rows, cols = to_csr(conf), to_csr(conf.T)
+    return cpu.CpuEngine(rows, cols, hp, tied=tied), LocalEngine(rows, cols, hp, tied=tied)
+
+
+@pytest.mark.parametrize("nu", [0.0, 1.0])
+def test_half_step_with_d_steps_is_the_exact_solve(nu):
+    conf, w, h = random_problem(0)  # a long row, an empty row, confidences != 1
+    d = w.shape[1]
+    eng = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), HParams(dim=d, reg=REG, unobserved_weight=ALPHA0, nu=nu))
+    out, h_rot, q = cpu.half_step(w, h, eng.rows, eng._lam[0], ALPHA0, d + 2, eng._starts[0], cpu.RowThreads(2))
+    assert rel_err(out @ q.T, solve_rows(conf, h, REG, ALPHA0, nu)) < 1e-5
+    assert rel_err(h_rot @ q.T, h.astype(np.float64)) < 1e-6  # h came back rotated by the same Q
+    assert np.all(out[2] == 0.0)  # the empty row's optimum
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_epochs_equal_the_jax_engine(tied):
+    """Three CG steps per half: the same iterates as LocalEngine, only rotated."""
+    conf, _, _ = random_problem(1, n=30, m=30)
+    hp = HParams(dim=6, reg=REG, unobserved_weight=ALPHA0, solver="cg", cg_steps=3)
+    a, b = engines(conf, hp, tied)
+    sa, sb = a.init_state(0), b.init_state(0)
+    assert np.array_equal(a.to_numpy(sa)[0], b.to_numpy(sb)[0])  # the same start
+    for _ in range(3):
+        sa, sb = a.epoch(sa), b.epoch(sb)
+    (wa, ha), (wb, hb) = a.to_numpy(sa), b.to_numpy(sb)
+    assert rel_err(wa, wb) < 1e-4 and rel_err(ha, hb) < 1e-4
+    assert sa.basis is not None and (sa.w is sa.h) == tied
+
+
+def test_tables_are_stored_rotated_and_to_numpy_undoes_it():
+    conf, _, _ = random_problem(2)
+    eng = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), HParams(dim=6, reg=REG, unobserved_weight=ALPHA0))
+    st = eng.epoch(eng.epoch(eng.init_state(0)))
+    b = st.basis
+    assert np.abs(b.T @ b - np.eye(6)).max() < 1e-6
+    assert np.abs(b - np.eye(6)).max() > 0.1  # really rotated
+    w, h = eng.to_numpy(st)
+    assert rel_err(w, st.w.astype(np.float64) @ b.T) < 1e-6
+    # Scores are rotation-invariant: the stored tables already serve.
+    assert rel_err(st.w.astype(np.float64) @ st.h.T, w.astype(np.float64) @ h.T) < 1e-5
+
+
+def test_loss_parts_equal_brute_force_in_the_rotated_basis():
+    conf, _, _ = random_problem(3)
+    hp = HParams(dim=6, reg=REG, unobserved_weight=ALPHA0)
+    eng = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), hp)
+    st = eng.epoch(eng.init_state(0))
+    w, h = eng.to_numpy(st)
+    ref = loss_parts(conf, w, h, REG, ALPHA0, 1.0)
+    loss = eng.loss(st)
+    assert loss.observed == pytest.approx(ref["observed"], rel=1e-5)
+    assert loss.unobserved == pytest.approx(ref["unobserved"], rel=1e-5)
+    assert loss.regularisation == pytest.approx(ref["regularisation"], rel=1e-5)
+
+
+def test_work_blocks_cover_all_rows_with_balanced_work():
+    rng = np.random.default_rng(4)
+    lengths = np.minimum(rng.zipf(1.7, size=5000), 3000)  # web-like skew
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    cuts = cpu.work_blocks(indptr, 64)
+    assert cuts[0] == 0 and cuts[-1] == 5000 and np.all(np.diff(cuts) > 0)
+    work = np.diff(indptr[cuts]) + cpu.ROW_COST * np.diff(cuts)
+    fair = (indptr[-1] + cpu.ROW_COST * 5000) / 64
+    assert work.max() <= fair + lengths.max() + cpu.ROW_COST
+
+
+def test_row_threads_products_equal_float64():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(1001, 7)).astype(np.float32)
+    y = rng.normal(size=(7, 7)).astype(np.float32)
+    t = cpu.RowThreads(3)
+    x64 = x.astype(np.float64)
+    assert rel_err(t.gram(x), x64.T @ x64) < 1e-5
+    assert rel_err(t.matmul(x, y), x64 @ y) < 1e-5
+
+
+def test_resume_is_bit_exact_and_other_engines_rotate_back(tmp_path):
+    conf, _, _ = random_problem(6)
+    hp = HParams(dim=6, reg=REG, unobserved_weight=ALPHA0)
+    rows, cols = to_csr(conf), to_csr(conf.T)
+    straight = train(cpu.CpuEngine(rows, cols, hp), 4)
+    with Checkpointer(CheckpointOptions(str(tmp_path / "c"), every_epochs=1)) as ck:
+        train(cpu.CpuEngine(rows, cols, hp), 2, checkpointer=ck)  # "killed" after epoch 2
+    with Checkpointer(CheckpointOptions(str(tmp_path / "c"), every_epochs=1)) as ck:
+        fresh = cpu.CpuEngine(rows, cols, hp)
+        resumed = train(fresh, 4, checkpointer=ck)
+        assert ck.epochs()[0] == 4
+    assert np.array_equal(resumed.w, straight.w) and np.array_equal(resumed.h, straight.h)
+    assert np.array_equal(resumed.basis, straight.basis)
+    # The JAX engine restores the same checkpoint in the original basis.
+    with Checkpointer(CheckpointOptions(str(tmp_path / "c"), every_epochs=1)) as ck:
+        jax_engine = LocalEngine(rows, cols, hp)
+        got = ck.restore(jax_engine).state
+    w_ref, h_ref = fresh.to_numpy(straight)
+    w_got, h_got = jax_engine.to_numpy(got)
+    assert rel_err(w_got, w_ref) < 1e-6 and rel_err(h_got, h_ref) < 1e-6
+
+
+def test_auto_picks_the_cpu_kernel_only_where_it_applies():
+    assert resolve_backend("auto", HParams(solver="cg")) == "cpu"  # this machine has no accelerator
+    assert resolve_backend("auto", HParams(solver="cholesky")) == "jax"
+    assert resolve_backend("auto", HParams(dtype="bfloat16")) == "jax"
+    assert resolve_backend("jax", HParams()) == "jax"
+    with pytest.raises(ValueError, match="solver 'cholesky'"):
+        resolve_backend("cpu", HParams(solver="cholesky"))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("gpu", HParams())
+    conf, _, _ = random_problem(7)
+    assert isinstance(make_engine(to_csr(conf), to_csr(conf.T), HParams(dim=6)), cpu.CpuEngine)
+
+
+def test_estimator_backends_agree():
+    from alsx.model import ALS
+
+    conf, _, _ = random_problem(8, n=50, m=40)
+    import scipy.sparse as sp
+
+    x = sp.csr_matrix(conf.astype(np.float32))
+    kw = dict(dim=6, reg=REG, unobserved_weight=ALPHA0, epochs=3, progress=False)
+    a = ALS(backend="cpu", **kw).fit(x)
+    b = ALS(backend="jax", **kw).fit(x)
+    assert a.engine_name_ == "CpuEngine" and b.engine_name_ != "CpuEngine"
+    assert rel_err(a.row_embeddings_, b.row_embeddings_.astype(np.float64)) < 1e-4
+    assert a.history_[-1]["loss"]["total"] == pytest.approx(b.history_[-1]["loss"]["total"], rel=1e-5)
