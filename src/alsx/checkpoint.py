@@ -13,7 +13,8 @@ Layout of a checkpoint directory (one Orbax ``CheckpointManager``)::
 Tables are stored un-permuted and sharded by rows, so a run with another device
 or process count restores them by passing target ``ShapeDtypeStruct``s that
 carry *its* sharding (and its own row padding: Orbax pads or truncates the zero
-tail with ``strict=False``), then permutes them into its own layout.  Nothing is
+tail with ``strict=False``), then permutes them into its own layout by an all-to-all
+(``alsx.core.sharded.permute_rows``: no device ever holds a whole table).  Nothing is
 pickled.
 
 Atomicity is Orbax's: a step is written under a temporary name and renamed
