@@ -177,7 +177,7 @@ def permute() -> None:
     import jax
 
     from alsx.core.exchange import collective_bytes
-    from alsx.core.sharded import permute_rows
+    from alsx.core.sharded import permute_program, permute_rows
     from alsx.core.sharding import make_mesh, table_sharding
 
     mesh = make_mesh()
@@ -189,29 +189,9 @@ def permute() -> None:
     table = jax.device_put(src, table_sharding(mesh))
     got = np.asarray(permute_rows(table, index, mesh))
     ref = np.where((index >= 0)[:, None], src[np.maximum(index, 0)], 0.0)
-    import alsx.core.sharded as sh
-
-    captured = {}
-    real_jit = jax.jit
-
-    def spy(fn, **kw):  # keep the program to read its collectives
-        compiled = real_jit(fn, **kw)
-        captured["fn"] = compiled
-        return compiled
-
-    sh.jax.jit = spy
-    try:
-        permute_rows(table, index, mesh)
-    finally:
-        sh.jax.jit = real_jit
-    from alsx.core.exchange import permutation_plan
-    from alsx.core.sharding import stacked_sharding
-
-    request, place = permutation_plan(index, len(src), P)
-    args = [table] + [jax.make_array_from_callback(a.shape, stacked_sharding(mesh), lambda i, a=a: a[i])
-                      for a in (request, place)]
-    text = captured["fn"].lower(*args).compile().as_text()
-    np.savez(CFG["out"], got=got, ref=ref, k=request.shape[2],
+    fn, args = permute_program(table, index, mesh)
+    text = fn.lower(*args).compile().as_text()
+    np.savez(CFG["out"], got=got, ref=ref, k=args[1].shape[-1],
              **{k.replace("-", "_"): v for k, v in collective_bytes(text).items()})
 
 

@@ -193,7 +193,7 @@ class Checkpointer:
         """Writes ``state`` as step ``state.epoch`` (collective: every process calls it)."""
         w, h = _to_external(engine, state)
         tables = {"w": w} if state.tied else {"w": w, "h": h}
-        basis = getattr(engine, "keeps_basis", False) and state.basis is not None
+        keep_basis = getattr(engine, "keeps_basis", False) and state.basis is not None
         meta = {
             "format": FORMAT_VERSION,
             "epoch": int(state.epoch),
@@ -203,7 +203,7 @@ class Checkpointer:
             "checksums": {k: int(table_checksum(v)) for k, v in tables.items()},
             "extra": extra or {},
         }
-        if basis:
+        if keep_basis:
             tables["basis"] = np.ascontiguousarray(state.basis, np.float64)
             meta["basis_sha256"] = _sha256(tables["basis"])
         self._manager.save(

@@ -175,6 +175,14 @@ def empty_table(n: int, d: int) -> np.ndarray:
     return np.frombuffer(buf, np.float32, count=n * d).reshape(n, d)
 
 
+def as_table(x, n: int | None = None) -> np.ndarray:
+    """The first ``n`` rows (default all) of array-like ``x`` copied into an :func:`empty_table`."""
+    x = np.asarray(x[:n] if n is not None else x, np.float32)
+    out = empty_table(*x.shape)
+    out[:] = x
+    return out
+
+
 def work_blocks(indptr: np.ndarray, n_blocks: int) -> np.ndarray:
     """int64 [k + 1] row cuts into at most ``n_blocks`` blocks of about equal work.
 
@@ -201,14 +209,15 @@ class RowThreads:
     def __init__(self, n: int):
         from concurrent.futures import ThreadPoolExecutor
 
+        from threadpoolctl import ThreadpoolController
+
         self.n = max(1, n)
         self._pool = ThreadPoolExecutor(self.n, thread_name_prefix="alsx-blas") if self.n > 1 else None
+        self._controller = ThreadpoolController()  # scans the loaded BLAS libraries once
 
     def blas(self):
         """Context in which BLAS runs one thread per call."""
-        from threadpoolctl import threadpool_limits
-
-        return threadpool_limits(limits=1, user_api="blas")
+        return self._controller.limit(limits=1, user_api="blas")
 
     def _map(self, fn, n_rows: int) -> list:
         cuts = np.linspace(0, n_rows, self.n + 1).astype(np.int64)
@@ -332,13 +341,8 @@ class CpuEngine:
         """The same start as the JAX engines (same seed, same tables)."""
         hp = self.hp
         st = init_state(seed, self.n_rows, self.n_cols, hp.dim, hp.init_scale, hp.dtype, self.tied)
-        def table(x) -> np.ndarray:
-            out = empty_table(*x.shape)
-            out[:] = np.asarray(x, np.float32)
-            return out
-
-        w = table(st.w)
-        return ALSState(w=w, h=w if self.tied else table(st.h), epoch=0, tied=self.tied)
+        w = as_table(st.w)
+        return ALSState(w=w, h=w if self.tied else as_table(st.h), epoch=0, tied=self.tied)
 
     def _buffer(self, name: str, n: int) -> np.ndarray:
         """A private [n, d] float32 array kept between epochs (never part of a returned state)."""
@@ -355,8 +359,9 @@ class CpuEngine:
         args = (hp.unobserved_weight, hp.cg_steps)
         n, m = self.n_rows, self.n_cols
         if self.tied:
-            t, _, q1 = half_step(state.w, state.w, self.rows, self._lam[0], *args, self._starts[0], self._threads, tied=True,
-                                 out=self._buffer("t_out", n), h_out=self._buffer("t_rot", n), timings=self.timings)
+            t, _, q1 = half_step(state.w, state.w, self.rows, self._lam[0], *args, self._starts[0], self._threads,
+                                 tied=True, out=self._buffer("t_out", n), h_out=self._buffer("t_rot", n),
+                                 timings=self.timings)
             h, _, q2 = half_step(t, t, self.cols, self._lam[1], *args, self._starts[1], self._threads, tied=True,
                                  timings=self.timings)
             w = h
@@ -401,13 +406,8 @@ class CpuEngine:
         return jax.device_put(state.w, sharding), jax.device_put(state.h, sharding)
 
     def from_external(self, w, h, epoch: int, basis: np.ndarray | None = None) -> ALSState:
-        def table(x, n: int) -> np.ndarray:
-            out = empty_table(n, self.hp.dim)
-            out[:] = np.asarray(x[:n], np.float32)
-            return out
-
-        w = table(w, self.n_rows)
-        h = w if self.tied else table(h, self.n_cols)
+        w = as_table(w, self.n_rows)
+        h = w if self.tied else as_table(h, self.n_cols)
         return ALSState(w=w, h=h, epoch=int(epoch), tied=self.tied, basis=basis)
 
 

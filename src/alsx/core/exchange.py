@@ -79,48 +79,48 @@ def allgather_rows(table: jax.Array, slots: jax.Array) -> jax.Array:
 def permutation_plan(index: np.ndarray, n_src: int, n_shards: int) -> tuple[np.ndarray, np.ndarray]:
     """Host plan of ``out = src[index]`` between two row-sharded tables (numpy, identical on every process).
 
+    The permutation is one exchange of :func:`fetch_rows`: each destination shard is a
+    single "batch" whose rows come from their owners.
+
     Args:
       index: int64 [n_dst] source row of each destination row (-1: a zero row);
         n_dst and n_src are multiples of ``n_shards`` (P); shards hold contiguous rows.
 
     Returns:
-      request int32 [P, P, K]: request[p, o] = local rows of source shard o that
+      request int32 [P, 1, P, K]: request[p, 0, o] = local rows of source shard o that
         destination shard p needs (padded with 0); K = the largest such count.
-      place int32 [P, P, K]: where each requested row lands in p's local rows
-        (n_dst / P for padding: a dropped row).
+      positions int32 [P, n_dst / P]: where each destination row is in p's received
+        [P * K] buffer, -1 for a zero row.
     """
     P = n_shards
     ls, ld = n_src // P, len(index) // P
     dst = np.flatnonzero(index >= 0)
     src = np.asarray(index, np.int64)[dst]
-    pair = (dst // ld) * P + src // ls
+    pair = (dst // ld) * P + src // ls  # (destination shard, owner)
     order = np.argsort(pair, kind="stable")
     pair, dst, src = pair[order], dst[order], src[order]
     counts = np.bincount(pair, minlength=P * P)
     k = max(1, int(counts.max(initial=0)))
     rank = np.arange(len(pair)) - (np.cumsum(counts) - counts)[pair]
-    request = np.zeros((P, P, k), np.int32)
-    place = np.full((P, P, k), ld, np.int32)
-    request[pair // P, pair % P, rank] = src % ls
-    place[pair // P, pair % P, rank] = dst % ld
-    return request, place
+    request = np.zeros((P, 1, P, k), np.int32)
+    request[pair // P, 0, pair % P, rank] = src % ls
+    positions = np.full((P, ld), -1, np.int32)
+    positions[dst // ld, dst % ld] = (pair % P) * k + rank
+    return request, positions
 
 
-def permute_local(table: jax.Array, request: jax.Array, place: jax.Array, n_out: int) -> jax.Array:
-    """Inside shard_map: this shard's [n_out, d] rows of the permuted table.
+def permute_local(table: jax.Array, request: jax.Array, positions: jax.Array) -> jax.Array:
+    """Inside shard_map: this shard's [n_out, d] rows of the permuted table (``table``'s dtype).
 
-    Two all-to-alls: the requests go to their owners, the rows come back.  A device
-    moves only the rows it sends and receives (about n_out x d), never the whole table.
+    :func:`serve_lists` then :func:`fetch_rows`: a device moves only the rows it sends and
+    receives (about n_out x d), never the whole table.
 
     Args:
-      table: [n_local, d] this shard of the source; request, place: [P, K] (see
-        :func:`permutation_plan`).
+      table: [n_local, d] this shard of the source; request [1, P, K], positions [n_out]
+        (see :func:`permutation_plan`).
     """
-    serve = jax.lax.all_to_all(request, SHARD, 0, 0, tiled=True)  # [P, K]: rows shard o wants from me
-    rows = jnp.take(table, serve, axis=0)  # [P, K, d]
-    got = jax.lax.all_to_all(rows, SHARD, 0, 0, tiled=True)  # [P, K, d]: from owner o
-    out = jnp.zeros((n_out + 1, table.shape[1]), table.dtype)
-    return out.at[place.reshape(-1)].set(got.reshape(-1, table.shape[1]))[:n_out]
+    rows = fetch_rows(table, (serve_lists(request)[0], jnp.maximum(positions, 0)))
+    return jnp.where((positions >= 0)[:, None], rows, 0.0).astype(table.dtype)
 
 
 # ---- byte accounting from the compiled program ---------------------------------------------

@@ -387,14 +387,19 @@ def permute_rows(table: jax.Array, index: np.ndarray, mesh: Mesh) -> jax.Array:
     holds a whole table on one device.  ``len(index)`` and the table's rows are
     multiples of the shard count.
     """
-    P = n_shards(mesh)
-    request, place = permutation_plan(np.asarray(index, np.int64), table.shape[0], P)
+    fn, args = permute_program(table, index, mesh)
+    return fn(*args)
+
+
+def permute_program(table: jax.Array, index: np.ndarray, mesh: Mesh):
+    """(jitted program, its arguments) of :func:`permute_rows` (tests read its collectives)."""
+    request, positions = permutation_plan(np.asarray(index, np.int64), table.shape[0], n_shards(mesh))
     stacked = stacked_sharding(mesh)
     put = lambda a: jax.make_array_from_callback(a.shape, stacked, lambda i: a[i])  # noqa: E731
-    body = lambda t, r, q: permute_local(t, r[0], q[0], len(index) // P)  # noqa: E731
+    body = lambda t, r, q: permute_local(t, r[0], q[0])  # noqa: E731
     fn = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(TABLE, STACKED, STACKED), out_specs=TABLE,
                                check_vma=_CHECK_VMA))
-    return fn(table, put(request), put(place))
+    return fn, (table, put(request), put(positions))
 
 
 def engine_layouts(rc: np.ndarray, cc: np.ndarray, mesh: Mesh, tied: bool) -> tuple[RowLayout, RowLayout]:
