@@ -97,19 +97,16 @@ def _load(path: str, a: argparse.Namespace):
     return data, summary
 
 
-def make_split(data, a: argparse.Namespace):
-    from alsx.data import split as sp
+def split_options(a: argparse.Namespace) -> dict:
+    """Keyword arguments of ``alsx.data.split.by_name`` from the --split flags."""
+    return {"fraction": a.test_fraction, "row_fraction": a.heldout_fraction, "history_fraction": a.history_fraction,
+            "seed": a.split_seed}
 
-    if a.split == "none":
-        return None
-    if a.split == "random":
-        return sp.random_holdout(data, fraction=a.test_fraction, seed=a.split_seed)
-    if a.split == "heldout-rows":
-        return sp.heldout_rows_split(data, row_fraction=a.heldout_fraction,
-                                     history_fraction=a.history_fraction, seed=a.split_seed)
-    if a.split == "last":
-        return sp.leave_last_out(data, seed=a.split_seed)
-    return sp.given_split(data)
+
+def make_split(data, a: argparse.Namespace):
+    from alsx.data.split import by_name
+
+    return by_name(a.split, data, **split_options(a))
 
 
 def _model(a: argparse.Namespace, progress: bool = True):
@@ -209,6 +206,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     if is_dataset(a.data):  # a WebGraph dataset directory: stream it from disk, evaluate its held-out rows
         return cmd_train_dataset(a)
+    if topo.process_count > 1:  # one input file: each process parses only its part
+        return _train_partitioned(a, topo)
     data, summary = _load(a.data, a)
     split = make_split(data, a)
     if split is not None:
@@ -219,8 +218,15 @@ def cmd_train(a: argparse.Namespace) -> int:
     model.fit(train, split=split, eval_every=a.eval_every if split is not None else 0, eval_ks=tuple(a.ks),
               checkpointer=_checkpointer(a), step_timeout_s=topo.options.step_timeout_s)
     seconds = time.perf_counter() - t
-    if topo.process_index != 0:  # every process holds the full tables; one writes them
-        return 0
+    results = None
+    if split is not None:
+        results = evaluate(model.row_embeddings_, model.col_embeddings_, split, model.hparams, tuple(a.ks), a.alpha)
+    _write_outputs(a, model, split, summary, results, seconds, train)
+    return 0
+
+
+def _write_outputs(a: argparse.Namespace, model, split, summary, results, seconds: float, train) -> None:
+    """What ``alsx train`` leaves in OUT (process 0 of a multi-process run)."""
     out = Path(a.out)
     model.save(out)
     cfg = json.loads((out / "config.json").read_text())
@@ -228,8 +234,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg["split"] = {k: getattr(a, k) for k in SPLIT_KEYS}
     cfg["ingest"] = summary.to_dict()
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    if split is not None:
-        results = evaluate(model.row_embeddings_, model.col_embeddings_, split, model.hparams, tuple(a.ks), a.alpha)
+    if results is not None:
         (out / "metrics.json").write_text(json.dumps(results, indent=2))
         print(format_table(results, a.ks))
     if a.profile:
@@ -237,6 +242,69 @@ def cmd_train(a: argparse.Namespace) -> int:
     _fold_in_heldout(model, split)
     np.save(out / "row_embeddings.npy", model.row_embeddings_)
     print(f"trained {model.epochs} epochs in {seconds:.1f}s; wrote {out}")
+
+
+def _train_partitioned(a: argparse.Namespace, topo) -> int:
+    """``alsx train FILE`` over several processes: each parses only its part of FILE.
+
+    Entries reach their owners by all-to-all (``alsx.data.partitioned``), each process splits
+    and evaluates its own rows, and the ShardedEngine trains on the rows and columns each
+    process's devices own.  Process 0 gathers what it writes (the training rows for
+    ``train.npz`` and the held-out rows' histories to fold in).
+    """
+    from alsx.core.sharded import ShardedEngine
+    from alsx.core.sharding import make_mesh
+    from alsx.data.partitioned import engine_inputs, gather_to_lead, load_partitioned, split_partitioned
+    from alsx.data.split import Split
+    from alsx.eval.protocol import evaluate_across_processes
+
+    lead = topo.process_index == 0
+    col = lambda v: int(v) if v is not None and str(v).isdigit() else v  # noqa: E731
+    t = time.perf_counter()
+    part = load_partitioned(a.data, fmt=a.fmt, row=col(a.row), col=col(a.col), value=col(a.value),
+                            timestamp=col(a.timestamp), ids=a.ids, square=a.square, duplicates=a.duplicates)
+    mine = part.local
+    if lead:
+        print(f"ingest: {part.summary} ({topo.process_count} processes, each parsed its part; "
+              f"{time.perf_counter() - t:.1f}s)", file=sys.stderr)
+    split = split_partitioned(part, a.split, **split_options(a))
+    train = mine if split is None else split.train
+    mesh = make_mesh()
+    rows, cols, rc, cc = engine_inputs(train, a.alpha, mesh, a.tied)
+    model = _model(a, progress=lead)
+    engine: dict = {}
+
+    def factory(_rows, _cols, hp, packing, tied):
+        engine["e"] = ShardedEngine(rows, cols, hp, packing, tied=tied, mesh=mesh, row_counts=rc, col_counts=cc)
+        return engine["e"]
+
+    def scores(st) -> dict:
+        w, h = engine["e"].to_numpy(st)  # a collective: every process takes part
+        return evaluate_across_processes(w, h, split, model.hparams, tuple(a.ks), a.alpha, col_counts=cc)
+
+    def callback(record: dict, st) -> None:
+        if split is not None and a.eval_every and st.epoch % a.eval_every == 0 and st.epoch != model.epochs:
+            record["metrics"] = scores(st)["model"]
+
+    model.engine_factory = factory
+    t = time.perf_counter()
+    model.fit(train, callback=callback, checkpointer=_checkpointer(a), step_timeout_s=topo.options.step_timeout_s)
+    seconds = time.perf_counter() - t
+    results = scores(model.state_) if split is not None else None
+    if results is not None:
+        model.history_[-1]["metrics"] = results["model"]
+    everything = gather_to_lead(train)  # train.npz: `alsx recommend` excludes what a row has seen
+    foldin = None if split is None or split.foldin is None else gather_to_lead(split.foldin)
+    if not lead:
+        return 0
+    model.train_ = everything.csr(a.alpha)
+    if foldin is not None:
+        held = np.unique(foldin.rows).astype(np.int32)
+        split = Split(train=everything, test=foldin, foldin=foldin, heldout_rows=held, kind=split.kind)
+    if a.profile:
+        print("note: --profile times one device and is skipped in a multi-process run", file=sys.stderr)
+        a.profile = False
+    _write_outputs(a, model, split, part.summary, results, seconds, everything)
     return 0
 
 

@@ -125,8 +125,9 @@ def _fail(source: str, where: str | None, problem: str) -> IngestError:
     return IngestError(f"{source}: {where}: {problem}" if where else f"{source}: {problem}")
 
 
-def _index_locator(word: str) -> Location:
-    return lambda positions: [f"{word} {int(p)}" for p in positions]
+def _index_locator(word: str, first: int = 0) -> Location:
+    """Positions -> "row 5" (``first``: the source index of position 0, for a part of a file)."""
+    return lambda positions: [f"{word} {first + int(p)}" for p in positions]
 
 
 # --------------------------------------------------------------------------- public entry
@@ -214,7 +215,7 @@ def load_interactions(
     )
 
 
-def _read_source(source: Any, *, fmt, refs, sep, header, ids, square) -> _Raw:
+def _read_source(source: Any, *, fmt, refs, sep, header, ids, square, part=None, str_roles=()) -> _Raw:
     pd = sys.modules.get("pandas")  # a DataFrame can only exist if pandas was imported
     if pd is not None and isinstance(source, pd.DataFrame):
         return _read_frame(source, refs)
@@ -244,10 +245,11 @@ def _read_source(source: Any, *, fmt, refs, sep, header, ids, square) -> _Raw:
     elif fmt not in _FORMATS:
         raise ValueError(f"fmt must be one of {_FORMATS}, got {fmt!r}")
     if fmt == "npz":
-        return _read_npz(path, refs)
+        return _read_npz(path, refs, part)
     if fmt == "parquet":
-        return _read_parquet(path, refs)
-    return _read_text(path, fmt=fmt, refs=refs, sep=sep, header=header, ids=ids, square=square)
+        return _read_parquet(path, refs, part)
+    return _read_text(path, fmt=fmt, refs=refs, sep=sep, header=header, ids=ids, square=square, part=part,
+                      str_roles=str_roles)
 
 
 # --------------------------------------------------------------------------- column checks
@@ -371,7 +373,7 @@ def _arrow_numeric(col: pa.ChunkedArray, role: str, label: str, source: str, loc
 # --------------------------------------------------------------------------- array sources
 
 
-def _read_arrays(arrays: Mapping[str, Any], source: str, refs: dict, *, native_index: bool) -> _Raw:
+def _read_arrays(arrays: Mapping[str, Any], source: str, refs: dict, *, native_index: bool, first: int = 0) -> _Raw:
     """dict / npz: keys named by refs (default rows, cols, values, timestamps, is_test)."""
     keys = {
         "row": refs["row"] if refs["row"] is not None else "rows",
@@ -401,7 +403,7 @@ def _read_arrays(arrays: Mapping[str, Any], source: str, refs: dict, *, native_i
     if len(set(lengths.values())) > 1:
         raise _fail(source, None, f"arrays have different lengths: {lengths}")
 
-    locate = _index_locator("index")
+    locate = _index_locator("index", first)
     label = {role: f"array {k!r}" for role, k in present.items()}
     raw = _Raw(
         source=source,
@@ -428,7 +430,11 @@ def _read_arrays(arrays: Mapping[str, Any], source: str, refs: dict, *, native_i
     return raw
 
 
-def _read_npz(path: str, refs: dict) -> _Raw:
+def _read_npz(path: str, refs: dict, part: tuple[int, int] | None = None) -> _Raw:
+    """The whole archive, or with ``part`` = (i, n) the i-th of n equal slices of its entry arrays."""
+    if part is not None:
+        with _NpzSlices(path, part) as z:
+            return _read_arrays(z, path, refs, native_index=True, first=z.first)
     try:
         z = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
@@ -437,6 +443,77 @@ def _read_npz(path: str, refs: dict) -> _Raw:
         raise _fail(path, None, "holds a single array, expected an .npz archive with 'rows' and 'cols'")
     with z:
         return _read_arrays(z, path, refs, native_index=True)
+
+
+class _NpzSlices(Mapping):
+    """An .npz archive whose entry arrays read as one slice ``[first, stop)``, part i of n.
+
+    Only the slice's bytes are kept: a stored member is read from its offset, a
+    compressed one is decompressed as a stream up to the slice's end.  The entry count
+    comes from the first entry array's header; other arrays (shape, row_ids, col_ids)
+    read whole.
+    """
+
+    ENTRY_KEYS = ("rows", "cols", "values", "timestamps", "is_test")
+
+    def __init__(self, path: str, part: tuple[int, int]):
+        import zipfile
+
+        self.path = path
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise _fail(path, None, f"not a readable .npz file ({e})") from None
+        self._names = {n[:-4]: n for n in self._zip.namelist() if n.endswith(".npy")}
+        n = None
+        for k in self.ENTRY_KEYS:
+            if k in self._names:
+                n = self._header(k)[0][0] if self._header(k)[0] else 0
+                break
+        n = 0 if n is None else n
+        self.first, self.stop = n * part[0] // part[1], n * (part[0] + 1) // part[1]
+
+    def _header(self, key: str):
+        with self._zip.open(self._names[key]) as f:
+            return self._read_header(f, key)
+
+    def _read_header(self, f, key: str):
+        fmt = np.lib.format
+        try:
+            version = fmt.read_magic(f)
+            shape, fortran, dtype = (fmt.read_array_header_1_0(f) if version == (1, 0) else fmt.read_array_header_2_0(f))
+        except ValueError as e:
+            raise _fail(self.path, None, f"cannot read array {key!r}: {e}") from None
+        if dtype.hasobject:
+            raise _fail(self.path, None, f"cannot read array {key!r}: object arrays need pickle, which alsx never loads")
+        return shape, fortran, dtype
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._names:
+            raise KeyError(key)
+        if key not in self.ENTRY_KEYS:
+            with self._zip.open(self._names[key]) as f:
+                return np.lib.format.read_array(f, allow_pickle=False)
+        with self._zip.open(self._names[key]) as f:
+            shape, _, dtype = self._read_header(f, key)
+            if len(shape) != 1:
+                raise _fail(self.path, None, f"array {key!r} must be one-dimensional, got shape {shape}")
+            lo, hi = min(self.first, shape[0]), min(self.stop, shape[0])
+            f.seek(f.tell() + lo * dtype.itemsize)  # a compressed member decompresses up to here
+            buf = f.read((hi - lo) * dtype.itemsize)
+        return np.frombuffer(buf, dtype=dtype)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __enter__(self) -> "_NpzSlices":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._zip.close()
 
 
 def _read_scipy(m: Any, refs: dict) -> _Raw:
@@ -529,7 +606,8 @@ def _read_frame(df: Any, refs: dict) -> _Raw:
     return _read_columns(cols, source, labels, _index_locator("row"))
 
 
-def _read_parquet(path: str, refs: dict) -> _Raw:
+def _read_parquet(path: str, refs: dict, part: tuple[int, int] | None = None) -> _Raw:
+    """The whole file, or with ``part`` = (i, n) the i-th of n contiguous runs of its row groups."""
     import pyarrow.parquet as pq
 
     try:
@@ -538,10 +616,17 @@ def _read_parquet(path: str, refs: dict) -> _Raw:
         raise _fail(path, None, f"not a readable Parquet file ({e})") from None
     names = list(pf.schema_arrow.names)
     pos = _resolve_names(names, refs, path, {"row": 0, "col": 1})
-    table = pf.read(columns=[names[p] for p in dict.fromkeys(pos.values())])
+    columns = [names[p] for p in dict.fromkeys(pos.values())]
+    if part is None:
+        table, first_row = pf.read(columns=columns), 0
+    else:
+        groups = pf.metadata.num_row_groups
+        lo, hi = groups * part[0] // part[1], groups * (part[0] + 1) // part[1]
+        table = pf.read_row_groups(list(range(lo, hi)), columns=columns)
+        first_row = sum(pf.metadata.row_group(g).num_rows for g in range(lo))  # from the footer only
     cols = {role: table.column(names[p]) for role, p in pos.items()}
     labels = {role: f"column {names[p]!r}" for role, p in pos.items()}
-    return _read_columns(cols, path, labels, _index_locator("row"))
+    return _read_columns(cols, path, labels, _index_locator("row", first_row))
 
 
 # --------------------------------------------------------------------------- text sources
@@ -551,18 +636,23 @@ def _stream(path: str) -> Any:
     return pa.input_stream(path, compression="detect")
 
 
-def _blocks(path: str, start: int, block_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """(offset, bytes) blocks of the decompressed text from ``start``, each ending at a newline."""
+def _blocks(path: str, start: int, block_bytes: int, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) blocks of the decompressed text from ``start`` to ``end`` (default: the end),
+    each ending at a newline.  ``end`` must be a line start (see :func:`part_byte_range`)."""
     with _stream(path) as f:
-        todo = start
-        while todo > 0:  # skip the header (compressed streams cannot seek)
-            got = len(f.read(min(todo, block_bytes)))
-            if not got:
-                return
-            todo -= got
+        if f.seekable():
+            f.seek(start)
+        else:
+            todo = start
+            while todo > 0:  # skip the header (compressed streams cannot seek)
+                got = len(f.read(min(todo, block_bytes)))
+                if not got:
+                    return
+                todo -= got
         offset, carry = start, b""
         while True:
-            chunk = f.read(block_bytes)
+            want = block_bytes if end is None else min(block_bytes, end - offset - len(carry))
+            chunk = f.read(want) if want > 0 else b""
             if not chunk:
                 if carry:
                     yield offset, carry
@@ -575,6 +665,44 @@ def _blocks(path: str, start: int, block_bytes: int) -> Iterator[tuple[int, byte
             yield offset, buf[:cut]
             offset += cut
             carry = buf[cut:]
+
+
+def _next_line_start(path: str, pos: int) -> int:
+    """The first line start at or after byte ``pos`` of an uncompressed file."""
+    size = os.path.getsize(path)
+    if pos <= 0:
+        return 0
+    with open(path, "rb") as f:
+        f.seek(pos - 1)
+        at = pos - 1
+        while at < size:
+            buf = f.read(1 << 16)
+            i = buf.find(b"\n")
+            if i >= 0:
+                return at + i + 1
+            at += len(buf)
+    return size
+
+
+def part_byte_range(path: str, data_start: int, part: int, n_parts: int) -> tuple[int, int]:
+    """[start, end) bytes of part ``part`` of ``n_parts`` of an uncompressed text file's entry lines.
+
+    The lines from ``data_start`` on are cut into ``n_parts`` byte ranges of equal size; a
+    line belongs to the part holding its first byte, so the parts cover every line once.
+    """
+    size = os.path.getsize(path)
+    cut = lambda k: data_start + (size - data_start) * k // n_parts  # noqa: E731
+    start = data_start if part == 0 else max(_next_line_start(path, cut(part)), data_start)
+    end = size if part == n_parts - 1 else max(_next_line_start(path, cut(part + 1)), start)
+    return start, end
+
+
+def _count_newlines(path: str, end: int) -> int:
+    """Newlines in the first ``end`` bytes (names the line of an error inside a part)."""
+    n = 0
+    for _, block in _blocks(path, 0, _BLOCK_BYTES, end):
+        n += block.count(b"\n")
+    return n
 
 
 _WS_LUT = np.arange(256, dtype=np.uint8)
@@ -697,11 +825,19 @@ class _TextLayout:
     path: str
     dialect: _Dialect
     data_start: int  # byte offset of the first entry line (after any header)
-    header_lines: int  # physical lines before data_start
+    header_lines: int  # physical lines before data_start; -1: not counted yet (see lines_before)
     n_fields: int
     pos: dict[str, int]  # role -> field number
     labels: dict[str, str]
     types: dict[str, str]  # role -> "int" / "str" / "float" / "bool"
+    data_end: int | None = None  # end of the part read (None: the end of the file)
+
+    def lines_before(self) -> int:
+        """Physical lines before data_start; for a part of the file counted on first use
+        (only an error message needs it, so a process never reads the bytes before its part)."""
+        if self.header_lines < 0:
+            self.header_lines = _count_newlines(self.path, self.data_start)
+        return self.header_lines
 
 
 def _explain_block(block: bytes, lines_before: int, lay: _TextLayout) -> tuple[int, str, str, str | None] | None:
@@ -754,14 +890,15 @@ def _parse_text(lay: _TextLayout, ids: str) -> tuple[dict[str, list], list[tuple
     read = pacsv.ReadOptions(column_names=internal, block_size=8 << 20)
     pieces: dict[str, list] = {role: [] for role in lay.pos}
     blocks: list[tuple[int, int]] = []
-    n_entries, lines_before = 0, lay.header_lines
-    for _, block in _blocks(path, lay.data_start, _BLOCK_BYTES):
+    n_entries, rel = 0, 0  # rel: lines since data_start
+    for _, block in _blocks(path, lay.data_start, _BLOCK_BYTES, lay.data_end):
         data = _normalise_whitespace(block) if lay.dialect.edgelist else block
         table = None
         if len(data):
             try:
                 table = pacsv.read_csv(pa.py_buffer(data), read_options=read, parse_options=parse, convert_options=convert)
             except pa.ArrowInvalid as e:
+                lines_before = lay.lines_before() + rel
                 found = _explain_block(block, lines_before, lay)
                 if found is None:  # our scan disagrees with pyarrow: still name the file and lines
                     last = lines_before + block.count(b"\n")
@@ -772,7 +909,7 @@ def _parse_text(lay: _TextLayout, ids: str) -> tuple[dict[str, list], list[tuple
                 if role in ("row", "col"):
                     problem += " (ids='index' needs non-negative integer indices; use ids='map' for other ids)"
                 raise _fail(path, f"line {lineno} ({text!r})", problem) from None
-        blocks.append((n_entries, lines_before))
+        blocks.append((n_entries, rel))
         if table is not None and table.num_rows:
             for role, p in lay.pos.items():
                 c = table.column(internal[p])
@@ -783,7 +920,7 @@ def _parse_text(lay: _TextLayout, ids: str) -> tuple[dict[str, list], list[tuple
                 else:
                     pieces[role].append(c.to_numpy(zero_copy_only=False))
             n_entries += table.num_rows
-        lines_before += block.count(b"\n")
+        rel += block.count(b"\n")
     return pieces, blocks
 
 
@@ -797,7 +934,7 @@ def _text_locator(lay: _TextLayout, blocks: list[tuple[int, int]]) -> Location:
             b = int(np.searchsorted(entry_starts, p, side="right") - 1)
             want.setdefault(b, {})[int(p) - blocks[b][0]] = int(p)
         found: dict[int, str] = {}
-        for b, (_, block) in enumerate(_blocks(lay.path, lay.data_start, _BLOCK_BYTES)):
+        for b, (_, block) in enumerate(_blocks(lay.path, lay.data_start, _BLOCK_BYTES, lay.data_end)):
             if b in want:
                 j = 0
                 for k, raw in enumerate(block.split(b"\n")):
@@ -805,7 +942,7 @@ def _text_locator(lay: _TextLayout, blocks: list[tuple[int, int]]) -> Location:
                     if not lay.dialect.is_data(line):
                         continue
                     if j in want[b]:
-                        found[want[b][j]] = f"line {blocks[b][1] + k + 1} ({line.rstrip(_WS)!r})"
+                        found[want[b][j]] = f"line {lay.lines_before() + blocks[b][1] + k + 1} ({line.rstrip(_WS)!r})"
                     j += 1
             if b >= max(want):
                 break
@@ -814,7 +951,8 @@ def _text_locator(lay: _TextLayout, blocks: list[tuple[int, int]]) -> Location:
     return locate
 
 
-def _read_text(path: str, *, fmt: str, refs: dict, sep: str | None, header, ids: str, square: bool) -> _Raw:
+def _read_text(path: str, *, fmt: str, refs: dict, sep: str | None, header, ids: str, square: bool,
+               part: tuple[int, int] | None = None, str_roles: tuple[str, ...] = ()) -> _Raw:
     if fmt == "edgelist" and sep is not None:
         raise ValueError("edge lists are whitespace-separated; use fmt='csv' with sep= for another delimiter")
     peek = _peek(path, edgelist=fmt == "edgelist")
@@ -858,6 +996,16 @@ def _read_text(path: str, *, fmt: str, refs: dict, sep: str | None, header, ids:
         labels={role: (f"column {names[p]!r}" if header else f"column {p}") for role, p in pos.items()},
         types={"row": "int", "col": "int", "value": "float", "timestamp": "int", "is_test": "bool"},
     )
+    if part is not None:  # only this part's lines (see part_byte_range)
+        if path.lower().endswith(_COMPRESSION_SUFFIXES):
+            raise _fail(path, None, "a compressed text file cannot be split between processes (its bytes cannot be "
+                        "addressed without decompressing all before them); decompress it, convert it to Parquet, or "
+                        "build a dataset folder (alsx webgraph build)")
+        start, end = part_byte_range(path, data_start, *part)
+        lay.header_lines = header_lines if start == data_start else -1
+        lay.data_start, lay.data_end = start, end
+    for role in str_roles:
+        lay.types[role] = "str"
     while True:  # integer ids first (compact); a column with other ids is re-read as strings
         try:
             pieces, blocks = _parse_text(lay, ids)
@@ -1006,19 +1154,7 @@ def _finish(raw: _Raw, *, shape, ids, square, duplicates, allow_negative, keep_z
     pos_map = None  # kept entry -> original position, once zeros are dropped
     dropped = 0
     if values is not None:
-        bad = ~np.isfinite(values)
-        if bad.any():
-            i = _first(bad)
-            raise _fail(src, raw.locate([i])[0], f"value {values[i].item()!r} in {raw.labels['value']} is not finite")
-        if not allow_negative and (values < 0).any():
-            i = _first(values < 0)
-            raise _fail(src, raw.locate([i])[0], f"negative value {values[i].item()!r} in {raw.labels['value']} (pass allow_negative=True to accept)")
-        with np.errstate(over="ignore"):  # overflow is reported below with its line
-            v32 = values.astype(np.float32, copy=False)
-        if not np.isfinite(v32).all():
-            i = _first(~np.isfinite(v32))
-            raise _fail(src, raw.locate([i])[0], f"value {values[i].item()!r} in {raw.labels['value']} overflows float32")
-        values = v32
+        values = _checked_values(raw, allow_negative)
         if not keep_zeros:
             nz = values != 0
             dropped = n - int(nz.sum())
@@ -1065,6 +1201,25 @@ def _finish(raw: _Raw, *, shape, ids, square, duplicates, allow_negative, keep_z
     )
     log.info("%s", summary)
     return inter, summary
+
+
+def _checked_values(raw: _Raw, allow_negative: bool) -> np.ndarray:
+    """raw.values as float32; a non-finite, negative (unless allowed) or float32-overflowing
+    value is an error naming its line."""
+    src, values = raw.source, raw.values
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i = _first(bad)
+        raise _fail(src, raw.locate([i])[0], f"value {values[i].item()!r} in {raw.labels['value']} is not finite")
+    if not allow_negative and (values < 0).any():
+        i = _first(values < 0)
+        raise _fail(src, raw.locate([i])[0], f"negative value {values[i].item()!r} in {raw.labels['value']} (pass allow_negative=True to accept)")
+    with np.errstate(over="ignore"):  # overflow is reported below with its line
+        v32 = values.astype(np.float32, copy=False)
+    if not np.isfinite(v32).all():
+        i = _first(~np.isfinite(v32))
+        raise _fail(src, raw.locate([i])[0], f"value {values[i].item()!r} in {raw.labels['value']} overflows float32")
+    return v32
 
 
 def _first_duplicate(rows: np.ndarray, cols: np.ndarray, n_cols: int) -> tuple[int, int]:

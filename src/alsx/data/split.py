@@ -89,14 +89,23 @@ def _row_offsets(rows: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]
     return lengths, starts
 
 
-def _shuffled_row_order(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """int64 [nnz] entry order: grouped by row, uniformly random inside each row.
+def entry_keys(x: Interactions, seed: int) -> np.ndarray:
+    """uint64 [nnz] pseudo-random key of each entry: splitmix64 of (seed, row, col).
 
-    A random permutation followed by a *stable* sort on the row id keeps the random
-    order within rows; sorting int32 rows is cheaper than lexsort on two keys.
+    A function of the entry alone, not of its position, so a process holding some rows
+    orders them exactly as one process holding all rows would (``alsx.data.partitioned``).
     """
-    perm = rng.permutation(rows.size)
-    return perm[np.argsort(rows[perm], kind="stable")]
+    with np.errstate(over="ignore"):
+        z = x.rows.astype(np.uint64) * np.uint64(x.shape[1]) + x.cols.astype(np.uint64)
+        z += np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x632BE59BD9B4E019)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _shuffled_row_order(x: Interactions, seed: int) -> np.ndarray:
+    """int64 [nnz] entry order: grouped by row, uniformly random inside each row (by entry_keys)."""
+    return np.lexsort((entry_keys(x, seed), x.rows)).astype(np.int64)
 
 
 def _rank_in_row(sorted_rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -157,11 +166,10 @@ def random_holdout(x: Interactions, fraction: float = 0.2, min_row_length: int =
     """
     _check_fraction("fraction", fraction)
     _check_min_row_length(min_row_length)
-    rng = np.random.default_rng(seed)
     lengths, starts = _row_offsets(x.rows, x.shape[0])
     n_test = _per_row_counts(lengths, fraction, min_row_length)
 
-    order = _shuffled_row_order(x.rows, rng)
+    order = _shuffled_row_order(x, seed)
     sorted_rows = x.rows[order]
     # The first n_test[r] entries of row r in random order are the ground truth.
     test_mask = np.zeros(x.nnz, dtype=bool)
@@ -178,6 +186,8 @@ def heldout_rows_split(
     history_fraction: float = 0.8,
     min_row_length: int = 2,
     seed: int = 0,
+    *,
+    row_lengths: np.ndarray | None = None,
 ) -> Split:
     """Holds out whole rows for strong generalisation (rows never seen in training).
 
@@ -196,6 +206,10 @@ def heldout_rows_split(
         * ``test``: the held-out rows' ground truth;
         * ``heldout_rows``: int32 sorted ids of the held-out rows.
       ``n_short_rows`` counts non-empty rows too short to be eligible.
+
+    ``row_lengths`` (int [n_rows]): the entries per row of the whole matrix when ``x`` holds
+    only some complete rows (one process's part): rows are drawn from these, so every
+    part agrees on the draw and each splits its rows as the whole matrix would be split.
     """
     _check_fraction("row_fraction", row_fraction)
     _check_fraction("history_fraction", history_fraction)
@@ -203,8 +217,11 @@ def heldout_rows_split(
     rng = np.random.default_rng(seed)
     n_rows = x.shape[0]
     lengths, starts = _row_offsets(x.rows, n_rows)
+    everywhere = lengths if row_lengths is None else np.asarray(row_lengths, np.int64)
+    if everywhere.shape != (n_rows,):
+        raise ValueError(f"row_lengths must have shape ({n_rows},), got {everywhere.shape}")
 
-    eligible = np.flatnonzero(lengths >= min_row_length)
+    eligible = np.flatnonzero(everywhere >= min_row_length)
     n_held = min(max(int(_round_half_up(np.float64(row_fraction * eligible.size))), 1), eligible.size)
     held = np.sort(rng.choice(eligible, size=n_held, replace=False)).astype(np.int32)
     is_held = np.zeros(n_rows, dtype=bool)
@@ -212,13 +229,13 @@ def heldout_rows_split(
 
     # History sizes are computed for every row but only used on held-out rows.
     n_hist = _per_row_counts(lengths, history_fraction, min_row_length)
-    order = _shuffled_row_order(x.rows, rng)
+    order = _shuffled_row_order(x, seed)
     sorted_rows = x.rows[order]
     in_hist = np.zeros(x.nnz, dtype=bool)
     in_hist[order] = _rank_in_row(sorted_rows, starts) < n_hist[sorted_rows]
 
     entry_held = is_held[x.rows]
-    n_short = int(np.count_nonzero((lengths > 0) & (lengths < min_row_length)))
+    n_short = int(np.count_nonzero((everywhere > 0) & (everywhere < min_row_length)))
     return Split(
         train=x.select(~entry_held),
         test=x.select(entry_held & ~in_hist),
@@ -243,12 +260,10 @@ def leave_last_out(x: Interactions, n: int = 1, seed: int = 0) -> Split:
         raise ValueError("leave_last_out needs timestamps; the interactions have none (x.timestamps is None).")
     if n < 1:
         raise ValueError(f"The 'n' parameter must be >= 1. Got {n!r} instead.")
-    rng = np.random.default_rng(seed)
     lengths, starts = _row_offsets(x.rows, x.shape[0])
 
-    perm = rng.permutation(x.nnz)
-    # lexsort is stable: sort by row, then timestamp; the permutation breaks timestamp ties.
-    order = perm[np.lexsort((x.timestamps[perm], x.rows[perm]))]
+    # By row, then timestamp; the seeded entry keys break timestamp ties.
+    order = np.lexsort((entry_keys(x, seed), x.timestamps, x.rows))
     sorted_rows = x.rows[order]
     rank_from_end = lengths[sorted_rows] - 1 - _rank_in_row(sorted_rows, starts)
     test_mask = np.zeros(x.nnz, dtype=bool)
@@ -269,3 +284,27 @@ def given_split(x: Interactions) -> Split:
         raise ValueError("given_split needs per-entry test flags; the interactions have none (x.is_test is None).")
     train, test = _partition(x, np.asarray(x.is_test, dtype=bool))
     return Split(train=train, test=test, kind="given")
+
+
+SPLITS = ("none", "random", "heldout-rows", "last", "given")
+
+
+def by_name(kind: str, x: Interactions, *, fraction: float = 0.2, row_fraction: float = 0.1,
+            history_fraction: float = 0.8, seed: int = 0, row_lengths: np.ndarray | None = None) -> Split | None:
+    """The split called ``kind`` (one of :data:`SPLITS`, as ``alsx train --split``); None for "none".
+
+    ``row_lengths``: global entries per row when ``x`` holds one process's rows (heldout-rows
+    draws from them; the other splits are row-local anyway).
+    """
+    if kind == "none":
+        return None
+    if kind == "random":
+        return random_holdout(x, fraction=fraction, seed=seed)
+    if kind == "heldout-rows":
+        return heldout_rows_split(x, row_fraction=row_fraction, history_fraction=history_fraction, seed=seed,
+                                  row_lengths=row_lengths)
+    if kind == "last":
+        return leave_last_out(x, seed=seed)
+    if kind == "given":
+        return given_split(x)
+    raise ValueError(f"split must be one of {SPLITS}, got {kind!r}")

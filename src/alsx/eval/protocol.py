@@ -39,6 +39,7 @@ def evaluate(
     ks: tuple[int, ...] = (20, 50),
     alpha: float | None = None,
     baseline: bool = True,
+    col_counts: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """Ranking metrics of a model and of the popularity baseline.
 
@@ -48,6 +49,9 @@ def evaluate(
       split: the split the model was trained on (``split.train``).
       hp: training hyper-parameters (fold-in uses the same regulariser).
       alpha: confidence scaling used in training (fold-in uses the same).
+      col_counts: [n_cols] training entries per column for the popularity baseline
+        (default: counted from ``split.train``; pass the global counts when the split
+        holds one process's rows).
 
     Returns:
       {"model": metrics, "popularity": metrics} (see ``ranking_metrics``).
@@ -64,7 +68,7 @@ def evaluate(
     _, top = topk_scores(query, h, kmax, exclude=history)
     out = {"model": ranking_metrics(top, truth, ks)}
     if baseline:
-        pop = popularity_topk(history, item_counts(split.train), kmax)
+        pop = popularity_topk(history, item_counts(split.train) if col_counts is None else col_counts, kmax)
         out["popularity"] = ranking_metrics(pop, truth, ks)
     return out
 
@@ -128,4 +132,35 @@ def evaluate_heldout_csr(
     out = {"model": ranking_metrics(top, tru, ks)}
     if col_counts is not None:
         out["popularity"] = ranking_metrics(popularity_topk(hist, np.asarray(col_counts), kmax), tru, ks)
+    return out
+
+
+def evaluate_across_processes(
+    w: np.ndarray,
+    h: np.ndarray,
+    split: Split,
+    hp: HParams,
+    ks: tuple[int, ...] = (20, 50),
+    alpha: float | None = None,
+    baseline: bool = True,
+    col_counts: np.ndarray | None = None,
+) -> dict[str, dict[str, float]]:
+    """:func:`evaluate` when each process's ``split`` holds its own rows (a collective).
+
+    Each process scores the rows it holds; every metric is a mean over evaluated rows, so
+    the means are combined weighted by ``n_eval_rows``: the result equals one process
+    evaluating every row.  ``col_counts``: global training entries per column.
+    """
+    from alsx.distributed import allgather_bytes
+
+    local = evaluate(w, h, split, hp, ks, alpha, baseline, col_counts) if len(split.test.rows) else {}
+    out: dict[str, dict[str, float]] = {}
+    for part in ("model",) + (("popularity",) if baseline else ()):
+        mine = local.get(part, {})
+        names = [f"{m}@{k}" for k in ks for m in ("recall", "recall_gt", "ndcg", "hr", "map")]
+        vec = np.array([mine.get("n_eval_rows", 0)] + [mine.get(n, 0.0) for n in names], np.float64)
+        every = np.stack(allgather_bytes(vec))  # [process, 1 + metrics]
+        n = every[:, 0]
+        out[part] = {name: float(every[:, 1 + i] @ n / max(n.sum(), 1.0)) for i, name in enumerate(names)}
+        out[part]["n_eval_rows"] = int(n.sum())
     return out
