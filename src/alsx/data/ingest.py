@@ -898,14 +898,15 @@ def _parse_text(lay: _TextLayout, ids: str) -> tuple[dict[str, list], list[tuple
             try:
                 table = pacsv.read_csv(pa.py_buffer(data), read_options=read, parse_options=parse, convert_options=convert)
             except pa.ArrowInvalid as e:
-                lines_before = lay.lines_before() + rel
-                found = _explain_block(block, lines_before, lay)
+                found = _explain_block(block, 0, lay)  # line numbers within the block
+                if found is not None and found[3] in ("row", "col") and ids != "index" and lay.types[found[3]] == "int":
+                    raise _StringIds(found[3]) from None
+                lines_before = lay.lines_before() + rel  # only now: counting may read the bytes before a part
                 if found is None:  # our scan disagrees with pyarrow: still name the file and lines
                     last = lines_before + block.count(b"\n")
                     raise _fail(path, f"lines {lines_before + 1}-{last}", f"unparseable ({e})") from None
                 lineno, text, problem, role = found
-                if role in ("row", "col") and ids != "index" and lay.types[role] == "int":
-                    raise _StringIds(role) from None
+                lineno += lines_before
                 if role in ("row", "col"):
                     problem += " (ids='index' needs non-negative integer indices; use ids='map' for other ids)"
                 raise _fail(path, f"line {lineno} ({text!r})", problem) from None
