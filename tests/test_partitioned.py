@@ -251,3 +251,59 @@ def test_two_processes_reading_parts_train_like_one_reading_all(tmp_path, case):
     if "--eval-every" in extra:  # the mid-run evaluation is a collective too
         h1, h2 = (json.loads((d / "history.json").read_text()) for d in (one, mp))
         assert abs(h1[0]["metrics"]["recall@20"] - h2[0]["metrics"]["recall@20"]) <= 1e-6
+
+
+SHARDED_EVAL = r"""
+import json, sys
+import numpy as np
+from alsx.data.matrix import Interactions
+from alsx.data.split import by_name
+from alsx.eval.protocol import evaluate
+from alsx.model import ALS
+rng = np.random.default_rng(8)
+keys = np.unique(rng.integers(0, 120 * 70, 2500))
+x = Interactions(rows=(keys // 70).astype(np.int32), cols=(keys % 70).astype(np.int32),
+                 values=np.ones(len(keys), np.float32), shape=(120, 70))
+out = {}
+for kind in ("random", "heldout-rows"):
+    split = by_name(kind, x, seed=1)
+    m = ALS(dim=8, epochs=2, reg=0.05, unobserved_weight=0.1, backend="jax", progress=False)
+    m.fit(split.train, split=split, eval_every=1)
+    assert m.engine_name_ == "ShardedEngine" and m.eval_topk_ is not None
+    sharded = evaluate(m.row_embeddings_, m.col_embeddings_, split, m.hparams, topk=m.eval_topk_)
+    host = evaluate(m.row_embeddings_, m.col_embeddings_, split, m.hparams)
+    out[kind] = [sharded, host, m.history_[-1]["metrics"]]
+print(json.dumps(out))
+"""
+
+
+def test_evaluation_on_several_devices_scores_column_shards_like_one_device():
+    """With a ShardedEngine, evaluation ranks against the column shards in place; the
+    metrics equal ranking against the whole host table."""
+    env = _env()
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=3"
+    res = subprocess.run([sys.executable, "-c", SHARDED_EVAL], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for kind, (sharded, host, during) in json.loads(res.stdout.strip().splitlines()[-1]).items():
+        assert sharded["model"]["n_eval_rows"] > 0
+        for k in ("recall@20", "ndcg@20", "recall@50", "map@50"):
+            assert abs(sharded["model"][k] - host["model"][k]) <= 1e-9, (kind, k)
+            assert abs(during[k] - host["model"][k]) <= 1e-9, (kind, k)
+
+
+def test_sharded_scorer_equals_host_topk_with_exclusions():
+    from alsx.data.matrix import coo_to_csr
+    from alsx.eval.protocol import sharded_scorer
+    from alsx.serve.sharded_topk import ShardedTable
+    from alsx.serve.topk import topk_scores
+
+    rng = np.random.default_rng(9)
+    h = rng.normal(size=(53, 6)).astype(np.float32)
+    h[10] = h[11]  # a tie
+    q = rng.normal(size=(17, 6)).astype(np.float32)
+    r, c = rng.integers(0, 17, 60), rng.integers(0, 53, 60)
+    keys = np.unique(r * 53 + c)
+    excl = coo_to_csr(keys // 53, keys % 53, np.ones(len(keys), np.float32), 17, 53)
+    got = sharded_scorer(ShardedTable.from_numpy(h))(q, 20, excl)
+    _, want = topk_scores(q, h, 20, exclude=excl)
+    assert np.array_equal(got, want)

@@ -219,8 +219,9 @@ def cmd_train(a: argparse.Namespace) -> int:
               checkpointer=_checkpointer(a), step_timeout_s=topo.options.step_timeout_s)
     seconds = time.perf_counter() - t
     results = None
-    if split is not None:
-        results = evaluate(model.row_embeddings_, model.col_embeddings_, split, model.hparams, tuple(a.ks), a.alpha)
+    if split is not None:  # on several devices each scores its own column shard
+        results = evaluate(model.row_embeddings_, model.col_embeddings_, split, model.hparams, tuple(a.ks), a.alpha,
+                           topk=model.eval_topk_)
     _write_outputs(a, model, split, summary, results, seconds, train)
     return 0
 
@@ -257,6 +258,7 @@ def _train_partitioned(a: argparse.Namespace, topo) -> int:
     from alsx.data.partitioned import engine_inputs, gather_to_lead, load_partitioned, split_partitioned
     from alsx.data.split import Split
     from alsx.eval.protocol import evaluate_across_processes
+    from alsx.model import sharded_eval_topk
 
     lead = topo.process_index == 0
     col = lambda v: int(v) if v is not None and str(v).isdigit() else v  # noqa: E731
@@ -280,7 +282,8 @@ def _train_partitioned(a: argparse.Namespace, topo) -> int:
 
     def scores(st) -> dict:
         w, h = engine["e"].to_numpy(st)  # a collective: every process takes part
-        return evaluate_across_processes(w, h, split, model.hparams, tuple(a.ks), a.alpha, col_counts=cc)
+        return evaluate_across_processes(w, h, split, model.hparams, tuple(a.ks), alpha=a.alpha, col_counts=cc,
+                                         topk=sharded_eval_topk(engine["e"], st))
 
     def callback(record: dict, st) -> None:
         if split is not None and a.eval_every and st.epoch % a.eval_every == 0 and st.epoch != model.epochs:

@@ -33,6 +33,19 @@ def as_interactions(x: Any) -> Interactions:
     return data
 
 
+def sharded_eval_topk(engine, state):
+    """For a ShardedEngine: the evaluation scorer that ranks against its column shards in
+    place (``alsx.eval.protocol.sharded_scorer``); None for one-device engines."""
+    from alsx.core.sharded import ShardedEngine
+
+    if not isinstance(engine, ShardedEngine):
+        return None
+    from alsx.eval.protocol import sharded_scorer
+    from alsx.serve.sharded_topk import ShardedTable
+
+    return sharded_scorer(ShardedTable.from_engine(engine, state))
+
+
 def _check_finite(table: np.ndarray, name: str, epoch: int) -> None:
     if not np.all(np.isfinite(table)):
         bad = int(np.count_nonzero(~np.isfinite(table)))
@@ -115,6 +128,7 @@ class ALS:
         self.train_: CSR | None = None
         self.row_vocab_ = None
         self.col_vocab_ = None
+        self.eval_topk_ = None  # after fit on a ShardedEngine: scores against its column shards
 
     # ------------------------------------------------------------------ training
     def _engine(self, train: Interactions):
@@ -182,7 +196,8 @@ class ALS:
                                          f"{record.get('loss', {}).get('total', 'not finite')}")
             if split is not None and eval_every and (st.epoch % eval_every == 0 or st.epoch == self.epochs):
                 w, h = engine.to_numpy(st)
-                record["metrics"] = evaluate(w, h, split, self.hparams, eval_ks, self.alpha, baseline=False)["model"]
+                record["metrics"] = evaluate(w, h, split, self.hparams, eval_ks, self.alpha, baseline=False,
+                                             topk=sharded_eval_topk(engine, st))["model"]
             self.history_.append(record)
             bar.n = st.epoch
             if "loss" in record:
@@ -200,6 +215,7 @@ class ALS:
             bar.close()
         self.state_ = st
         self.row_embeddings_, self.col_embeddings_ = engine.to_numpy(st)
+        self.eval_topk_ = sharded_eval_topk(engine, st)
         return self
 
     # ------------------------------------------------------------------ serving

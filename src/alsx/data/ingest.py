@@ -1107,6 +1107,48 @@ def _check_index(c: IdColumn, role: str, raw: _Raw, limit: int | None, declared:
     return c.astype(np.int32, copy=False)
 
 
+def _encode_ids(raw: _Raw, mode: str, declared: tuple[int, int] | None, square: bool, build_vocab=None,
+                max_index=None):
+    """Validated int32 row / column codes: (rows, cols, row_vocab, col_vocab, n_rows, n_cols).
+
+    mode "index" keeps indices (checked against ``declared``; the shape is otherwise the
+    largest index + 1, by ``max_index``); "map" encodes through vocabularies built by
+    ``build_vocab`` (default :func:`_build_vocab`).  Both are swappable so that processes
+    reading parts of one file agree on one vocabulary / shape (``alsx.data.partitioned``).
+    """
+    src = raw.source
+    build_vocab = _build_vocab if build_vocab is None else build_vocab
+    max_index = (lambda a: int(a.max()) if a.size else -1) if max_index is None else max_index
+    if mode == "index":
+        lim_r = lim_c = None
+        if declared is not None:
+            lim_r, lim_c = declared
+        rows = _check_index(raw.rows, "row", raw, lim_r, declared)
+        cols = _check_index(raw.cols, "col", raw, lim_c, declared)
+        if declared is not None:
+            n_rows, n_cols = declared
+        else:
+            n_rows, n_cols = max_index(rows) + 1, max_index(cols) + 1
+            if square:
+                n_rows = n_cols = max(n_rows, n_cols)
+        for v, size, what in ((raw.row_vocab, n_rows, "row_ids"), (raw.col_vocab, n_cols, "col_ids")):
+            if v is not None and len(v) != size:
+                raise _fail(src, None, f"{what} holds {len(v)} ids but the matrix has {size} of them")
+        return rows, cols, raw.row_vocab, raw.col_vocab, n_rows, n_cols
+    if square:
+        vocab, (rows, cols) = build_vocab([raw.rows, raw.cols])
+        row_vocab = col_vocab = vocab
+    else:
+        row_vocab, (rows,) = build_vocab([raw.rows])
+        col_vocab, (cols,) = build_vocab([raw.cols])
+    n_rows, n_cols = len(row_vocab), len(col_vocab)
+    if declared is not None:
+        if declared[0] < n_rows or declared[1] < n_cols:
+            raise _fail(src, None, f"declared shape {declared} is smaller than the data's {n_rows} x {n_cols} distinct ids")
+        n_rows, n_cols = declared
+    return rows, cols, row_vocab, col_vocab, n_rows, n_cols
+
+
 def _finish(raw: _Raw, *, shape, ids, square, duplicates, allow_negative, keep_zeros) -> tuple[Interactions, IngestSummary]:
     src = raw.source
     n = len(raw.rows)
@@ -1120,35 +1162,7 @@ def _finish(raw: _Raw, *, shape, ids, square, duplicates, allow_negative, keep_z
     if mode == "auto":
         mode = "index" if raw.native_index or not (_is_str(raw.rows) or _is_str(raw.cols)) else "map"
 
-    row_vocab = col_vocab = None
-    if mode == "index":
-        lim_r = lim_c = None
-        if declared is not None:
-            lim_r, lim_c = declared
-        rows = _check_index(raw.rows, "row", raw, lim_r, declared)
-        cols = _check_index(raw.cols, "col", raw, lim_c, declared)
-        if declared is not None:
-            n_rows, n_cols = declared
-        else:
-            n_rows, n_cols = int(rows.max()) + 1, int(cols.max()) + 1
-            if square:
-                n_rows = n_cols = max(n_rows, n_cols)
-        for v, size, what in ((raw.row_vocab, n_rows, "row_ids"), (raw.col_vocab, n_cols, "col_ids")):
-            if v is not None and len(v) != size:
-                raise _fail(src, None, f"{what} holds {len(v)} ids but the matrix has {size} of them")
-        row_vocab, col_vocab = raw.row_vocab, raw.col_vocab
-    else:
-        if square:
-            vocab, (rows, cols) = _build_vocab([raw.rows, raw.cols])
-            row_vocab = col_vocab = vocab
-        else:
-            row_vocab, (rows,) = _build_vocab([raw.rows])
-            col_vocab, (cols,) = _build_vocab([raw.cols])
-        n_rows, n_cols = len(row_vocab), len(col_vocab)
-        if declared is not None:
-            if declared[0] < n_rows or declared[1] < n_cols:
-                raise _fail(src, None, f"declared shape {declared} is smaller than the data's {n_rows} x {n_cols} distinct ids")
-            n_rows, n_cols = declared
+    rows, cols, row_vocab, col_vocab, n_rows, n_cols = _encode_ids(raw, mode, declared, square)
     del raw.rows, raw.cols  # drop the raw id columns as soon as they are encoded
 
     values, ts, test = raw.values, raw.timestamps, raw.is_test

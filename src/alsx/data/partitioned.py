@@ -172,30 +172,8 @@ def load_partitioned(
     if mode == "auto":
         has_str = _any_process(ig._is_str(raw.rows) or ig._is_str(raw.cols))
         mode = "index" if raw.native_index or not has_str else "map"
-    row_vocab = col_vocab = None
-    if mode == "index":
-        lim = declared if declared is not None else (None, None)
-        rows = ig._check_index(raw.rows, "row", raw, lim[0], declared)
-        cols = ig._check_index(raw.cols, "col", raw, lim[1], declared)
-        if declared is not None:
-            n_rows, n_cols = declared
-        else:
-            n_rows, n_cols = _global_max(rows) + 1, _global_max(cols) + 1
-            if square:
-                n_rows = n_cols = max(n_rows, n_cols)
-        row_vocab, col_vocab = raw.row_vocab, raw.col_vocab
-    else:
-        if square:
-            row_vocab, (rows, cols) = _global_vocab([raw.rows, raw.cols])
-            col_vocab = row_vocab
-        else:
-            row_vocab, (rows,) = _global_vocab([raw.rows])
-            col_vocab, (cols,) = _global_vocab([raw.cols])
-        n_rows, n_cols = len(row_vocab), len(col_vocab)
-        if declared is not None:
-            if declared[0] < n_rows or declared[1] < n_cols:
-                raise ig._fail(src, None, f"declared shape {declared} is smaller than the data's {n_rows} x {n_cols} distinct ids")
-            n_rows, n_cols = declared
+    rows, cols, row_vocab, col_vocab, n_rows, n_cols = ig._encode_ids(raw, mode, declared, square, _global_vocab,
+                                                                       _global_max)
     if _global_max(np.array([n_read])) <= 0 or n_rows * n_cols == 0:
         raise ig._fail(src, None, "no entries")
 

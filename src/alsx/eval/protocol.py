@@ -8,6 +8,8 @@ under the same protocol.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from alsx.config import HParams
@@ -17,6 +19,8 @@ from alsx.eval.metrics import ranking_metrics
 from alsx.eval.popularity import item_counts, popularity_topk
 from alsx.serve.foldin import fold_in
 from alsx.serve.topk import topk_scores
+
+TopK = Callable[[np.ndarray, int, CSR], np.ndarray]
 
 
 def _compact_rows(x: Interactions, rows: np.ndarray, alpha: float | None = None) -> CSR:
@@ -40,6 +44,7 @@ def evaluate(
     alpha: float | None = None,
     baseline: bool = True,
     col_counts: np.ndarray | None = None,
+    topk: TopK | None = None,
 ) -> dict[str, dict[str, float]]:
     """Ranking metrics of a model and of the popularity baseline.
 
@@ -52,6 +57,9 @@ def evaluate(
       col_counts: [n_cols] training entries per column for the popularity baseline
         (default: counted from ``split.train``; pass the global counts when the split
         holds one process's rows).
+      topk: (query [n, d], k, exclude CSR [n, m]) -> int32 ids [n, k]; default
+        ``topk_scores`` against ``h`` on one device.  :func:`sharded_scorer` scores each
+        column shard on its own device instead.
 
     Returns:
       {"model": metrics, "popularity": metrics} (see ``ranking_metrics``).
@@ -60,12 +68,12 @@ def evaluate(
     truth = _compact_rows(split.test, rows)
     if split.foldin is not None:
         history = _compact_rows(split.foldin, rows, alpha)
-        query = fold_in(h, history, hp)
+        query = fold_in(h, history, hp) if len(rows) else np.zeros((0, h.shape[1]), np.float32)
     else:
         history = _compact_rows(split.train, rows, alpha)
         query = np.asarray(w, np.float32)[rows]
     kmax = max(ks)
-    _, top = topk_scores(query, h, kmax, exclude=history)
+    top = topk_scores(query, h, kmax, exclude=history)[1] if topk is None else topk(query, kmax, history)
     out = {"model": ranking_metrics(top, truth, ks)}
     if baseline:
         pop = popularity_topk(history, item_counts(split.train) if col_counts is None else col_counts, kmax)
@@ -135,17 +143,10 @@ def evaluate_heldout_csr(
     return out
 
 
-def evaluate_across_processes(
-    w: np.ndarray,
-    h: np.ndarray,
-    split: Split,
-    hp: HParams,
-    ks: tuple[int, ...] = (20, 50),
-    alpha: float | None = None,
-    baseline: bool = True,
-    col_counts: np.ndarray | None = None,
-) -> dict[str, dict[str, float]]:
-    """:func:`evaluate` when each process's ``split`` holds its own rows (a collective).
+def evaluate_across_processes(w: np.ndarray, h: np.ndarray, split: Split, hp: HParams, ks: tuple[int, ...] = (20, 50),
+                              baseline: bool = True, **kw) -> dict[str, dict[str, float]]:
+    """:func:`evaluate` when each process's ``split`` holds its own rows (a collective; ``kw``:
+    alpha, col_counts, topk as for :func:`evaluate`, e.g. ``topk=sharded_scorer(...)``).
 
     Each process scores the rows it holds; every metric is a mean over evaluated rows, so
     the means are combined weighted by ``n_eval_rows``: the result equals one process
@@ -153,14 +154,49 @@ def evaluate_across_processes(
     """
     from alsx.distributed import allgather_bytes
 
-    local = evaluate(w, h, split, hp, ks, alpha, baseline, col_counts) if len(split.test.rows) else {}
+    local = evaluate(w, h, split, hp, ks, baseline=baseline, **kw)  # its topk may be a collective
     out: dict[str, dict[str, float]] = {}
     for part in ("model",) + (("popularity",) if baseline else ()):
         mine = local.get(part, {})
         names = [f"{m}@{k}" for k in ks for m in ("recall", "recall_gt", "ndcg", "hr", "map")]
-        vec = np.array([mine.get("n_eval_rows", 0)] + [mine.get(n, 0.0) for n in names], np.float64)
+        vec = np.nan_to_num(np.array([mine.get("n_eval_rows", 0)] + [mine.get(n, 0.0) for n in names], np.float64))
         every = np.stack(allgather_bytes(vec))  # [process, 1 + metrics]
         n = every[:, 0]
         out[part] = {name: float(every[:, 1 + i] @ n / max(n.sum(), 1.0)) for i, name in enumerate(names)}
         out[part]["n_eval_rows"] = int(n.sum())
     return out
+
+
+def sharded_scorer(table) -> TopK:
+    """A ``topk`` for :func:`evaluate` that scores against a sharded column table in place.
+
+    Each device scores only its column shard and keeps its own top-k, which are merged
+    exactly (:func:`alsx.serve.sharded_topk.sharded_topk`): no device holds a batch of
+    rows x all columns.  Across processes each process brings its own query rows; they
+    are all-gathered (queries and histories only) so every process runs the same
+    batches, and each keeps its rows' results.
+
+    Args:
+      table: an :class:`alsx.serve.sharded_topk.ShardedTable` (e.g. ``from_engine``).
+    """
+    from alsx.distributed import allgather_bytes
+    from alsx.serve.sharded_topk import sharded_topk
+
+    def topk(query: np.ndarray, k: int, exclude: CSR) -> np.ndarray:
+        query = np.asarray(query, np.float32)
+        d = table.table.shape[1]
+        qs = [q.reshape(-1, d) for q in allgather_bytes(query.reshape(-1))]
+        lens = allgather_bytes(np.diff(np.asarray(exclude.indptr)).astype(np.int64))
+        cols = allgather_bytes(np.asarray(exclude.indices, np.int32))
+        lengths = np.concatenate(lens)
+        indptr = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        every = CSR(indptr=indptr, indices=np.concatenate(cols), values=np.ones(int(indptr[-1]), np.float32),
+                    n_cols=exclude.n_cols)
+        _, ids = sharded_topk(np.concatenate(qs), table, k, exclude=every)
+        from jax import process_index
+
+        start = sum(len(q) for q in qs[:process_index()])
+        return ids[start: start + len(query)]
+
+    return topk
