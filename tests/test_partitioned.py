@@ -273,16 +273,27 @@ for kind in ("random", "heldout-rows"):
     sharded = evaluate(m.row_embeddings_, m.col_embeddings_, split, m.hparams, topk=m.eval_topk_)
     host = evaluate(m.row_embeddings_, m.col_embeddings_, split, m.hparams)
     out[kind] = [sharded, host, m.history_[-1]["metrics"]]
+# Host access to the sharded tables without gathering them, against the gathered ones.
+e, st = m.engine_, m.state_
+w, h = e.to_numpy(st)
+ids = np.array([5, 0, 69, 5, 33], np.int64)
+assert np.array_equal(e.host_rows(st, "h", ids), h[ids]) and np.array_equal(e.host_rows(st, "w", ids), w[ids])
+assert np.allclose(e.host_gramian(st, "h"), h.astype(np.float64).T @ h, rtol=1e-6, atol=1e-9)
+e.write_tables(st, sys.argv[1])
+assert np.array_equal(np.load(sys.argv[1] + "/row_embeddings.npy"), w)
+assert np.array_equal(np.load(sys.argv[1] + "/col_embeddings.npy"), h)
 print(json.dumps(out))
 """
 
 
-def test_evaluation_on_several_devices_scores_column_shards_like_one_device():
+def test_evaluation_on_several_devices_scores_column_shards_like_one_device(tmp_path):
     """With a ShardedEngine, evaluation ranks against the column shards in place; the
-    metrics equal ranking against the whole host table."""
+    metrics equal ranking against the whole host table.  Rows, the Gramian and the
+    written tables read from the shards equal the gathered tables."""
     env = _env()
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=3"
-    res = subprocess.run([sys.executable, "-c", SHARDED_EVAL], env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", SHARDED_EVAL, str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     for kind, (sharded, host, during) in json.loads(res.stdout.strip().splitlines()[-1]).items():
         assert sharded["model"]["n_eval_rows"] > 0
@@ -307,3 +318,24 @@ def test_sharded_scorer_equals_host_topk_with_exclusions():
     got = sharded_scorer(ShardedTable.from_numpy(h))(q, 20, excl)
     _, want = topk_scores(q, h, 20, exclude=excl)
     assert np.array_equal(got, want)
+
+
+def test_fold_in_against_the_rows_it_reads_and_the_whole_gramian():
+    """fold_in(h[used], renumbered history, gram=G, n_cols=m) is the solve against all of h."""
+    from alsx.config import HParams
+    from alsx.data.matrix import CSR, coo_to_csr
+    from alsx.serve.foldin import fold_in
+
+    rng = np.random.default_rng(10)
+    m, d = 40, 5
+    h = rng.normal(size=(m, d)).astype(np.float32)
+    r, c = rng.integers(0, 6, 25), rng.integers(0, m, 25)
+    keys = np.unique(r * m + c)
+    hist = coo_to_csr(keys // m, keys % m, (1 + rng.random(len(keys))).astype(np.float32), 6, m)
+    hp = HParams(dim=d, reg=0.05, unobserved_weight=0.1, nu=1.0)
+    used, inv = np.unique(hist.indices, return_inverse=True)
+    local = CSR(indptr=hist.indptr, indices=inv.astype(np.int32), values=hist.values, n_cols=len(used))
+    got = fold_in(h[used], local, hp, gram=h.astype(np.float64).T @ h, n_cols=m)
+    want = fold_in(h, hist, hp)
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(fold_in(h[used], local, hp), want, rtol=1e-3)  # the Gramian matters

@@ -226,10 +226,12 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def _write_outputs(a: argparse.Namespace, model, split, summary, results, seconds: float, train) -> None:
-    """What ``alsx train`` leaves in OUT (process 0 of a multi-process run)."""
+def _write_outputs(a: argparse.Namespace, model, split, summary, results, seconds: float, train,
+                   tables: bool = True) -> None:
+    """What ``alsx train`` leaves in OUT (process 0 of a multi-process run; ``tables=False``:
+    the tables were written already, shard by shard)."""
     out = Path(a.out)
-    model.save(out)
+    model.save(out, tables=tables)
     cfg = json.loads((out / "config.json").read_text())
     cfg["data"] = {"path": str(a.data), **{k: getattr(a, k) for k in DATA_KEYS}}
     cfg["split"] = {k: getattr(a, k) for k in SPLIT_KEYS}
@@ -240,8 +242,9 @@ def _write_outputs(a: argparse.Namespace, model, split, summary, results, second
         print(format_table(results, a.ks))
     if a.profile:
         (out / "profile.json").write_text(json.dumps(_profile(model, train), indent=2))
-    _fold_in_heldout(model, split)
-    np.save(out / "row_embeddings.npy", model.row_embeddings_)
+    if tables:
+        _fold_in_heldout(model, split)
+        np.save(out / "row_embeddings.npy", model.row_embeddings_)
     print(f"trained {model.epochs} epochs in {seconds:.1f}s; wrote {out}")
 
 
@@ -250,15 +253,18 @@ def _train_partitioned(a: argparse.Namespace, topo) -> int:
 
     Entries reach their owners by all-to-all (``alsx.data.partitioned``), each process splits
     and evaluates its own rows, and the ShardedEngine trains on the rows and columns each
-    process's devices own.  Process 0 gathers what it writes (the training rows for
-    ``train.npz`` and the held-out rows' histories to fold in).
+    process's devices own.  No table is gathered: evaluation fetches only the rows it reads
+    and ranks on the column shards, each process writes its own rows of the tables
+    (``OUT`` must be one folder all processes see), and process 0 gathers only the training
+    rows for ``train.npz`` and the folded-in held-out rows.
     """
     from alsx.core.sharded import ShardedEngine
     from alsx.core.sharding import make_mesh
     from alsx.data.partitioned import engine_inputs, gather_to_lead, load_partitioned, split_partitioned
-    from alsx.data.split import Split
-    from alsx.eval.protocol import evaluate_across_processes
+    from alsx.distributed import route
+    from alsx.eval.protocol import _compact_rows, evaluate_across_processes
     from alsx.model import sharded_eval_topk
+    from alsx.serve.foldin import fold_in_sharded
 
     lead = topo.process_index == 0
     col = lambda v: int(v) if v is not None and str(v).isdigit() else v  # noqa: E731
@@ -280,10 +286,15 @@ def _train_partitioned(a: argparse.Namespace, topo) -> int:
         engine["e"] = ShardedEngine(rows, cols, hp, packing, tied=tied, mesh=mesh, row_counts=rc, col_counts=cc)
         return engine["e"]
 
-    def scores(st) -> dict:
-        w, h = engine["e"].to_numpy(st)  # a collective: every process takes part
-        return evaluate_across_processes(w, h, split, model.hparams, tuple(a.ks), alpha=a.alpha, col_counts=cc,
-                                         topk=sharded_eval_topk(engine["e"], st))
+    def queries(st):
+        e = engine["e"]
+        if split.foldin is not None:  # held-out rows: folded in against the sharded column table
+            return lambda rows, history: fold_in_sharded(e, st, history, model.hparams)
+        return lambda rows, history: e.host_rows(st, "w", rows)
+
+    def scores(st) -> dict:  # a collective: no table is gathered, each device ranks its column shard
+        return evaluate_across_processes(None, None, split, model.hparams, tuple(a.ks), alpha=a.alpha, col_counts=cc,
+                                         topk=sharded_eval_topk(engine["e"], st), queries=queries(st))
 
     def callback(record: dict, st) -> None:
         if split is not None and a.eval_every and st.epoch % a.eval_every == 0 and st.epoch != model.epochs:
@@ -291,23 +302,33 @@ def _train_partitioned(a: argparse.Namespace, topo) -> int:
 
     model.engine_factory = factory
     t = time.perf_counter()
-    model.fit(train, callback=callback, checkpointer=_checkpointer(a), step_timeout_s=topo.options.step_timeout_s)
+    model.fit(train, callback=callback, checkpointer=_checkpointer(a), step_timeout_s=topo.options.step_timeout_s,
+              gather_tables=False)
     seconds = time.perf_counter() - t
-    results = scores(model.state_) if split is not None else None
+    st, e = model.state_, engine["e"]
+    results = scores(st) if split is not None else None
     if results is not None:
         model.history_[-1]["metrics"] = results["model"]
+    e.write_tables(st, a.out)  # every process writes its own rows
+    folded = None
+    if split is not None and split.foldin is not None:  # each folds in its own held-out rows
+        held = np.unique(split.foldin.rows).astype(np.int32)
+        emb = fold_in_sharded(e, st, _compact_rows(split.foldin, held, a.alpha), model.hparams)
+        got = route(np.concatenate([held[:, None], emb.view(np.int32)], axis=1), np.zeros(len(held), np.int64))
+        folded = got[:, 0], np.ascontiguousarray(got[:, 1:]).view(np.float32)  # process 0 writes them
     everything = gather_to_lead(train)  # train.npz: `alsx recommend` excludes what a row has seen
-    foldin = None if split is None or split.foldin is None else gather_to_lead(split.foldin)
     if not lead:
         return 0
+    if folded is not None:
+        mm = np.lib.format.open_memmap(Path(a.out) / "row_embeddings.npy", mode="r+")
+        mm[folded[0]] = folded[1]
+        mm.flush()
+        del mm
     model.train_ = everything.csr(a.alpha)
-    if foldin is not None:
-        held = np.unique(foldin.rows).astype(np.int32)
-        split = Split(train=everything, test=foldin, foldin=foldin, heldout_rows=held, kind=split.kind)
     if a.profile:
         print("note: --profile times one device and is skipped in a multi-process run", file=sys.stderr)
         a.profile = False
-    _write_outputs(a, model, split, part.summary, results, seconds, everything)
+    _write_outputs(a, model, None, part.summary, results, seconds, everything, tables=False)
     return 0
 
 

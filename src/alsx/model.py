@@ -149,6 +149,7 @@ class ALS:
         callback: Callable[[dict, Any], None] | None = None,
         checkpointer: Any = None,
         step_timeout_s: float | None = None,
+        gather_tables: bool = True,
     ) -> "ALS":
         """Learns both tables.
 
@@ -160,6 +161,9 @@ class ALS:
           checkpointer: an ``alsx.checkpoint.Checkpointer``: resume from its newest good
             checkpoint and save on its schedule.
           step_timeout_s: stop with an error when one epoch takes longer (hung peer).
+          gather_tables: copy the final tables to this host (``row_embeddings_``,
+            ``col_embeddings_``); False keeps them on the devices only (``state_`` and
+            ``engine_``), for tables larger than one host.
         """
         from alsx.checkpoint import train as run_epochs
         from alsx.eval.protocol import evaluate
@@ -213,8 +217,9 @@ class ALS:
                             on_epoch=on_epoch)
         finally:
             bar.close()
-        self.state_ = st
-        self.row_embeddings_, self.col_embeddings_ = engine.to_numpy(st)
+        self.state_, self.engine_ = st, engine
+        if gather_tables:
+            self.row_embeddings_, self.col_embeddings_ = engine.to_numpy(st)
         self.eval_topk_ = sharded_eval_topk(engine, st)
         return self
 
@@ -255,13 +260,18 @@ class ALS:
                 "packing": dataclasses.asdict(self.packing),
                 "shape": list(getattr(self, "shape_", (0, 0)))}
 
-    def save(self, path: str | Path) -> Path:
-        """Writes npy tables, json config/history, npz vocabularies and training rows (never pickle)."""
-        self._require_fit()
+    def save(self, path: str | Path, tables: bool = True) -> Path:
+        """Writes npy tables, json config/history, npz vocabularies and training rows (never pickle).
+
+        ``tables=False``: everything but the tables (written elsewhere, e.g. shard by shard
+        by every process of a multi-process run: ``ShardedEngine.write_tables``).
+        """
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "row_embeddings.npy", self.row_embeddings_.astype(np.float32))
-        np.save(out / "col_embeddings.npy", self.col_embeddings_.astype(np.float32))
+        if tables:
+            self._require_fit()
+            np.save(out / "row_embeddings.npy", self.row_embeddings_.astype(np.float32))
+            np.save(out / "col_embeddings.npy", self.col_embeddings_.astype(np.float32))
         (out / "config.json").write_text(json.dumps(self.config(), indent=2))
         (out / "history.json").write_text(json.dumps(self.history_, indent=2))
         np.savez(out / "train.npz", indptr=self.train_.indptr, indices=self.train_.indices,

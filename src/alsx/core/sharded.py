@@ -337,6 +337,80 @@ class ShardedEngine:
             return w, w
         return w, _gather_host(state.h)[self.col_layout.position].astype(np.float32)
 
+    # ---- host access without gathering a table ------------------------------------------------
+    # Each is a collective across processes: every process calls it (with its own ids).
+
+    def _local_slots(self, state: ALSState, side: str) -> tuple[RowLayout, dict[int, np.ndarray]]:
+        """(layout, {shard: float32 [n_local, d] rows this process holds}) of table ``side``."""
+        table, layout = (state.w, self.row_layout) if side == "w" or self.tied else (state.h, self.col_layout)
+        n_local = layout.n_local
+        return layout, {int(sh.index[0].start or 0) // n_local: np.asarray(sh.data, np.float32)
+                        for sh in table.addressable_shards}
+
+    def host_rows(self, state: ALSState, side: str, ids: np.ndarray) -> np.ndarray:
+        """float32 [len(ids), d] rows ``ids`` (external) of table ``side`` ("w" or "h") on this host.
+
+        Each process asks the owners for its own ids; owners send back only those rows (two
+        all-to-alls of the requests and the rows), so nothing near a whole table moves.
+        """
+        from alsx.data.partitioned import _pack, _unpack
+        from alsx.distributed import route
+
+        layout, mine = self._local_slots(state, side)
+        d = self.hp.dim
+        ids = np.asarray(ids, np.int64)
+        shard, slot = layout.owner(ids)
+        proc_of = np.array([dev.process_index for dev in self.mesh.devices.reshape(-1)])
+        me = np.full(len(ids), jax.process_index(), np.int32)
+        asked = _unpack(route(_pack([np.arange(len(ids), dtype=np.int32), shard.astype(np.int32),
+                                     slot.astype(np.int32), me]), proc_of[shard]),
+                        [np.int32, np.int32, np.int32, np.int32])
+        pos, sh, sl, who = asked
+        rows = np.zeros((len(pos), d), np.float32)
+        for s in np.unique(sh):
+            pick = sh == s
+            rows[pick] = mine[int(s)][sl[pick]]
+        back = route(np.concatenate([pos[:, None], rows.view(np.int32)], axis=1), who)
+        out = np.zeros((len(ids), d), np.float32)
+        out[back[:, 0]] = np.ascontiguousarray(back[:, 1:]).view(np.float32)
+        return out
+
+    def host_gramian(self, state: ALSState, side: str) -> np.ndarray:
+        """float64 [d, d] Gramian of table ``side`` summed over every shard of every process."""
+        from alsx.distributed import allgather_bytes
+
+        _, mine = self._local_slots(state, side)
+        d = self.hp.dim
+        g = sum((x.astype(np.float64).T @ x.astype(np.float64) for x in mine.values()), np.zeros((d, d)))
+        return np.sum([x.reshape(d, d) for x in allgather_bytes(g.reshape(-1))], axis=0)
+
+    def write_tables(self, state: ALSState, out) -> None:
+        """Writes row_embeddings.npy / col_embeddings.npy (float32, external order) into ``out``,
+        each process its own rows through a memory map: no process holds a whole table.
+
+        ``out`` must be one folder that every process sees (as for checkpoints).
+        """
+        from pathlib import Path
+
+        from jax.experimental import multihost_utils
+
+        out = Path(out)
+        names = (("w", "row_embeddings.npy", self.n_rows), ("h", "col_embeddings.npy", self.n_cols))
+        if jax.process_index() == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            for _, name, n in names:
+                np.lib.format.open_memmap(out / name, mode="w+", dtype=np.float32, shape=(n, self.hp.dim)).flush()
+        multihost_utils.sync_global_devices("alsx-write-tables-created")
+        for side, name, _ in names:
+            layout, mine = self._local_slots(state, side)
+            mm = np.lib.format.open_memmap(out / name, mode="r+")
+            for s, rows in mine.items():
+                ext = layout.shard_rows(s)
+                mm[ext[ext >= 0]] = rows[ext >= 0]
+            mm.flush()
+            del mm
+        multihost_utils.sync_global_devices("alsx-write-tables-done")
+
     # ---- layout conversions -----------------------------------------------------------------
 
     def place(self, table: np.ndarray, layout: RowLayout) -> jax.Array:

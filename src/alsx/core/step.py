@@ -143,16 +143,21 @@ def half_step(
     cg_steps: int = 3,
     gather: Gather = take_rows,
     block_size: int = 0,
+    gram: jax.Array | None = None,
+    n_other: int | None = None,
 ) -> jax.Array:
     """Re-solves every row of ``w`` [n_rows, d] against the fixed ``h`` [n_cols, d].
 
     Rows with no entries get the exact optimum 0.  Returns a new table of ``w``'s dtype.
+    ``gram`` / ``n_other``: the whole fixed table's Gramian and row count when ``h`` holds
+    only the rows the entries read (fold-in against a table sharded elsewhere).
     Each width bucket is its own compiled program, run one after the other: one XLA
     program holding many buckets' batched LAPACK Cholesky calls deadlocked on the CPU
     (since fixed in ``solvers.cholesky``), and per-bucket programs also compile in
     small, reusable pieces.  Inside ``jit`` (the sharded engine) the calls simply inline.
     """
-    gram, lam = prologue(h, side["counts"], reg, alpha0, nu, h.shape[0])
+    g, lam = prologue(h, side["counts"], reg, alpha0, nu, h.shape[0] if n_other is None else n_other)
+    gram = g if gram is None else jnp.asarray(gram, jnp.float32)
     out = jnp.zeros_like(w)
     for block in side["blocks"]:
         out = block_update(out, w, h, gram, block, lam, alpha0, solver, cg_steps, gather, block_size)

@@ -45,6 +45,7 @@ def evaluate(
     baseline: bool = True,
     col_counts: np.ndarray | None = None,
     topk: TopK | None = None,
+    queries: Callable[[np.ndarray, CSR], np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Ranking metrics of a model and of the popularity baseline.
 
@@ -60,17 +61,21 @@ def evaluate(
       topk: (query [n, d], k, exclude CSR [n, m]) -> int32 ids [n, k]; default
         ``topk_scores`` against ``h`` on one device.  :func:`sharded_scorer` scores each
         column shard on its own device instead.
+      queries: (evaluated rows int32 [n], their history CSR [n, m]) -> float32 [n, d]
+        query embeddings; default: ``w``'s rows, or rows folded in against ``h`` for
+        held-out-rows splits.  With ``queries`` and ``topk`` the tables may be None.
 
     Returns:
       {"model": metrics, "popularity": metrics} (see ``ranking_metrics``).
     """
     rows = eval_rows(split)
     truth = _compact_rows(split.test, rows)
-    if split.foldin is not None:
-        history = _compact_rows(split.foldin, rows, alpha)
+    history = _compact_rows(split.train if split.foldin is None else split.foldin, rows, alpha)
+    if queries is not None:
+        query = queries(rows, history)
+    elif split.foldin is not None:
         query = fold_in(h, history, hp) if len(rows) else np.zeros((0, h.shape[1]), np.float32)
     else:
-        history = _compact_rows(split.train, rows, alpha)
         query = np.asarray(w, np.float32)[rows]
     kmax = max(ks)
     top = topk_scores(query, h, kmax, exclude=history)[1] if topk is None else topk(query, kmax, history)
