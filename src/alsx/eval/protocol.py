@@ -115,6 +115,10 @@ def evaluate_heldout_csr(
     max_rows: int | None = None,
     seed: int = 0,
     score_bytes: int = 256 << 20,
+    *,
+    part: tuple[int, int] | None = None,
+    topk: TopK | None = None,
+    queries: Callable[[np.ndarray, CSR], np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Held-out-rows evaluation from CSRs (e.g. a WebGraph dataset's fold-in/truth matrices).
 
@@ -129,6 +133,9 @@ def evaluate_heldout_csr(
       max_rows: evaluate a seeded random sample of this many rows (full ranking over
         millions of columns costs n_rows x n_cols x d).
       score_bytes: memory for one batch of dense scores (sets the scoring batch size).
+      part: (i, n): evaluate only every n-th of the (sampled) rows from the i-th, for
+        process i of n; merge with :func:`merge_across_processes`.
+      topk, queries: as for :func:`evaluate` (then ``h`` may be None).
 
     Returns:
       {"model": metrics} (plus "popularity" with ``col_counts``); metrics as ``ranking_metrics``.
@@ -136,12 +143,17 @@ def evaluate_heldout_csr(
     rows = np.flatnonzero(np.diff(np.asarray(truth.indptr)) > 0)
     if max_rows is not None and len(rows) > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
+    if part is not None:
+        rows = rows[part[0]::part[1]]
     hist = take_rows(history, rows, alpha)
     tru = take_rows(truth, rows)
-    query = fold_in(h, hist, hp)
+    query = fold_in(h, hist, hp) if queries is None else queries(rows, hist)
     kmax = max(ks)
-    # Each batch holds a dense [batch, n_cols] score matrix (1024 rows x 5.7M columns would be 23 GB).
-    _, top = topk_scores(query, h, kmax, exclude=hist, score_bytes=score_bytes)
+    if topk is None:
+        # Each batch holds a dense [batch, n_cols] score matrix (1024 rows x 5.7M columns would be 23 GB).
+        _, top = topk_scores(query, h, kmax, exclude=hist, score_bytes=score_bytes)
+    else:
+        top = topk(query, kmax, hist)
     out = {"model": ranking_metrics(top, tru, ks)}
     if col_counts is not None:
         out["popularity"] = ranking_metrics(popularity_topk(hist, np.asarray(col_counts), kmax), tru, ks)
@@ -157,13 +169,22 @@ def evaluate_across_processes(w: np.ndarray, h: np.ndarray, split: Split, hp: HP
     the means are combined weighted by ``n_eval_rows``: the result equals one process
     evaluating every row.  ``col_counts``: global training entries per column.
     """
+    local = evaluate(w, h, split, hp, ks, baseline=baseline, **kw)  # its topk may be a collective
+    return merge_across_processes(local, ks)
+
+
+def merge_across_processes(local: dict[str, dict[str, float]], ks: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """Each process's metrics of its own rows -> the metrics of all rows (a collective).
+
+    Every metric is a mean over evaluated rows, so the means are combined weighted by
+    ``n_eval_rows``: the result equals one process evaluating every row.
+    """
     from alsx.distributed import allgather_bytes
 
-    local = evaluate(w, h, split, hp, ks, baseline=baseline, **kw)  # its topk may be a collective
     out: dict[str, dict[str, float]] = {}
-    for part in ("model",) + (("popularity",) if baseline else ()):
-        mine = local.get(part, {})
-        names = [f"{m}@{k}" for k in ks for m in ("recall", "recall_gt", "ndcg", "hr", "map")]
+    names = [f"{m}@{k}" for k in ks for m in ("recall", "recall_gt", "ndcg", "hr", "map")]
+    for part in local:
+        mine = local[part]
         vec = np.nan_to_num(np.array([mine.get("n_eval_rows", 0)] + [mine.get(n, 0.0) for n in names], np.float64))
         every = np.stack(allgather_bytes(vec))  # [process, 1 + metrics]
         n = every[:, 0]

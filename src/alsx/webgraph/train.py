@@ -62,6 +62,26 @@ def evaluate_dataset(ds: WebGraphDataset, h: np.ndarray, hp: HParams, ks: tuple[
     return evaluate_heldout_csr(h, ds.foldin_csr(), ds.truth_csr(), hp, ks, alpha, counts, max_rows, seed)
 
 
+def evaluate_dataset_sharded(ds: WebGraphDataset, engine, state, hp: HParams, ks: tuple[int, ...] = (20, 50),
+                             alpha: float | None = None, max_rows: int | None = None, seed: int = 0,
+                             baseline: bool = True) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_dataset` for a ShardedEngine across processes, gathering no table (a
+    collective): process i of n folds in and ranks every n-th held-out row, fetching only the
+    columns its histories read and ranking on the column shards; means merged by row counts."""
+    import jax
+
+    from alsx.eval.protocol import evaluate_heldout_csr, merge_across_processes
+    from alsx.model import sharded_eval_topk
+    from alsx.serve.foldin import fold_in_sharded
+
+    counts = np.diff(np.asarray(ds.train_csc().indptr)) if baseline else None
+    local = evaluate_heldout_csr(None, ds.foldin_csr(), ds.truth_csr(), hp, ks, alpha, counts, max_rows, seed,
+                                 part=(jax.process_index(), jax.process_count()),
+                                 topk=sharded_eval_topk(engine, state),
+                                 queries=lambda rows, hist: fold_in_sharded(engine, state, hist, hp))
+    return merge_across_processes(local, ks)
+
+
 def train_webgraph(
     path: str | os.PathLike,
     out: str | os.PathLike | None,
@@ -86,7 +106,8 @@ def train_webgraph(
 
     One process: the out-of-core StreamingEngine.  Several processes (``jax.distributed``):
     the sharded engine, each process reading only its contiguous row and column ranges
-    of the memory-mapped CSRs; process 0 evaluates and writes ``out``.
+    of the memory-mapped CSRs; no table is gathered: each process evaluates a share of the
+    held-out rows and writes its own rows of the tables, process 0 the rest of ``out``.
 
     Writes to ``out`` (if given): row_embeddings.npy [n, d] (held-out rows folded in when
     ``fold_in_heldout``), col_embeddings.npy [n, d], config.json, history.json, metrics.json
@@ -103,7 +124,8 @@ def train_webgraph(
     ds = open_dataset(path)
     rows, cols = _with_alpha(ds.train_csr(), alpha), _with_alpha(ds.train_csc(), alpha)
     t0 = time.perf_counter()
-    if jax.process_count() > 1:
+    multi = jax.process_count() > 1
+    if multi:
         from alsx.core.engine import make_engine
 
         engine = make_engine(rows, cols, hp, packing, tied)
@@ -133,8 +155,11 @@ def train_webgraph(
                 raise FloatingPointError(f"training diverged at epoch {st.epoch}: loss is {loss.total}")
         if eval_every and st.epoch % eval_every == 0 and st.epoch != epochs:
             t1 = time.perf_counter()
-            _, h = engine.to_numpy(st)  # a collective across processes: every process takes part
-            if lead:
+            if multi:  # a collective: every process takes part
+                rec["metrics"] = evaluate_dataset_sharded(ds, engine, st, hp, ks, alpha, max_eval_rows, seed,
+                                                          baseline=False)["model"]
+            else:
+                _, h = engine.to_numpy(st)
                 rec["metrics"] = evaluate_dataset(ds, h, hp, ks, alpha, max_eval_rows, seed, baseline=False)["model"]
             eval_s[0] += time.perf_counter() - t1
         history.append(rec)
@@ -144,39 +169,71 @@ def train_webgraph(
     st = run_epochs(engine, epochs, seed, checkpointer, step_timeout_s=step_timeout_s, on_epoch=on_epoch)
     train_s = time.perf_counter() - t0
     train_hwm = vm_hwm_bytes()  # peak RSS of training alone (evaluation adds its score batches)
-    w, h = engine.to_numpy(st)
+    w = h = None
+    if not multi:
+        w, h = engine.to_numpy(st)
     metrics = None
     t1 = time.perf_counter()
-    if lead and len(ds.heldout_rows):
-        metrics = evaluate_dataset(ds, h, hp, ks, alpha, max_eval_rows, seed)
+    if len(ds.heldout_rows) and (multi or lead):
+        metrics = (evaluate_dataset_sharded(ds, engine, st, hp, ks, alpha, max_eval_rows, seed) if multi else
+                   evaluate_dataset(ds, h, hp, ks, alpha, max_eval_rows, seed))
         if history:
             history[-1]["metrics"] = metrics["model"]
     eval_s[0] += time.perf_counter() - t1
     result = {"dataset": str(path), "n_nodes": ds.n_nodes, "nnz": rows.nnz, "dim": hp.dim, "epochs": st.epoch,
               "history": history, "metrics": metrics, "train_seconds": train_s, "train_vm_hwm": train_hwm, "eval_seconds": eval_s[0],
               "seconds_per_epoch": [r["seconds"] for r in history]}
+    if out is not None and multi:  # every process writes its own rows, and folds in its share of held-out rows
+        engine.write_tables(st, out)
+        w = _fold_in_shares(ds, engine, st, hp, alpha) if fold_in_heldout else None
+        fold_in_heldout = False
     if out is not None and lead:
         _write(Path(out), ds, rows, w, h, hp, result, tied, alpha, seed, packing, fold_in_heldout)
     return result
 
 
-def _write(out: Path, ds: WebGraphDataset, rows: CSR, w: np.ndarray, h: np.ndarray, hp: HParams,
+def _fold_in_shares(ds: WebGraphDataset, engine, state, hp: HParams, alpha: float | None):
+    """Process i folds in every n-th held-out row against the sharded column table; process 0
+    gets (row ids, embeddings) of all of them (None elsewhere)."""
+    import jax
+
+    from alsx.distributed import route
+    from alsx.eval.protocol import take_rows
+    from alsx.serve.foldin import fold_in_sharded
+
+    i, n = jax.process_index(), jax.process_count()
+    mine = np.arange(len(ds.heldout_rows))[i::n]
+    emb = fold_in_sharded(engine, state, take_rows(ds.foldin_csr(), mine, alpha), hp)
+    ids = np.asarray(ds.heldout_rows)[mine].astype(np.int32)
+    got = route(np.concatenate([ids[:, None], emb.view(np.int32)], axis=1), np.zeros(len(ids), np.int64))
+    return (got[:, 0], np.ascontiguousarray(got[:, 1:]).view(np.float32)) if i == 0 else None
+
+
+def _write(out: Path, ds: WebGraphDataset, rows: CSR, w, h: np.ndarray | None, hp: HParams,
            result: dict, tied: bool, alpha: float | None, seed: int, packing: Packing,
            fold_in_heldout: bool) -> None:
-    """The usual ``alsx train`` outputs, in the layout ``ALS.save`` writes."""
+    """The usual ``alsx train`` outputs, in the layout ``ALS.save`` writes (``h`` None: the
+    tables are on disk already and ``w`` holds the folded-in held-out rows, if any)."""
     from alsx.model import FORMAT_VERSION
 
     out.mkdir(parents=True, exist_ok=True)
-    w = np.asarray(w, np.float32)
-    if fold_in_heldout and len(ds.heldout_rows):
-        w = np.array(w, copy=True)  # to_numpy may give a read-only view (and, tied, the column table)
-        from alsx.eval.protocol import take_rows
-        from alsx.serve.foldin import fold_in
+    if h is None:  # written shard by shard already; w: (held-out rows, folded-in embeddings) or None
+        if w is not None:
+            mm = np.lib.format.open_memmap(out / "row_embeddings.npy", mode="r+")
+            mm[w[0]] = w[1]
+            mm.flush()
+            del mm
+    else:
+        w = np.asarray(w, np.float32)
+        if fold_in_heldout and len(ds.heldout_rows):
+            w = np.array(w, copy=True)  # to_numpy may give a read-only view (and, tied, the column table)
+            from alsx.eval.protocol import take_rows
+            from alsx.serve.foldin import fold_in
 
-        hist = take_rows(ds.foldin_csr(), np.arange(len(ds.heldout_rows)), alpha)
-        w[np.asarray(ds.heldout_rows)] = fold_in(h, hist, hp)
-    np.save(out / "row_embeddings.npy", w)
-    np.save(out / "col_embeddings.npy", np.asarray(h, np.float32))
+            hist = take_rows(ds.foldin_csr(), np.arange(len(ds.heldout_rows)), alpha)
+            w[np.asarray(ds.heldout_rows)] = fold_in(h, hist, hp)
+        np.save(out / "row_embeddings.npy", w)
+        np.save(out / "col_embeddings.npy", np.asarray(h, np.float32))
     cfg = {"format_version": FORMAT_VERSION, "hparams": dataclasses.asdict(hp), "epochs": result["epochs"],
            "alpha": alpha, "tied": tied, "seed": seed, "packing": dataclasses.asdict(packing),
            "shape": [rows.n_rows, rows.n_cols],
