@@ -204,10 +204,15 @@ def cmd_train(a: argparse.Namespace) -> int:
     topo = init_from_args(a)
     from alsx.webgraph.train import cmd_train_dataset, is_dataset
 
-    if is_dataset(a.data):  # a WebGraph dataset directory: stream it from disk, evaluate its held-out rows
-        return cmd_train_dataset(a)
-    if topo.process_count > 1:  # one input file: each process parses only its part
-        return _train_partitioned(a, topo)
+    if is_dataset(a.data) or topo.process_count > 1:
+        # A WebGraph dataset directory (streamed from disk), or one input file of which each
+        # process parses only its part.
+        code = cmd_train_dataset(a) if is_dataset(a.data) else _train_partitioned(a, topo)
+        if topo.process_count > 1:  # the others wait here (no deadline) while process 0 writes,
+            from jax.experimental import multihost_utils  # not at JAX's shutdown barrier (which has one)
+
+            multihost_utils.sync_global_devices("alsx-train-written")
+        return code
     data, summary = _load(a.data, a)
     split = make_split(data, a)
     if split is not None:
