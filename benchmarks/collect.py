@@ -22,6 +22,7 @@ FRAGMENTS = [  # (file, what it answers)
     ("sharding_report.md", None),
     ("webgraph_report.md", None),
     ("webgraph_train_report.md", None),
+    ("results_ingest_parts.md", None),
 ]
 
 

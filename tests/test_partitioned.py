@@ -339,3 +339,28 @@ def test_fold_in_against_the_rows_it_reads_and_the_whole_gramian():
     want = fold_in(h, hist, hp)
     assert np.allclose(got, want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(fold_in(h[used], local, hp), want, rtol=1e-3)  # the Gramian matters
+
+
+def test_bad_line_in_one_part_is_named_and_the_other_process_stops(tmp_path):
+    """The process whose part holds a bad value names the file, line and value and exits at
+    once; the other stops with a clear error instead of hanging."""
+    from test_distributed import _finish, _free_port
+
+    from alsx.distributed import EXIT_PEER_LOST
+
+    lines = ["user,item,rating"] + [f"u{k % 50},i{k % 31},{1 + k % 4}" for k in range(2000)]
+    lines[1700] = "u7,i3,oops"  # physical line 1701, in the second half of the bytes
+    data = tmp_path / "bad.csv"
+    data.write_text("\n".join(lines) + "\n")
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "alsx.cli", "train", str(data), "--out", str(tmp_path / "o"),
+                               "--value", "rating", "--dim", "4", "--epochs", "1", "--backend", "jax",
+                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+                               "--heartbeat-timeout", "10"],
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    (code0, err0), (code1, err1) = _finish(procs, timeout=240)
+    assert code1 == 1, err1[-3000:]
+    assert "bad.csv: line 1701 ('u7,i3,oops'): value 'oops' in column 'rating' is not a number" in err1
+    # Stopped by alsx's own check (a failed collective) or, first, by JAX's heartbeat monitor.
+    assert (code0 == EXIT_PEER_LOST and "another process failed" in err0) or \
+        (code0 == -6 and "another task died" in err0), (code0, err0[-3000:])

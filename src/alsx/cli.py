@@ -207,7 +207,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     if is_dataset(a.data) or topo.process_count > 1:
         # A WebGraph dataset directory (streamed from disk), or one input file of which each
         # process parses only its part.
-        code = cmd_train_dataset(a) if is_dataset(a.data) else _train_partitioned(a, topo)
+        from alsx.distributed import fail_fast, leave_on_error
+
+        with leave_on_error("training"), fail_fast("training"):
+            code = cmd_train_dataset(a) if is_dataset(a.data) else _train_partitioned(a, topo)
         if topo.process_count > 1:  # the others wait here (no deadline) while process 0 writes,
             from jax.experimental import multihost_utils  # not at JAX's shutdown barrier (which has one)
 

@@ -225,6 +225,24 @@ def fail_fast(what: str = "training") -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def leave_on_error(what: str = "training") -> Iterator[None]:
+    """In a multi-process run, an exception ends this process at once (its traceback and a
+    one-line reason on stderr, exit status 1): its closed connections then make the peers'
+    collectives fail, which :func:`fail_fast` reports, instead of everyone waiting for
+    JAX's shutdown barrier to time out.  With one process the exception propagates."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - every failure must end this process in a multi-process run
+        if jax.process_count() <= 1:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        _hard_exit(1, f"process {jax.process_index()} of {jax.process_count()} failed {what}: "
+                      f"{type(e).__name__}: {e}")
+
+
 class Watchdog:
     """Exits the process if :meth:`beat` is not called for ``timeout_s`` seconds.
 
