@@ -6,7 +6,8 @@ Writes a CSV of ``--lines`` ratings with string ids (user-…, item-…, with re
 to a temporary folder, then loads it (1) with ``load_interactions`` in one process and
 (2) with ``alsx.data.partitioned.load_partitioned`` in 2 ``jax.distributed`` processes on
 this host (gloo, one CPU device each).  Per process: seconds to parse, agree on the
-vocabulary and route entries to their owners; peak RSS; bytes of the file in its part.
+vocabulary and route entries to their owners; peak RSS, and how much of it loading added
+over the interpreter with JAX and its collectives loaded; bytes of the file in its part.
 Checks that both give the same matrix.  Writes benchmarks/results_ingest_parts.md.
 """
 
@@ -38,6 +39,13 @@ if cfg["nproc"] > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"127.0.0.1:{cfg['port']}", num_processes=cfg["nproc"], process_id=cfg["pid"])
 from alsx.data import ingest as ig
+from alsx import distributed as dist
+dist.allreduce_sum(np.zeros(1, np.int64))  # JAX and its collectives loaded in both cases: the same baseline
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+base = status("VmRSS:")
 t = time.perf_counter()
 if cfg["nproc"] == 1:
     x, s = ig.load_interactions(cfg["path"], row="user", col="item", value="rating")
@@ -50,12 +58,9 @@ else:
     start, end = ig.part_byte_range(cfg["path"], len("user,item,rating\n"), cfg["pid"], cfg["nproc"])
     part_bytes = end - start
 secs = time.perf_counter() - t
-hwm = 0
-for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"):
-        hwm = int(line.split()[1]) * 1024
+hwm = status("VmHWM:")
 key = local.rows.astype(np.int64) * local.shape[1] + local.cols
-print(json.dumps({"pid": cfg["pid"], "seconds": secs, "vm_hwm": hwm, "part_bytes": part_bytes,
+print(json.dumps({"pid": cfg["pid"], "seconds": secs, "vm_hwm": hwm, "base": base, "part_bytes": part_bytes,
                   "kept": s.kept, "merged": s.merged_duplicates, "shape": list(local.shape), "local_nnz": local.nnz,
                   "checksum": float(np.sum(local.values.astype(np.float64) * ((key % 1000003) + 1)))}))
 """
@@ -109,12 +114,13 @@ def main() -> None:
     same = (one[0]["kept"] == two[0]["kept"] and one[0]["merged"] == two[0]["merged"]
             and one[0]["shape"] == two[0]["shape"] and sum(r["local_nnz"] for r in two) == one[0]["local_nnz"]
             and abs(sum(r["checksum"] for r in two) - one[0]["checksum"]) <= 1e-9 * abs(one[0]["checksum"]))
-    rows = ["| processes | process | bytes in its part | seconds (parse + agree + route) | peak RSS GiB | entries kept there |",
-            "|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| processes | process | bytes in its part | seconds (parse + agree + route) | peak RSS GiB | of which loading | "
+            "entries kept there |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for label, res in (("1", one), ("2", two)):
         for r in res:
             rows.append(f"| {label} | {r['pid']} | {r['part_bytes'] / 2**20:,.0f} MiB ({r['part_bytes'] / size:.1%}) | "
-                        f"{r['seconds']:.1f} | {r['vm_hwm'] / 2**30:.2f} | {r['local_nnz']:,} |")
+                        f"{r['seconds']:.1f} | {r['vm_hwm'] / 2**30:.2f} | {(r['vm_hwm'] - r['base']) / 2**30:.2f} | "
+                        f"{r['local_nnz']:,} |")
     md = [
         "## Reading one file from several processes", "",
         f"Command: `{C.command_line()}` ({C.now()}; load average {load0} → {load1}).", "",

@@ -21,6 +21,8 @@ entries to the ShardedEngine's row and column owners.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,8 @@ from alsx import distributed as dist
 from alsx.data import ingest as ig
 from alsx.data.matrix import CSR, Interactions, coo_to_csr
 from alsx.data.vocab import Vocab
+
+log = logging.getLogger(__name__)
 
 _PART_SHIFT = 40  # order key = part << 40 | entry index within the part (file order)
 
@@ -154,6 +158,13 @@ def load_partitioned(
     n_proc, me = jax.process_count(), jax.process_index()
     refs = {"row": row, "col": col, "value": value, "timestamp": timestamp, "is_test": is_test}
     part = (me, n_proc)
+    clock = [time.perf_counter()]
+
+    def phase(what: str) -> None:
+        now = time.perf_counter()
+        log.info("%s part %d/%d: %s in %.2fs", path, me, n_proc, what, now - clock[0])
+        clock[0] = now
+
     raw = ig._read_source(path, fmt=fmt, refs=refs, sep=sep, header=header, ids=ids, square=square, part=part)
     # Text: one part may hold only integer-looking ids; all must parse a column the same way.
     stem = path.lower().rsplit(".", 1)[0] if path.lower().endswith(ig._COMPRESSION_SUFFIXES) else path.lower()
@@ -167,6 +178,7 @@ def load_partitioned(
             raw = ig._read_source(path, fmt=fmt, refs=refs, sep=sep, header=header, ids=ids, square=square, part=part,
                                   str_roles=want)
     src, n_read = raw.source, len(raw.rows)
+    phase(f"parsed {n_read:,} entries")
     declared = shape if shape is not None else raw.shape
     mode = ids
     if mode == "auto":
@@ -177,6 +189,8 @@ def load_partitioned(
     if _global_max(np.array([n_read])) <= 0 or n_rows * n_cols == 0:
         raise ig._fail(src, None, "no entries")
 
+    raw.rows = raw.cols = None  # the parsed id columns (strings: the largest arrays here) are encoded
+    phase("ids agreed")
     values = None if raw.values is None else ig._checked_values(raw, allow_negative)
     key = (np.int64(me) << _PART_SHIFT) + np.arange(n_read, dtype=np.int64)
     ts, test = raw.timestamps, raw.is_test
@@ -196,12 +210,17 @@ def load_partitioned(
     extras = [x for x in (values, None if ts is None else ts.astype(np.int64),
                           None if test is None else test.astype(np.int32)) if x is not None]
     dtypes = [np.int32, np.int32, np.int64] + [x.dtype for x in extras]
-    got = _unpack(dist.route(_pack(fields + extras), np.searchsorted(cuts, rows, side="right") - 1), dtypes)
+    has = (values is not None, ts is not None, test is not None)
+    payload = _pack(fields + extras)
+    del fields, extras, rows, cols, key, values, ts, test  # only the packed copy travels on
+    got = _unpack(dist.route(payload, np.searchsorted(cuts, payload[:, 0], side="right") - 1), dtypes)
+    del payload
+    phase("routed to row owners")
     rows, cols, key = got[:3]
     rest = iter(got[3:])
-    values = next(rest) if values is not None else None
-    ts = next(rest) if ts is not None else None
-    test = next(rest).astype(bool) if test is not None else None
+    values = next(rest) if has[0] else None
+    ts = next(rest) if has[1] else None
+    test = next(rest).astype(bool) if has[2] else None
     order = np.argsort(key, kind="stable")  # file order, so 'first' keeps the earliest line
     rows, cols, key = rows[order], cols[order], key[order]
     values = None if values is None else values[order]
@@ -222,6 +241,7 @@ def load_partitioned(
     local = Interactions(rows=rows, cols=cols, values=np.ones(len(rows), np.float32) if values is None else values,
                          shape=(int(n_rows), int(n_cols)), row_vocab=row_vocab, col_vocab=col_vocab,
                          timestamps=ts, is_test=test)
+    phase("sorted and merged")
     totals = dist.allreduce_sum(np.array([n_read, local.nnz, merged, dropped_here]))
     summary = ig.IngestSummary(source=src, rows_read=int(totals[0]), kept=int(totals[1]),
                                merged_duplicates=int(totals[2]), dropped_zeros=int(totals[3]), rejected=0,
