@@ -8,8 +8,9 @@ and ``benchmarks/results_solvers.md`` is rewritten from all records at the end.
   python benchmarks/solvers.py --task linear --epochs 3
 
   # iALS++ (block) against CG and Cholesky at large d, same epochs, Recall@20
+  # (a 'cpu-'/'jax-' prefix picks the variant's backend: the CPU kernels against each other)
   python benchmarks/solvers.py --task solvers --dataset ml1m --dims 1024 --epochs 8 \\
-      --variants cg:3,cholesky,block:128,block:64
+      --variants cg:3,cholesky,block:128,block:64,cpu-cg:3,cpu-block:16
 
   # bf16 against float32 tables: seconds per epoch and Recall@20
   python benchmarks/solvers.py --task dtype --dataset gowalla --dims 256 --epochs 16
@@ -45,7 +46,13 @@ KS = (20, 50)
 
 
 def _variant(v: str) -> dict:
-    """'cg:3' / 'cholesky' / 'block:128' -> ALS keyword arguments."""
+    """'cg:3' / 'cholesky' / 'block:128' -> ALS keyword arguments.
+
+    A 'cpu-' or 'jax-' prefix ('cpu-block:16') also picks the backend, overriding --backend.
+    """
+    backend, dash, rest = v.partition("-")
+    if dash and backend in ("cpu", "jax"):
+        return {**_variant(rest), "backend": backend}
     name, _, arg = v.partition(":")
     if name == "cg":
         return {"solver": "cg", "cg_steps": int(arg or 3)}
@@ -77,9 +84,10 @@ def child(spec: dict) -> dict:
     import alsx
     from alsx.eval.protocol import evaluate
 
-    kw = {**_variant(spec.get("variant", "cg:3")), "dtype": spec.get("dtype", "float32")}
+    kw = {"backend": spec.get("backend", "jax"), **_variant(spec.get("variant", "cg:3")),
+          "dtype": spec.get("dtype", "float32")}
     m = alsx.ALS(dim=spec["dim"], epochs=spec["epochs"], reg=spec["reg"], unobserved_weight=spec["a0"],
-                 seed=0, progress=False, backend=spec.get("backend", "jax"), **kw).fit(split.train)
+                 seed=0, progress=False, **kw).fit(split.train)
     out.update({"devices": jax.device_count(), "engine": m.engine_name_, "epoch_s": [r["seconds"] for r in m.history_],
                 "peak_rss_fit_gib": C.peak_rss_gib()})
     if spec.get("evaluate", True):
@@ -185,11 +193,13 @@ def write_report() -> None:
                                ("dtype", "dtype", "bf16 against float32 table storage (CG 3)")):
         rows = _latest(by[task], ("dataset", "dim", what, "epochs", "reg", "a0"))
         if rows:
-            L += [f"### {title}", "", f"| data | d | {what} | epochs | λ | α0 | s/epoch | Recall@20 | Recall@50 | "
-                  "NDCG@20 | peak RSS GiB | load |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            L += [f"### {title}", "", f"| data | d | {what} | engine | epochs | λ | α0 | s/epoch | Recall@20 | "
+                  "Recall@50 | NDCG@20 | peak RSS GiB | load |",
+                  "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
             for r in rows:
                 m = r.get("metrics", {})
-                L.append(f"| {r['dataset']} | {r['dim']} | {r.get(what, 'float32')} | {r['epochs']} | {r['reg']} | "
+                L.append(f"| {r['dataset']} | {r['dim']} | {r.get(what, 'float32')} | {_label(r)} | {r['epochs']} | "
+                         f"{r['reg']} | "
                          f"{r['a0']} | {_per_epoch(r):.2f} | {C.fmt(m.get('recall@20'))} | "
                          f"{C.fmt(m.get('recall@50'))} | {C.fmt(m.get('ndcg@20'))} | {r['peak_rss_gib']:.2f} | "
                          f"{_load(r)} |")
@@ -200,13 +210,17 @@ def write_report() -> None:
               "Phases of one half-step: Gramian (+ eigen-decomposition), rotation of both tables (BLAS), the fused "
               "kernel's residual pass (gather, b − A·x0, write) and its CG steps.  GFLOP/s counts the kernel's "
               "multiply-adds over stored entries (2 passes × 2d FLOPs per entry for the residual and each step) "
-              "per second of kernel time, against a float32 2048² matrix product timed in the same process.", "",
-              "| data | d | side | Gramian s | rotate s | residual s | CG steps s | kernel GFLOP/s | sgemm GFLOP/s | "
-              "% of sgemm | load |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "per second of kernel time, against a float32 2048² matrix product timed in the same process.  "
+              "For the iALS++ kernel (`cpu-block:b`) the residual column is its score pass (H_u·x0) and the steps "
+              "column its sweep; FLOPs as `alsx.core.cpu_block.block_flops` (per entry d·(b + 8) for one sweep, "
+              "against 16·d for CG 3).", "",
+              "| data | d | variant | side | Gramian s | rotate s | residual s | CG steps / sweeps s | kernel GFLOP/s | "
+              "sgemm GFLOP/s | % of sgemm | load |", "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in rows:
             for side in ("rows", "cols"):
                 p = r["profile"][side]
-                L.append(f"| {r['dataset']} | {r['dim']} | {side} | {p['gramian']:.3f} | {p['rotate']:.3f} | "
+                L.append(f"| {r['dataset']} | {r['dim']} | {r['variant']} | {side} | {p['gramian']:.3f} | "
+                         f"{p['rotate']:.3f} | "
                          f"{p['residual']:.3f} | {p['cg_steps']:.3f} | {p['solve_gflops']:.1f} | "
                          f"{p['sgemm_gflops']:.1f} | {100 * p['solve_gflops'] / p['sgemm_gflops']:.0f} % | {_load(r)} |")
         L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]

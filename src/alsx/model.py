@@ -62,7 +62,7 @@ class ALS:
       reg: lambda; each row is regularised by reg * (|I_u| + unobserved_weight * n_cols) ** nu.
       unobserved_weight: alpha0, weight of the push of all pairs towards 0.
       nu: frequency-scaling exponent of the regulariser (0: plain, 1: Rendle et al.).
-      solver: 'cg' or 'cholesky'.
+      solver: 'cg', 'cholesky' or 'block' (iALS++).
       cg_steps: CG iterations per half-epoch.
       block_size: subspace size of the 'block' (iALS++) solver.
       epochs: full epochs (rows, then columns).
@@ -73,7 +73,7 @@ class ALS:
       seed: seeds the initial tables.
       packing: block layout of the sparse rows.
       backend: 'auto', 'cpu' or 'jax' (see ``alsx.core.engine.make_engine``): 'auto' trains
-        with the fused CPU kernels on a CPU-only host (CG, float32, one process) and with
+        with the fused CPU kernels on a CPU-only host (CG or block, float32, one process) and with
         JAX (one device or sharded over all) otherwise.
       engine_factory: builds the training engine instead of ``make_engine`` (tests, custom meshes).
       progress: show a progress bar.

@@ -15,6 +15,9 @@ alpha0 * e + lambda_u: O(d) per row and step.  The rotations and the Gramian are
 BLAS matrix products per half-step, at close to the machine's sgemm peak.  Tables are kept
 in the rotated basis between epochs; ``ALSState.basis`` records it and ``to_numpy``
 returns the tables in the original one.
+
+The iALS++ ('block') solver runs in the same basis with its own kernel
+(``alsx.core.cpu_block``); everything else here is shared.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from alsx.config import HParams, Packing
+from alsx.core.cpu_block import block_flops, block_rows
 from alsx.core.objective import Loss, row_regularisation
 from alsx.core.state import ALSState, init_state
 from alsx.data.matrix import CSR
@@ -258,8 +262,12 @@ def half_step(
     h_out: np.ndarray | None = None,
     scratch: np.ndarray | None = None,
     timings: dict | None = None,
+    block_size: int = 0,
+    sweeps: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Re-solves every row of ``w`` [n, d] against the fixed ``h`` [m, d] by ``cg_steps`` CG steps.
+    """Re-solves every row of ``w`` [n, d] against the fixed ``h`` [m, d] by ``cg_steps`` CG steps,
+    or with ``block_size`` > 0 by ``sweeps`` iALS++ sweeps over blocks of that size
+    (``alsx.core.cpu_block``).
 
     Both tables are first rotated by Q, the eigenvectors of h^T h (for ``tied``, w is h),
     with BLAS on ``threads``.  Returns (new w, h @ Q, Q [d, d] float64): both tables in the new basis.
@@ -278,8 +286,11 @@ def half_step(
         w_rot = h_rot if tied else threads.matmul(w, q32, out=empty_table(*w.shape) if scratch is None else scratch)
     t2 = time.perf_counter()
     out = empty_table(*w.shape) if out is None else out
-    _cg_rows(side.indptr, side.indices, side.values, starts, w_rot, h_rot, (alpha0 * e).astype(np.float32),
-             lam, cg_steps, out)
+    shared = (alpha0 * e).astype(np.float32)
+    if block_size:
+        block_rows(side, starts, w_rot, h_rot, shared, lam, block_size, sweeps, out)
+    else:
+        _cg_rows(side.indptr, side.indices, side.values, starts, w_rot, h_rot, shared, lam, cg_steps, out)
     if timings is not None:
         t3 = time.perf_counter()
         for k, v in (("gramian", t1 - t0), ("rotate", t2 - t1), ("solve", t3 - t2)):
@@ -300,29 +311,37 @@ def _as_csr32(c: CSR) -> CSR:
 
 
 class CpuEngine:
-    """iALS with the CG solver on the host CPU, one process, all cores (Numba threads).
+    """iALS with the CG or the iALS++ ('block') solver on the host CPU, one process, all cores.
 
-    Same interface and, up to float32 rounding, same results as ``LocalEngine`` with
-    ``solver='cg'``.  Tables are NumPy float32 arrays; ``state.basis`` is the rotation
+    With ``solver='cg'``: same interface and, up to float32 rounding, same results as
+    ``LocalEngine``.  With ``solver='block'``: ``block_sweeps`` sweeps of ``hp.block_size``
+    blocks per half-step in the eigenbasis (``alsx.core.cpu_block``); the same objective and
+    fixed point as LocalEngine's block solver, but not the same iterates (its blocks are in
+    the original basis).  Tables are NumPy float32 arrays; ``state.basis`` is the rotation
     they are stored in (see the module docstring).
 
     Args:
       rows: CSR of the training matrix; cols: CSR of its transpose.
-      hp: hyper-parameters (solver 'cg', dtype 'float32').
+      hp: hyper-parameters (solver 'cg' or 'block', dtype 'float32').
       packing: unused (no padded blocks); accepted for the engine-factory signature.
       tied: one table for rows and columns (square matrices only).
+      block_sweeps: sweeps per half-step of the block solver (the JAX engine does one).
     """
 
-    def __init__(self, rows: CSR, cols: CSR, hp: HParams, packing: Packing | None = None, tied: bool = False):
-        if hp.solver != "cg" or hp.dtype != "float32":
-            raise ValueError(f"the CPU backend runs solver='cg' on float32 tables, got solver={hp.solver!r} "
-                             f"dtype={hp.dtype!r}; use backend='jax' for the others")
+    def __init__(self, rows: CSR, cols: CSR, hp: HParams, packing: Packing | None = None, tied: bool = False,
+                 block_sweeps: int = 1):
+        if hp.solver not in ("cg", "block") or hp.dtype != "float32":
+            raise ValueError(f"the CPU backend runs solver='cg' or 'block' on float32 tables, got "
+                             f"solver={hp.solver!r} dtype={hp.dtype!r}; use backend='jax' for the others")
+        if block_sweeps < 1:
+            raise ValueError(f"block_sweeps must be >= 1, got {block_sweeps}")
         if tied and rows.n_rows != rows.n_cols:
             raise ValueError(f"tied embeddings need a square matrix, got {rows.n_rows} x {rows.n_cols}")
         from alsx.core.engine import PackStats
 
         t = time.perf_counter()
         self.hp, self.tied = hp, tied
+        self._solve = dict(block_size=hp.block_size if hp.solver == "block" else 0, sweeps=block_sweeps)
         self.n_rows, self.n_cols = rows.n_rows, rows.n_cols
         self.rows, self.cols = _as_csr32(rows), _as_csr32(cols)
         n_blocks = BLOCKS_PER_THREAD * numba_threads()
@@ -361,16 +380,16 @@ class CpuEngine:
         if self.tied:
             t, _, q1 = half_step(state.w, state.w, self.rows, self._lam[0], *args, self._starts[0], self._threads,
                                  tied=True, out=self._buffer("t_out", n), h_out=self._buffer("t_rot", n),
-                                 timings=self.timings)
+                                 timings=self.timings, **self._solve)
             h, _, q2 = half_step(t, t, self.cols, self._lam[1], *args, self._starts[1], self._threads, tied=True,
-                                 timings=self.timings)
+                                 timings=self.timings, **self._solve)
             w = h
         else:
             w, h, q1 = half_step(state.w, state.h, self.rows, self._lam[0], *args, self._starts[0], self._threads,
                                  out=self._buffer("w_out", n), h_out=self._buffer("h_rot", m),
-                                 scratch=self._buffer("w_warm", n), timings=self.timings)
+                                 scratch=self._buffer("w_warm", n), timings=self.timings, **self._solve)
             h, w, q2 = half_step(h, w, self.cols, self._lam[1], *args, self._starts[1], self._threads,
-                                 scratch=self._buffer("h_warm", m), timings=self.timings)
+                                 scratch=self._buffer("h_warm", m), timings=self.timings, **self._solve)
         return ALSState(w=w, h=h, epoch=state.epoch + 1, tied=self.tied, basis=basis @ q1 @ q2)
 
     def loss(self, state: ALSState) -> Loss:
@@ -415,8 +434,8 @@ def cpu_backend_reason(hp: HParams) -> str | None:
     """None when ``CpuEngine`` can train ``hp`` here, else why not (for 'auto' and error messages)."""
     import jax
 
-    if hp.solver != "cg":
-        return f"solver {hp.solver!r} (the CPU kernel is CG)"
+    if hp.solver not in ("cg", "block"):
+        return f"solver {hp.solver!r} (the CPU kernels are CG and iALS++ 'block')"
     if hp.dtype != "float32":
         return f"dtype {hp.dtype!r} (the CPU kernel stores float32)"
     if jax.process_count() > 1:
@@ -435,6 +454,8 @@ def profile_half_step(engine: CpuEngine, state: ALSState, side: str = "rows", re
     with 0 CG steps: gather, b - A x0, write) and cg_steps (the rest of the kernel).
     solve_gflops counts the kernel's multiply-adds over the stored entries (2 passes of
     2d FLOPs per entry, for the residual and each step) per second of kernel time.
+    For the 'block' solver, residual is the kernel with 0 sweeps (the scores H_u x0) and
+    cg_steps the sweeps; FLOPs as ``cpu_block.block_flops``.
     """
     from alsx.core.profile import sgemm_rate
 
@@ -460,12 +481,19 @@ def profile_half_step(engine: CpuEngine, state: ALSState, side: str = "rows", re
         rotate = best(lambda: (threads.matmul(h, q32), threads.matmul(w, q32)))
     shared = np.ones(hp.dim, np.float32) * hp.unobserved_weight
 
+    bs, sweeps = engine._solve["block_size"], engine._solve["sweeps"]
+
     def kernel(steps):
+        if bs:
+            return lambda: block_rows(csr, starts, w, h, shared, lam, bs, steps, out)
         return lambda: _cg_rows(csr.indptr, csr.indices, csr.values, starts, w, h, shared, lam, steps, out)
 
     residual = best(kernel(0))
-    full = best(kernel(hp.cg_steps))
-    flops = csr.nnz * 2 * (2 * hp.dim) * (hp.cg_steps + 1)
+    full = best(kernel(sweeps if bs else hp.cg_steps))
+    if bs:
+        flops = block_flops(csr.nnz, len(lam), hp.dim, bs, sweeps)
+    else:
+        flops = csr.nnz * 2 * (2 * hp.dim) * (hp.cg_steps + 1)
     result = {"gramian": gramian, "rotate": rotate, "residual": residual, "cg_steps": max(full - residual, 0.0)}
     result["total"] = sum(result.values())
     result["solve_gflops"] = flops / full / 1e9

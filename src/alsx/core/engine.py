@@ -121,7 +121,7 @@ def make_engine(rows: CSR, cols: CSR, hp: HParams, packing: Packing = Packing(),
                 backend: str = "auto") -> Engine:
     """The training engine for this machine and model.
 
-    backend 'cpu' (what 'auto' picks on a CPU-only host, one process, CG on float32 tables):
+    backend 'cpu' (what 'auto' picks on a CPU-only host, one process, CG or block on float32 tables):
     ``CpuEngine``, fused Numba kernels on all cores.  Otherwise (backend 'jax'): LocalEngine
     on one device, or a ShardedEngine over every device of every process.
 
