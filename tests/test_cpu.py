@@ -152,3 +152,37 @@ def test_estimator_backends_agree():
     assert a.engine_name_ == "CpuEngine" and b.engine_name_ != "CpuEngine"
     assert rel_err(a.row_embeddings_, b.row_embeddings_.astype(np.float64)) < 1e-4
     assert a.history_[-1]["loss"]["total"] == pytest.approx(b.history_[-1]["loss"]["total"], rel=1e-5)
+
+
+def test_table_pool_reuses_memory_only_when_no_array_holds_it():
+    pool = cpu.TablePool()
+    n, d = 1 << 15, 64  # 8 MiB: a real mapping (smaller tables are plain np.empty)
+    a = pool.take(n, d)
+    view = a[5:9]
+    del a
+    b = pool.take(n, d)  # the view keeps a's memory alive
+    assert not np.shares_memory(b, view)
+    view[:] = 1.0
+    b[:] = 2.0
+    assert np.all(view == 1.0)
+    del view
+    c = pool.take(n, d)  # a's memory, now free
+    assert not np.shares_memory(c, b) and c.shape == (n, d) and c.dtype == np.float32
+    del b, c
+    pool.take(n, d)
+    assert len(pool._maps[(n, d)]) == 1  # free spares beyond one are released
+
+
+def test_earlier_states_stay_valid_with_pooled_tables():
+    rng = np.random.default_rng(9)
+    conf = (rng.random((40_000, 70)) < 0.002).astype(np.float32)  # 40k x 64 float32 tables: pooled mappings
+    hp = HParams(dim=64, reg=REG, unobserved_weight=ALPHA0)
+    eng = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), hp)
+    st1 = eng.epoch(eng.init_state(0))
+    w1, h1 = st1.w.copy(), st1.h.copy()
+    st = st1
+    for _ in range(3):
+        st = eng.epoch(st)
+    assert np.array_equal(st1.w, w1) and np.array_equal(st1.h, h1)
+    assert not np.shares_memory(st.w, st1.w)
+    assert len(eng._pool._maps[(40_000, 64)]) <= 3  # st1's, st's and one reused spare
