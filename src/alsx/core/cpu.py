@@ -214,10 +214,11 @@ class TablePool:
         return root.reshape(n, d)
 
 
-def as_table(x, n: int | None = None) -> np.ndarray:
-    """The first ``n`` rows (default all) of array-like ``x`` copied into an :func:`empty_table`."""
+def as_table(x, n: int | None = None, pool: TablePool | None = None) -> np.ndarray:
+    """The first ``n`` rows (default all) of array-like ``x`` copied into an :func:`empty_table`
+    (taken from ``pool`` when given)."""
     x = np.asarray(x[:n] if n is not None else x, np.float32)
-    out = empty_table(*x.shape)
+    out = empty_table(*x.shape) if pool is None else pool.take(*x.shape)
     out[:] = x
     return out
 
@@ -381,8 +382,8 @@ class CpuEngine:
         """The same start as the JAX engines (same seed, same tables)."""
         hp = self.hp
         st = init_state(seed, self.n_rows, self.n_cols, hp.dim, hp.init_scale, hp.dtype, self.tied)
-        w = as_table(st.w)
-        return ALSState(w=w, h=w if self.tied else as_table(st.h), epoch=0, tied=self.tied)
+        w = as_table(st.w, pool=self._pool)
+        return ALSState(w=w, h=w if self.tied else as_table(st.h, pool=self._pool), epoch=0, tied=self.tied)
 
     def _buffer(self, name: str, n: int) -> np.ndarray:
         """A private [n, d] float32 array kept between epochs (never part of a returned state)."""
@@ -448,8 +449,8 @@ class CpuEngine:
         return jax.device_put(state.w, sharding), jax.device_put(state.h, sharding)
 
     def from_external(self, w, h, epoch: int, basis: np.ndarray | None = None) -> ALSState:
-        w = as_table(w, self.n_rows)
-        h = w if self.tied else as_table(h, self.n_cols)
+        w = as_table(w, self.n_rows, self._pool)
+        h = w if self.tied else as_table(h, self.n_cols, self._pool)
         return ALSState(w=w, h=h, epoch=int(epoch), tied=self.tied, basis=basis)
 
 
