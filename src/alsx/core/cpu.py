@@ -44,6 +44,10 @@ BLOCKS_PER_THREAD = 64
 # The residual pass is the first touch of each fixed-table row; the rows PREFETCH entries
 # ahead are requested while the current one is used (about 15 % on a 1M x 200k matrix).
 PREFETCH = 8
+# A row whose table rows overflow L1 (32 KiB) re-reads them from L2 or beyond in every CG
+# pass, so its CG passes prefetch too: 7-19 % less kernel CPU time on the column half-step
+# of a 10M x 2M matrix (48 % of its entries are in such rows at d=64), 8 % on the row one.
+L1_FLOATS = 8192
 
 
 @intrinsic
@@ -110,10 +114,15 @@ def _cg_rows(indptr, indices, conf, starts, w, h, shared, lam, steps, out):  # p
             for j in range(d):
                 p[j] = r[j]
                 rs += r[j] * r[j]
+            far = (s1 - s0) * d > L1_FLOATS
             for _ in range(steps):
                 for j in range(d):
                     ap[j] = diag[j] * p[j]
                 for k in range(s0, s1):
+                    if far and k + PREFETCH < s1:
+                        ahead = indices[k + PREFETCH]
+                        for j in range(0, d, 16):
+                            _prefetch(h, ahead, j)
                     hk = h[indices[k]]
                     s = np.float32(0.0)
                     for j in range(d):
