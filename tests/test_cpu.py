@@ -260,3 +260,37 @@ def test_profile_of_the_block_solver_counts_its_own_kernel():
     assert p["solve_gflops"] > 0 and p["residual"] >= 0 and p["cg_steps"] >= 0
     nnz, d = int((conf > 0).sum()), 6
     assert cpu_block.block_flops(nnz, conf.shape[0], d, 2, 1) == nnz * (2 * d + 3 * (6 + 10)) + 40 * 3 * (8 / 3 + 8)
+
+
+def test_table_pool_reuses_memory_only_when_no_array_holds_it():
+    pool = cpu.TablePool()
+    n, d = 1 << 15, 64  # 8 MiB: a real mapping (smaller tables are plain np.empty)
+    a = pool.take(n, d)
+    view = a[5:9]
+    del a
+    b = pool.take(n, d)  # the view keeps a's memory alive
+    assert not np.shares_memory(b, view)
+    view[:] = 1.0
+    b[:] = 2.0
+    assert np.all(view == 1.0)
+    del view
+    c = pool.take(n, d)  # a's memory, now free
+    assert not np.shares_memory(c, b) and c.shape == (n, d) and c.dtype == np.float32
+    del b, c
+    pool.take(n, d)
+    assert len(pool._maps[(n, d)]) == 1  # free spares beyond one are released
+
+
+def test_earlier_states_stay_valid_with_pooled_tables():
+    rng = np.random.default_rng(9)
+    conf = (rng.random((40_000, 70)) < 0.002).astype(np.float32)  # 40k x 64 float32 tables: pooled mappings
+    hp = HParams(dim=64, reg=REG, unobserved_weight=ALPHA0)
+    eng = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), hp)
+    st1 = eng.epoch(eng.init_state(0))
+    w1, h1 = st1.w.copy(), st1.h.copy()
+    st = st1
+    for _ in range(3):
+        st = eng.epoch(st)
+    assert np.array_equal(st1.w, w1) and np.array_equal(st1.h, h1)
+    assert not np.shares_memory(st.w, st1.w)
+    assert len(eng._pool._maps[(40_000, 64)]) <= 3  # st1's, st's and one reused spare
