@@ -91,6 +91,50 @@ def split_of(name: str, x):
     return heldout_rows_split(x, row_fraction=0.1, history_fraction=0.8, seed=0)
 
 
+def train_cache(name: str) -> Path:
+    """Where ``prepare_train`` keeps a synthetic data set's training part (git-ignored)."""
+    return BENCH / "out" / "cache" / f"{name}-train.npz"
+
+
+def prepare_train(name: str) -> Path:
+    """Builds the training part of a synthetic data set's split and saves it (npz, uncompressed).
+
+    Generating and splitting 100M entries takes minutes and leaves the process with
+    gigabytes it will not need again; a timed child that loads this file holds only the
+    training matrix, as a user's ``alsx train FILE`` does.  Real data sets are never cached
+    here (their licences forbid copies).
+    """
+    if not name.startswith("synth"):
+        raise ValueError(f"only synthetic data sets are cached, not {name!r}")
+    path = train_cache(name)
+    if path.exists():
+        return path
+    train = split_of(name, load(name)).train
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, rows=train.rows, cols=train.cols, shape=np.asarray(train.shape, np.int64))
+    tmp.rename(path)
+    return path
+
+
+def load_train(name: str):
+    """The training part saved by ``prepare_train`` (binary: values are ones)."""
+    from alsx.data.matrix import Interactions
+
+    with np.load(train_cache(name)) as z:
+        rows, cols, shape = z["rows"], z["cols"], tuple(int(v) for v in z["shape"])
+    return Interactions(rows=rows, cols=cols, values=np.ones(rows.size, np.float32), shape=shape)
+
+
+def rss_gib() -> float:
+    """This process's current resident set size (VmRSS), GiB."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 2**20
+    except (OSError, AttributeError):
+        return float("nan")
+
+
 def to_scipy(part, n_rows: int | None = None):
     """scipy CSR (float32 ones) of an Interactions part."""
     import scipy.sparse as sp

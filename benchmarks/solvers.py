@@ -4,8 +4,10 @@ One task per command; every measurement runs in its own child interpreter (its o
 peak RSS and JAX device count), is appended to ``benchmarks/results_solvers.jsonl``,
 and ``benchmarks/results_solvers.md`` is rewritten from all records at the end.
 
-  # cost per nonzero at 10M and 100M nonzeros, d=64 (alsx and implicit in one run)
-  python benchmarks/solvers.py --task linear --epochs 3
+  # cost per nonzero at 10M and 100M nonzeros, d=64 (alsx and implicit in one run); the
+  # training part of each synthetic split is built once by its own child and saved under
+  # benchmarks/out/cache/, so every timed child holds only the matrix it trains on
+  python benchmarks/solvers.py --task linear --epochs 5
 
   # iALS++ (block) against CG and Cholesky at large d, same epochs, Recall@20
   # (a 'cpu-'/'jax-' prefix picks the variant's backend: the CPU kernels against each other)
@@ -64,14 +66,19 @@ def _variant(v: str) -> dict:
 def child(spec: dict) -> dict:
     if spec.get("devices", 1) > 1:  # before jax is imported
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={spec['devices']}"
+    if "prepare" in spec:
+        return {"path": str(C.prepare_train(spec["prepare"]))}
     t0 = time.perf_counter()
-    x = C.load(spec["dataset"])
-    split = C.split_of(spec["dataset"], x)
-    train = split.train
-    del x  # the unsplit matrix is not needed any more (at 100M it is 1.2 GB of the child's memory)
-    if not spec.get("evaluate", True):
-        split = None  # nor the held-out parts: the child keeps only what the library trains on
-    out = {"load_s": time.perf_counter() - t0, "nnz_train": int(train.nnz)}
+    if spec.get("cached"):  # built by a 'prepare' child: this process holds only the training matrix
+        split, train = None, C.load_train(spec["dataset"])
+    else:
+        x = C.load(spec["dataset"])
+        split = C.split_of(spec["dataset"], x)
+        train = split.train
+        del x  # the unsplit matrix is not needed any more (at 100M it is 1.2 GB of the child's memory)
+        if not spec.get("evaluate", True):
+            split = None  # nor the held-out parts: the child keeps only what the library trains on
+    out = {"load_s": time.perf_counter() - t0, "nnz_train": int(train.nnz), "rss_before_fit_gib": C.rss_gib()}
     if spec["lib"] == "implicit":
         from implicit.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
@@ -133,10 +140,15 @@ def main_parent(a) -> None:
             "backend": a.backend}
     if a.task == "linear":
         for ds in ("synth10m", "synth100m"):
-            for lib in ("alsx", "implicit"):
-                if a.only and f"{lib}:{ds}" not in a.only.split(","):
-                    continue
-                run({**base, "lib": lib, "dataset": ds, "dim": dims[0], "evaluate": False}, a.timeout)
+            todo = [lib for lib in ("alsx", "implicit") if not a.only or f"{lib}:{ds}" in a.only.split(",")]
+            if todo and not C.train_cache(ds).exists():
+                print(f"[{C.now()}] preparing {C.train_cache(ds)}", flush=True)
+                prep = C.run_child(Path(__file__), {"prepare": ds}, timeout=a.timeout)
+                if "error" in prep:
+                    raise SystemExit(f"preparing {ds} failed: {prep['error']}")
+            for lib in todo:
+                run({**base, "lib": lib, "dataset": ds, "dim": dims[0], "evaluate": False, "cached": True},
+                    a.timeout)
     elif a.task == "dtype":
         for d in dims:
             for dt in ("float32", "bfloat16"):
@@ -180,18 +192,29 @@ def write_report() -> None:
          "CPU device per core (as `alsx train` does); implicit 0.7.3 with BLAS threads = 1, `num_threads=2`, CG 3. "
          "The load average (2 cores) at start → end of each child is given; a niced background job (the WebGraph "
          "820M run) shared the machine during some rows, as marked by loads above ≈1.", ""]
-    rows = _latest(by["linear"], ("lib", "engine", "dataset", "dim", "epochs"))
+    rows = _latest(by["linear"], ("lib", "engine", "dataset", "dim", "epochs", "cached", "code"))
     if rows:
         L += ["### Cost against nonzeros (d=64)", "",
-              "| data | nnz (train) | library | s/epoch | s per 1M nnz | 100M ÷ 10M per-nnz cost | peak RSS GiB | load |",
-              "|---|---:|---|---:|---:|---:|---:|---|"]
-        per = {(_label(r), r["dataset"]): _per_epoch(r) / (r["nnz_train"] / 1e6) for r in rows}
+              "Timed child: *train only* loads the training part saved by a separate preparing child (it holds "
+              "nothing else); *built* generates and splits the data itself (earlier runs).  "
+              "Rows with 'code of COMMIT' ran that commit's engine with this script (to separate the two changes).", "",
+              "| data | nnz (train) | library | epochs | timed child | s/epoch | s per 1M nnz | 100M ÷ 10M per-nnz cost | "
+              "RSS before fit GiB | peak RSS GiB | load |",
+              "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---|"]
+
+        def key(r, ds):
+            return _label(r), r["epochs"], bool(r.get("cached")), r.get("code"), ds
+
+        per = {key(r, r["dataset"]): _per_epoch(r) / (r["nnz_train"] / 1e6) for r in rows}
         for r in rows:
             ratio = ""
-            if r["dataset"] == "synth100m" and (_label(r), "synth10m") in per:
-                ratio = f"{per[(_label(r), 'synth100m')] / per[(_label(r), 'synth10m')]:.2f}"
-            L.append(f"| {r['dataset']} | {r['nnz_train']:,} | {_label(r)} | {_per_epoch(r):.2f} | "
-                     f"{per[(_label(r), r['dataset'])]:.3f} | {ratio} | {r['peak_rss_gib']:.2f} | {_load(r)} |")
+            if r["dataset"] == "synth100m" and key(r, "synth10m") in per:
+                ratio = f"{per[key(r, 'synth100m')] / per[key(r, 'synth10m')]:.2f}"
+            L.append(f"| {r['dataset']} | {r['nnz_train']:,} | {_label(r)} | {r['epochs']} | "
+                     f"{'train only' if r.get('cached') else 'built'}"
+                     f"{', code of ' + r['code'] if r.get('code') else ''} | {_per_epoch(r):.2f} | "
+                     f"{per[key(r, r['dataset'])]:.3f} | {ratio} | {C.fmt(r.get('rss_before_fit_gib'), 2)} | "
+                     f"{r['peak_rss_gib']:.2f} | {_load(r)} |")
         L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
     for task, what, title in (("solvers", "variant", "Solvers at large d (same data, d, epochs, λ, α0)"),
                                ("dtype", "dtype", "bf16 against float32 table storage (CG 3)")):

@@ -39,7 +39,7 @@ def _block_rows(indptr, indices, conf, starts, w, h, shared, lam, block, sweeps,
 
     Arguments as ``alsx.core.cpu._cg_rows`` (w: warm starts, h: fixed table, both in the
     eigenbasis; shared: [d] alpha0 * eigenvalues; lam: [n]); ``block`` divides d.
-    Rows without entries get their optimum 0.
+    Rows without entries get their optimum 0.  ``out`` may be ``w`` (in-place update).
     """
     d = w.shape[1]
     n_blocks = d // block
