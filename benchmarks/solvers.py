@@ -20,6 +20,10 @@ and ``benchmarks/results_solvers.md`` is rewritten from all records at the end.
   # FLOP rate of the solve phase against the measured sgemm (alsx train --profile's numbers)
   python benchmarks/solvers.py --task flops --dataset cnr --dims 64,256 --variants cg:3,cholesky,block:32
 
+  # the CPU kernels alone at large d: one iALS++ sweep per block size against CG steps,
+  # both sides of the data, random tables in a random eigenbasis (no training)
+  python benchmarks/solvers.py --task kernels --dataset ml1m --dims 1024 --variants 1,2,4,8,16,32
+
   python benchmarks/solvers.py --report
 
 alsx runs with one JAX CPU device per core (``--devices``, the default of ``alsx train``);
@@ -63,9 +67,47 @@ def _variant(v: str) -> dict:
     return {"solver": name}
 
 
+def kernel_times(spec: dict) -> dict:
+    """Best-of-3 seconds of the CPU kernels on each side of a data set: the CG kernel with
+    0..3 steps and one iALS++ sweep per block size (0 sweeps: its score pass alone)."""
+    from alsx.core import cpu, cpu_block
+
+    train = C.split_of(spec["dataset"], C.load(spec["dataset"])).train
+    d, rng = spec["dim"], np.random.default_rng(0)
+    out: dict = {"nnz_train": int(train.nnz)}
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    for side, csr in (("rows", train.csr(1.0)), ("cols", train.csc(1.0))):
+        c = cpu._as_csr32(csr)
+        w = (rng.standard_normal((c.n_rows, d)) * 0.1 / np.sqrt(d)).astype(np.float32)
+        h = (rng.standard_normal((c.n_cols, d)) * 0.1 / np.sqrt(d)).astype(np.float32)
+        shared = np.abs(rng.standard_normal(d)).astype(np.float32) * spec["a0"]
+        lam = np.full(c.n_rows, spec["reg"] * 100, np.float32)
+        starts = cpu.work_blocks(c.indptr, cpu.BLOCKS_PER_THREAD * cpu.numba_threads())
+        res = np.empty_like(w)
+        t = {f"cg:{k}": best(lambda k=k: cpu._cg_rows(c.indptr, c.indices, c.values, starts, w, h, shared, lam, k,
+                                                        res)) for k in range(4)}
+        for b in spec["blocks"]:
+            for sweeps in (0, 1):
+                t[f"block:{b}:{sweeps}"] = best(lambda b=b, sw=sweeps: cpu_block.block_rows(
+                    c, starts, w, h, shared, lam, b, sw, res))
+        out[side] = t
+    return out
+
+
 def child(spec: dict) -> dict:
     if spec.get("devices", 1) > 1:  # before jax is imported
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={spec['devices']}"
+    if spec["task"] == "kernels":
+        return kernel_times(spec)
     if "prepare" in spec:
         return {"path": str(C.prepare_train(spec["prepare"]))}
     t0 = time.perf_counter()
@@ -149,6 +191,10 @@ def main_parent(a) -> None:
             for lib in todo:
                 run({**base, "lib": lib, "dataset": ds, "dim": dims[0], "evaluate": False, "cached": True},
                     a.timeout)
+    elif a.task == "kernels":
+        for d in dims:
+            run({**base, "lib": "alsx", "dataset": a.dataset, "dim": d,
+                 "blocks": [int(v) for v in a.variants.split(",")]}, a.timeout)
     elif a.task == "dtype":
         for d in dims:
             for dt in ("float32", "bfloat16"):
@@ -185,7 +231,7 @@ def _load(r: dict) -> str:
 
 def write_report() -> None:
     recs = C.read_jsonl(JSONL)
-    by = {t: [r for r in recs if r["task"] == t] for t in ("linear", "solvers", "dtype", "flops")}
+    by = {t: [r for r in recs if r["task"] == t] for t in ("linear", "solvers", "dtype", "flops", "kernels")}
     L = ["## Solvers, linear cost, bf16 and FLOP rates", "",
          "Written by `benchmarks/solvers.py` (commands in each table's rows and in the script's docstring). "
          "s/epoch is the mean of epochs 2..E (alsx's first epoch holds the XLA compile). alsx runs with one JAX "
@@ -268,6 +314,23 @@ def write_report() -> None:
                          f"{p['long_rows']:.3f} | {p['solve_gflops']:.1f} | {p['sgemm_gflops']:.1f} | "
                          f"{100 * p['solve_gflops'] / p['sgemm_gflops']:.0f} % | {_load(r)} |")
         L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
+    rows = _latest(by["kernels"], ("dataset", "dim"))
+    if rows:
+        L += ["### The CPU kernels alone: one iALS++ sweep against CG steps", "",
+              "Seconds per side (best of 3, both cores) on random tables; 'CG k' is the kernel with k steps (0: its "
+              "residual pass alone), 'iALS++ b' one sweep of blocks of b (its score pass included; in brackets the "
+              "score pass alone), then the sweep's cost in CG-3 kernels.", ""]
+        for r in rows:
+            blocks = r["blocks"]
+            L += [f"{r['dataset']}, d={r['dim']}, {r['nnz_train']:,} training entries, load {_load(r)}:", "",
+                  "| side | CG 0 | CG 1 | CG 3 | " + " | ".join(f"iALS++ b={b}" for b in blocks) + " |",
+                  "|---|---:|---:|---:|" + "---:|" * len(blocks)]
+            for side in ("rows", "cols"):
+                t = r[side]
+                cells = [f"{t[f'block:{b}:1']:.3f} ({t[f'block:{b}:0']:.3f}) = {t[f'block:{b}:1'] / t['cg:3']:.1f}×"
+                         for b in blocks]
+                L.append(f"| {side} | {t['cg:0']:.3f} | {t['cg:1']:.3f} | {t['cg:3']:.3f} | " + " | ".join(cells) + " |")
+            L += ["", f"Command: `{r['command']}`", ""]
     if recs:
         L += [f"Machine: {recs[-1]['machine']}.", ""]
     MD.write_text("\n".join(L))
@@ -276,7 +339,7 @@ def write_report() -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=["linear", "solvers", "dtype", "flops"], default="linear")
+    p.add_argument("--task", choices=["linear", "solvers", "dtype", "flops", "kernels"], default="linear")
     p.add_argument("--dataset", default="ml1m")
     p.add_argument("--dims", default="64")
     p.add_argument("--epochs", type=int, default=3)

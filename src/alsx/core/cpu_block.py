@@ -23,7 +23,10 @@ within 0.4 % of CG 3 and of Cholesky for b = 8..64, but 2.2-2.8x slower per epoc
 CG kernel.  Only b <= 8 matches CG 3's FLOPs, and this kernel runs at 6-9 GFLOP/s against
 CG's 10-14: the per-block copy of b floats from each item row costs about 2 d loads and
 stores per entry, more than all of CG's d-long vectorised passes.  It beats the JAX block
-solver (2.5x at b=64) and Cholesky; warm-started CG stays the default.
+solver (2.5x at b=64) and Cholesky; warm-started CG stays the default.  The kernels alone
+(``benchmarks/solvers.py --task kernels``): one sweep costs 3.5-9x the CG 3 kernel for b = 1..32,
+least at b = 8; gathering each row's items once, transposed, instead of per block was tried and
+not kept (the transposing gather alone cost more than CG 3).
 """
 
 from __future__ import annotations
