@@ -198,6 +198,29 @@ def test_one_block_sweep_equals_the_float64_reference(block):
     assert rel_err(two, block_sweep_reference(conf, w, h, shared.astype(np.float64), eng._lam[0], block, 2)) < 1e-5
 
 
+def test_rotate_in_place_equals_the_float64_product():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1003, 6)).astype(np.float32)
+    q = np.linalg.qr(rng.standard_normal((6, 6)))[0].astype(np.float32)
+    want = x.astype(np.float64) @ q.astype(np.float64)
+    y = x.copy()
+    out = cpu.RowThreads(2).rotate_in_place(y, q, chunk=100)  # chunks that do not divide the spans
+    assert out is y and rel_err(y, want) < 1e-6
+
+
+def test_release_scratch_keeps_the_state_and_training_resumes():
+    conf, _, _ = random_problem(4, n=30, m=20)
+    hp = HParams(dim=6, reg=REG, unobserved_weight=ALPHA0, solver="cg", cg_steps=3)
+    a, b = engines(conf, hp)
+    sa, sb = a.epoch(a.init_state(0)), b.epoch(b.init_state(0))
+    before = [t.copy() for t in a.to_numpy(sa)]
+    a.release_scratch()
+    assert a._buffers == {} and all(np.array_equal(t, u) for t, u in zip(a.to_numpy(sa), before))
+    sa, sb = a.epoch(sa), b.epoch(sb)  # buffers come back on demand
+    (wa, ha), (wb, hb) = a.to_numpy(sa), b.to_numpy(sb)
+    assert rel_err(wa, wb) < 1e-4 and rel_err(ha, hb) < 1e-4
+
+
 @pytest.mark.parametrize("solver", ["cg", "block"])
 def test_kernels_update_in_place_exactly_as_into_a_fresh_table(solver):
     """half_step writes the warm start into ``out`` and solves there: the kernels must read a

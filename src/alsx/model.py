@@ -218,6 +218,9 @@ class ALS:
         finally:
             bar.close()
         self.state_, self.engine_ = st, engine
+        release = getattr(engine, "release_scratch", None)  # epoch buffers, not needed any more
+        if release is not None:
+            release()
         if gather_tables:
             self.row_embeddings_, self.col_embeddings_ = engine.to_numpy(st)
         self.eval_topk_ = sharded_eval_topk(engine, st)

@@ -286,6 +286,16 @@ class RowThreads:
         self._map(lambda a, b: np.matmul(x[a:b], y, out=out[a:b]), len(x))
         return out
 
+    def rotate_in_place(self, x: np.ndarray, q: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """x [n, d] <- x @ q [d, d], ``chunk`` rows at a time (no second [n, d] table)."""
+
+        def span(a: int, b: int) -> None:
+            for c in range(a, b, chunk):
+                x[c:min(c + chunk, b)] = x[c:min(c + chunk, b)] @ q
+
+        self._map(span, len(x))
+        return x
+
     def gram(self, x: np.ndarray) -> np.ndarray:
         """x^T x, float32 products summed in float64."""
         return sum(self._map(lambda a, b: (x[a:b].T @ x[a:b]).astype(np.float64), len(x)))
@@ -322,7 +332,8 @@ def half_step(
     with BLAS on ``threads``.  Returns (new w, h @ Q, Q [d, d] float64): both tables in the new basis.
 
     out / h_out: optional float32 buffers for the new w and for h @ Q; reusing them spares
-    the page faults of fresh 100 MB arrays every half-step.  Neither may alias ``w`` or ``h``.
+    the page faults of fresh 100 MB arrays every half-step.  ``out`` may not alias ``w`` or
+    ``h``; ``h_out`` may be ``h`` itself, which is then rotated in place (chunk by chunk).
     The warm start w @ Q is written into ``out`` and solved in place (each kernel reads a
     row's warm start before it writes that row), so a half-step needs one [n, d] table
     besides its inputs, not two (2.6 GB less at 10M rows and d=64).
@@ -333,7 +344,10 @@ def half_step(
         e, q = eigenbasis(h, threads)
         t1 = time.perf_counter()
         q32 = q.astype(np.float32)
-        h_rot = threads.matmul(h, q32, out=empty_table(*h.shape) if h_out is None else h_out)
+        if h_out is h:
+            h_rot = threads.rotate_in_place(h, q32)
+        else:
+            h_rot = threads.matmul(h, q32, out=empty_table(*h.shape) if h_out is None else h_out)
         out = empty_table(*w.shape) if out is None else out
         # tied: the warm start is the fixed table itself, which must stay intact while rows are solved
         w_rot = h_rot if tied else threads.matmul(w, q32, out=out)
@@ -423,10 +437,18 @@ class CpuEngine:
             buf = self._buffers[name] = empty_table(n, self.hp.dim)
         return buf
 
+    def release_scratch(self) -> None:
+        """Gives back the buffers and spare pooled tables kept for the next epoch (call once
+        training is over: the tables of live states are untouched).  At 1M rows and d=1024
+        this is 8 GB the final ``to_numpy`` would otherwise sit on top of."""
+        self._buffers.clear()
+        self._pool = TablePool()
+
     def epoch(self, state: ALSState) -> ALSState:
-        """Two half-steps.  The midway tables live in private buffers reused every epoch; the
-        returned state's tables come from a :class:`TablePool`: memory of no live array, so
-        earlier states stay valid."""
+        """Two half-steps.  The returned state's tables come from a :class:`TablePool` (memory of
+        no live array, so earlier states stay valid); the row table solved by the first
+        half-step is rotated in place by the second, so an epoch holds two [n, d] row tables
+        (the state's and the new one) and three [m, d] column tables."""
         hp = self.hp
         basis = np.eye(hp.dim) if state.basis is None else state.basis
         args = (hp.unobserved_weight, hp.cg_steps)
@@ -441,11 +463,10 @@ class CpuEngine:
             w = h
         else:
             w, h, q1 = half_step(state.w, state.h, self.rows, self._lam[0], *args, self._starts[0], self._threads,
-                                 out=self._buffer("w_out", n), h_out=self._buffer("h_rot", m),
+                                 out=self._pool.take(n, hp.dim), h_out=self._buffer("h_rot", m),
                                  timings=self.timings, **self._solve)
             h, w, q2 = half_step(h, w, self.cols, self._lam[1], *args, self._starts[1], self._threads,
-                                 out=self._pool.take(m, hp.dim), h_out=self._pool.take(n, hp.dim),
-                                 timings=self.timings, **self._solve)
+                                 out=self._pool.take(m, hp.dim), h_out=w, timings=self.timings, **self._solve)
         return ALSState(w=w, h=h, epoch=state.epoch + 1, tied=self.tied, basis=basis @ q1 @ q2)
 
     def loss(self, state: ALSState) -> Loss:
