@@ -4,7 +4,8 @@ On a CPU, XLA runs the padded-block half-step (``alsx.core.step``) as separate g
 einsum and scatter loops over materialised ``[rows, width, d]`` blocks.  Here each row is
 solved start to finish while its column embeddings sit in L1: read the CSR row, form the
 residual, run the CG steps, write the result.  Nothing is padded or gathered up front, so
-memory is the two tables plus the two CSRs.
+memory is the tables (during an epoch two of the row side and three of the column side:
+see ``CpuEngine.epoch``) plus the two CSRs.
 
 The shared term alpha0 * G + lambda_u * I of every row's matrix would cost O(d^2) per row
 and CG step.  The objective is unchanged when both tables are rotated by the same
