@@ -126,15 +126,6 @@ def load_train(name: str):
     return Interactions(rows=rows, cols=cols, values=np.ones(rows.size, np.float32), shape=shape)
 
 
-def rss_gib() -> float:
-    """This process's current resident set size (VmRSS), GiB."""
-    try:
-        status = Path("/proc/self/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 2**20
-    except (OSError, AttributeError):
-        return float("nan")
-
-
 def to_scipy(part, n_rows: int | None = None):
     """scipy CSR (float32 ones) of an Interactions part."""
     import scipy.sparse as sp
@@ -169,9 +160,19 @@ def peak_rss_gib() -> float:
 
 
 def proc_hwm_gib(pid) -> float:
+    """Peak resident set size (VmHWM) of a process, GiB."""
+    return _proc_status_gib(pid, "VmHWM")
+
+
+def rss_gib() -> float:
+    """This process's current resident set size (VmRSS), GiB."""
+    return _proc_status_gib("self", "VmRSS")
+
+
+def _proc_status_gib(pid, field: str) -> float:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 2**20
+        return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1)) / 2**20
     except (OSError, AttributeError):
         return float("nan")
 

@@ -525,6 +525,17 @@ def cpu_backend_reason(hp: HParams) -> str | None:
     return None
 
 
+def best_seconds(fn, repeat: int = 3) -> float:
+    """Least wall time of ``repeat`` calls of ``fn()`` after one warm-up call (compiles, faults pages in)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
 def profile_half_step(engine: CpuEngine, state: ALSState, side: str = "rows", repeat: int = 2) -> dict[str, float]:
     """Best-of-``repeat`` seconds per phase of one half-step of ``engine`` at ``state``.
 
@@ -545,13 +556,7 @@ def profile_half_step(engine: CpuEngine, state: ALSState, side: str = "rows", re
     out = np.empty_like(w)
 
     def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
+        return best_seconds(fn, repeat)
 
     with threads.blas():
         gramian = best(lambda: eigenbasis(h, threads))
