@@ -198,6 +198,39 @@ def test_one_block_sweep_equals_the_float64_reference(block):
     assert rel_err(two, block_sweep_reference(conf, w, h, shared.astype(np.float64), eng._lam[0], block, 2)) < 1e-5
 
 
+@pytest.mark.parametrize("unit", [False, True])
+@pytest.mark.parametrize("block", [1, 2, 4, 5])
+def test_block_sweep_with_many_chunks_and_partial_tiles_equals_the_reference(block, unit):
+    """d = 20 and rows of 0..37 items: whole 8 x 8 transposed tiles, leftover items and columns, and
+    (with a small buffer) several chunks of coordinates per row; unit confidences skip the scaling."""
+    rng = np.random.default_rng(15)
+    n, m, d = 60, 45, 20
+    conf = np.where(rng.random((n, m)) < 0.3, 1.0 + rng.random((n, m)), 0.0)
+    conf[1, :37] = 1.5  # 37 items: four tiles and five leftovers
+    conf[2, :] = 0.0
+    if unit:
+        conf = (conf > 0).astype(np.float64)
+    w = (rng.normal(size=(n, d)) * 0.3).astype(np.float32)
+    h = (rng.normal(size=(m, d)) * 0.3).astype(np.float32)
+    e, q = np.linalg.eigh(h.astype(np.float64).T @ h)
+    w, h, shared = (w @ q).astype(np.float32), (h @ q).astype(np.float32), (ALPHA0 * e).astype(np.float32)
+    eng = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), HParams(dim=d, reg=REG, unobserved_weight=ALPHA0))
+    lam = eng._lam[0]
+    ref = block_sweep_reference(conf, w, h, shared.astype(np.float64), lam, block)
+    for budget in (cpu_block.BUFFER_FLOATS, 64):  # one chunk of all d; chunks of lcm(8, b) coordinates
+        out = cpu_block.block_rows(eng.rows, eng._starts[0], w, h, shared, lam, block, 1, np.empty_like(w), budget)
+        assert rel_err(out, ref) < 1e-5
+    assert np.abs(ref - w).max() > 1e-2 and np.all(out[2] == 0.0)
+
+
+def test_block_rows_refuses_a_strided_fixed_table():
+    conf, eng, w, h, shared, _ = rotated_problem(10)
+    wide = np.zeros((h.shape[0], 2 * h.shape[1]), np.float32)
+    wide[:, ::2] = h
+    with pytest.raises(ValueError, match="C-contiguous"):
+        cpu_block.block_rows(eng.rows, eng._starts[0], w, wide[:, ::2], shared, eng._lam[0], 2, 1, np.empty_like(w))
+
+
 def test_rotate_in_place_equals_the_float64_product():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1003, 6)).astype(np.float32)
@@ -301,7 +334,7 @@ def test_profile_of_the_block_solver_counts_its_own_kernel():
     p = cpu.profile_half_step(eng, eng.epoch(eng.init_state(0)), "rows", repeat=1)
     assert p["solve_gflops"] > 0 and p["residual"] >= 0 and p["cg_steps"] >= 0
     nnz, d = int((conf > 0).sum()), 6
-    assert cpu_block.block_flops(nnz, conf.shape[0], d, 2, 1) == nnz * (2 * d + 3 * (6 + 10)) + 40 * 3 * (8 / 3 + 8)
+    assert cpu_block.block_flops(nnz, conf.shape[0], d, 2, 1) == nnz * (2 * d + 3 * (6 + 8)) + 40 * 3 * (8 / 3 + 8)
 
 
 def test_table_pool_reuses_memory_only_when_no_array_holds_it():

@@ -31,50 +31,25 @@ import weakref
 
 import numba
 import numpy as np
-from llvmlite import ir
-from llvmlite.binding import llvm_version_info
-from numba import prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import prange
 
 from alsx.config import HParams, Packing
-from alsx.core.cpu_block import block_flops, block_rows
+from alsx.core.cpu_block import block_flops, block_rows, transpose_positions
 from alsx.core.objective import Loss, row_regularisation
+from alsx.core.simd import PREFETCH, prefetch_row
 from alsx.core.state import ALSState, init_state
 from alsx.data.matrix import CSR
 
 # Work per row ~ (nnz * passes + a few d-vectors): rows are cut into blocks of equal work.
 ROW_COST = 4
 BLOCKS_PER_THREAD = 64
-# The residual pass is the first touch of each fixed-table row; the rows PREFETCH entries
-# ahead are requested while the current one is used (about 15 % on a 1M x 200k matrix).
-PREFETCH = 8
 # A row whose table rows overflow L1 (32 KiB) re-reads them from L2 or beyond in every CG
 # pass, so its CG passes prefetch too: 7-19 % less kernel CPU time on the column half-step
 # of a 10M x 2M matrix (48 % of its entries are in such rows at d=64), 8 % on the row one.
 L1_FLOATS = 8192
-
-
-@intrinsic
-def _prefetch(typingctx, table, row, col):
-    """Hints the cache line of table[row, col] into all cache levels (LLVM's prefetch)."""
-    def codegen(context, builder, sig, args):
-        aty = sig.args[0]
-        ary = context.make_array(aty)(context, builder, args[0])
-        inds = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:])]
-        ptr = cgutils.get_item_pointer2(context, builder, data=ary.data,
-                                        shape=cgutils.unpack_tuple(builder, ary.shape),
-                                        strides=cgutils.unpack_tuple(builder, ary.strides),
-                                        layout=aty.layout, inds=inds)
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        name = "llvm.prefetch.p0" if llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                            name)
-        # read, highest temporal locality, data cache
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return types.void(table, row, col), codegen
+# The block solver hands each half-step's final residuals on to the next (see
+# CpuEngine._handoffs) and recomputes them from the tables every this many epochs.
+RESCORE_EVERY = 8
 
 
 # ============================================================================ kernels
@@ -106,9 +81,7 @@ def _cg_rows(indptr, indices, conf, starts, w, h, shared, lam, steps, out):  # p
                 r[j] = -diag[j] * x[j]
             for k in range(s0, s1):  # r = b - A x0 in one pass: sum c (1 - <h, x0>) h
                 if k + PREFETCH < end:
-                    ahead = indices[k + PREFETCH]
-                    for j in range(0, d, 16):  # 16 floats per 64-byte line
-                        _prefetch(h, ahead, j)
+                    prefetch_row(h, indices[k + PREFETCH])
                 hk = h[indices[k]]
                 s = np.float32(0.0)
                 for j in range(d):
@@ -126,9 +99,7 @@ def _cg_rows(indptr, indices, conf, starts, w, h, shared, lam, steps, out):  # p
                     ap[j] = diag[j] * p[j]
                 for k in range(s0, s1):
                     if far and k + PREFETCH < s1:
-                        ahead = indices[k + PREFETCH]
-                        for j in range(0, d, 16):
-                            _prefetch(h, ahead, j)
+                        prefetch_row(h, indices[k + PREFETCH])
                     hk = h[indices[k]]
                     s = np.float32(0.0)
                     for j in range(d):
@@ -324,6 +295,7 @@ def half_step(
     timings: dict | None = None,
     block_size: int = 0,
     sweeps: int = 1,
+    handoff: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Re-solves every row of ``w`` [n, d] against the fixed ``h`` [m, d] by ``cg_steps`` CG steps,
     or with ``block_size`` > 0 by ``sweeps`` iALS++ sweeps over blocks of that size
@@ -339,6 +311,7 @@ def half_step(
     row's warm start before it writes that row), so a half-step needs one [n, d] table
     besides its inputs, not two (2.6 GB less at 10M rows and d=64).
     ``timings`` (optional) accumulates seconds per phase: gramian, rotate, solve.
+    ``handoff``: residual arguments of :func:`alsx.core.cpu_block.block_rows` (block solver only).
     """
     t0 = time.perf_counter()
     with threads.blas():
@@ -355,7 +328,7 @@ def half_step(
     t2 = time.perf_counter()
     shared = (alpha0 * e).astype(np.float32)
     if block_size:
-        block_rows(side, starts, w_rot, h_rot, shared, lam, block_size, sweeps, out)
+        block_rows(side, starts, w_rot, h_rot, shared, lam, block_size, sweeps, out, **(handoff or {}))
     else:
         _cg_rows(side.indptr, side.indices, side.values, starts, w_rot, h_rot, shared, lam, cg_steps, out)
     if timings is not None:
@@ -418,6 +391,10 @@ class CpuEngine:
         self._buffers: dict[str, np.ndarray] = {}
         self._pool = TablePool()
         self._threads = RowThreads(numba_threads())
+        # block solver: the entry permutations between the two sides, and weak references to the
+        # tables of the state whose residuals the last epoch left in _buffers['r_rows']
+        self._perm: tuple | None = None
+        self._residuals_of: tuple | None = None
         self.stats = PackStats(1.0, 1.0, time.perf_counter() - t)  # CSR as is: no padding
 
     def _lambdas(self, side: CSR, n_other: int) -> np.ndarray:
@@ -444,6 +421,36 @@ class CpuEngine:
         this is 8 GB the final ``to_numpy`` would otherwise sit on top of."""
         self._buffers.clear()
         self._pool = TablePool()
+        self._perm = self._residuals_of = None
+
+    def _handoffs(self, state: ALSState) -> tuple[dict, dict]:
+        """Residual hand-off arguments of the two half-steps of a 'block' epoch.
+
+        Each half-step ends with the residuals sqrt(c) (1 - <w_u, h_i>) of its solved rows
+        against the fixed table: exactly the scores the next half-step starts from (the
+        tables' rotation in between leaves scores unchanged).  So each hands them on in the
+        other side's entry order and the next one skips its score pass (a fifth of a d=1024
+        sweep on ml1m).  The first half-step takes them only when ``state`` is the one the
+        previous epoch returned, and recomputes them every RESCORE_EVERY epochs to keep the
+        incremental float32 updates from drifting.  Nothing for CG or tied tables.
+        """
+        if not self._solve["block_size"] or self.tied:
+            return {}, {}
+        if self._perm is None:
+            self._perm = transpose_positions(self.rows, self.cols) or ()
+        if not self._perm:
+            return {}, {}
+        nnz = self.rows.nnz
+        r_rows = self._buffers.get("r_rows")
+        if r_rows is None:
+            r_rows = self._buffers["r_rows"] = np.empty(nnz, np.float32)
+            self._buffers["r_cols"] = np.empty(nnz, np.float32)
+        r_cols = self._buffers["r_cols"]
+        ref = self._residuals_of
+        fresh = (ref is not None and ref[0]() is state.w and ref[1]() is state.h
+                 and state.epoch % RESCORE_EVERY != 0)
+        return (dict(residuals_in=r_rows if fresh else None, residuals_out=r_cols, perm=self._perm[0]),
+                dict(residuals_in=r_cols, residuals_out=r_rows, perm=self._perm[1]))
 
     def epoch(self, state: ALSState) -> ALSState:
         """Two half-steps.  The returned state's tables come from a :class:`TablePool` (memory of
@@ -463,11 +470,15 @@ class CpuEngine:
                                  **self._solve)
             w = h
         else:
+            first, second = self._handoffs(state)
             w, h, q1 = half_step(state.w, state.h, self.rows, self._lam[0], *args, self._starts[0], self._threads,
                                  out=self._pool.take(n, hp.dim), h_out=self._buffer("h_rot", m),
-                                 timings=self.timings, **self._solve)
+                                 timings=self.timings, handoff=first, **self._solve)
             h, w, q2 = half_step(h, w, self.cols, self._lam[1], *args, self._starts[1], self._threads,
-                                 out=self._pool.take(m, hp.dim), h_out=w, timings=self.timings, **self._solve)
+                                 out=self._pool.take(m, hp.dim), h_out=w, timings=self.timings, handoff=second,
+                                 **self._solve)
+            if first:
+                self._residuals_of = (weakref.ref(w), weakref.ref(h))
         return ALSState(w=w, h=h, epoch=state.epoch + 1, tied=self.tied, basis=basis @ q1 @ q2)
 
     def loss(self, state: ALSState) -> Loss:
