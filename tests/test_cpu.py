@@ -3,6 +3,8 @@ and against the JAX engine."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -217,8 +219,10 @@ def test_block_sweep_with_many_chunks_and_partial_tiles_equals_the_reference(blo
     eng = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), HParams(dim=d, reg=REG, unobserved_weight=ALPHA0))
     lam = eng._lam[0]
     ref = block_sweep_reference(conf, w, h, shared.astype(np.float64), lam, block)
-    for budget in (cpu_block.BUFFER_FLOATS, 64):  # one chunk of all d; chunks of lcm(8, b) coordinates
-        out = cpu_block.block_rows(eng.rows, eng._starts[0], w, h, shared, lam, block, 1, np.empty_like(w), budget)
+    # one chunk of all d; chunks of lcm(8, b) coordinates; of 16 (a buffer wider than the budget)
+    for budget, min_chunk in ((cpu_block.BUFFER_FLOATS, cpu_block.MIN_CHUNK), (64, 8), (64, 16)):
+        out = cpu_block.block_rows(eng.rows, eng._starts[0], w, h, shared, lam, block, 1, np.empty_like(w), budget,
+                                   min_chunk)
         assert rel_err(out, ref) < 1e-5
     assert np.abs(ref - w).max() > 1e-2 and np.all(out[2] == 0.0)
 
@@ -312,6 +316,71 @@ def test_block_engine_epochs_equal_a_numpy_reference_in_the_same_basis():
     got_w, got_h = eng.to_numpy(st)
     assert rel_err(got_w, w) < 1e-4 and rel_err(got_h, h) < 1e-4
     assert eng.loss(st).total < cpu.CpuEngine(to_csr(conf), to_csr(conf.T), hp).loss(eng.init_state(0)).total
+
+
+def exact_residuals(csr, w, h):
+    """float64 sqrt(c) (1 - <w_u, h_i>) per stored entry of ``csr``, in its order."""
+    u = np.repeat(np.arange(csr.n_rows), np.diff(csr.indptr))
+    s = np.einsum("ij,ij->i", w[u].astype(np.float64), h[csr.indices].astype(np.float64))
+    return np.sqrt(csr.values.astype(np.float64)) * (1.0 - s)
+
+
+def test_transpose_positions_map_each_entry_to_its_place_in_the_transpose():
+    conf, _, _ = random_problem(16, n=50, m=35)
+    rows, cols = cpu._as_csr32(to_csr(conf)), cpu._as_csr32(to_csr(conf.T))
+    r2c, c2r = cpu_block.transpose_positions(rows, cols)
+    row_of = np.repeat(np.arange(rows.n_rows), np.diff(rows.indptr))
+    col_of = np.repeat(np.arange(cols.n_rows), np.diff(cols.indptr))
+    assert np.array_equal(cols.indices[r2c], row_of) and np.array_equal(col_of[r2c], rows.indices)
+    assert np.array_equal(cols.values[r2c], rows.values)
+    assert np.array_equal(c2r[r2c], np.arange(rows.nnz)) and r2c.dtype == np.int32
+    # a transpose whose rows are not ascending within a column: no positions (no hand-off)
+    shuffled = dataclasses.replace(cols, indices=cols.indices.copy())
+    a, b = cols.indptr[1], cols.indptr[2]  # column 1 has several rows
+    assert b - a >= 2
+    shuffled.indices[a:b] = shuffled.indices[a:b][::-1]
+    assert cpu_block.transpose_positions(rows, shuffled) is None
+
+
+def test_block_epochs_hand_residuals_on_exactly(monkeypatch):
+    """Each half-step's final residuals, handed to the next one, are the scores it would compute
+    itself: epochs with the hand-off equal epochs that rescore every half-step, and what is left
+    for the next epoch is the residual of the returned state."""
+    conf, _, _ = random_problem(17, n=40, m=30, d=16)
+    hp = HParams(dim=16, reg=REG, unobserved_weight=ALPHA0, solver="block", block_size=1)
+    handed = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), hp)
+    calls = []
+    real = cpu.block_rows
+    monkeypatch.setattr(cpu, "block_rows", lambda *a, **k: calls.append(k["residuals_in"] is not None) or real(*a, **k))
+    st = handed.init_state(0)
+    for _ in range(4):
+        st = handed.epoch(st)
+    assert calls == [False] + [True] * 7  # only the very first half-step ran its score pass
+    assert rel_err(handed._buffers["r_rows"], exact_residuals(handed.rows, st.w, st.h)) < 1e-5
+
+    monkeypatch.setattr(cpu, "RESCORE_EVERY", 1)  # every epoch starts from its own score pass
+    calls.clear()
+    rescored = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), hp)
+    sr = rescored.init_state(0)
+    for _ in range(4):
+        sr = rescored.epoch(sr)
+    assert calls == [False, True] * 4
+    (wa, ha), (wb, hb) = handed.to_numpy(st), rescored.to_numpy(sr)
+    assert rel_err(wa, wb.astype(np.float64)) < 1e-5 and rel_err(ha, hb.astype(np.float64)) < 1e-5
+
+
+def test_block_epoch_from_another_state_rescores():
+    """Residuals are handed on only to the state they belong to: an epoch from an older state
+    (a resume, a rerun) recomputes its scores and equals a fresh engine's epoch."""
+    conf, _, _ = random_problem(18, n=40, m=30, d=16)
+    hp = HParams(dim=16, reg=REG, unobserved_weight=ALPHA0, solver="block", block_size=2)
+    eng = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), hp)
+    s1 = eng.epoch(eng.init_state(0))
+    eng.epoch(eng.epoch(s1))  # the engine now holds residuals of a later state
+    again = eng.epoch(s1)
+    fresh = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), hp)
+    want = fresh.epoch(fresh.from_external(*eng.to_numpy(s1), epoch=1))
+    assert rel_err(eng.to_numpy(again)[0], fresh.to_numpy(want)[0].astype(np.float64)) < 1e-5
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -554,8 +554,10 @@ def profile_half_step(engine: CpuEngine, state: ALSState, side: str = "rows", re
     with 0 CG steps: gather, b - A x0, write) and cg_steps (the rest of the kernel).
     solve_gflops counts the kernel's multiply-adds over the stored entries (2 passes of
     2d FLOPs per entry, for the residual and each step) per second of kernel time.
-    For the 'block' solver, residual is the kernel with 0 sweeps (the scores H_u x0) and
-    cg_steps the sweeps; FLOPs as ``cpu_block.block_flops``.
+    For the 'block' solver, residual is the kernel with 0 sweeps (the scores H_u x0, which
+    training runs only every RESCORE_EVERY epochs: see ``CpuEngine._handoffs``) and cg_steps
+    the kernel given those residuals (gather and sweeps); FLOPs as ``cpu_block.block_flops``
+    less the score pass.
     """
     from alsx.core.profile import sgemm_rate
 
@@ -576,20 +578,19 @@ def profile_half_step(engine: CpuEngine, state: ALSState, side: str = "rows", re
     shared = np.ones(hp.dim, np.float32) * hp.unobserved_weight
 
     bs, sweeps = engine._solve["block_size"], engine._solve["sweeps"]
-
-    def kernel(steps):
-        if bs:
-            return lambda: block_rows(csr, starts, w, h, shared, lam, bs, steps, out)
-        return lambda: _cg_rows(csr.indptr, csr.indices, csr.values, starts, w, h, shared, lam, steps, out)
-
-    residual = best(kernel(0))
-    full = best(kernel(sweeps if bs else hp.cg_steps))
     if bs:
-        flops = block_flops(csr.nnz, len(lam), hp.dim, bs, sweeps)
+        residual = best(lambda: block_rows(csr, starts, w, h, shared, lam, bs, 0, out))
+        handed = np.full(csr.nnz, 0.5, np.float32)  # their values do not change the work
+        steps = best(lambda: block_rows(csr, starts, w, h, shared, lam, bs, sweeps, out, residuals_in=handed))
+        flops, seconds = block_flops(csr.nnz, len(lam), hp.dim, bs, sweeps) - 2.0 * csr.nnz * hp.dim, steps
     else:
+        residual = best(lambda: _cg_rows(csr.indptr, csr.indices, csr.values, starts, w, h, shared, lam, 0, out))
+        seconds = best(lambda: _cg_rows(csr.indptr, csr.indices, csr.values, starts, w, h, shared, lam, hp.cg_steps,
+                                        out))
+        steps = max(seconds - residual, 0.0)
         flops = csr.nnz * 2 * (2 * hp.dim) * (hp.cg_steps + 1)
-    result = {"gramian": gramian, "rotate": rotate, "residual": residual, "cg_steps": max(full - residual, 0.0)}
-    result["total"] = sum(result.values())
-    result["solve_gflops"] = flops / full / 1e9
+    result = {"gramian": gramian, "rotate": rotate, "residual": residual, "cg_steps": steps}
+    result["total"] = gramian + rotate + steps + (0.0 if bs else residual)  # a handed-on block half-step
+    result["solve_gflops"] = flops / seconds / 1e9
     result["sgemm_gflops"] = sgemm_rate() / 1e9
     return result

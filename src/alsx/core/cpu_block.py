@@ -14,15 +14,25 @@ JAX engine's sweep in the original basis; both converge to the same exact solve.
 
 Layout.  Every step of a sweep is a sum or an update over the row's n items for one
 coordinate, so the row's items are wanted item-minor: a = sqrt(c) * H_u[:, chunk]^T,
-[K, n].  Each chunk of K coordinates (K x n floats kept near BUFFER_FLOATS, so in L2) is
-gathered with 8 x 8 register transposes (``alsx.core.simd.gather_t8``: 8-float loads,
-shuffles, 8-float stores); the loops over items then run over contiguous, zero-padded
-rows and vectorise.  The residuals r = sqrt(c) * (1 - H_u x) are kept for the whole row.
-Blocks of 1 and 2 coordinates take fused passes (one pass forms the block's gradient and
-Gram, one updates r); larger blocks form their Gram's lower triangle pass by pass.
+[K, n].  Each chunk of K coordinates (K x n floats kept near BUFFER_FLOATS, so in L2, but
+K >= MIN_CHUNK) is gathered with 8 x 8 register transposes (``alsx.core.simd.gather_t8``:
+8-float loads, shuffles, 8-float stores); the loops over items then run over contiguous,
+zero-padded rows and vectorise.  The residuals r = sqrt(c) * (1 - H_u x) are kept for the
+whole row; a row's final residuals are the next half-step's starting scores, so they are
+handed on in the other side's entry order (``CpuEngine._handoffs``) and the score pass
+runs only on the first and every RESCORE_EVERY-th epoch.  Blocks of 1 and 2 coordinates
+take fused passes (b = 1: one pass per coordinate applies its step and forms the next
+coordinate's sums; b = 2: one pass forms the block's gradient and Gram, one updates r);
+larger blocks form their Gram's lower triangle pass by pass.
 
-Per entry, one sweep costs d (b + 5) FLOPs after a 2 d score pass (``block_flops``),
+Per entry, one sweep costs d (b + 5) FLOPs (``block_flops``; 2 d more for a score pass)
 against 16 d for three CG steps, plus the transposing gather (about a CG step's time).
+Measured (ml1m, d=1024, benchmarks/RESULTS.md): one sweep with b = 1 given handed-on
+residuals takes 0.70-0.72x the CG-3 kernel's time (b = 2: 0.73-0.80x; b >= 4 is slower
+than CG), and 8 epochs at 0.91x CG 3's seconds per epoch reach its Recall@20 and
+Cholesky's (80x faster).  The per-coordinate steps are serial (a reduction, a division, an
+update), so rows of a few items pay about 50 cycles per coordinate whatever n: on cnr-2000
+(9 items per row) at d=256 a sweep costs 2.5-3.2x the CG-3 kernel, and CG stays the default.
 """
 
 from __future__ import annotations
@@ -36,6 +46,10 @@ from alsx.core.simd import PREFETCH, gather_t8, prefetch, prefetch_row
 # Floats of one chunk of transposed item rows (K coordinates x n items): 128 KiB stays in
 # L2 next to the residuals.  (16K-64K measured alike on ml1m at d=1024.)
 BUFFER_FLOATS = 32768
+# ... but a chunk spans at least this many coordinates (4 cache lines of each item row): a long
+# row's narrow chunks read one line per item, scattered, and wait on each (item side of
+# ml1m at d=1024: the kernel at 0.90 of CG 3's time with chunks of 8, 0.67-0.73 with 64-128).
+MIN_CHUNK = 64
 _TINY = 1e-30  # pivots are clamped here: a zero column with lambda = alpha0 = 0 stays at 0
 
 
@@ -44,9 +58,10 @@ def _gather_chunk(h, indices, s0, n, k0, kw, sc, unit, buf):  # pragma: no cover
     """buf[j, t] = sc[t] * h[indices[s0 + t], k0 + j] for t < n, j < kw (sc ignored if ``unit``)."""
     n8, w8 = n - n % 8, kw - kw % 8
     for t in range(0, n8, 8):
-        if t + 8 < n8:  # the next 8 rows' first lines, while these are transposed
+        if t + 8 < n8:  # the next 8 items' lines, while these are transposed
             for r in range(8):
-                prefetch(h, indices[s0 + t + 8 + r], k0)
+                for j in range(0, kw, 16):
+                    prefetch(h, indices[s0 + t + 8 + r], k0 + j)
         for j in range(0, w8, 8):
             if unit:
                 gather_t8(h, indices, s0 + t, k0 + j, None, t, buf, j)
@@ -61,19 +76,34 @@ def _gather_chunk(h, indices, s0, n, k0, kw, sc, unit, buf):  # pragma: no cover
 
 @numba.njit(fastmath=True)
 def _sweep_1(buf, r, x, shared, lu, k0, kw, npad):  # pragma: no cover - compiled
-    """Coordinate descent over x[k0:k0 + kw] (blocks of one)."""
+    """Coordinate descent over x[k0:k0 + kw] (blocks of one).
+
+    One pass per coordinate: it applies coordinate j's step to the residuals and forms
+    coordinate j + 1's gradient and curvature from them (15-25 % faster than two passes).
+    """
+    num = np.float32(0.0)
+    den = np.float32(0.0)
+    a = buf[0]
+    for t in range(npad):
+        num += a[t] * r[t]
+        den += a[t] * a[t]
     for j in range(kw):
-        a = buf[j]
-        num = np.float32(0.0)
-        den = np.float32(0.0)
-        for t in range(npad):
-            num += a[t] * r[t]
-            den += a[t] * a[t]
         dk = shared[k0 + j] + lu
         delta = np.float32((num - dk * x[k0 + j]) / max(den + dk, _TINY))
         x[k0 + j] += delta
-        for t in range(npad):
-            r[t] -= delta * a[t]
+        a = buf[j]
+        if j + 1 < kw:
+            b = buf[j + 1]
+            num = np.float32(0.0)
+            den = np.float32(0.0)
+            for t in range(npad):
+                v = r[t] - delta * a[t]
+                r[t] = v
+                num += b[t] * v
+                den += b[t] * b[t]
+        else:
+            for t in range(npad):
+                r[t] -= delta * a[t]
 
 
 @numba.njit(fastmath=True)
@@ -157,14 +187,14 @@ def _sweep_b(buf, r, x, shared, lu, k0, kw, npad, block, a, g):  # pragma: no co
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _block_rows(indptr, indices, conf, starts, w, h, shared, lam, block, step, budget, sweeps,
+def _block_rows(indptr, indices, conf, starts, w, h, shared, lam, block, step, budget, min_chunk, sweeps,
                 r_in, r_out, perm, out):  # pragma: no cover - compiled
     """``sweeps`` block-coordinate sweeps over blocks of ``block`` coordinates on every row.
 
     Arguments as ``alsx.core.cpu._cg_rows`` (w: warm starts, h: fixed table, both in the
     eigenbasis; shared: [d] alpha0 * eigenvalues; lam: [n]); ``block`` divides d; chunks
     of coordinates are multiples of ``step`` (a multiple of 8 and of ``block``) holding
-    about ``budget`` floats.  Rows without entries get their optimum 0.  ``out`` may be
+    about ``budget`` floats, and at least ``min_chunk`` coordinates (rounded down to ``step``).  Rows without entries get their optimum 0.  ``out`` may be
     ``w`` (a row's warm start is read before the row is written).
 
     r_in: [nnz] float32 residuals sqrt(c) (1 - <h, w_u>) of the warm start in this side's
@@ -184,7 +214,8 @@ def _block_rows(indptr, indices, conf, starts, w, h, shared, lam, block, step, b
         for u in range(starts[blk], starts[blk + 1]):
             longest = max(longest, indptr[u + 1] - indptr[u])
         longest += (-longest) % 8
-        flat = np.empty(max(budget, step * longest), np.float32)
+        widest = max(step, min_chunk // step * step)  # the narrowest chunk a row gets
+        flat = np.empty(max(budget, widest * longest), np.float32)
         r = np.zeros(longest, np.float32)  # residuals sqrt(c) (1 - <h, x>), zero past n
         sc = np.empty(longest, np.float32)  # sqrt(c)
         x = np.empty(d, np.float32)
@@ -215,7 +246,7 @@ def _block_rows(indptr, indices, conf, starts, w, h, shared, lam, block, step, b
             npad = n + (-n) % 8
             for t in range(n, npad):
                 r[t] = 0.0
-            chunk = min(d, max(step, budget // npad // step * step))
+            chunk = min(d, max(widest, budget // npad // step * step))
             buf = flat[:chunk * npad].reshape((chunk, npad))
             for j in range(chunk):  # padding columns: zero, so they add nothing to any sum
                 for t in range(n, npad):
@@ -242,12 +273,13 @@ _NONE_I = np.empty(0, np.int64)
 
 
 def block_rows(side, starts: np.ndarray, w: np.ndarray, h: np.ndarray, shared: np.ndarray, lam: np.ndarray,
-               block: int, sweeps: int, out: np.ndarray, budget: int = BUFFER_FLOATS,
+               block: int, sweeps: int, out: np.ndarray, budget: int = BUFFER_FLOATS, min_chunk: int = MIN_CHUNK,
                residuals_in: np.ndarray | None = None, residuals_out: np.ndarray | None = None,
                perm: np.ndarray | None = None) -> np.ndarray:
     """Runs :func:`_block_rows` over the CSR ``side`` (int64/int32/float32 arrays); returns ``out``.
 
-    budget: floats per chunk of transposed item rows (tests make it small to force many chunks).
+    budget, min_chunk: floats per chunk of transposed item rows, fewest coordinates per chunk
+    (tests make both small to force many chunks).
     residuals_in: [nnz] residuals of (w, h) in this side's entry order, handed on by the
     previous half-step (skips the score pass); residuals_out with perm [nnz] (this side's
     entry -> the other side's): where to hand this half-step's final residuals on.
@@ -265,7 +297,7 @@ def block_rows(side, starts: np.ndarray, w: np.ndarray, h: np.ndarray, shared: n
         raise ValueError("residuals_out and perm go together")
     step = int(np.lcm(8, block))
     _block_rows(side.indptr, side.indices, side.values, starts, w, h, shared, lam, int(block), step, int(budget),
-                int(sweeps), _NONE_F if residuals_in is None else residuals_in,
+                int(min_chunk), int(sweeps), _NONE_F if residuals_in is None else residuals_in,
                 _NONE_F if residuals_out is None else residuals_out, _NONE_I if perm is None else perm, out)
     return out
 
