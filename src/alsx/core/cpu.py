@@ -501,8 +501,9 @@ class CpuEngine:
         w = state.w @ back
         return w, (w if self.tied else state.h @ back)
 
-    # Checkpoints hold the stored (rotated) tables and their basis, so a resumed run
-    # continues bit for bit; other engines rotate them back when they restore.
+    # Checkpoints hold the stored (rotated) tables and their basis, so a resumed CG run
+    # continues bit for bit (a resumed 'block' run recomputes the scores the hand-off would
+    # have carried: equal up to float32 rounding); other engines rotate them back when they restore.
     keeps_basis = True
 
     def to_external(self, state: ALSState):
