@@ -194,8 +194,9 @@ def _block_rows(indptr, indices, conf, starts, w, h, shared, lam, block, step, b
     Arguments as ``alsx.core.cpu._cg_rows`` (w: warm starts, h: fixed table, both in the
     eigenbasis; shared: [d] alpha0 * eigenvalues; lam: [n]); ``block`` divides d; chunks
     of coordinates are multiples of ``step`` (a multiple of 8 and of ``block``) holding
-    about ``budget`` floats, and at least ``min_chunk`` coordinates (rounded down to ``step``).  Rows without entries get their optimum 0.  ``out`` may be
-    ``w`` (a row's warm start is read before the row is written).
+    about ``budget`` floats, and at least ``min_chunk`` coordinates (rounded down to
+    ``step``).  Rows without entries get their optimum 0.  ``out`` may be ``w`` (a row's
+    warm start is read before the row is written).
 
     r_in: [nnz] float32 residuals sqrt(c) (1 - <h, w_u>) of the warm start in this side's
     entry order, or empty: then a score pass computes them.  r_out: [nnz] or empty: the
