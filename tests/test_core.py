@@ -218,6 +218,17 @@ def test_block_solver_sweeps_converge_to_exact(packing):
 def test_block_size_must_divide_dim():
     with pytest.raises(ValueError, match="divide"):
         HParams(dim=10, solver="block", block_size=4)
+    with pytest.raises(ValueError, match="divide"):
+        HParams(dim=10, solver="block", block_size=-1)
+
+
+def test_block_width_is_the_backends_choice_unless_given():
+    assert HParams(dim=96, solver="block").block_width("cpu") == 1
+    assert HParams(dim=96, solver="block").block_width("jax") == 48  # largest divisor of 96 up to 64
+    assert HParams(dim=1024, solver="block").block_width("jax") == 64
+    assert HParams(dim=7, solver="block").block_width("jax") == 7  # d <= 64: one exact block
+    assert HParams(dim=12, solver="block", block_size=4).block_width("cpu") == 4
+    assert HParams(dim=12, solver="cg", block_size=4).block_width("jax") == 0
 
 
 def test_profile_reports_every_phase():

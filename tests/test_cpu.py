@@ -369,6 +369,18 @@ def test_block_epochs_hand_residuals_on_exactly(monkeypatch):
     assert rel_err(wa, wb.astype(np.float64)) < 1e-5 and rel_err(ha, hb.astype(np.float64)) < 1e-5
 
 
+def test_block_engine_defaults_to_blocks_of_one():
+    """block_size=0 (the default) runs the CPU kernel with b = 1: the same tables as asking for it."""
+    conf, _, _ = random_problem(19, n=30, m=20, d=8)
+    tables = []
+    for b in (0, 1, 2):
+        eng = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), HParams(dim=8, reg=REG, unobserved_weight=ALPHA0,
+                                                                  solver="block", block_size=b))
+        tables.append(eng.to_numpy(eng.epoch(eng.epoch(eng.init_state(0))))[0])
+    assert np.array_equal(tables[0], tables[1])
+    assert not np.allclose(tables[0], tables[2], atol=1e-6)  # the size matters, so the check can fail
+
+
 def test_block_epoch_from_another_state_rescores():
     """Residuals are handed on only to the state they belong to: an epoch from an older state
     (a resume, a rerun) recomputes its scores and equals a fresh engine's epoch."""

@@ -37,7 +37,9 @@ def _add_model_args(p: argparse.ArgumentParser, dim: int = DEFAULTS["dim"], epoc
                    help="cg: matrix-free conjugate gradient; cholesky: exact; block: iALS++ subspace sweeps "
                         "(for large --dim)")
     g.add_argument("--cg-steps", type=int, default=DEFAULTS["cg_steps"])
-    g.add_argument("--block-size", type=int, default=64, help="subspace size of --solver block (divides --dim)")
+    g.add_argument("--block-size", type=int, default=0,
+                   help="subspace size of --solver block (divides --dim); 0: 1 on the cpu backend, the largest "
+                        "divisor of --dim up to 64 with jax (default %(default)s)")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=DEFAULTS["dtype"], help="table storage")
     g.add_argument("--alpha", type=float, default=None,
                    help="confidence c = 1 + alpha * value from the value column (default: binary)")

@@ -22,7 +22,8 @@ class HParams:
       solver: 'cg' (warm-started conjugate gradient, ``cg_steps`` steps), 'cholesky' (exact)
         or 'block' (iALS++: one sweep of exact updates of ``block_size``-dim subspaces).
       cg_steps: CG iterations per row and half-epoch.
-      block_size: subspace size of the 'block' solver (must divide dim).
+      block_size: subspace size of the 'block' solver (must divide dim); 0 lets the backend choose
+        (see :meth:`block_width`).
       dtype: table storage dtype; the normal equations are always float32.
       init_scale: sigma; tables start as N(0, sigma / sqrt(dim)).
     """
@@ -33,7 +34,7 @@ class HParams:
     nu: float = 1.0
     solver: Solver = "cg"
     cg_steps: int = 3
-    block_size: int = 64
+    block_size: int = 0
     dtype: DType = "float32"
     init_scale: float = 0.1
 
@@ -45,14 +46,30 @@ class HParams:
                 f"reg, unobserved_weight and nu must be >= 0, got {self.reg}, {self.unobserved_weight}, {self.nu}")
         if self.solver not in ("cg", "cholesky", "block"):
             raise ValueError(f"solver must be 'cg', 'cholesky' or 'block', got {self.solver!r}")
-        if self.solver == "block" and (self.block_size < 1 or self.dim % self.block_size):
-            raise ValueError(f"block_size must divide dim for the block solver, got {self.block_size} and {self.dim}")
+        if self.block_size < 0 or (self.solver == "block" and self.block_size and self.dim % self.block_size):
+            raise ValueError(f"block_size must be 0 (backend's choice) or divide dim for the block solver, "
+                             f"got {self.block_size} and {self.dim}")
         if self.cg_steps < 1:
             raise ValueError(f"cg_steps must be >= 1, got {self.cg_steps}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.init_scale <= 0:
             raise ValueError(f"init_scale must be > 0, got {self.init_scale}")
+
+    def block_width(self, backend: str) -> int:
+        """Subspace size the 'block' solver uses on ``backend`` ('cpu' or 'jax'); 0 for the other solvers.
+
+        An explicit ``block_size`` wins. Otherwise the CPU kernels take 1 (one fused pass per
+        coordinate: 0.70x a CG-3 kernel at d=1024, blocks of 8 cost 1.5x, benchmarks/RESULTS.md), and
+        JAX takes the largest divisor of dim up to 64 (batched b x b solves keep the vector units busy).
+        """
+        if self.solver != "block":
+            return 0
+        if self.block_size:
+            return self.block_size
+        if backend == "cpu":
+            return 1
+        return max(b for b in range(1, min(64, self.dim) + 1) if self.dim % b == 0)
 
 
 @dataclasses.dataclass(frozen=True)

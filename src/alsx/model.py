@@ -64,7 +64,8 @@ class ALS:
       nu: frequency-scaling exponent of the regulariser (0: plain, 1: Rendle et al.).
       solver: 'cg', 'cholesky' or 'block' (iALS++).
       cg_steps: CG iterations per half-epoch.
-      block_size: subspace size of the 'block' (iALS++) solver.
+      block_size: subspace size of the 'block' (iALS++) solver; 0: 1 on the CPU backend, the
+        largest divisor of dim up to 64 with JAX.
       epochs: full epochs (rows, then columns).
       dtype: table storage, 'float32' or 'bfloat16' (normal equations stay float32).
       alpha: if set, confidences are 1 + alpha * value (Hu et al.); else every entry weighs 1.
@@ -90,7 +91,7 @@ class ALS:
         nu: float = 1.0,
         solver: str = "cg",
         cg_steps: int = 3,
-        block_size: int = 64,
+        block_size: int = 0,
         epochs: int = 16,
         dtype: str = "float32",
         alpha: float | None = None,

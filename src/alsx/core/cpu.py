@@ -381,7 +381,7 @@ class CpuEngine:
 
         t = time.perf_counter()
         self.hp, self.tied = hp, tied
-        self._solve = dict(block_size=hp.block_size if hp.solver == "block" else 0, sweeps=block_sweeps)
+        self._solve = dict(block_size=hp.block_width("cpu"), sweeps=block_sweeps)
         self.n_rows, self.n_cols = rows.n_rows, rows.n_cols
         self.rows, self.cols = _as_csr32(rows), _as_csr32(cols)
         n_blocks = BLOCKS_PER_THREAD * numba_threads()

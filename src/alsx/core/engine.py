@@ -76,7 +76,7 @@ class LocalEngine:
     def _half(self, w, h, side):
         hp = self.hp
         return half_step(w, h, side, hp.reg, hp.unobserved_weight, hp.nu, solver=hp.solver, cg_steps=hp.cg_steps,
-                         block_size=hp.block_size if hp.solver == "block" else 0)
+                         block_size=hp.block_width("jax"))
 
     def epoch(self, state: ALSState) -> ALSState:
         w = self._half(state.w, state.h, self._rows)

@@ -64,7 +64,7 @@ def solve_flops(entries: int, rows: int, dim: int, hp: HParams) -> float:
         return entries * 2 * d * 2 * (hp.cg_steps + 1) + rows * (hp.cg_steps + 1) * 2 * d * d
     if hp.solver == "cholesky":  # A = sum h h^T, then factor and two triangular solves
         return entries * (2 * d * d + 2 * d) + rows * (d ** 3 / 3 + 2 * d * d)
-    b = hp.block_size  # per block: scores, A_KK, gradient, b x b solve
+    b = hp.block_width("jax")  # per block: scores, A_KK, gradient, b x b solve
     return entries * (d // b) * (2 * d + 2 * b * b + 2 * b) + rows * (d // b) * (b ** 3 / 3 + 2 * d * b)
 
 
@@ -77,7 +77,7 @@ def sgemm_rate(n: int = 2048) -> float:
 
 def profile_half_step(w: jax.Array, h: jax.Array, side: SideArrays, hp: HParams) -> dict[str, float]:
     """Seconds per phase of one half-step (short-row buckets; long rows timed as one phase)."""
-    alpha0, block_size = hp.unobserved_weight, hp.block_size if hp.solver == "block" else 0
+    alpha0, block_size = hp.unobserved_weight, hp.block_width("jax")
     gram, lam = prologue(h, side["counts"], hp.reg, alpha0, hp.nu, h.shape[0])
     out = {"gramian": _timed(prologue, h, side["counts"], hp.reg, alpha0, hp.nu, h.shape[0]),
            "gather": 0.0, "normal_equations": 0.0, "solve": 0.0, "scatter": 0.0, "long_rows": 0.0}

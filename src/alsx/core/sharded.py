@@ -229,7 +229,7 @@ class ShardedEngine:
         d = w.shape[1]
         gram = jax.lax.psum(ne.gramian(h), SHARD)  # [d, d]: padding slots are zero rows
         lam = row_regularisation(side["counts"], n_other, hp.reg, hp.unobserved_weight, hp.nu)
-        bs = hp.block_size if hp.solver == "block" else 0
+        bs = hp.block_width("jax")
         out = jnp.zeros_like(w)  # rows without entries get the exact optimum 0
         for block in side["blocks"]:
             x = solve_block(w, h, gram, block, lam, hp.unobserved_weight, hp.solver, hp.cg_steps, fetch_rows, bs)

@@ -314,7 +314,7 @@ class StreamingEngine:
         """New [n, d] table for ``side``'s rows against the fixed ``h`` (as step.half_step)."""
         hp = self.hp
         gram, lam = prologue(h, self._counts[side], hp.reg, hp.unobserved_weight, hp.nu, h.shape[0])
-        bs = hp.block_size if hp.solver == "block" else 0
+        bs = hp.block_width("jax")
         out = jnp.zeros_like(w)
         nnz = padded = 0
         for chunk in self.chunks(side):
