@@ -236,14 +236,17 @@ def grid_configs(lib: str, override: str | None = None) -> list[dict]:
     return [dict(zip(keys, vals)) for vals in itertools.product(*(g[k] for k in keys))]
 
 
-def best_config(records: list[dict], lib: str, dataset: str, dim: int | None = None,
+def best_config(records: list[dict], lib: str, dataset: str, dim: int | None = None, epochs: int | None = None,
                 metric: str = "recall@20") -> dict | None:
-    """Best grid point of lib on dataset, from the grid at ``dim`` if there is one, else at any d."""
+    """Best grid point of lib on dataset: from the grid at ``dim`` and ``epochs`` if there is one, else at
+    ``dim`` and any number of epochs, else at any d (a 10-epoch optimum need not be the 5-epoch one)."""
     best = None
     grids = [r for r in records if r.get("task") == "grid" and r.get("lib") == lib and r.get("dataset") == dataset
              and "runs" in r]
     if any(r["dim"] == dim for r in grids):
         grids = [r for r in grids if r["dim"] == dim]
+    if any(r["epochs"] == epochs for r in grids):
+        grids = [r for r in grids if r["epochs"] == epochs]
     for r in grids:
         for run in r["runs"]:
             v = run["metrics"].get(metric, float("nan"))
@@ -263,7 +266,7 @@ def main_parent(args) -> None:
                 if args.task == "grid":
                     configs = grid_configs(lib, getattr(args, f"grid_{lib}"))
                 else:
-                    configs = [best_config(records, lib, ds, d) or DEFAULTS[lib]]
+                    configs = [best_config(records, lib, ds, d, args.epochs) or DEFAULTS[lib]]
                 spec = {"lib": lib, "dataset": ds, "dim": d, "epochs": args.epochs, "configs": configs,
                         "task": args.task, "spark_memory": args.spark_memory,
                         "spark_one_iter": args.task == "speed", "alsx_devices": args.alsx_devices,
@@ -325,12 +328,12 @@ def _latest(records, **kw):
 
 
 def _merged_grids(records):
-    """(lib, dataset, d) -> one record whose runs are every grid point measured (latest per config)."""
+    """(lib, dataset, d, epochs) -> one record whose runs are every grid point measured (latest per config)."""
     out = {}
     for r in records:
         if r.get("task") != "grid":
             continue
-        key = (r["lib"], r["dataset"], r["dim"])
+        key = (r["lib"], r["dataset"], r["dim"], r["epochs"])
         if "runs" not in r:
             out.setdefault(key, r)
             continue
@@ -343,6 +346,31 @@ def _merged_grids(records):
             merged["date"] = prev["date"] + ", " + r["date"]
             merged["loadavg_start"] = prev["loadavg_start"] + "; " + r["loadavg_start"]
         out[key] = merged
+    return out
+
+
+def _grid_tables(lib: str, ds: str, d: int, r: dict) -> list[str]:
+    """The merged grid ``r`` as 2-D tables over its library's two main keys, one table per setting of
+    any further key (``init_scale``, ``nu``, ...; '–' = the library default), so no point hides another."""
+    main = list(GRIDS[lib])
+    extra = sorted({k for run in r["runs"] for k in run["config"] if k not in main})
+    groups: dict[tuple, list[dict]] = {}
+    for run in r["runs"]:
+        groups.setdefault(tuple(run["config"].get(k) for k in extra), []).append(run)
+    out = []
+    for ex in sorted(groups, key=lambda t: tuple((v is not None, v or 0) for v in t)):
+        runs = groups[ex]
+        a_vals = sorted({run["config"][main[0]] for run in runs})
+        b_vals = sorted({run["config"][main[1]] for run in runs})
+        val = {(run["config"][main[0]], run["config"][main[1]]): run["metrics"]["recall@20"] for run in runs}
+        fixed = ", ".join(f"{k}={'default' if v is None else f'{v:g}'}" for k, v in zip(extra, ex))
+        out += [f"{lib} on {ds}, d={d}, {r['epochs']} epochs{', ' + fixed if fixed else ''} "
+                f"(rows {main[0]}, columns {main[1]}):", "",
+                "| " + main[0] + " \\ " + main[1] + " | " + " | ".join(f"{b:g}" for b in b_vals) + " |",
+                "|---|" + "---:|" * len(b_vals)]
+        for a in a_vals:
+            out.append(f"| {a:g} | " + " | ".join(C.fmt(val.get((a, b))) for b in b_vals) + " |")
+        out.append("")
     return out
 
 
@@ -369,33 +397,24 @@ def write_report() -> None:
         lines += ["| data | d | epochs | library | best config | recall@20 | recall@50 | recall_gt@20 | ndcg@20 | "
                   "popularity recall@20 | date | load avg |",
                   "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|---|"]
-        for (lib, ds, d), r in sorted(latest.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
+        for (lib, ds, d, _), r in sorted(latest.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3], kv[0][0])):
             if "runs" not in r:
                 lines.append(f"| {ds} | {d} | {r['epochs']} | {lib} | failed: {r['error'][:80]} |||||||")
                 continue
             b = max(r["runs"], key=lambda run: run["metrics"]["recall@20"])
             m = b["metrics"]
-            edge = [k for k in b["config"] if b["config"][k] in (min(x["config"][k] for x in r["runs"]),
-                                                                 max(x["config"][k] for x in r["runs"]))]
+            seen = {k: [x["config"][k] for x in r["runs"] if k in x["config"]] for k in b["config"]}
+            edge = [k for k, v in seen.items() if len(set(v)) > 1 and b["config"][k] in (min(v), max(v))]
             edge_note = f" (edge of grid: {', '.join(edge)})" if edge else ""
             pop = next((run["popularity"] for run in r["runs"] if run.get("popularity")), None)
             lines.append(f"| {ds} | {d} | {r['epochs']} | {lib} | {_cfg(b['config'])}{edge_note} | {m['recall@20']:.4f} | "
                          f"{m['recall@50']:.4f} | {m['recall_gt@20']:.4f} | {m['ndcg@20']:.4f} | "
                          f"{C.fmt(pop['recall@20']) if pop else '–'} | {r['date']} | {r['loadavg_start']} |")
         lines += ["", "Full grids (recall@20):", ""]
-        for (lib, ds, d), r in sorted(latest.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
+        for (lib, ds, d, _), r in sorted(latest.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3], kv[0][0])):
             if "runs" not in r:
                 continue
-            keys = list(r["runs"][0]["config"])
-            a_vals = sorted({run["config"][keys[0]] for run in r["runs"]})
-            b_vals = sorted({run["config"][keys[1]] for run in r["runs"]})
-            val = {(run["config"][keys[0]], run["config"][keys[1]]): run["metrics"]["recall@20"] for run in r["runs"]}
-            lines += [f"{lib} on {ds}, d={d}, {r['epochs']} epochs (rows {keys[0]}, columns {keys[1]}):", "",
-                      "| " + keys[0] + " \\ " + keys[1] + " | " + " | ".join(f"{b:g}" for b in b_vals) + " |",
-                      "|---|" + "---:|" * len(b_vals)]
-            for a in a_vals:
-                lines.append(f"| {a:g} | " + " | ".join(C.fmt(val.get((a, b))) for b in b_vals) + " |")
-            lines.append("")
+            lines += _grid_tables(lib, ds, d, r)
         cmds = sorted({r["command"] for r in grid})
         lines += ["Commands: " + "; ".join(f"`{c}`" for c in cmds), ""]
 
@@ -408,12 +427,13 @@ def write_report() -> None:
                   "but is in 'fit wall'.",
                   "- Peak RSS: VmHWM of the child process that loaded the data and trained (before evaluation); "
                   "for Spark also the JVM's VmHWM.",
-                  "- Hyper-parameters: the best grid point above where there is one, else alsx λ=0.003 α0=0.03, "
+                  "- Hyper-parameters (column 'config'): the library's best grid point above at the same d and "
+                  "epochs where there is one, else at the same d, else alsx λ=0.003 α0=0.03, "
                   "implicit reg=10 α=10, Spark regParam=0.1 α=10. Recall@20: min(k,|gt|) denominator.",
                   "",
                   "| data | d | library | s/epoch | alsx ÷ implicit | compile s | fit wall s | epochs | recall@20 | "
-                  "peak RSS GiB | date | load avg start→end |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+                  "peak RSS GiB | config | date | load avg start→end |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
         order = {"cnr": 0, "gowalla": 1, "ml1m": 2, "synth10m": 3}
         libs = ["alsx", "implicit", "spark"]
         # Every run is listed (repeats included); alsx ÷ implicit pairs runs of one invocation.
@@ -426,7 +446,7 @@ def write_report() -> None:
                                                                          kv[1]["date"][:16], libs.index(kv[0][0]))):
             if "runs" not in r:
                 lines.append(f"| {ds} | {d} | {lib} | infeasible/failed: {r['error'][:120].replace('|', '/')} "
-                             f"||||||||| {r['date']} | {r['loadavg_start']} |")
+                             f"|||||||||| {r['date']} | {r['loadavg_start']} |")
                 continue
             run = r["runs"][0]
             pe = _per_epoch(lib, run)
@@ -444,7 +464,8 @@ def write_report() -> None:
                 label = ("alsx (CPU kernel)" if run.get("engine") == "CpuEngine"
                          else f"alsx ({r.get('alsx_devices') or 1} JAX dev.)")
             lines.append(f"| {ds} | {d} | {label} | {pe:.2f} | {ratio} | {C.fmt(comp, 1)} | {run['fit_wall_s']:.1f} | "
-                         f"{r['epochs']} | {C.fmt(run['metrics'].get('recall@20'))} | {rss} | {r['date']} | "
+                         f"{r['epochs']} | {C.fmt(run['metrics'].get('recall@20'))} | {rss} | {_cfg(run['config'])} | "
+                         f"{r['date']} | "
                          f"{r['loadavg_start']} → {r['loadavg_end']} |")
         cmds = sorted({r["command"] for r in speed})
         lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in cmds), ""]
@@ -475,7 +496,9 @@ def plot(records) -> None:
     import matplotlib.pyplot as plt
 
     speed = _latest([r for r in records if r.get("task") == "speed" and "runs" in r])
-    grid = _merged_grids([r for r in records if "runs" in r])
+    grid = {}  # (lib, dataset, d) -> the grid with the most epochs
+    for (lib, ds, d, e), r in sorted(_merged_grids([r for r in records if "runs" in r]).items()):
+        grid[(lib, ds, d)] = r
     if not speed and not grid:
         return
     libs = ["alsx", "implicit", "spark"]
