@@ -21,7 +21,7 @@ cnr and synth10m hold out 10 % of the rows (80 % of each held-out row is the
 fold-in history, the rest the ground truth, seed 0). Each library's top-50 per
 evaluated row (history excluded) goes through ``alsx.eval.metrics.ranking_metrics``.
 
-implicit: ``AlternatingLeastSquares(use_cg=True)`` (3 CG steps), ``num_threads=2``,
+implicit: ``AlternatingLeastSquares(use_cg=True)`` (3 CG steps unless a grid sets ``cg_steps``), ``num_threads=2``,
 BLAS limited to one thread with threadpoolctl; held-out rows are folded in by
 ``recommend(..., recalculate_user=True)``. Spark: ``pyspark.ml.recommendation.ALS``
 with ``implicitPrefs=True`` on ``local[2]``; held-out rows are folded in with
@@ -57,6 +57,8 @@ GRIDS = {
     "implicit": {"regularization": [1.0, 10.0, 100.0], "alpha": [3.0, 10.0, 30.0]},
     "spark": {"regParam": [0.01, 0.1, 1.0], "alpha": [3.0, 10.0, 30.0]},
 }
+# Values a grid point has when it does not name the key (the libraries' own defaults).
+UNNAMED_DEFAULTS = {"alsx": {"nu": 1.0, "init_scale": 0.1, "cg_steps": 3}, "implicit": {"cg_steps": 3}}
 # Used for speed runs when no grid result exists for the data set.
 DEFAULTS = {
     "alsx": {"reg": 0.003, "unobserved_weight": 0.03},
@@ -115,8 +117,10 @@ def child_implicit(spec: dict) -> dict:
     with threadpool_limits(limits=1, user_api="blas"):
         for cfg in spec["configs"]:
             times: list[float] = []
+            kw = {k: v for k, v in cfg.items() if k != "cg_steps"}
             model = AlternatingLeastSquares(factors=spec["dim"], iterations=spec["epochs"], num_threads=2,
-                                            random_state=0, use_cg=True, **cfg)
+                                            random_state=0, use_cg=True, **kw)
+            model.cg_steps = int(cfg.get("cg_steps", 3))  # an attribute in implicit 0.7, not an argument
             t0 = time.perf_counter()
             model.fit(ui, show_progress=False, callback=lambda it, el, loss: times.append(el))
             fit_wall = time.perf_counter() - t0
@@ -231,7 +235,8 @@ def grid_configs(lib: str, override: str | None = None) -> list[dict]:
     """The 3x3 grid of ``lib``, or ``override`` as 'key=v1,v2,.. key2=..'."""
     g = GRIDS[lib]
     if override:
-        g = {kv.split("=")[0]: [float(v) for v in kv.split("=")[1].split(",")] for kv in override.split()}
+        num = lambda v: int(v) if v.lstrip("-").isdigit() else float(v)  # noqa: E731  (cg_steps stays an int)
+        g = {kv.split("=")[0]: [num(v) for v in kv.split("=")[1].split(",")] for kv in override.split()}
     keys = list(g)
     return [dict(zip(keys, vals)) for vals in itertools.product(*(g[k] for k in keys))]
 
@@ -386,7 +391,10 @@ def write_report() -> None:
                   f"(ν = 1, CG 3 steps); implicit regularization ∈ {GRIDS['implicit']['regularization']} × "
                   f"alpha ∈ {GRIDS['implicit']['alpha']} (confidence α·1 on observed pairs, weight 1 on the rest, "
                   "CG 3 steps). Where a best point sat on the grid's edge the grid was extended "
-                  "in that direction (the full grids below list every point measured). Each grid point is scored on the test part (no separate validation set), "
+                  "in that direction (the full grids below list every point measured). Further keys were tuned "
+                  "on some grids (alsx `init_scale`, `nu`; both libraries `cg_steps`); each such setting has its "
+                  "own table below. Grids are kept apart by epochs: the optimum at 5 epochs is not the one at 10. "
+                  "Each grid point is scored on the test part (no separate validation set), "
                   "so both libraries' numbers are equally optimistic.",
                   "- recall@k divides hits by min(k, |gt|); recall_gt@k by |gt| (LightGCN convention). "
                   "Each library's top-50 (history excluded) is scored by `alsx.eval.metrics.ranking_metrics`.",
@@ -403,7 +411,9 @@ def write_report() -> None:
                 continue
             b = max(r["runs"], key=lambda run: run["metrics"]["recall@20"])
             m = b["metrics"]
-            seen = {k: [x["config"][k] for x in r["runs"] if k in x["config"]] for k in b["config"]}
+            dflt = UNNAMED_DEFAULTS.get(lib, {})
+            seen = {k: [x["config"].get(k, dflt.get(k)) for x in r["runs"]] for k in b["config"]}
+            seen = {k: [v for v in vals if v is not None] for k, vals in seen.items()}
             edge = [k for k, v in seen.items() if len(set(v)) > 1 and b["config"][k] in (min(v), max(v))]
             edge_note = f" (edge of grid: {', '.join(edge)})" if edge else ""
             pop = next((run["popularity"] for run in r["runs"] if run.get("popularity")), None)
