@@ -57,8 +57,22 @@ GRIDS = {
     "implicit": {"regularization": [1.0, 10.0, 100.0], "alpha": [3.0, 10.0, 30.0]},
     "spark": {"regParam": [0.01, 0.1, 1.0], "alpha": [3.0, 10.0, 30.0]},
 }
-# Values a grid point has when it does not name the key (the libraries' own defaults).
-UNNAMED_DEFAULTS = {"alsx": {"nu": 1.0, "init_scale": 0.1, "cg_steps": 3}, "implicit": {"cg_steps": 3}}
+# Keys a grid may tune beyond the two main ones, at the value a point has when it does not name them
+# (alsx's come from HParams; implicit 0.7 fixes cg_steps = 3 in its constructor).
+EXTRA_KEYS = {"alsx": ("nu", "init_scale", "cg_steps"), "implicit": ("cg_steps",)}
+
+
+def _defaults_of(lib: str) -> dict:
+    if lib == "alsx":
+        from alsx.config import HParams
+
+        return {k: getattr(HParams(), k) for k in EXTRA_KEYS["alsx"]}
+    return {"cg_steps": 3} if lib == "implicit" else {}
+
+
+def _full(lib: str, cfg: dict) -> dict:
+    """``cfg`` with the library's defaults filled in, so {} and {'cg_steps': 3} are one point."""
+    return {**_defaults_of(lib), **cfg}
 # Used for speed runs when no grid result exists for the data set.
 DEFAULTS = {
     "alsx": {"reg": 0.003, "unobserved_weight": 0.03},
@@ -356,25 +370,29 @@ def _merged_grids(records):
 
 def _grid_tables(lib: str, ds: str, d: int, r: dict) -> list[str]:
     """The merged grid ``r`` as 2-D tables over its library's two main keys, one table per setting of
-    any further key (``init_scale``, ``nu``, ...; '–' = the library default), so no point hides another."""
+    the further keys that some point of it names (``init_scale``, ``nu``, ``cg_steps``; unnamed ones at
+    the library's default), so no point hides another."""
     main = list(GRIDS[lib])
     extra = sorted({k for run in r["runs"] for k in run["config"] if k not in main})
     groups: dict[tuple, list[dict]] = {}
     for run in r["runs"]:
-        groups.setdefault(tuple(run["config"].get(k) for k in extra), []).append(run)
+        groups.setdefault(tuple(_full(lib, run["config"])[k] for k in extra), []).append(run)
     out = []
-    for ex in sorted(groups, key=lambda t: tuple((v is not None, v or 0) for v in t)):
+    for ex in sorted(groups):
         runs = groups[ex]
         a_vals = sorted({run["config"][main[0]] for run in runs})
         b_vals = sorted({run["config"][main[1]] for run in runs})
-        val = {(run["config"][main[0]], run["config"][main[1]]): run["metrics"]["recall@20"] for run in runs}
-        fixed = ", ".join(f"{k}={'default' if v is None else f'{v:g}'}" for k, v in zip(extra, ex))
+        val: dict[tuple, list[float]] = {}  # a point measured twice (named and unnamed default) shows both
+        for run in runs:
+            val.setdefault((run["config"][main[0]], run["config"][main[1]]), []).append(run["metrics"]["recall@20"])
+        fixed = ", ".join(f"{k}={v:g}" for k, v in zip(extra, ex))
         out += [f"{lib} on {ds}, d={d}, {r['epochs']} epochs{', ' + fixed if fixed else ''} "
                 f"(rows {main[0]}, columns {main[1]}):", "",
                 "| " + main[0] + " \\ " + main[1] + " | " + " | ".join(f"{b:g}" for b in b_vals) + " |",
                 "|---|" + "---:|" * len(b_vals)]
         for a in a_vals:
-            out.append(f"| {a:g} | " + " | ".join(C.fmt(val.get((a, b))) for b in b_vals) + " |")
+            out.append(f"| {a:g} | " + " | ".join(" / ".join(C.fmt(v) for v in val.get((a, b), [None]))
+                                                  for b in b_vals) + " |")
         out.append("")
     return out
 
@@ -411,9 +429,7 @@ def write_report() -> None:
                 continue
             b = max(r["runs"], key=lambda run: run["metrics"]["recall@20"])
             m = b["metrics"]
-            dflt = UNNAMED_DEFAULTS.get(lib, {})
-            seen = {k: [x["config"].get(k, dflt.get(k)) for x in r["runs"]] for k in b["config"]}
-            seen = {k: [v for v in vals if v is not None] for k, vals in seen.items()}
+            seen = {k: [_full(lib, x["config"])[k] for x in r["runs"]] for k in b["config"]}
             edge = [k for k, v in seen.items() if len(set(v)) > 1 and b["config"][k] in (min(v), max(v))]
             edge_note = f" (edge of grid: {', '.join(edge)})" if edge else ""
             pop = next((run["popularity"] for run in r["runs"] if run.get("popularity")), None)
