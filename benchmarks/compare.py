@@ -59,7 +59,7 @@ GRIDS = {
 }
 # Keys a grid may tune beyond the two main ones, at the value a point has when it does not name them
 # (alsx's come from HParams; implicit 0.7 fixes cg_steps = 3 in its constructor).
-EXTRA_KEYS = {"alsx": ("nu", "init_scale", "cg_steps"), "implicit": ("cg_steps",)}
+EXTRA_KEYS = {"alsx": ("nu", "init_scale", "init", "cg_steps"), "implicit": ("cg_steps",)}
 
 
 def _defaults_of(lib: str) -> dict:
@@ -249,7 +249,14 @@ def grid_configs(lib: str, override: str | None = None) -> list[dict]:
     """The 3x3 grid of ``lib``, or ``override`` as 'key=v1,v2,.. key2=..'."""
     g = GRIDS[lib]
     if override:
-        num = lambda v: int(v) if v.lstrip("-").isdigit() else float(v)  # noqa: E731  (cg_steps stays an int)
+        def num(v: str):  # cg_steps stays an int; a word (init=uniform) stays a string
+            if v.lstrip("-").isdigit():
+                return int(v)
+            try:
+                return float(v)
+            except ValueError:
+                return v
+
         g = {kv.split("=")[0]: [num(v) for v in kv.split("=")[1].split(",")] for kv in override.split()}
     keys = list(g)
     return [dict(zip(keys, vals)) for vals in itertools.product(*(g[k] for k in keys))]
@@ -330,9 +337,14 @@ def _compile(lib: str, run: dict) -> float | None:
     return e[0] - float(np.mean(e[1:]))
 
 
+def _g(v) -> str:
+    """A grid value as text: numbers short (1e-06, 4), words (init=uniform) as they are."""
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
 def _cfg(c: dict) -> str:
     short = {"reg": "λ", "unobserved_weight": "α0", "regularization": "reg", "alpha": "α", "regParam": "regParam"}
-    return ", ".join(f"{short.get(k, k)}={v:g}" for k, v in c.items())
+    return ", ".join(f"{short.get(k, k)}={_g(v)}" for k, v in c.items())
 
 
 def _latest(records, **kw):
@@ -385,7 +397,7 @@ def _grid_tables(lib: str, ds: str, d: int, r: dict) -> list[str]:
         val: dict[tuple, list[float]] = {}  # a point measured twice (named and unnamed default) shows both
         for run in runs:
             val.setdefault((run["config"][main[0]], run["config"][main[1]]), []).append(run["metrics"]["recall@20"])
-        fixed = ", ".join(f"{k}={v:g}" for k, v in zip(extra, ex))
+        fixed = ", ".join(f"{k}={_g(v)}" for k, v in zip(extra, ex))
         out += [f"{lib} on {ds}, d={d}, {r['epochs']} epochs{', ' + fixed if fixed else ''} "
                 f"(rows {main[0]}, columns {main[1]}):", "",
                 "| " + main[0] + " \\ " + main[1] + " | " + " | ".join(f"{b:g}" for b in b_vals) + " |",

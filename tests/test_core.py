@@ -10,6 +10,7 @@ import pytest
 from alsx.config import HParams, Packing
 from alsx.core.engine import LocalEngine
 from alsx.core.objective import unobserved_term
+from alsx.core.state import init_state
 from alsx.core.step import half_step, observed_loss
 from alsx.data.matrix import CSR, coo_to_csr
 from alsx.data.packing import pack
@@ -229,6 +230,29 @@ def test_block_width_is_the_backends_choice_unless_given():
     assert HParams(dim=7, solver="block").block_width("jax") == 7  # d <= 64: one exact block
     assert HParams(dim=12, solver="block", block_size=4).block_width("cpu") == 4
     assert HParams(dim=12, solver="cg", block_size=4).block_width("jax") == 0
+
+
+def test_init_draws_the_asked_distribution():
+    s = 0.2 / np.sqrt(16)
+    uni = init_state(3, 500, 300, HParams(dim=16, init="uniform", init_scale=0.2), tied=False)
+    nor = init_state(3, 500, 300, HParams(dim=16, init_scale=0.2), tied=False)
+    for t in (np.asarray(uni.w), np.asarray(uni.h)):
+        assert t.min() >= 0 and t.max() < 2 * s  # U[0, 2s): all positive, as implicit starts
+        assert abs(t.mean() - s) < 0.03 * s and abs(t.std() - 2 * s / np.sqrt(12)) < 0.03 * s
+    w = np.asarray(nor.w)
+    assert w.min() < 0 and abs(w.mean()) < 0.03 * s and abs(w.std() - s) < 0.03 * s
+    with pytest.raises(ValueError, match="init must be"):
+        HParams(init="zeros")
+
+
+def test_uniform_init_survives_save_and_load(tmp_path):
+    from alsx.data.matrix import Interactions
+    from alsx.model import ALS
+
+    x = Interactions(rows=np.array([0, 1, 2, 2], np.int32), cols=np.array([1, 0, 2, 1], np.int32),
+                     values=np.ones(4, np.float32), shape=(3, 3))
+    m = ALS(dim=4, epochs=1, init="uniform", progress=False, backend="jax").fit(x)
+    assert ALS.load(m.save(tmp_path / "m")).hparams.init == "uniform"
 
 
 def test_profile_reports_every_phase():

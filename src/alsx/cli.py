@@ -19,7 +19,7 @@ import numpy as np
 
 DEFAULTS = {  # measured: see README "Defaults" and benchmarks/RESULTS.md
     "dim": 128, "epochs": 16, "reg": 0.003, "unobserved_weight": 0.03, "nu": 1.0,
-    "solver": "cg", "cg_steps": 3, "dtype": "float32", "seed": 0,
+    "solver": "cg", "cg_steps": 3, "dtype": "float32", "seed": 0, "init": "normal", "init_scale": 0.1,
 }
 
 
@@ -45,6 +45,9 @@ def _add_model_args(p: argparse.ArgumentParser, dim: int = DEFAULTS["dim"], epoc
                    help="confidence c = 1 + alpha * value from the value column (default: binary)")
     g.add_argument("--tied", action="store_true", help="one table for rows and columns (square graphs)")
     g.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    g.add_argument("--init", choices=["normal", "uniform"], default=DEFAULTS["init"],
+                   help="start tables N(0, s^2) or U[0, 2s), s = init-scale / sqrt(dim) (default %(default)s)")
+    g.add_argument("--init-scale", type=float, default=DEFAULTS["init_scale"], help="(default %(default)s)")
     g.add_argument("--backend", choices=["auto", "cpu", "jax"], default="auto",
                    help="cpu: fused Numba CG kernels on all cores; jax: XLA on every device (sharded when "
                         "there are several); auto: cpu on a CPU-only single-process CG float32 run, "
@@ -116,7 +119,8 @@ def _model(a: argparse.Namespace, progress: bool = True):
 
     return ALS(dim=a.dim, epochs=a.epochs, reg=a.reg, unobserved_weight=a.unobserved_weight, nu=a.nu,
                solver=a.solver, cg_steps=a.cg_steps, block_size=a.block_size, dtype=a.dtype, alpha=a.alpha, tied=a.tied,
-               seed=a.seed, progress=progress, loss_every=getattr(a, "loss_every", 1), backend=a.backend)
+               seed=a.seed, init=a.init, init_scale=a.init_scale, progress=progress,
+               loss_every=getattr(a, "loss_every", 1), backend=a.backend)
 
 
 def format_table(results: dict[str, dict[str, float]], ks) -> str:

@@ -7,6 +7,7 @@ from typing import Literal
 
 Solver = Literal["cg", "cholesky", "block"]
 DType = Literal["float32", "bfloat16"]
+Init = Literal["normal", "uniform"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +26,8 @@ class HParams:
       block_size: subspace size of the 'block' solver (must divide dim); 0 lets the backend choose
         (see :meth:`block_width`).
       dtype: table storage dtype; the normal equations are always float32.
-      init_scale: sigma; tables start as N(0, sigma / sqrt(dim)).
+      init_scale: sigma; tables start as N(0, sigma / sqrt(dim)), or U[0, 2 sigma / sqrt(dim)).
+      init: 'normal' (Rendle et al.) or 'uniform' (all-positive start, as implicit and Spark draw it).
     """
 
     dim: int = 128
@@ -37,6 +39,7 @@ class HParams:
     block_size: int = 0
     dtype: DType = "float32"
     init_scale: float = 0.1
+    init: Init = "normal"
 
     def __post_init__(self) -> None:
         if self.dim < 1:
@@ -55,6 +58,8 @@ class HParams:
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.init_scale <= 0:
             raise ValueError(f"init_scale must be > 0, got {self.init_scale}")
+        if self.init not in ("normal", "uniform"):
+            raise ValueError(f"init must be 'normal' or 'uniform', got {self.init!r}")
 
     def block_width(self, backend: str) -> int:
         """Subspace size the 'block' solver uses on ``backend`` ('cpu' or 'jax'); 0 for the other solvers.

@@ -70,7 +70,8 @@ class ALS:
       dtype: table storage, 'float32' or 'bfloat16' (normal equations stay float32).
       alpha: if set, confidences are 1 + alpha * value (Hu et al.); else every entry weighs 1.
       tied: one table for rows and columns (square graphs).
-      init_scale: tables start as N(0, init_scale / sqrt(dim)).
+      init_scale: tables start as N(0, init_scale / sqrt(dim)) (or U[0, 2 init_scale / sqrt(dim))).
+      init: 'normal' or 'uniform' (all-positive entries, the start implicit and Spark use).
       seed: seeds the initial tables.
       packing: block layout of the sparse rows.
       backend: 'auto', 'cpu' or 'jax' (see ``alsx.core.engine.make_engine``): 'auto' trains
@@ -97,6 +98,7 @@ class ALS:
         alpha: float | None = None,
         tied: bool = False,
         init_scale: float = 0.1,
+        init: str = "normal",
         seed: int = 0,
         packing: Packing = Packing(),
         engine_factory: Callable | None = None,
@@ -105,7 +107,8 @@ class ALS:
         backend: str = "auto",
     ):
         self.hparams = HParams(dim=dim, reg=reg, unobserved_weight=unobserved_weight, nu=nu, solver=solver,
-                               cg_steps=cg_steps, block_size=block_size, dtype=dtype, init_scale=init_scale)
+                               cg_steps=cg_steps, block_size=block_size, dtype=dtype, init_scale=init_scale,
+                               init=init)
         if epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
         if loss_every < 0:

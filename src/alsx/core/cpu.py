@@ -404,7 +404,7 @@ class CpuEngine:
     def init_state(self, seed: int) -> ALSState:
         """The same start as the JAX engines (same seed, same tables)."""
         hp = self.hp
-        st = init_state(seed, self.n_rows, self.n_cols, hp.dim, hp.init_scale, hp.dtype, self.tied)
+        st = init_state(seed, self.n_rows, self.n_cols, hp, self.tied)
         w = as_table(st.w, pool=self._pool)
         return ALSState(w=w, h=w if self.tied else as_table(st.h, pool=self._pool), epoch=0, tied=self.tied)
 

@@ -71,7 +71,7 @@ class LocalEngine:
 
     def init_state(self, seed: int) -> ALSState:
         hp = self.hp
-        return init_state(seed, self.n_rows, self.n_cols, hp.dim, hp.init_scale, hp.dtype, self.tied)
+        return init_state(seed, self.n_rows, self.n_cols, hp, self.tied)
 
     def _half(self, w, h, side):
         hp = self.hp

@@ -313,7 +313,7 @@ class ShardedEngine:
         """The tables ``LocalEngine.init_state(seed)`` gives, placed in the sharded layout."""
         hp = self.hp
         with jax.default_device(jax.local_devices()[0]):
-            st = init_state(seed, self.n_rows, self.n_cols, hp.dim, hp.init_scale, hp.dtype, self.tied)
+            st = init_state(seed, self.n_rows, self.n_cols, hp, self.tied)
             w_host = np.asarray(st.w)
             h_host = w_host if self.tied else np.asarray(st.h)
         w = self.place(w_host, self.row_layout)

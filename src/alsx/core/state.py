@@ -8,14 +8,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alsx.config import HParams
+
 
 def storage_dtype(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-def init_table(key: jax.Array, n: int, dim: int, scale: float, dtype: str = "float32") -> jax.Array:
-    """[n, dim] N(0, (scale / sqrt(dim))^2) entries, stored in ``dtype``."""
-    t = jax.random.normal(key, (n, dim), jnp.float32) * (scale / np.sqrt(dim))
+def init_table(key: jax.Array, n: int, dim: int, scale: float, dtype: str = "float32",
+               dist: str = "normal") -> jax.Array:
+    """[n, dim] random entries stored in ``dtype``: N(0, (scale / sqrt(dim))^2) for ``dist='normal'``,
+    U[0, 2 scale / sqrt(dim)) for ``'uniform'`` (all positive, as implicit and Spark start)."""
+    s = scale / np.sqrt(dim)
+    if dist == "normal":
+        t = jax.random.normal(key, (n, dim), jnp.float32) * s
+    elif dist == "uniform":
+        t = jax.random.uniform(key, (n, dim), jnp.float32, 0.0, 2.0 * s)
+    else:
+        raise ValueError(f"dist must be 'normal' or 'uniform', got {dist!r}")
     return t.astype(storage_dtype(dtype))
 
 
@@ -38,8 +48,9 @@ class ALSState:
     basis: np.ndarray | None = None
 
 
-def init_state(seed: int, n_rows: int, n_cols: int, dim: int, scale: float, dtype: str, tied: bool) -> ALSState:
+def init_state(seed: int, n_rows: int, n_cols: int, hp: HParams, tied: bool) -> ALSState:
+    """Fresh tables as ``hp`` asks (dim, init, init_scale, dtype); one table when ``tied``."""
     kw, kh = jax.random.split(jax.random.PRNGKey(seed))
-    w = init_table(kw, n_rows, dim, scale, dtype)
-    h = w if tied else init_table(kh, n_cols, dim, scale, dtype)
+    w = init_table(kw, n_rows, hp.dim, hp.init_scale, hp.dtype, hp.init)
+    h = w if tied else init_table(kh, n_cols, hp.dim, hp.init_scale, hp.dtype, hp.init)
     return ALSState(w=w, h=h, epoch=0, tied=tied)

@@ -308,7 +308,7 @@ class StreamingEngine:
     # ------------------------------------------------------------------ engine protocol
     def init_state(self, seed: int) -> ALSState:
         hp = self.hp
-        return init_state(seed, self.n_rows, self.n_cols, hp.dim, hp.init_scale, hp.dtype, self.tied)
+        return init_state(seed, self.n_rows, self.n_cols, hp, self.tied)
 
     def half_step(self, w: jax.Array, h: jax.Array, side: str) -> jax.Array:
         """New [n, d] table for ``side``'s rows against the fixed ``h`` (as step.half_step)."""
