@@ -49,10 +49,35 @@ def test_lax_top_k_is_stable_in_index_order():
     np.testing.assert_array_equal(np.asarray(vals)[0], [3, 3, 3, 3, 2])
 
 
-@pytest.mark.parametrize("batch_size", [7, 64])
-def test_matches_reference_with_ties_and_exclusions(batch_size):
+@pytest.mark.parametrize("m, k", [(1000, 5), (4099, 7), (2048, 16), (90, 3)])
+def test_two_stage_top_k_equals_lax_top_k(m, k):
+    # Small integers give many equal scores, so the id tie-break is exercised; whole rows and
+    # whole chunks of -inf (exclusions) leave fewer than k finite candidates in some rows.
+    rng = np.random.default_rng(m)
+    scores = rng.integers(-3, 4, size=(12, m)).astype(np.float32)
+    scores[0] = -np.inf
+    scores[1, : m - 2] = -np.inf  # two finite values, both in the tail or the last chunk
+    scores[2, 64:] = -np.inf
+    scores[3] = 0.0  # all tied: the k lowest ids
+    c = topk_mod.chunk_width(m, k)
+    assert c > 0 or m == 90  # the long rows really take the two-stage path; 90 columns do not
+    vals, ids = jax.jit(topk_mod.top_k, static_argnums=1)(jnp.asarray(scores), k)
+    want_v, want_i = jax.lax.top_k(jnp.asarray(scores), k)
+    np.testing.assert_array_equal(np.asarray(vals), np.asarray(want_v))
+    finite = np.isfinite(np.asarray(want_v))  # -inf slots: any unused id is as good
+    np.testing.assert_array_equal(np.asarray(ids)[finite], np.asarray(want_i)[finite])
+    # And against a float64 full sort by (score desc, id asc).
+    for r in range(scores.shape[0]):
+        order = np.lexsort((np.arange(m), -scores[r].astype(np.float64)))[:k]
+        np.testing.assert_array_equal(np.asarray(ids)[r][finite[r]], order[finite[r]])
+    np.testing.assert_array_equal(np.asarray(ids)[3], np.arange(k))
+
+
+@pytest.mark.parametrize("batch_size, m", [(7, 30), (64, 30), (16, 700)])  # 700 columns: two-stage top-k
+def test_matches_reference_with_ties_and_exclusions(batch_size, m):
     rng = np.random.default_rng(0)
-    n, m, d, k = 50, 30, 4, 10
+    n, d, k = 50, 4, 10
+    assert (topk_mod.chunk_width(m, k) > 0) == (m == 700)
     # Small integers: float32 dot products are exact, and ties are frequent.
     query = rng.integers(-2, 3, size=(n, d)).astype(np.float32)
     table = rng.integers(-2, 3, size=(m, d)).astype(np.float32)

