@@ -443,7 +443,8 @@ def write_report() -> None:
             b = max(r["runs"], key=lambda run: run["metrics"]["recall@20"])
             m = b["metrics"]
             seen = {k: [_full(lib, x["config"])[k] for x in r["runs"]] for k in b["config"]}
-            edge = [k for k, v in seen.items() if len(set(v)) > 1 and b["config"][k] in (min(v), max(v))]
+            edge = [k for k, v in seen.items() if len(set(v)) > 1 and isinstance(b["config"][k], (int, float))
+                    and b["config"][k] in (min(v), max(v))]  # a word (init=uniform) has no edge
             edge_note = f" (edge of grid: {', '.join(edge)})" if edge else ""
             pop = next((run["popularity"] for run in r["runs"] if run.get("popularity")), None)
             lines.append(f"| {ds} | {d} | {r['epochs']} | {lib} | {_cfg(b['config'])}{edge_note} | {m['recall@20']:.4f} | "
