@@ -27,7 +27,7 @@ class HParams:
         (see :meth:`block_width`).
       dtype: table storage dtype; the normal equations are always float32.
       init_scale: sigma; tables start as N(0, sigma / sqrt(dim)), or U[0, 2 sigma / sqrt(dim)).
-      init: 'normal' (Rendle et al.) or 'uniform' (all-positive start, as implicit and Spark draw it).
+      init: 'normal' (Rendle et al.) or 'uniform' (all-positive start, as implicit draws its tables).
     """
 
     dim: int = 128

@@ -71,7 +71,7 @@ class ALS:
       alpha: if set, confidences are 1 + alpha * value (Hu et al.); else every entry weighs 1.
       tied: one table for rows and columns (square graphs).
       init_scale: tables start as N(0, init_scale / sqrt(dim)) (or U[0, 2 init_scale / sqrt(dim))).
-      init: 'normal' or 'uniform' (all-positive entries, the start implicit and Spark use).
+      init: 'normal' or 'uniform' (all-positive entries, the start implicit uses).
       seed: seeds the initial tables.
       packing: block layout of the sparse rows.
       backend: 'auto', 'cpu' or 'jax' (see ``alsx.core.engine.make_engine``): 'auto' trains

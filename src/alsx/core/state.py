@@ -18,7 +18,7 @@ def storage_dtype(name: str):
 def init_table(key: jax.Array, n: int, dim: int, scale: float, dtype: str = "float32",
                dist: str = "normal") -> jax.Array:
     """[n, dim] random entries stored in ``dtype``: N(0, (scale / sqrt(dim))^2) for ``dist='normal'``,
-    U[0, 2 scale / sqrt(dim)) for ``'uniform'`` (all positive, as implicit and Spark start)."""
+    U[0, 2 scale / sqrt(dim)) for ``'uniform'`` (all positive, as implicit starts)."""
     s = scale / np.sqrt(dim)
     if dist == "normal":
         t = jax.random.normal(key, (n, dim), jnp.float32) * s
