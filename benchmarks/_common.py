@@ -7,6 +7,7 @@ child interpreter (so each library's peak RSS is its own).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -94,8 +95,6 @@ def split_of(name: str, x):
     For data sets in ``EVAL_SAMPLE`` only a seeded sample of the held-out rows keeps its
     ground truth and fold-in history; the training part is the same either way.
     """
-    import dataclasses
-
     from alsx.data.split import given_split, heldout_rows_split
     from alsx.eval.protocol import eval_rows
 

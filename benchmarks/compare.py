@@ -74,6 +74,8 @@ def _defaults_of(lib: str) -> dict:
 def _full(lib: str, cfg: dict) -> dict:
     """``cfg`` with the library's defaults filled in, so {} and {'cg_steps': 3} are one point."""
     return {**_defaults_of(lib), **cfg}
+
+
 # Used for speed runs when no grid result exists for the data set.
 DEFAULTS = {
     "alsx": {"reg": 0.003, "unobserved_weight": 0.03},
@@ -383,7 +385,7 @@ def _merged_grids(records):
 
 def _grid_tables(lib: str, ds: str, d: int, r: dict) -> list[str]:
     """The merged grid ``r`` as 2-D tables over its library's two main keys, one table per setting of
-    the further keys that some point of it names (``init_scale``, ``nu``, ``cg_steps``; unnamed ones at
+    the further keys that some point of it names (``init``, ``init_scale``, ``nu``, ``cg_steps``; unnamed ones at
     the library's default), so no point hides another."""
     main = list(GRIDS[lib])
     extra = sorted({k for run in r["runs"] for k in run["config"] if k not in main})
@@ -423,7 +425,7 @@ def write_report() -> None:
                   f"alpha ∈ {GRIDS['implicit']['alpha']} (confidence α·1 on observed pairs, weight 1 on the rest, "
                   "CG 3 steps). Where a best point sat on the grid's edge the grid was extended "
                   "in that direction (the full grids below list every point measured). Further keys were tuned "
-                  "on some grids (alsx `init_scale`, `nu`; both libraries `cg_steps`); each such setting has its "
+                  "on some grids (alsx `init`, `init_scale`, `nu`; both libraries `cg_steps`); each such setting has its "
                   "own table below. Grids are kept apart by epochs: the optimum at 5 epochs is not the one at 10. "
                   "Each grid point is scored on the test part (no separate validation set), "
                   "so both libraries' numbers are equally optimistic.",
