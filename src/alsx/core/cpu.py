@@ -37,6 +37,7 @@ from alsx.config import HParams, Packing
 from alsx.core.cpu_block import block_flops, block_rows, transpose_positions
 from alsx.core.objective import Loss, row_regularisation
 from alsx.core.simd import PREFETCH, prefetch_row
+from alsx.core.solvers import RESIDUAL_FLOOR
 from alsx.core.state import ALSState, init_state
 from alsx.data.matrix import CSR
 
@@ -50,6 +51,7 @@ L1_FLOATS = 8192
 # The block solver hands each half-step's final residuals on to the next (see
 # CpuEngine._handoffs) and recomputes them from the tables every this many epochs.
 RESCORE_EVERY = 8
+_FLOOR = np.float32(RESIDUAL_FLOOR)  # CG's stopping rule (see alsx.core.solvers), as the kernel's float32
 
 
 # ============================================================================ kernels
@@ -95,6 +97,8 @@ def _cg_rows(indptr, indices, conf, starts, w, h, shared, lam, steps, out):  # p
                 rs += r[j] * r[j]
             far = (s1 - s0) * d > L1_FLOATS
             for _ in range(steps):
+                if rs <= _FLOOR:  # converged (see RESIDUAL_FLOOR): keep x
+                    break
                 for j in range(d):
                     ap[j] = diag[j] * p[j]
                 for k in range(s0, s1):
@@ -110,7 +114,7 @@ def _cg_rows(indptr, indices, conf, starts, w, h, shared, lam, steps, out):  # p
                 pap = np.float32(0.0)
                 for j in range(d):
                     pap += p[j] * ap[j]
-                if pap <= 0.0 or rs <= 0.0:  # converged exactly: keep x
+                if pap <= 0.0:
                     break
                 alpha = rs / pap
                 rs_new = np.float32(0.0)

@@ -14,14 +14,24 @@ import jax.numpy as jnp
 
 MatVec = Callable[[jax.Array], jax.Array]
 
+# CG stops on a row once |r|^2 falls to this.  The objective's target score is 1, so a row's
+# right-hand side and first residual are O(1) (O(c) with confidences): 1e-30, a residual norm
+# of 1e-15, is past anything float32 resolves.  Below it the iterates of a row whose solution
+# is ~0 (all its columns' embeddings ~0, as for links to pages without entries) shrink into
+# float32's subnormal range (< 1.2e-38) within ~10 epochs of warm starts, where rs / pap
+# divides two numbers of a few significant bits, and with fastmath's reciprocal overflows to
+# inf: the CPU kernel's tables went NaN at epoch 10 on cnr-2000 (benchmarks/RESULTS.md).
+RESIDUAL_FLOOR = 1e-30
+
 
 def _rowdot(u: jax.Array, v: jax.Array) -> jax.Array:
     return jnp.sum(u * v, axis=-1, keepdims=True)
 
 
-def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
-    # Padding rows and converged rows have zero residual: keep them still instead of 0/0.
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+def _safe_div(num: jax.Array, den: jax.Array, live: jax.Array) -> jax.Array:
+    # Padding rows and converged rows (|r|^2 <= RESIDUAL_FLOOR) stay still instead of 0/0.
+    ok = live & (den > 0)
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
 def conjugate_gradient(matvec: MatVec, r0: jax.Array, x0: jax.Array, steps: int) -> jax.Array:
@@ -30,7 +40,8 @@ def conjugate_gradient(matvec: MatVec, r0: jax.Array, x0: jax.Array, steps: int)
     Takes the starting residual ``r0 = b - A x0`` rather than b: iALS forms it from the
     row's scores in one pass over the gathered rows fewer than b and A x0 separately.
     Warm-started from the previous embedding, a few steps suffice in ALS (Takács et al. 2011);
-    with ``steps`` >= d the result is exact up to rounding.
+    with ``steps`` >= d the result is exact up to rounding.  A row stops once its
+    |r|^2 <= :data:`RESIDUAL_FLOOR`.
     """
     r = r0
     p = r
@@ -39,11 +50,12 @@ def conjugate_gradient(matvec: MatVec, r0: jax.Array, x0: jax.Array, steps: int)
     def body(_, carry):
         x, r, p, rs = carry
         ap = matvec(p)
-        alpha = _safe_div(rs, _rowdot(p, ap))
+        live = rs > RESIDUAL_FLOOR
+        alpha = _safe_div(rs, _rowdot(p, ap), live)
         x = x + alpha * p
         r = r - alpha * ap
         rs_new = _rowdot(r, r)
-        p = r + _safe_div(rs_new, rs) * p
+        p = r + _safe_div(rs_new, rs, live) * p
         return x, r, p, rs_new
 
     x, *_ = jax.lax.fori_loop(0, steps, body, (x0, r, p, rs))
