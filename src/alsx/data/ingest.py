@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from alsx.data.matrix import Interactions
+from alsx.errors import DataError
 from alsx.data.vocab import Vocab, as_id_array
 
 __all__ = ["IngestError", "IngestSummary", "load_interactions"]
@@ -67,7 +68,7 @@ ColumnRef = int | str | None
 Location = Callable[[Sequence[int]], list[str]]
 
 
-class IngestError(ValueError):
+class IngestError(DataError):
     """Bad input data; the message names the source, the line or row, and the value."""
 
 
