@@ -1,7 +1,8 @@
 """Orbax checkpoints: round trip, fallback from corrupted / partial steps, kill -9 and resume.
 
 In-process tests use whatever devices this process has (8 under CI); the kill
-test and the resume on another device count run in child processes.
+tests and the resume on another device count run in child processes, the user-path ones
+through the ``alsx`` command (``python -m alsx.cli``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import time
 import numpy as np
 import pytest
 
-from alsx.checkpoint import Checkpointer, CheckpointError, CheckpointOptions, table_checksum, train
+from alsx.checkpoint import (Checkpointer, CheckpointError, CheckpointMismatchError, CheckpointOptions,
+                             table_checksum, train)
+from alsx.checkpoint_files import DIGEST_NAME
+from alsx.errors import TrainingError, UsageError
 from alsx.config import HParams, Packing
 from alsx.core.engine import LocalEngine
 from alsx.core.sharded import ShardedEngine
@@ -112,7 +116,9 @@ def test_checksum_mismatch_falls_back(engine, tmp_path):
     with Checkpointer(CheckpointOptions(str(tmp_path))) as ck:
         ck.save(engine, s1)
         ck.save(engine, s2)
-    # Tamper with the recorded checksum: the data decodes, but no longer matches.
+    # Tamper with the recorded checksum: the data decodes, but no longer matches.  Without
+    # the file list (a step saved by an older alsx) only the table checksums can tell.
+    (tmp_path / "2" / DIGEST_NAME).unlink()
     meta_path = tmp_path / "2" / "meta" / "metadata"
     meta = json.loads(meta_path.read_text())
     meta["checksums"]["w"] = (meta["checksums"]["w"] + 1) % (1 << 32)
@@ -120,6 +126,24 @@ def test_checksum_mismatch_falls_back(engine, tmp_path):
     with Checkpointer(CheckpointOptions(str(tmp_path))) as ck:
         got = ck.restore(engine)
     assert got.epoch == 1 and "checksum" in got.skipped[0][1]
+
+
+def test_changed_file_is_named_before_orbax_reads_it(engine, tmp_path, capfd):
+    s1 = engine.epoch(engine.init_state(3))
+    with Checkpointer(CheckpointOptions(str(tmp_path))) as ck:
+        ck.save(engine, s1)
+        ck.save(engine, engine.epoch(s1))
+    meta_path = tmp_path / "2" / "meta" / "metadata"
+    meta_path.write_text(meta_path.read_text().replace('"tied"', '"tied" ', 1))  # one byte more
+    _corrupt_tables(str(tmp_path / "2"))
+    capfd.readouterr()
+    with Checkpointer(CheckpointOptions(str(tmp_path))) as ck:
+        got = ck.restore(engine)
+    assert got.epoch == 1
+    assert got.skipped[0][1].startswith("ValueError: file ") and ("bytes" in got.skipped[0][1]
+                                                                 or "CRC-32" in got.skipped[0][1])
+    # Orbax never saw the garbled step: none of its stray tracebacks
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_partial_step_is_ignored(engine, tmp_path):
@@ -137,8 +161,10 @@ def test_all_corrupted_is_an_error(engine, tmp_path):
     with Checkpointer(CheckpointOptions(str(tmp_path))) as ck:
         ck.save(engine, engine.epoch(engine.init_state(5)))
         _corrupt_tables(str(tmp_path / "1"))
-        with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        with pytest.raises(CheckpointError, match="no usable checkpoint") as e:
             ck.restore(engine)
+    assert isinstance(e.value, TrainingError) and e.value.exit_code == 5
+    assert "nothing was moved" in str(e.value) and _steps_on_disk(tmp_path) == ["1"]
 
 
 def test_wrong_model_is_a_clear_error(engine, tmp_path):
@@ -147,8 +173,9 @@ def test_wrong_model_is_a_clear_error(engine, tmp_path):
     rows, cols = _problem()
     other = ShardedEngine(rows, cols, HParams(dim=4, solver="cholesky"), PK)
     with Checkpointer(CheckpointOptions(str(tmp_path))) as ck:
-        with pytest.raises(CheckpointError, match="dim/dtype"):
+        with pytest.raises(CheckpointMismatchError, match="dim/dtype") as e:
             ck.restore(other)
+    assert isinstance(e.value, CheckpointError) and isinstance(e.value, UsageError) and e.value.exit_code == 2
 
 
 def test_checksum_is_exact_and_position_sensitive():
@@ -265,3 +292,181 @@ def test_bfloat16_round_trip(tmp_path):
         got = ck.restore(eng)
     assert str(got.state.w.dtype) == "bfloat16"
     assert np.array_equal(eng.to_numpy(got.state)[1], eng.to_numpy(state)[1])
+
+
+# ---- resuming below a corrupted step, history, the epochs asked for ----------------------------
+
+
+def test_resume_below_a_corrupted_step_sets_it_aside_and_finishes(engine, tmp_path, capsys):
+    ref = train(engine, 5, seed=7)
+    d = str(tmp_path / "ck")
+    with Checkpointer(CheckpointOptions(d)) as ck:
+        train(engine, 3, seed=7, checkpointer=ck, extra=lambda: {"history": ["up to here"]})
+    assert _corrupt_tables(os.path.join(d, "3")) > 0
+    resumed = []
+    with Checkpointer(CheckpointOptions(d)) as ck:  # every epoch saved, epoch 3 among them
+        got = train(engine, 5, seed=7, checkpointer=ck, on_resume=resumed.append)
+        assert ck.epochs() == [5, 4, 3]
+    assert [r.epoch for r in resumed] == [2] and resumed[0].extra == {"history": ["up to here"]}
+    assert [s for s, _ in resumed[0].skipped] == [3]
+    assert _steps_on_disk(d) == ["3", "3.corrupt", "4", "5"]  # moved aside, not deleted
+    err = capsys.readouterr().err
+    assert f"moved it to {os.path.join(d, '3.corrupt')}" in err and "alsx: resumed from epoch 2" in err
+    for a, b in zip(engine.to_numpy(got), engine.to_numpy(ref)):
+        assert np.array_equal(a, b)
+
+
+def test_second_set_aside_of_the_same_epoch_gets_its_own_name(engine, tmp_path):
+    with Checkpointer(CheckpointOptions(str(tmp_path))) as ck:
+        for _ in range(2):
+            ck.save(engine, engine.init_state(0))
+            assert ck.set_aside(0).endswith(("0.corrupt", "0.corrupt-2"))
+        assert ck.epochs() == []
+    assert _steps_on_disk(tmp_path) == ["0.corrupt", "0.corrupt-2"]
+
+
+def test_checkpoint_past_the_epochs_asked_for_is_a_usage_error(engine, tmp_path):
+    with Checkpointer(CheckpointOptions(str(tmp_path))) as ck:
+        train(engine, 3, seed=0, checkpointer=ck)
+        with pytest.raises(CheckpointMismatchError, match="epoch 3, past the 2 epochs asked for: ask for --epochs 3"):
+            train(engine, 2, seed=0, checkpointer=ck)
+
+
+# ---- the `alsx train` path: kill -9, a corrupted newest step, --resume (child processes) ----------
+
+
+def _synthetic_npz(path) -> str:
+    """A small skewed interaction matrix (tiny: each epoch takes milliseconds)."""
+    rng = np.random.default_rng(11)
+    n, m, nnz = 120, 90, 1500
+    rows = rng.integers(0, n, nnz)
+    cols = (rows * 7 + rng.zipf(1.6, nnz)) % m
+    np.savez(path, rows=rows, cols=cols, shape=np.array([n, m]))
+    return str(path)
+
+
+def _alsx(*args: str, **popen) -> list[str]:
+    return [sys.executable, "-m", "alsx.cli", *args]
+
+
+def _alsx_run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_alsx(*args), env=_env(), capture_output=True, text=True, timeout=240)
+
+
+def _newest_step_with_digest(directory: str) -> int:
+    done = [s for s in _finished_steps(directory) if os.path.exists(os.path.join(directory, str(s), DIGEST_NAME))]
+    return max(done, default=0)
+
+
+def _truncate_largest_table_file(step_dir: str) -> str:
+    files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "tables")) for f in fs]
+    victim = max(files, key=os.path.getsize)
+    with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 2)
+    return victim
+
+
+TRAIN = ("--dim", "8", "--split", "none", "--seed", "3", "--cg-steps", "3")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "jax"])
+def test_cli_kill_corrupt_resume_equals_uninterrupted(tmp_path, backend):
+    """kill -9 mid-run, the newest checkpoint garbled, then --resume: the tables equal an
+    uninterrupted run's bit for bit (CG from the saved tables and, on the cpu backend, its
+    saved basis is the same arithmetic), and history.json holds every epoch.
+
+    The uninterrupted run is ``alsx.cli.main`` in this process (one compile fewer); the
+    children get this process's device count, so the jax backend shards its tables alike."""
+    import jax
+
+    from alsx.cli import main
+
+    data = _synthetic_npz(tmp_path / "d.npz")
+    flags = TRAIN + ("--backend", backend, "--cpu-devices", str(jax.local_device_count()))
+    first, ckpt = tmp_path / "first", str(tmp_path / "first" / "checkpoints")
+    victim = subprocess.Popen(_alsx("train", data, "--out", str(first), "--epochs", "100000",
+                                    "--checkpoint-every", "1", *flags),
+                              env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while _newest_step_with_digest(ckpt) < 3:  # 3 finished checkpoints: a fallback below the newest
+            assert victim.poll() is None, f"training ended early: {victim.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint appeared within 180 s"
+            time.sleep(0.02)
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    assert not (first / "row_embeddings.npy").exists()  # it really died mid-run
+    newest = max(_finished_steps(ckpt))
+    _truncate_largest_table_file(os.path.join(ckpt, str(newest)))
+    epochs = str(newest + 3)
+
+    resumed = _alsx_run("train", data, "--out", str(tmp_path / "resumed"), "--epochs", epochs,
+                        "--resume", str(first), "--checkpoint-every", "1", *flags)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    fallback = newest - 1
+    assert f"alsx: resumed from epoch {fallback} ({ckpt})" in resumed.stderr
+    assert f"checkpoint {ckpt}/{newest} is unreadable" in resumed.stderr
+    assert f"moved it to {ckpt}/{newest}.corrupt" in resumed.stderr
+    if _newest_step_with_digest(ckpt) >= newest:  # (not killed between Orbax's commit and the file list)
+        assert "Traceback" not in resumed.stderr
+    assert os.path.isdir(os.path.join(ckpt, f"{newest}.corrupt"))  # the user's files are kept
+    assert max(_finished_steps(ckpt)) == int(epochs)  # and the epoch was saved again, past it
+
+    assert main(["train", data, "--out", str(tmp_path / "ref"), "--epochs", epochs, *flags]) == 0
+    for name in ("row_embeddings.npy", "col_embeddings.npy"):
+        a, b = np.load(tmp_path / "resumed" / name), np.load(tmp_path / "ref" / name)
+        assert a.shape == b.shape and np.isfinite(a).all()
+        assert np.array_equal(a, b), f"{name}: max |diff| {np.abs(a - b).max()}"
+    hist = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    ref_hist = json.loads((tmp_path / "ref" / "history.json").read_text())
+    assert [r["epoch"] for r in hist] == list(range(1, int(epochs) + 1))
+    assert [r["loss"] for r in hist] == [r["loss"] for r in ref_hist]  # the killed run's epochs too
+
+
+def test_cli_resume_without_a_checkpoint_is_an_error(tmp_path):
+    data = _synthetic_npz(tmp_path / "d.npz")
+    empty = tmp_path / "nothing-here"
+    empty.mkdir()
+    (empty / "3.orbax-checkpoint-tmp-1234").mkdir()  # what a run killed during its first save leaves
+    proc = _alsx_run("train", data, "--out", str(tmp_path / "out"), "--epochs", "2", "--resume", str(empty),
+                     *TRAIN)
+    assert proc.returncode != 0
+    if "alsx: error:" in proc.stderr:  # the CLI's one-line report (exit code of a UsageError)
+        assert proc.returncode == 2
+    assert (f"--resume {empty}: no finished checkpoint in {empty} (found 1 unfinished save(s) of a killed run: "
+            "3.orbax-checkpoint-tmp-1234); drop --resume to train from epoch 1") in proc.stderr
+    assert not (tmp_path / "out" / "row_embeddings.npy").exists()  # nothing trained
+
+
+def _train_args(**kw):
+    from alsx.cli import build_parser
+
+    a = build_parser().parse_args(["train", "d.npz", "--out", kw.pop("out", "o")])
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+
+def test_checkpointer_flags_are_checked(tmp_path):
+    from alsx.cli import _checkpointer
+
+    assert _checkpointer(_train_args()) is None
+    with pytest.raises(UsageError, match=r"--resume .*missing: no such folder"):
+        _checkpointer(_train_args(resume=str(tmp_path / "missing")))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        _checkpointer(_train_args(resume=str(tmp_path / "file")))
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(UsageError, match=r"no finished checkpoint in .*empty/checkpoints \(it is empty\)"):
+        _checkpointer(_train_args(resume=str(tmp_path / "empty")))
+    with pytest.raises(UsageError, match="--checkpoint-every -1: must be >= 0"):
+        _checkpointer(_train_args(checkpoint_every=-1))
+    with pytest.raises(UsageError, match="--checkpoint-minutes nan: must be > 0"):
+        _checkpointer(_train_args(checkpoint_minutes=float("nan")))
+    ck = _checkpointer(_train_args(out=str(tmp_path / "o"), checkpoint_every=2))
+    assert ck.options.directory == str((tmp_path / "o" / "checkpoints").resolve()) and ck.options.every_epochs == 2
+    ck.close()

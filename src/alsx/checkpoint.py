@@ -8,7 +8,12 @@ Layout of a checkpoint directory (one Orbax ``CheckpointManager``)::
                             and, for the CPU backend's rotated tables, basis [d, d] float64
                             (original tables = stored @ basis^T)
     <dir>/<epoch>/meta/     JSON: epoch, shapes, dtype, tied, exact checksums of the tables
-                            (and the basis's SHA-256)
+                            (and the basis's SHA-256), and ``extra``: what the caller saves with
+                            the step (``ALS.fit``: the training history up to that epoch)
+    <dir>/<epoch>/alsx_files.json  sizes and CRC-32s of the step's files, checked before a read
+                            (``alsx.checkpoint_files``)
+    <dir>/<epoch>.corrupt/  a step that failed to read back, moved aside (never deleted) when a
+                            run resumed from an older one, so that the epoch can be saved again
 
 Tables are stored un-permuted and sharded by rows, so a run with another device
 or process count restores them by passing target ``ShapeDtypeStruct``s that
@@ -21,7 +26,9 @@ Atomicity is Orbax's: a step is written under a temporary name and renamed
 when complete, so a run killed mid-save leaves no step that looks finished.  A
 finished step that fails to read back, or whose checksum disagrees with the
 one recorded at save time, is reported (``logging.warning`` and
-:attr:`Restored.skipped`) and the previous good step is used.
+:attr:`Restored.skipped`) and the previous good step is used; :func:`train` then moves
+the bad steps aside to ``<epoch>.corrupt`` (Orbax refuses to save over an existing
+step, so a run that resumed below one could never pass it) and says so.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -37,17 +45,27 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from alsx import checkpoint_files
+from alsx.checkpoint_files import describe_folder  # noqa: F401 - part of this module's interface
 from alsx.core.sharding import SHARD, make_mesh, table_sharding
 from alsx.core.state import ALSState
 from alsx.distributed import Watchdog, fail_fast
+from alsx.errors import TrainingError, UsageError
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used with this model (wrong shapes, no usable step)."""
+class CheckpointError(TrainingError):
+    """No checkpoint step can be read back (all unreadable or corrupted)."""
+
+
+class CheckpointMismatchError(CheckpointError, UsageError):
+    """The checkpoints belong to another model (shape, dim, dtype) or are past the epochs asked
+    for: the flags, not the files, are wrong."""
+
+    exit_code = UsageError.exit_code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +104,13 @@ class Restored:
       state: the restored state, in the engine's layout.
       epoch: the checkpoint's epoch.
       skipped: (epoch, reason) of newer checkpoints that were unreadable or corrupted.
+      extra: the ``extra`` dict saved with the step ({} for steps saved without one).
     """
 
     state: ALSState
     epoch: int
     skipped: tuple[tuple[int, str], ...]
+    extra: dict = dataclasses.field(default_factory=dict)
 
 
 @jax.jit
@@ -182,15 +202,19 @@ class Checkpointer:
         by_time = o.every_minutes is not None and time.monotonic() - self._last_save >= 60 * o.every_minutes
         return _same_on_all_processes(by_count or by_time)
 
-    def maybe_save(self, engine: Any, state: ALSState) -> bool:
-        """Saves ``state`` if :meth:`due`; returns whether it saved."""
+    def maybe_save(self, engine: Any, state: ALSState, extra: dict | None = None) -> bool:
+        """Saves ``state`` (with ``extra``) if :meth:`due`; returns whether it saved."""
         if self.due(state.epoch):
-            self.save(engine, state)
+            self.save(engine, state, extra)
             return True
         return False
 
     def save(self, engine: Any, state: ALSState, extra: dict | None = None) -> None:
-        """Writes ``state`` as step ``state.epoch`` (collective: every process calls it)."""
+        """Writes ``state`` as step ``state.epoch`` (collective: every process calls it).
+
+        ``extra``: JSON-serialisable data stored with the step and returned by :meth:`restore`
+        as :attr:`Restored.extra`.
+        """
         w, h = _to_external(engine, state)
         tables = {"w": w} if state.tied else {"w": w, "h": h}
         keep_basis = getattr(engine, "keeps_basis", False) and state.basis is not None
@@ -212,7 +236,12 @@ class Checkpointer:
             force=True,
         )
         self._manager.wait_until_finished()
+        if jax.process_index() == 0:  # the step is final: list its files for verify() before any read
+            checkpoint_files.write_digest(self._step_dir(state.epoch))
         self._last_save = time.monotonic()
+
+    def _step_dir(self, epoch: int) -> str:
+        return os.path.join(os.path.abspath(self.options.directory), str(int(epoch)))
 
     # ---- restoring -------------------------------------------------------------------------
 
@@ -231,7 +260,7 @@ class Checkpointer:
         skipped: list[tuple[int, str]] = []
         for epoch in self.epochs():
             try:
-                state = self._restore_step(engine, epoch)
+                state, extra = self._restore_step(engine, epoch)
             except CheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - any read failure means "corrupted"
@@ -240,23 +269,37 @@ class Checkpointer:
                             self.options.directory, epoch, reason)
                 skipped.append((epoch, reason))
                 continue
-            if skipped:
-                log.warning("resumed from epoch %d after skipping corrupted checkpoints %s",
-                            epoch, [s for s, _ in skipped])
-            return Restored(state=state, epoch=epoch, skipped=tuple(skipped))
+            return Restored(state=state, epoch=epoch, skipped=tuple(skipped), extra=extra)
         if skipped:
             raise CheckpointError(f"no usable checkpoint in {self.options.directory}: "
-                                  + "; ".join(f"epoch {s}: {r}" for s, r in skipped))
+                                  + "; ".join(f"epoch {s}: {r}" for s, r in skipped)
+                                  + " (nothing was moved or deleted)")
         return None
 
-    def _restore_step(self, engine: Any, epoch: int) -> ALSState:
+    def set_aside(self, epoch: int) -> str:
+        """Renames the finished step ``epoch`` to ``<epoch>.corrupt`` (``.corrupt-2``, ... if taken)
+        so that the epoch can be saved again; returns the new path.  Collective: process 0
+        renames, every process waits for it."""
+        src = self._step_dir(epoch)
+        dst = checkpoint_files.set_aside_path(src)
+        if jax.process_index() == 0:
+            os.rename(src, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"alsx-checkpoint-set-aside-{epoch}")
+        self._manager.reload()
+        return dst
+
+    def _restore_step(self, engine: Any, epoch: int) -> tuple[ALSState, dict]:
+        checkpoint_files.verify(self._step_dir(epoch))
         meta = self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         want = {"w": [engine.n_rows, engine.hp.dim]}
         if not engine.tied:
             want["h"] = [engine.n_cols, engine.hp.dim]
         dtype = jnp.dtype({"float32": jnp.float32, "bfloat16": jnp.bfloat16}[engine.hp.dtype])
         if bool(meta["tied"]) != bool(engine.tied) or meta["shapes"] != want or meta["dtype"] != str(dtype):
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"checkpoint {self.options.directory}/{epoch} holds tables {meta['shapes']} {meta['dtype']} "
                 f"(tied={meta['tied']}) but the model needs {want} {dtype} (tied={engine.tied}); "
                 "use another checkpoint directory or the same dim/dtype/data")
@@ -277,7 +320,7 @@ class Checkpointer:
             if got != int(meta["checksums"][k]):
                 raise ValueError(f"table {k!r} checksum {got} != saved {meta['checksums'][k]}")
         h = tables["w"] if engine.tied else tables["h"]
-        return _from_external(engine, tables["w"], h, int(meta["epoch"]), basis)
+        return _from_external(engine, tables["w"], h, int(meta["epoch"]), basis), dict(meta.get("extra") or {})
 
     def close(self) -> None:
         self._manager.close()
@@ -289,6 +332,14 @@ class Checkpointer:
         self.close()
 
 
+def _say(line: str) -> None:
+    """One line on stderr from process 0, above any progress bar."""
+    if jax.process_index() == 0:
+        from tqdm.auto import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+
+
 def train(
     engine: Any,
     epochs: int,
@@ -297,10 +348,14 @@ def train(
     *,
     step_timeout_s: float | None = None,
     on_epoch: Callable[[ALSState], None] | None = None,
+    extra: Callable[[], dict] | None = None,
+    on_resume: Callable[[Restored], None] | None = None,
 ) -> ALSState:
     """Runs ``engine`` to ``epochs`` completed epochs, resuming from ``checkpointer`` if it holds one.
 
-    Saves when :meth:`Checkpointer.due` says so and always after the last epoch.  In a
+    Saves when :meth:`Checkpointer.due` says so and always after the last epoch.  Resuming
+    below newer steps that failed to read back moves those aside (:meth:`Checkpointer.set_aside`,
+    reported on stderr and in the log), so that training can save those epochs again.  In a
     multi-process run a failed peer ends this process with a clear message
     (:func:`alsx.distributed.fail_fast`), and ``step_timeout_s`` bounds each epoch
     (:class:`alsx.distributed.Watchdog`).
@@ -312,14 +367,32 @@ def train(
       checkpointer: where to resume from and save to (None: no checkpoints).
       step_timeout_s: watchdog limit per epoch.
       on_epoch: called with the state after each epoch (logging, progress markers).
+      extra: called at each save; its dict is stored with the step (e.g. the history so far).
+      on_resume: called with what was restored, before the first epoch of a resumed run.
+
+    Raises:
+      CheckpointMismatchError: the newest good checkpoint is past ``epochs``.
     """
     state = None
     with fail_fast("training"), Watchdog(step_timeout_s) as watchdog:
         if checkpointer is not None:
             found = checkpointer.restore(engine)
             if found is not None:
+                if found.epoch > epochs:
+                    raise CheckpointMismatchError(
+                        f"the newest good checkpoint in {checkpointer.options.directory} is at epoch "
+                        f"{found.epoch}, past the {epochs} epochs asked for: ask for --epochs {found.epoch} "
+                        "or more, or resume from another folder")
+                where = checkpointer.options.directory
+                for epoch, reason in found.skipped:
+                    moved = checkpointer.set_aside(epoch)
+                    log.info("moved unreadable checkpoint %s/%d to %s", where, epoch, moved)
+                    _say(f"alsx: warning: checkpoint {where}/{epoch} is unreadable ({reason}); moved it to {moved}")
                 state = found.state
-                log.info("resuming from epoch %d", found.epoch)
+                log.info("resumed from epoch %d of %s", found.epoch, where)
+                _say(f"alsx: resumed from epoch {found.epoch} ({where})")
+                if on_resume is not None:
+                    on_resume(found)
         if state is None:
             state = engine.init_state(seed)
         saved = None
@@ -329,9 +402,9 @@ def train(
             watchdog.beat()
             if on_epoch is not None:
                 on_epoch(state)
-            if checkpointer is not None and checkpointer.maybe_save(engine, state):
+            if checkpointer is not None and checkpointer.maybe_save(engine, state, extra() if extra else None):
                 saved = state.epoch
         if checkpointer is not None and saved != state.epoch and state.epoch > 0 \
                 and state.epoch not in checkpointer.epochs():
-            checkpointer.save(engine, state)
+            checkpointer.save(engine, state, extra() if extra else None)
     return state

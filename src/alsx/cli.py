@@ -173,20 +173,37 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
 
 # ---------------------------------------------------------------------------- commands
 def _checkpointer(a: argparse.Namespace):
-    """The Checkpointer asked for by --checkpoint-every/--checkpoint-minutes/--resume, or None."""
+    """The Checkpointer asked for by --checkpoint-every/--checkpoint-minutes/--resume, or None.
+
+    ``--resume DIR`` must find a finished checkpoint (UsageError otherwise: a typo'd folder
+    must not retrain from epoch 1); "resume if there is one" is a rerun of the same command
+    with --checkpoint-every, which continues from OUT/checkpoints by itself.  A resumed run
+    saves its further checkpoints in the folder it resumed from.
+    """
     if not (a.checkpoint_every or a.checkpoint_minutes or a.resume):
         return None
-    from alsx.checkpoint import CheckpointOptions, Checkpointer
+    from alsx.checkpoint import CheckpointOptions, Checkpointer, describe_folder
+    from alsx.errors import UsageError
 
+    if a.checkpoint_every < 0:
+        raise UsageError(f"--checkpoint-every {a.checkpoint_every}: must be >= 0 (0: only at the end)")
+    if a.checkpoint_minutes is not None and not a.checkpoint_minutes > 0:
+        raise UsageError(f"--checkpoint-minutes {a.checkpoint_minutes}: must be > 0")
     if a.resume:
         root = Path(a.resume)
         directory = root / "checkpoints" if (root / "checkpoints").is_dir() else root
         if not directory.is_dir():
-            raise SystemExit(f"error: --resume {a.resume}: no checkpoint folder there")
+            raise UsageError(f"--resume {a.resume}: " + ("is a file, not a folder" if root.exists() else "no such folder")
+                             + "; give the --out folder of a run with --checkpoint-every (or its checkpoints/)")
     else:
         directory = Path(a.out) / "checkpoints"
-    return Checkpointer(CheckpointOptions(str(directory.resolve()), every_epochs=a.checkpoint_every or 0,
-                                          every_minutes=a.checkpoint_minutes))
+    ck = Checkpointer(CheckpointOptions(str(directory.resolve()), every_epochs=a.checkpoint_every or 0,
+                                        every_minutes=a.checkpoint_minutes))
+    if a.resume and not ck.epochs():
+        ck.close()
+        raise UsageError(f"--resume {a.resume}: no finished checkpoint in {directory} ({describe_folder(directory)}); "
+                         "drop --resume to train from epoch 1")
+    return ck
 
 
 def _profile(model, train) -> dict:
@@ -448,11 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "scatter, Gramian) on one device; writes OUT/profile.json")
     g = t.add_argument_group("checkpoints")
     g.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
-                   help="save a checkpoint (Orbax, sharded, atomic) every K epochs into OUT/checkpoints")
+                   help="save a checkpoint (Orbax, sharded, atomic) every K epochs into OUT/checkpoints (with "
+                        "--resume: into the folder resumed from); rerunning the same command continues from there")
     g.add_argument("--checkpoint-minutes", type=float, default=None, metavar="M", help="also every M minutes")
     g.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the newest good checkpoint in DIR (an earlier --out or its checkpoints/); "
-                        "any device or process count")
+                        "any device or process count; an error if DIR holds none. Unreadable newer steps are "
+                        "moved aside to DIR/<epoch>.corrupt")
     from alsx.distributed import add_distributed_arguments
 
     add_distributed_arguments(t)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -163,7 +164,8 @@ class ALS:
           split: enables evaluation every ``eval_every`` epochs (and after the last).
           callback: called after each epoch with (history record, engine state).
           checkpointer: an ``alsx.checkpoint.Checkpointer``: resume from its newest good
-            checkpoint and save on its schedule.
+            checkpoint and save on its schedule.  Each step stores the history up to it, so
+            ``history_`` of a resumed fit holds every epoch, the ones before the resume too.
           step_timeout_s: stop with an error when one epoch takes longer (hung peer).
           gather_tables: copy the final tables to this host (``row_embeddings_``,
             ``col_embeddings_``); False keeps them on the devices only (``state_`` and
@@ -179,6 +181,7 @@ class ALS:
         self.shape_ = train.shape
         self.engine_name_ = type(engine).__name__
         self.pack_stats_ = getattr(engine, "stats", None)
+        self.history_ = []
         bar = tqdm(total=self.epochs, desc="alsx", unit="epoch", disable=not self.progress)
         clock = [time.perf_counter()]
 
@@ -216,9 +219,18 @@ class ALS:
                 callback(record, st)
             clock[0] = time.perf_counter()
 
+        def on_resume(found) -> None:
+            if "history" not in found.extra:
+                tqdm.write(f"alsx: warning: the checkpoint of epoch {found.epoch} holds no history (saved by an "
+                           f"older alsx): history.json starts at epoch {found.epoch + 1}", file=sys.stderr)
+            self.history_ = [r for r in found.extra.get("history", []) if r["epoch"] <= found.epoch]
+            bar.n = found.epoch
+            bar.refresh()
+            clock[0] = time.perf_counter()  # the first resumed epoch's seconds exclude the restore
+
         try:
             st = run_epochs(engine, self.epochs, self.seed, checkpointer, step_timeout_s=step_timeout_s,
-                            on_epoch=on_epoch)
+                            on_epoch=on_epoch, extra=lambda: {"history": self.history_}, on_resume=on_resume)
         finally:
             bar.close()
         self.state_, self.engine_ = st, engine
