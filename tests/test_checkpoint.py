@@ -155,6 +155,8 @@ def test_partial_step_is_ignored(engine, tmp_path):
     with Checkpointer(CheckpointOptions(str(tmp_path))) as ck:
         assert ck.epochs() == [1]
         assert ck.restore(engine).epoch == 1
+        train(engine, 3, checkpointer=ck)  # the killed run's epoch is saved again beside its leftover
+        assert ck.epochs() == [3, 2, 1]
 
 
 def test_all_corrupted_is_an_error(engine, tmp_path):
@@ -470,3 +472,20 @@ def test_checkpointer_flags_are_checked(tmp_path):
     ck = _checkpointer(_train_args(out=str(tmp_path / "o"), checkpoint_every=2))
     assert ck.options.directory == str((tmp_path / "o" / "checkpoints").resolve()) and ck.options.every_epochs == 2
     ck.close()
+
+
+def test_dataset_dir_resume_keeps_the_whole_history(tmp_path, capsys):
+    """``alsx train DATASET_DIR`` (the streaming engine) resumes with every epoch in history.json."""
+    from alsx.cli import main
+    from alsx.webgraph.synthetic import synth_webgraph
+
+    ds = str(synth_webgraph(tmp_path / "wg", 300, 3000, seed=1, heldout_fraction=0.2).path)
+    flags = ["--dim", "8", "--seed", "2"]
+    assert main(["train", ds, "--out", str(tmp_path / "a"), "--epochs", "2", "--checkpoint-every", "1", *flags]) == 0
+    assert main(["train", ds, "--out", str(tmp_path / "b"), "--epochs", "3", "--resume", str(tmp_path / "a"),
+                 *flags]) == 0
+    assert f"alsx: resumed from epoch 2 ({tmp_path / 'a' / 'checkpoints'})" in capsys.readouterr().err
+    first = json.loads((tmp_path / "a" / "history.json").read_text())
+    hist = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert [r["epoch"] for r in hist] == [1, 2, 3]
+    assert hist[:2] == [{k: v for k, v in r.items() if k != "metrics"} for r in first]  # final metrics: after

@@ -220,7 +220,7 @@ class ALS:
             clock[0] = time.perf_counter()
 
         def on_resume(found) -> None:
-            if "history" not in found.extra:
+            if "history" not in found.extra and self.progress:
                 tqdm.write(f"alsx: warning: the checkpoint of epoch {found.epoch} holds no history (saved by an "
                            f"older alsx): history.json starts at epoch {found.epoch + 1}", file=sys.stderr)
             self.history_ = [r for r in found.extra.get("history", []) if r["epoch"] <= found.epoch]

@@ -166,7 +166,12 @@ def train_webgraph(
         log(f"epoch {st.epoch}: {seconds:.1f}s" + (f", loss {rec['loss']['total']:.6g}" if "loss" in rec else ""))
         clock[0] = time.perf_counter()
 
-    st = run_epochs(engine, epochs, seed, checkpointer, step_timeout_s=step_timeout_s, on_epoch=on_epoch)
+    def on_resume(found) -> None:  # the history saved with the checkpoint: history.json keeps every epoch
+        history[:] = [r for r in found.extra.get("history", []) if r["epoch"] <= found.epoch]
+        clock[0] = time.perf_counter()
+
+    st = run_epochs(engine, epochs, seed, checkpointer, step_timeout_s=step_timeout_s, on_epoch=on_epoch,
+                    extra=lambda: {"history": history}, on_resume=on_resume)
     train_s = time.perf_counter() - t0
     train_hwm = vm_hwm_bytes()  # peak RSS of training alone (evaluation adds its score batches)
     w = h = None
