@@ -193,8 +193,9 @@ def _checkpointer(a: argparse.Namespace):
         root = Path(a.resume)
         directory = root / "checkpoints" if (root / "checkpoints").is_dir() else root
         if not directory.is_dir():
-            raise UsageError(f"--resume {a.resume}: " + ("is a file, not a folder" if root.exists() else "no such folder")
-                             + "; give the --out folder of a run with --checkpoint-every (or its checkpoints/)")
+            what = "is a file, not a folder" if root.exists() else "no such folder"
+            raise UsageError(f"--resume {a.resume}: {what}; give the --out folder of a run with --checkpoint-every "
+                             "(or its checkpoints/)")
     else:
         directory = Path(a.out) / "checkpoints"
     ck = Checkpointer(CheckpointOptions(str(directory.resolve()), every_epochs=a.checkpoint_every or 0,
