@@ -282,12 +282,15 @@ class Checkpointer:
         renames, every process waits for it."""
         src = self._step_dir(epoch)
         dst = checkpoint_files.set_aside_path(src)
-        if jax.process_index() == 0:
-            os.rename(src, dst)
-        if jax.process_count() > 1:
+        multi = jax.process_count() > 1
+        if multi:  # every process has chosen the same name before process 0 renames
             from jax.experimental import multihost_utils
 
-            multihost_utils.sync_global_devices(f"alsx-checkpoint-set-aside-{epoch}")
+            multihost_utils.sync_global_devices(f"alsx-checkpoint-set-aside-{epoch}-named")
+        if jax.process_index() == 0:
+            os.rename(src, dst)
+        if multi:
+            multihost_utils.sync_global_devices(f"alsx-checkpoint-set-aside-{epoch}-moved")
         self._manager.reload()
         return dst
 
