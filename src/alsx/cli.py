@@ -236,16 +236,16 @@ def cmd_train(a: argparse.Namespace) -> int:
     if split is not None:  # on several devices each scores its own column shard
         results = evaluate(model.row_embeddings_, model.col_embeddings_, split, model.hparams, tuple(a.ks), a.alpha,
                            topk=model.eval_topk_)
-    split_model = None
+    split_model, refit_seconds = None, 0.0
     if split is not None and a.refit:  # the saved tables serve every row and every entry of the input
         print(f"refit: training again on all {data.nnz:,} input entries with the same settings, the model to save "
               "(--no-refit keeps the split-trained one)", file=sys.stderr)
         split_model, model = model, _model(a, progress=topo.process_index == 0)
         t = time.perf_counter()
         model.fit(data, step_timeout_s=topo.options.step_timeout_s)
-        seconds += time.perf_counter() - t
+        refit_seconds = time.perf_counter() - t
     _write_outputs(a, model, split, summary, results, seconds, data if split_model is not None else train,
-                   seen=data, split_model=split_model)
+                   seen=data, split_model=split_model, refit_seconds=refit_seconds)
     return 0
 
 
@@ -263,14 +263,15 @@ def _trained_on(a: argparse.Namespace, split, refit: bool, nnz: int) -> dict:
 
 
 def _write_outputs(a: argparse.Namespace, model, split, summary, results, seconds: float, train,
-                   tables: bool = True, seen=None, split_model=None, trained=None) -> None:
+                   tables: bool = True, seen=None, split_model=None, trained=None, refit_seconds: float = 0.0) -> None:
     """What ``alsx train`` leaves in OUT (process 0 of a multi-process run; ``tables=False``:
     the tables were written already, shard by shard).
 
     ``seen``: all input entries (Interactions), written as train.npz so ``recommend`` excludes
     everything a row had; ``split_model``: the split-trained model when ``model`` is its refit
     on all input (its history goes to split_history.json); ``trained``: the split's training
-    entries of a model kept without refit (default ``model.train_``), written as trained.npz.
+    entries of a model kept without refit (default ``model.train_``), written as trained.npz;
+    ``seconds`` / ``refit_seconds``: the split-trained fit's and the refit's.
     """
     from alsx.folder import TRAINED_FILE
 
@@ -305,8 +306,9 @@ def _write_outputs(a: argparse.Namespace, model, split, summary, results, second
     if tables and not refit:  # a refit model trained every row: nothing to fold in
         _fold_in_heldout(model, split)
         np.save(out / "row_embeddings.npy", model.row_embeddings_)
-    what = "on all input" if split is None else ("then refit on all input" if refit else "on the split's training part")
-    print(f"trained {model.epochs} epochs {what} in {seconds:.1f}s; wrote {out}")
+    what = "on all input" if split is None else "on the split's training part"
+    again = f", then refit on all input in {refit_seconds:.1f}s" if refit else ""
+    print(f"trained {model.epochs} epochs {what} in {seconds:.1f}s{again}; wrote {out}")
 
 
 def _train_partitioned(a: argparse.Namespace, topo) -> int:
@@ -370,7 +372,7 @@ def _train_partitioned(a: argparse.Namespace, topo) -> int:
     results = scores(st) if split is not None else None
     if results is not None:
         model.history_[-1]["metrics"] = results["model"]
-    split_model = None
+    split_model, refit_seconds = None, 0.0
     if split is not None and a.refit:  # as one process: the saved tables train on all input entries
         if lead:
             print(f"refit: training again on all input entries with the same settings, the model to save "
@@ -386,7 +388,7 @@ def _train_partitioned(a: argparse.Namespace, topo) -> int:
         model.engine_factory = refit_factory
         t = time.perf_counter()
         model.fit(mine, step_timeout_s=topo.options.step_timeout_s, gather_tables=False)
-        seconds += time.perf_counter() - t
+        refit_seconds = time.perf_counter() - t
         st, e = model.state_, engine["e"]
     e.write_tables(st, a.out)  # every process writes its own rows
     folded = None
@@ -408,7 +410,7 @@ def _train_partitioned(a: argparse.Namespace, topo) -> int:
         print("note: --profile times one device and is skipped in a multi-process run", file=sys.stderr)
         a.profile = False
     _write_outputs(a, model, split, part.summary, results, seconds, everything, tables=False, seen=everything,
-                   split_model=split_model, trained=kept.csr(a.alpha))
+                   split_model=split_model, trained=kept.csr(a.alpha), refit_seconds=refit_seconds)
     return 0
 
 
