@@ -446,12 +446,11 @@ def _evaluation_data(a: argparse.Namespace, model):
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from alsx.eval.protocol import evaluate
+    from alsx.folder import check_overlap
     from alsx.model import ALS
 
     model = ALS.load(a.model)
     data, args = _evaluation_data(a, model)
-    from alsx.folder import check_overlap
-
     split = make_split(data, args)
     asked = f"--split {args.split}" + ("" if args.split == "given" else f" --split-seed {args.split_seed}")
     overlap = check_overlap(Path(a.model), model.config_, split.test, asked, a.allow_overlap)
