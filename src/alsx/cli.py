@@ -1,8 +1,8 @@
 """Command line: subcommands parse flags and call the library.
 
     alsx demo                                  built-in synthetic graph, end to end
-    alsx train DATA --out DIR [options]        fit, evaluate, save
-    alsx evaluate DIR DATA                     re-evaluate a saved model on its split
+    alsx train DATA --out DIR [options]        fit, evaluate, refit on all input, save
+    alsx evaluate DIR DATA                     re-evaluate a --no-refit model on its split
     alsx recommend DIR ROW [ROW ...] -k N      top-k unseen columns per row
     alsx webgraph {build,synth} ...            WebGraph data sets
 """
@@ -254,30 +254,79 @@ def cmd_train(a: argparse.Namespace) -> int:
     if split is not None:  # on several devices each scores its own column shard
         results = evaluate(model.row_embeddings_, model.col_embeddings_, split, model.hparams, tuple(a.ks), a.alpha,
                            topk=model.eval_topk_)
-    _write_outputs(a, model, split, summary, results, seconds, train)
+    split_model, refit_seconds = None, 0.0
+    if split is not None and a.refit:  # the saved tables serve every row and every entry of the input
+        print(f"refit: training again on all {data.nnz:,} input entries with the same settings, the model to save "
+              "(--no-refit keeps the split-trained one)", file=sys.stderr)
+        split_model, model = model, _model(a, progress=topo.process_index == 0)
+        t = time.perf_counter()
+        model.fit(data, step_timeout_s=topo.options.step_timeout_s)
+        refit_seconds = time.perf_counter() - t
+    _write_outputs(a, model, split, summary, results, seconds, data if split_model is not None else train,
+                   seen=data, split_model=split_model, refit_seconds=refit_seconds)
     return 0
 
 
+def _trained_on(a: argparse.Namespace, split, refit: bool, nnz: int) -> dict:
+    """config.json's record of what the saved tables were trained on (read by ``alsx evaluate``)."""
+    from alsx.folder import TRAINED_FILE
+
+    if split is None:
+        return {"part": "all input", "nnz": int(nnz), "refit": False, "split": None}
+    params = {k: getattr(a, k) for k in SPLIT_KEYS}
+    if refit:
+        return {"part": "all input", "nnz": int(nnz), "refit": True, "evaluated_before_refit_on": params}
+    return {"part": "the split's training part", "nnz": int(nnz), "refit": False, "split": params,
+            "entries": TRAINED_FILE}
+
+
 def _write_outputs(a: argparse.Namespace, model, split, summary, results, seconds: float, train,
-                   tables: bool = True) -> None:
+                   tables: bool = True, seen=None, split_model=None, trained=None, refit_seconds: float = 0.0) -> None:
     """What ``alsx train`` leaves in OUT (process 0 of a multi-process run; ``tables=False``:
-    the tables were written already, shard by shard)."""
+    the tables were written already, shard by shard).
+
+    ``seen``: all input entries (Interactions), written as train.npz so ``recommend`` excludes
+    everything a row had; ``split_model``: the split-trained model when ``model`` is its refit
+    on all input (its history goes to split_history.json); ``trained``: the split's training
+    entries of a model kept without refit (default ``model.train_``), written as trained.npz;
+    ``seconds`` / ``refit_seconds``: the split-trained fit's and the refit's.
+    """
+    from alsx.folder import TRAINED_FILE
+
     out = Path(a.out)
+    refit = split_model is not None
+    fitted = model.train_ if trained is None else trained  # CSR the tables were trained on
+    if seen is not None:
+        model.train_ = seen.csr(a.alpha)
     model.save(out, tables=tables)
+    stale = out / TRAINED_FILE
+    if split is not None and not refit:
+        np.savez(stale, indptr=fitted.indptr, indices=fitted.indices, values=fitted.values,
+                 n_cols=np.int64(fitted.n_cols))
+    elif stale.exists():  # left by an earlier run into the same folder
+        stale.unlink()
+    if refit:
+        (out / "split_history.json").write_text(json.dumps(split_model.history_, indent=2))
     cfg = json.loads((out / "config.json").read_text())
-    cfg["data"] = {"path": str(a.data), **{k: getattr(a, k) for k in DATA_KEYS}}
+    cfg["data"] = {"path": str(Path(a.data).resolve()), **{k: getattr(a, k) for k in DATA_KEYS}}
     cfg["split"] = {k: getattr(a, k) for k in SPLIT_KEYS}
+    cfg["trained_on"] = _trained_on(a, split, refit, fitted.nnz)
     cfg["ingest"] = summary.to_dict()
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     if results is not None:
-        (out / "metrics.json").write_text(json.dumps(results, indent=2))
+        note = ("the model trained on the split's training part, before the refit on all input that was saved"
+                if refit else "the saved model (trained on the split's training part)")
+        evaluated = {"split": {k: getattr(a, k) for k in SPLIT_KEYS}, "scored": note}
+        (out / "metrics.json").write_text(json.dumps({**results, "evaluated": evaluated}, indent=2))
         print(format_table(results, a.ks))
     if a.profile:
         (out / "profile.json").write_text(json.dumps(_profile(model, train), indent=2))
-    if tables:
+    if tables and not refit:  # a refit model trained every row: nothing to fold in
         _fold_in_heldout(model, split)
         np.save(out / "row_embeddings.npy", model.row_embeddings_)
-    print(f"trained {model.epochs} epochs in {seconds:.1f}s; wrote {out}")
+    what = "on all input" if split is None else "on the split's training part"
+    again = f", then refit on all input in {refit_seconds:.1f}s" if refit else ""
+    print(f"trained {model.epochs} epochs {what} in {seconds:.1f}s{again}; wrote {out}")
 
 
 def _train_partitioned(a: argparse.Namespace, topo) -> int:
@@ -341,14 +390,33 @@ def _train_partitioned(a: argparse.Namespace, topo) -> int:
     results = scores(st) if split is not None else None
     if results is not None:
         model.history_[-1]["metrics"] = results["model"]
+    split_model, refit_seconds = None, 0.0
+    if split is not None and a.refit:  # as one process: the saved tables train on all input entries
+        if lead:
+            print(f"refit: training again on all input entries with the same settings, the model to save "
+                  "(--no-refit keeps the split-trained one)", file=sys.stderr)
+        all_rows, all_cols, all_rc, all_cc = engine_inputs(mine, a.alpha, mesh, a.tied)
+
+        def refit_factory(_rows, _cols, hp, packing, tied):
+            engine["e"] = ShardedEngine(all_rows, all_cols, hp, packing, tied=tied, mesh=mesh, row_counts=all_rc,
+                                        col_counts=all_cc)
+            return engine["e"]
+
+        split_model, model = model, _model(a, progress=lead)
+        model.engine_factory = refit_factory
+        t = time.perf_counter()
+        model.fit(mine, step_timeout_s=topo.options.step_timeout_s, gather_tables=False)
+        refit_seconds = time.perf_counter() - t
+        st, e = model.state_, engine["e"]
     e.write_tables(st, a.out)  # every process writes its own rows
     folded = None
-    if split is not None and split.foldin is not None:  # each folds in its own held-out rows
+    if split_model is None and split is not None and split.foldin is not None:  # each folds in its held-out rows
         held = np.unique(split.foldin.rows).astype(np.int32)
         emb = fold_in_sharded(e, st, _compact_rows(split.foldin, held, a.alpha), model.hparams)
         got = route(np.concatenate([held[:, None], emb.view(np.int32)], axis=1), np.zeros(len(held), np.int64))
         folded = got[:, 0], np.ascontiguousarray(got[:, 1:]).view(np.float32)  # process 0 writes them
-    everything = gather_to_lead(train)  # train.npz: `alsx recommend` excludes what a row has seen
+    everything = gather_to_lead(mine)  # train.npz: `alsx recommend` excludes all a row had in the input
+    kept = gather_to_lead(train) if split is not None and split_model is None else everything  # trained.npz
     if not lead:
         return 0
     if folded is not None:
@@ -356,47 +424,74 @@ def _train_partitioned(a: argparse.Namespace, topo) -> int:
         mm[folded[0]] = folded[1]
         mm.flush()
         del mm
-    model.train_ = everything.csr(a.alpha)
     if a.profile:
         print("note: --profile times one device and is skipped in a multi-process run", file=sys.stderr)
         a.profile = False
-    _write_outputs(a, model, None, part.summary, results, seconds, everything, tables=False)
+    _write_outputs(a, model, split, part.summary, results, seconds, everything, tables=False, seen=everything,
+                   split_model=split_model, trained=kept.csr(a.alpha), refit_seconds=refit_seconds)
     return 0
+
+
+def _evaluation_data(a: argparse.Namespace, model):
+    """(data, split flags) for ``alsx evaluate``: the saved data options and split, flags given now winning."""
+    from alsx.errors import DataError, ModelError, UsageError
+
+    cfg = model.config_
+    where = Path(a.model) / "config.json"
+    saved = cfg.get("data") or {}
+    if not isinstance(saved, dict) or not isinstance(cfg.get("split") or {}, dict):
+        raise ModelError(f"{where}: 'data' and 'split' must be JSON objects")
+    args = argparse.Namespace(**{**{k: None for k in DATA_KEYS + SPLIT_KEYS}, "ids": "auto", "duplicates": "sum",
+                                 "square": False, **saved, **(cfg.get("split") or {})})
+    for k in DATA_KEYS + SPLIT_KEYS:  # flags given now override the saved ones
+        if getattr(a, k, None) is not None:
+            setattr(args, k, getattr(a, k))
+    path = a.data or saved.get("path")
+    if path is None:
+        raise UsageError(f"{where} names no data file (the model was not trained by 'alsx train FILE'); "
+                         "pass it: alsx evaluate MODEL DATA")
+    if not Path(path).exists():
+        raise DataError(f"{path}: no such file" + ("" if a.data else f" (the data path in {where}); pass the "
+                                                   "data file: alsx evaluate MODEL DATA"))
+    if args.split in (None, "none"):
+        raise UsageError(f"{a.model} was trained without a split (--split none): pass --split to evaluate it")
+    data, _ = _load(path, args)
+    if tuple(data.shape) != tuple(model.shape_):
+        raise UsageError(f"{path}: {data.shape[0]} rows x {data.shape[1]} columns, but the model in {a.model} was "
+                         f"trained on {model.shape_[0]} x {model.shape_[1]}: not the data it was trained on")
+    return data, args
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from alsx.eval.protocol import evaluate
+    from alsx.folder import check_overlap
     from alsx.model import ALS
 
     model = ALS.load(a.model)
-    cfg = json.loads((Path(a.model) / "config.json").read_text())
-    args = argparse.Namespace(**{**cfg.get("data", {}), **cfg.get("split", {})})
-    for k in DATA_KEYS + SPLIT_KEYS:  # flags given now override the saved ones
-        if getattr(a, k, None) is not None:
-            setattr(args, k, getattr(a, k))
-    data, _ = _load(a.data or cfg["data"]["path"], args)
+    data, args = _evaluation_data(a, model)
     split = make_split(data, args)
-    if split is None:
-        print("error: the model was trained without a split; pass --split", file=sys.stderr)
-        return 2
+    asked = f"--split {args.split}" + ("" if args.split == "given" else f" --split-seed {args.split_seed}")
+    overlap = check_overlap(Path(a.model), model.config_, split.test, asked, a.allow_overlap)
     results = evaluate(model.row_embeddings_, model.col_embeddings_, split, model.hparams, tuple(a.ks), model.alpha)
     print(format_table(results, a.ks))
+    if overlap is not None:
+        print(f"WARNING: {overlap['n_trained_on']:,} of {overlap['n_test']:,} test entries were trained on: "
+              "inflated", file=sys.stderr)
+        results = {**results, "overlap": overlap}
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     return 0
 
 
 def cmd_recommend(a: argparse.Namespace) -> int:
+    from alsx.errors import UsageError
     from alsx.model import ALS
+    from alsx.serve.ids import row_indices
 
+    if a.k < 1:
+        raise UsageError(f"-k must be >= 1, got {a.k}")
     model = ALS.load(a.model)
-    if model.row_vocab_ is not None:
-        raw = np.asarray(a.rows)
-        if model.row_vocab_.kind == "int":
-            raw = raw.astype(np.int64)
-        rows = model.row_vocab_.encode(raw)
-    else:
-        rows = np.asarray([int(r) for r in a.rows])
+    rows = row_indices(a.rows, model.row_vocab_, model.row_embeddings_.shape[0], a.model)
     ids, scores = model.recommend(rows, k=a.k, exclude_seen=not a.include_seen)
     for r, row_ids, row_scores in zip(a.rows, ids, scores):
         keep = row_ids >= 0
@@ -459,6 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(t)
     _add_split_args(t)
     t.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: only at the end)")
+    t.add_argument("--no-refit", dest="refit", action="store_false",
+                   help="with a split: save the model trained on the split's training part (default: after "
+                        "evaluating it, train again on all input with the same settings and save that, so the "
+                        "tables serve every row and entry)")
     t.add_argument("--loss-every", type=int, default=1,
                    help="training loss every N epochs and after the last (0: never; non-finite tables still stop)")
     t.add_argument("--profile", action="store_true",
@@ -486,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split-seed", type=int, default=None)
     e.add_argument("--k", dest="ks", type=int, nargs="+", default=[20, 50])
     e.add_argument("--json", default=None, help="also write the metrics to this file")
+    e.add_argument("--allow-overlap", action="store_true",
+                   help="score a split whose test entries the model was trained on (refused otherwise: a model "
+                        "refit on all input overlaps every split of it); the metrics are inflated")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("recommend", help="top-k unseen columns for rows")

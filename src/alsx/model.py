@@ -302,23 +302,48 @@ class ALS:
 
     @classmethod
     def load(cls, path: str | Path) -> "ALS":
-        src = Path(path)
-        cfg = json.loads((src / "config.json").read_text())
-        if cfg.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{src / 'config.json'}: unsupported format_version {cfg.get('format_version')!r}")
-        hp = cfg["hparams"]
-        model = cls(**hp, epochs=cfg["epochs"], alpha=cfg["alpha"], tied=cfg["tied"], seed=cfg["seed"],
-                    packing=Packing(**cfg["packing"]), progress=False)
-        model.row_embeddings_ = np.load(src / "row_embeddings.npy", allow_pickle=False)
-        model.col_embeddings_ = np.load(src / "col_embeddings.npy", allow_pickle=False)
-        model.shape_ = tuple(cfg["shape"])
-        hist = src / "history.json"
-        model.history_ = json.loads(hist.read_text()) if hist.exists() else []
-        with np.load(src / "train.npz", allow_pickle=False) as z:
-            model.train_ = CSR(z["indptr"], z["indices"], z["values"], int(z["n_cols"]))
-        from alsx.data.vocab import Vocab
+        """Reads a folder written by :meth:`save` (or ``alsx train``), every file checked.
 
-        for attr, name in (("row_vocab_", "row_vocab.npz"), ("col_vocab_", "col_vocab.npz")):
+        Raises:
+          ModelError: naming the file that is missing, empty, not JSON / npy / npz, or whose
+            shape disagrees with config.json (dim, row or column count) or a vocabulary.
+        """
+        from alsx.data.vocab import Vocab
+        from alsx.errors import ModelError
+        from alsx.folder import SEEN_FILE, load_csr, load_table, read_config, read_json
+
+        src = Path(path)
+        if not src.is_dir():
+            raise ModelError(f"{src}: no such model folder (write one with 'alsx train DATA --out {src}')")
+        cfg = read_config(src)
+        where = src / "config.json"
+        if cfg.get("format_version") != FORMAT_VERSION:
+            raise ModelError(f"{where}: unsupported format_version {cfg.get('format_version')!r} "
+                             f"(this alsx reads {FORMAT_VERSION})")
+        try:
+            model = cls(**cfg["hparams"], epochs=cfg["epochs"], alpha=cfg["alpha"], tied=cfg["tied"],
+                        seed=cfg["seed"], packing=Packing(**cfg["packing"]), progress=False)
+        except (TypeError, ValueError) as e:
+            raise ModelError(f"{where}: bad hyper-parameters ({e})") from None
+        n_rows, n_cols = cfg["shape"]
+        vocabs = {}
+        for attr, name, n in (("row_vocab_", "row_vocab.npz", n_rows), ("col_vocab_", "col_vocab.npz", n_cols)):
             if (src / name).exists():
-                setattr(model, attr, Vocab.load(src / name))
+                try:
+                    vocab = Vocab.load(src / name)
+                except Exception as e:  # BadZipFile, ValueError, OSError: a damaged file
+                    raise ModelError(f"{src / name}: not a readable vocabulary ({type(e).__name__}: {e})") from None
+                if len(vocab) != n:
+                    raise ModelError(f"{src / name}: {len(vocab)} ids, but config.json's shape has {n}")
+                vocabs[attr] = vocab
+        dim = model.hparams.dim
+        model.row_embeddings_ = load_table(src / "row_embeddings.npy", n_rows, dim, "config.json's shape")
+        model.col_embeddings_ = load_table(src / "col_embeddings.npy", n_cols, dim, "config.json's shape")
+        model.shape_ = (n_rows, n_cols)
+        hist = src / "history.json"
+        model.history_ = read_json(hist, what="list") if hist.exists() else []
+        model.train_ = load_csr(src / SEEN_FILE, n_rows, n_cols)
+        for attr, vocab in vocabs.items():
+            setattr(model, attr, vocab)
+        model.config_ = cfg  # everything config.json holds (alsx train adds data, split, trained_on)
         return model
