@@ -178,7 +178,8 @@ def test_string_ids_after_integer_blocks_reread_as_strings(tmp_path, monkeypatch
     lines = [f"{i} {i % 7}" for i in range(200)] + ["node-x 3", "007 3"]
     p = write(tmp_path / "g.el", "\n".join(lines) + "\n")
     monkeypatch.setattr(ingest, "_BLOCK_BYTES", 128)
-    inter, _ = load_interactions(p)
+    # Mostly integers: --ids auto refuses (test_bad_input); --ids map reads the column as strings.
+    inter, _ = load_interactions(p, ids="map")
     assert inter.row_vocab.kind == "str"  # the failing column switched to strings ...
     assert inter.col_vocab.kind == "int"  # ... the other stayed integer
     assert "007" in set(inter.row_vocab.ids) and "node-x" in set(inter.row_vocab.ids)
@@ -281,7 +282,7 @@ def test_duplicates_first_keeps_first_line(tmp_path):
 
 
 def test_binary_duplicates_collapse_to_one(tmp_path):
-    inter, s = load_interactions(_dups(tmp_path))  # no value column: binary
+    inter, s = load_interactions(_dups(tmp_path), row="r", col="c")  # no value column: binary
     np.testing.assert_array_equal(inter.values, [1.0, 1.0])
     assert s.merged_duplicates == 2 and s.kept == 2
 

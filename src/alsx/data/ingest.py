@@ -29,6 +29,8 @@ import logging
 import os
 import re
 import sys
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -37,9 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from alsx.data import guards
 from alsx.data.matrix import Interactions
-from alsx.errors import DataError
 from alsx.data.vocab import Vocab, as_id_array
+from alsx.errors import DataError, UsageError
 
 __all__ = ["IngestError", "IngestSummary", "load_interactions"]
 
@@ -65,11 +68,18 @@ _WS = " \t\v\f\r\n"
 _BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False}
 
 ColumnRef = int | str | None
+# What reading an npz member can raise on a damaged file (a bad CRC, a cut deflate stream, an object
+# array refused without pickle): each becomes an IngestError naming the file and the array.
+_NPZ_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
 Location = Callable[[Sequence[int]], list[str]]
 
 
 class IngestError(DataError):
     """Bad input data; the message names the source, the line or row, and the value."""
+
+
+class InputNotFound(IngestError, FileNotFoundError):
+    """The input path does not exist (still a FileNotFoundError for callers that catch that)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +98,14 @@ class IngestSummary:
     rejected: int
     n_rows: int
     n_cols: int
+    columns: str | None = None  # which columns were read for what, e.g. "row = column 'user' (header line 1)"
 
     def __str__(self) -> str:
         return (
             f"{self.source}: read {self.rows_read:,} entries, kept {self.kept:,} "
             f"({self.merged_duplicates:,} duplicates merged, {self.dropped_zeros:,} zeros dropped, "
             f"{self.rejected:,} rejected); matrix {self.n_rows:,} x {self.n_cols:,}"
+            + (f"; {self.columns}" if self.columns else "")
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +132,8 @@ class _Raw:
     native_index: bool = False  # npz / scipy: ids='auto' means 'index'
     row_vocab: Vocab | None = None  # from npz row_ids / col_ids
     col_vocab: Vocab | None = None
+    inferred_str: tuple[str, ...] = ()  # text id columns read as strings because a token was not an integer
+    columns: str | None = None  # what was read from where, for the summary
 
 
 def _fail(source: str, where: str | None, problem: str) -> IngestError:
@@ -159,22 +173,40 @@ def load_interactions(
         ``.parquet``, text optionally ``.gz``/``.bz2``), a pandas DataFrame, a
         scipy sparse matrix, a dict of arrays with npz keys, or a tuple
         ``(rows, cols[, values])``.
-      fmt: "npz", "csv", "tsv", "edgelist" or "parquet"; inferred from the suffix when None.
-      row, col, value, timestamp, is_test: columns, by header name or 0-based number.
-        Defaults: ``row`` = column 0 (npz key ``rows``), ``col`` = column 1 (``cols``).
+      fmt: "npz", "csv", "tsv", "edgelist" or "parquet" (``--format``); inferred from the
+        suffix when None.
+      row, col, value, timestamp, is_test: columns, by header name or 0-based number
+        (``--row`` ...).  npz / dict keys default to ``rows``, ``cols``, ``values``,
+        ``timestamps``, ``is_test``.  For text, Parquet and DataFrames ``row`` and ``col``
+        default to columns 0 and 1, but only when no column is left without a role: the
+        source has two columns, or the others are given as ``value`` / ``timestamp`` /
+        ``is_test`` (an edge list's third column is its weight).  Otherwise, and when a
+        default would take a column already given another role, it is an error listing
+        the columns: a timestamp column silently taken for the row id is never wanted.
         ``value`` None means binary input (every value 1.0), except that npz /
         dict sources use their ``values`` array, scipy matrices their data, and an
         edge list with a third column uses it as the weight.
       sep: CSV delimiter; default "," (".tsv": tab). Edge lists are split on runs of
         spaces and tabs.
-      header: True, False or "infer" (CSV: a header when a column is named or every
-        field of the first line is non-numeric; edge list: only when a column is named).
+      header: True, False or "infer".  "infer": when any column is given by name, the
+        first line must be a header holding every name (an error otherwise, saying
+        whether that line looks like data); when columns are given by number or left to
+        the defaults, a CSV's first line is a header when none of its fields is a number,
+        and an edge list has none (comment such a line out with ``#``).  A header read
+        is reported in the summary (``columns``), so a first line taken for one is seen.
       shape: (n_rows, n_cols) to declare; indices outside it are an error. Overrides
         a shape stored in the source; may be larger than the data.
       ids: "index": ids are non-negative integer indices, kept as given (shape is
         ``shape`` or max + 1). "map": arbitrary int or str ids, mapped to dense
         indices through a :class:`Vocab` (sorted by id). "auto": "index" for
-        npz / scipy, else "map" if any id is not an integer, else "index".
+        npz / scipy and for integer columns, "map" for string columns.  A text file's
+        id column is integers when every token is an integer, strings when at most half
+        of its tokens are; a column mostly of integers with some other tokens (``1O``,
+        a quoted ``"0,9"``) is an error naming the first such line (pass "map" if the
+        ids really are strings): read as strings it would renumber every id.
+        In "index" mode the extent taken from the largest index must be dense (at most
+        16 x the entries once above 2**20) and every shape must fit in the available
+        RAM (see :mod:`alsx.data.guards`), checked before anything of that size exists.
       square: rows and columns are the same node set (graphs): one shared
         vocabulary ("map") or an n x n shape ("index").
       duplicates: repeated (row, col) pairs. "sum": valued input sums the values
@@ -190,17 +222,19 @@ def load_interactions(
       float32 [nnz], optional int64 timestamps and bool is_test.
 
     Raises:
-      IngestError: for any malformed or inconsistent input.
+      IngestError: for any malformed or inconsistent input (a DataError; missing files
+        raise :class:`InputNotFound`, also a FileNotFoundError).
+      UsageError: an argument value that cannot work.
     """
     if ids not in ("auto", "index", "map"):
-        raise ValueError(f"ids must be 'auto', 'index' or 'map', got {ids!r}")
+        raise UsageError(f"--ids (ids=) must be auto, index or map, got {ids!r}")
     if duplicates not in ("sum", "first", "error"):
-        raise ValueError(f"duplicates must be 'sum', 'first' or 'error', got {duplicates!r}")
+        raise UsageError(f"--duplicates (duplicates=) must be sum, first or error, got {duplicates!r}")
     if header not in (True, False, "infer"):
-        raise ValueError(f"header must be True, False or 'infer', got {header!r}")
+        raise UsageError(f"header must be True, False or 'infer', got {header!r}")
     if shape is not None:
         if len(shape) != 2 or any(int(s) != s or s < 0 for s in shape):
-            raise ValueError(f"shape must be two non-negative ints, got {shape!r}")
+            raise UsageError(f"shape must be two non-negative ints, got {shape!r}")
         shape = (int(shape[0]), int(shape[1]))
     refs = {"row": row, "col": col, "value": value, "timestamp": timestamp, "is_test": is_test}
 
@@ -234,7 +268,11 @@ def _read_source(source: Any, *, fmt, refs, sep, header, ids, square, part=None,
 
     path = os.fspath(source)
     if not os.path.exists(path):
-        raise FileNotFoundError(path)
+        raise InputNotFound(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise IngestError(f"{path}: is a directory, not a data file")
+    if os.path.getsize(path) == 0:
+        raise IngestError(f"{path}: no entries: the file is empty (0 bytes)")
     lower = path.lower()
     compressed = lower.endswith(_COMPRESSION_SUFFIXES)
     stem = lower.rsplit(".", 1)[0] if compressed else lower
@@ -242,9 +280,10 @@ def _read_source(source: Any, *, fmt, refs, sep, header, ids, square, part=None,
     if fmt is None:
         fmt = _FMT_BY_SUFFIX.get(suffix)
         if fmt is None:
-            raise IngestError(f"{path}: cannot infer the format from suffix {suffix!r}; pass fmt= one of {_FORMATS}")
+            raise IngestError(f"{path}: cannot infer the format from suffix {suffix!r}; pass --format (fmt=) one of "
+                              f"{', '.join(_FORMATS)}")
     elif fmt not in _FORMATS:
-        raise ValueError(f"fmt must be one of {_FORMATS}, got {fmt!r}")
+        raise UsageError(f"--format (fmt=) must be one of {', '.join(_FORMATS)}, got {fmt!r}")
     if fmt == "npz":
         return _read_npz(path, refs, part)
     if fmt == "parquet":
@@ -393,10 +432,7 @@ def _read_arrays(arrays: Mapping[str, Any], source: str, refs: dict, *, native_i
     present = {role: k for role, k in keys.items() if k in arrays}
     data = {}
     for role, k in present.items():
-        try:
-            a = np.asarray(arrays[k])
-        except ValueError as e:  # npz object arrays refuse to load without pickle
-            raise _fail(source, None, f"cannot read array {k!r}: {e}") from None
+        a = _array(arrays, k, source)
         if a.ndim != 1:
             raise _fail(source, None, f"array {k!r} must be one-dimensional, got shape {a.shape}")
         data[role] = a
@@ -418,17 +454,30 @@ def _read_arrays(arrays: Mapping[str, Any], source: str, refs: dict, *, native_i
         native_index=native_index,
     )
     if "shape" in arrays:
-        s = np.asarray(arrays["shape"])
+        s = _array(arrays, "shape", source)
         if s.shape != (2,) or s.dtype.kind not in "iu" or (s < 0).any():
             raise _fail(source, None, f"'shape' must hold two non-negative integers, got {s!r}")
         raw.shape = (int(s[0]), int(s[1]))
     for key, attr in (("row_ids", "row_vocab"), ("col_ids", "col_vocab")):
         if key in arrays:
             try:
-                setattr(raw, attr, Vocab(np.asarray(arrays[key])))
+                setattr(raw, attr, Vocab(_array(arrays, key, source)))
+            except IngestError:
+                raise
             except ValueError as e:
                 raise _fail(source, None, f"array {key!r}: {e}") from None
     return raw
+
+
+def _array(arrays: Mapping[str, Any], key: str, source: str) -> np.ndarray:
+    """``arrays[key]`` as an array; a damaged npz member or an object array is an error naming both."""
+    try:
+        a = np.asarray(arrays[key])
+    except IngestError:
+        raise
+    except _NPZ_READ_ERRORS as e:
+        raise _fail(source, None, f"cannot read array {key!r} ({type(e).__name__}: {e})") from None
+    return a
 
 
 def _read_npz(path: str, refs: dict, part: tuple[int, int] | None = None) -> _Raw:
@@ -436,10 +485,14 @@ def _read_npz(path: str, refs: dict, part: tuple[int, int] | None = None) -> _Ra
     if part is not None:
         with _NpzSlices(path, part) as z:
             return _read_arrays(z, path, refs, native_index=True, first=z.first)
+    try:  # headers first: nothing is allocated for a damaged, pickled or oversized array
+        guards.npz_members(path, lambda k: k in _NpzSlices.ENTRY_KEYS or k in (refs[r] for r in refs))
+    except guards.Refused as e:
+        raise _fail(path, e.where, e.problem) from None
     try:
         z = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise _fail(path, None, f"not a readable .npz file ({e})") from None
+    except _NPZ_READ_ERRORS as e:
+        raise _fail(path, None, f"not a readable .npz file ({type(e).__name__}: {e})") from None
     if not hasattr(z, "files"):
         raise _fail(path, None, "holds a single array, expected an .npz archive with 'rows' and 'cols'")
     with z:
@@ -458,12 +511,14 @@ class _NpzSlices(Mapping):
     ENTRY_KEYS = ("rows", "cols", "values", "timestamps", "is_test")
 
     def __init__(self, path: str, part: tuple[int, int]):
-        import zipfile
-
         self.path = path
+        try:  # headers first: nothing is allocated for a damaged, pickled or oversized array
+            guards.npz_members(path, lambda k: False)  # a part's share of the sizes is not known yet
+        except guards.Refused as e:
+            raise _fail(path, e.where, e.problem) from None
         try:
             self._zip = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as e:
+        except _NPZ_READ_ERRORS as e:
             raise _fail(path, None, f"not a readable .npz file ({e})") from None
         self._names = {n[:-4]: n for n in self._zip.namelist() if n.endswith(".npy")}
         n = None
@@ -492,6 +547,14 @@ class _NpzSlices(Mapping):
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self._names:
             raise KeyError(key)
+        try:
+            return self._get(key)
+        except IngestError:
+            raise
+        except _NPZ_READ_ERRORS as e:
+            raise _fail(self.path, None, f"cannot read array {key!r} ({type(e).__name__}: {e})") from None
+
+    def _get(self, key: str) -> np.ndarray:
         if key not in self.ENTRY_KEYS:
             with self._zip.open(self._names[key]) as f:
                 return np.lib.format.read_array(f, allow_pickle=False)
@@ -502,6 +565,8 @@ class _NpzSlices(Mapping):
             lo, hi = min(self.first, shape[0]), min(self.stop, shape[0])
             f.seek(f.tell() + lo * dtype.itemsize)  # a compressed member decompresses up to here
             buf = f.read((hi - lo) * dtype.itemsize)
+        if len(buf) != (hi - lo) * dtype.itemsize:
+            raise _fail(self.path, None, f"array {key!r} ends early: the file is damaged")
         return np.frombuffer(buf, dtype=dtype)
 
     def __iter__(self):
@@ -527,27 +592,71 @@ def _read_scipy(m: Any, refs: dict) -> _Raw:
     return _read_arrays(arrays, "scipy matrix", refs, native_index=True)
 
 
-def _resolve_names(names: list[str], refs: dict, source: str, defaults: dict) -> dict[str, int]:
-    """Role -> column position, from a name or a 0-based number."""
+_FLAGS = {"row": "--row", "col": "--col", "value": "--value", "timestamp": "--timestamp", "is_test": "is_test="}
+
+
+def _resolve_names(names: list[str], refs: dict, source: str, defaults: dict, *, where: str | None = None,
+                   described: str | None = None) -> dict[str, int]:
+    """Role -> column position, from a name or a 0-based number, or a default position.
+
+    A default applies only when it leaves no column without a role and takes no column
+    given another role (see ``load_interactions``); otherwise it is an error.
+
+    Args:
+      where: the line the names come from ("line 1 ('a,b')"), for messages.
+      described: how to list the columns in messages (default: the names).
+    """
+    described = described if described is not None else f"the columns are {names}"
+    frame = source == "DataFrame"  # only a library call: name its arguments, not the CLI's flags
+    flags = {r: (f"{r}=" if frame else f) for r, f in _FLAGS.items()}
     out = {}
     for role in ("row", "col", "value", "timestamp", "is_test"):
         ref = refs[role] if refs[role] is not None else defaults.get(role)
         if ref is None:
             continue
+        flag = flags[role]
         if isinstance(ref, str):
             hits = [i for i, n in enumerate(names) if n == ref]
             if not hits:
-                raise _fail(source, None, f"no column {ref!r} for {role}; available columns: {names}")
+                raise _fail(source, where, f"no column {ref!r} for {flag}; {described}")
             if len(hits) > 1:
-                raise _fail(source, None, f"column name {ref!r} appears {len(hits)} times; refer to it by number")
+                raise _fail(source, where, f"column name {ref!r} ({flag}) appears {len(hits)} times; give it by "
+                                           f"0-based number instead ({flag} {hits[0]})")
             out[role] = hits[0]
         elif isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
             if not 0 <= ref < len(names):
-                raise _fail(source, None, f"no column {ref} for {role}; the source has {len(names)} columns: {names}")
+                raise _fail(source, where, f"no column {ref} for {flag} (0-based); {described}")
             out[role] = int(ref)
         else:
-            raise TypeError(f"{role} must be a column name or number, got {ref!r}")
+            raise UsageError(f"{flag} must be a column name or number, got {ref!r}")
+    defaulted = [r for r in defaults if refs[r] is None and r in out]
+    if defaulted:
+        given = {out[r]: r for r in out if refs[r] is not None}
+        for r in defaulted:
+            if out[r] in given:
+                raise _fail(source, where, (
+                    f"{flags[r]} defaults to column {out[r]}, which is already the {given[out[r]]} column "
+                    f"({flags[given[out[r]]]}); {described}: pass {flags['row']} and {flags['col']}"))
+        unused = [i for i in range(len(names)) if i not in set(out.values())]
+        if unused:
+            show = lambda i: repr(names[i]) if names[i] != str(i) else str(i)  # noqa: E731
+            taken = ", ".join(f"{flags[r]}{'' if frame else ' '}{out[r]}"
+                              + (f" ({names[out[r]]!r})" if names[out[r]] != str(out[r]) else "") for r in defaulted)
+            fix = ("pass --row and --col (a header name or 0-based number), and --value / --timestamp for a column "
+                   "to use" if source != "DataFrame" else "pass row= and col= (and value= ...) to load_interactions, "
+                   "or select the id columns first (df[['user', 'item']])")
+            raise _fail(source, where, (
+                f"which columns hold the row and column ids? {described}; the defaults ({taken}) apply only when "
+                f"every column has a role, and would leave column(s) {', '.join(show(i) for i in unused)} unused: "
+                + fix))
     return out
+
+
+def _columns_note(labels: dict[str, str], header: str | None = None) -> str:
+    """What was read from where, for the summary: "row = column 'user', col = column 'item' (header line 1)"."""
+    text = ", ".join(f"{role} = {labels[role]}" for role in ("row", "col", "value", "timestamp", "is_test")
+                     if role in labels)
+    return text + (f" ({header})" if header else "")
 
 
 def _read_columns(cols: dict[str, pa.ChunkedArray | np.ndarray], source: str, labels: dict, locate: Location) -> _Raw:
@@ -604,7 +713,9 @@ def _read_frame(df: Any, refs: dict) -> _Raw:
             except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
                 raise _fail(source, None, f"column {names[p]!r} mixes types ({e})") from None
     labels = {role: f"column {names[p]!r}" for role, p in pos.items()}
-    return _read_columns(cols, source, labels, _index_locator("row"))
+    raw = _read_columns(cols, source, labels, _index_locator("row"))
+    raw.columns = _columns_note(labels)
+    return raw
 
 
 def _read_parquet(path: str, refs: dict, part: tuple[int, int] | None = None) -> _Raw:
@@ -627,45 +738,63 @@ def _read_parquet(path: str, refs: dict, part: tuple[int, int] | None = None) ->
         first_row = sum(pf.metadata.row_group(g).num_rows for g in range(lo))  # from the footer only
     cols = {role: table.column(names[p]) for role, p in pos.items()}
     labels = {role: f"column {names[p]!r}" for role, p in pos.items()}
-    return _read_columns(cols, path, labels, _index_locator("row", first_row))
+    raw = _read_columns(cols, path, labels, _index_locator("row", first_row))
+    raw.columns = _columns_note(labels)
+    return raw
 
 
 # --------------------------------------------------------------------------- text sources
 
 
 def _stream(path: str) -> Any:
-    return pa.input_stream(path, compression="detect")
+    try:
+        return pa.input_stream(path, compression="detect")
+    except (OSError, pa.ArrowInvalid) as e:
+        raise _fail(path, None, f"cannot open: {e}") from None
+
+
+def _damaged(path: str, e: Exception, text_bytes: int, line: int | None) -> IngestError:
+    """A read that failed part-way (a truncated or corrupt compressed stream, an I/O error)."""
+    gz = path.lower().endswith(_COMPRESSION_SUFFIXES)
+    at = f" after {text_bytes:,} bytes of text" if text_bytes else ""
+    return _fail(path, f"line {line}" if line is not None and text_bytes else None, (
+        f"cannot read the {'compressed ' if gz else ''}data{at} ({e}): "
+        + ("the file is truncated or damaged (check it with e.g. gzip -t)" if gz else "an I/O error")))
 
 
 def _blocks(path: str, start: int, block_bytes: int, end: int | None = None) -> Iterator[tuple[int, bytes]]:
     """(offset, bytes) blocks of the decompressed text from ``start`` to ``end`` (default: the end),
     each ending at a newline.  ``end`` must be a line start (see :func:`part_byte_range`)."""
-    with _stream(path) as f:
-        if f.seekable():
-            f.seek(start)
-        else:
-            todo = start
-            while todo > 0:  # skip the header (compressed streams cannot seek)
-                got = len(f.read(min(todo, block_bytes)))
-                if not got:
+    offset, carry, lines = start, b"", 0
+    try:
+        with _stream(path) as f:
+            if f.seekable():
+                f.seek(start)
+            else:
+                todo = start
+                while todo > 0:  # skip the header (compressed streams cannot seek)
+                    got = len(f.read(min(todo, block_bytes)))
+                    if not got:
+                        return
+                    todo -= got
+            while True:
+                want = block_bytes if end is None else min(block_bytes, end - offset - len(carry))
+                chunk = f.read(want) if want > 0 else b""
+                if not chunk:
+                    if carry:
+                        yield offset, carry
                     return
-                todo -= got
-        offset, carry = start, b""
-        while True:
-            want = block_bytes if end is None else min(block_bytes, end - offset - len(carry))
-            chunk = f.read(want) if want > 0 else b""
-            if not chunk:
-                if carry:
-                    yield offset, carry
-                return
-            buf = carry + chunk if carry else chunk
-            cut = buf.rfind(b"\n") + 1
-            if cut == 0:
-                carry = buf  # a line longer than a block: keep reading
-                continue
-            yield offset, buf[:cut]
-            offset += cut
-            carry = buf[cut:]
+                buf = carry + chunk if carry else chunk
+                cut = buf.rfind(b"\n") + 1
+                if cut == 0:
+                    carry = buf  # a line longer than a block: keep reading
+                    continue
+                yield offset, buf[:cut]
+                lines += buf.count(b"\n", 0, cut)
+                offset += cut
+                carry = buf[cut:]
+    except (OSError, pa.ArrowInvalid) as e:  # only the stream's own reads land here, never the consumer's
+        raise _damaged(path, e, offset + len(carry), lines + 1 if start == 0 else None) from None
 
 
 def _next_line_start(path: str, pos: int) -> int:
@@ -777,8 +906,24 @@ def _peek(path: str, edgelist: bool, limit: int = 1 << 20) -> list[tuple[int, in
     """Up to two data lines as (1-based line number, byte offset just past it, text)."""
     dialect = _Dialect(edgelist, " " if edgelist else ",")
     out: list[tuple[int, int, str]] = []
+    chunks, got = [], 0
     with _stream(path) as f:
-        head = f.read(limit)
+        while got < limit:  # in pieces: a damaged stream still gives its first lines (the parse names the line)
+            try:
+                piece = f.read(min(1 << 16, limit - got))
+            except (OSError, pa.ArrowInvalid) as e:
+                if not got:
+                    raise _damaged(path, e, 0, None) from None
+                break
+            if not piece:
+                break
+            chunks.append(piece)
+            got += len(piece)
+    head = b"".join(chunks)
+    try:
+        guards.sniff_text(head)
+    except guards.Refused as e:
+        raise _fail(path, e.where, e.problem) from None
     offset = 0
     for lineno, raw in enumerate(head.split(b"\n"), start=1):
         end = offset + len(raw) + 1
@@ -787,6 +932,11 @@ def _peek(path: str, edgelist: bool, limit: int = 1 << 20) -> list[tuple[int, in
             break  # a line cut by the peek limit
         text = raw.decode("utf-8", "replace")
         if dialect.is_data(text):
+            try:  # the header (or first entry) must be text: names read through "replace" would not match
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _fail(path, f"line {lineno} ({text.rstrip(_WS)!r})",
+                            f"invalid UTF-8 (byte 0x{raw[e.start]:02x}); alsx reads UTF-8 text") from None
             out.append((lineno, min(end, len(head)), text))
             if len(out) == 2:
                 break
@@ -909,7 +1059,8 @@ def _parse_text(lay: _TextLayout, ids: str) -> tuple[dict[str, list], list[tuple
                 lineno, text, problem, role = found
                 lineno += lines_before
                 if role in ("row", "col"):
-                    problem += " (ids='index' needs non-negative integer indices; use ids='map' for other ids)"
+                    problem += (" (--ids index needs non-negative integer indices; pass --ids map (ids='map') for "
+                                "other ids)")
                 raise _fail(path, f"line {lineno} ({text!r})", problem) from None
         blocks.append((n_entries, rel))
         if table is not None and table.num_rows:
@@ -956,7 +1107,7 @@ def _text_locator(lay: _TextLayout, blocks: list[tuple[int, int]]) -> Location:
 def _read_text(path: str, *, fmt: str, refs: dict, sep: str | None, header, ids: str, square: bool,
                part: tuple[int, int] | None = None, str_roles: tuple[str, ...] = ()) -> _Raw:
     if fmt == "edgelist" and sep is not None:
-        raise ValueError("edge lists are whitespace-separated; use fmt='csv' with sep= for another delimiter")
+        raise UsageError("edge lists are whitespace-separated; sep= applies to CSV (fmt='csv', --format csv)")
     peek = _peek(path, edgelist=fmt == "edgelist")
     if not peek:
         raise _fail(path, None, "no entries (the file is empty or only comments)")
@@ -968,26 +1119,40 @@ def _read_text(path: str, *, fmt: str, refs: dict, sep: str | None, header, ids:
     edgelist = fmt == "edgelist"
     dialect = _Dialect(edgelist, " " if edgelist else (sep if sep is not None else ("\t" if fmt == "tsv" else ",")))
     if len(dialect.sep) != 1:
-        raise ValueError(f"sep must be one character, got {sep!r}")
+        raise UsageError(f"sep must be one character, got {sep!r}")
 
     first_line, first_end, first_text = peek[0]
-    named = any(isinstance(r, str) for r in refs.values())
-    if header == "infer":
-        header = named or (not edgelist and not any(_is_number(f) for f in dialect.split(first_text)))
+    fields = dialect.split(first_text)
+    first_where = f"line {first_line} ({first_text.rstrip(_WS)!r})"
+    named = {role: r for role, r in refs.items() if isinstance(r, str)}
+    if header == "infer":  # see load_interactions: names need a header; else CSV: no number in the first line
+        header = bool(named) or (not edgelist and not any(_is_number(f) for f in fields))
     if header:
-        names = [n.strip() for n in dialect.split(first_text)]
+        names = [n.strip() for n in fields]
         header_lines, data_start = first_line, first_end
         log.info("%s: header on line %d: %s", path, first_line, names)
+        missing = [role for role, r in named.items() if r not in names]
+        numbers = [f for f in fields if _is_number(f)]
+        if missing and numbers:  # the "header" is an entry: names cannot refer to anything
+            role = missing[0]
+            raise _fail(path, first_where, (
+                f"{_FLAGS[role]} {named[role]!r} names a column, but the first line is not a header (it holds "
+                f"numbers, e.g. {numbers[0]!r}): add a header line naming the columns, or give them by 0-based "
+                f"number ({_FLAGS[role]} 0 ...; this line has {len(fields)} fields)"))
+        described = f"the header (line {first_line}) names the columns {names}"
     else:
         if named:
-            raise _fail(path, None, "columns are referred to by name but header=False; use column numbers")
-        names = [str(i) for i in range(len(dialect.split(first_text)))]
+            role = next(iter(named))
+            raise _fail(path, None, f"{_FLAGS[role]} {named[role]!r} is a column name but header=False; give "
+                                    "columns by 0-based number")
+        names = [str(i) for i in range(len(fields))]
         header_lines, data_start = 0, 0
+        described = f"there is no header, and {first_where} has {len(fields)} fields"
 
     defaults = {"row": 0, "col": 1}
     if edgelist and len(names) >= 3:
         defaults["value"] = 2  # src dst weight
-    pos = _resolve_names(names, refs, path, defaults)
+    pos = _resolve_names(names, refs, path, defaults, where=first_where if header else None, described=described)
     lay = _TextLayout(
         path=path,
         dialect=dialect,
@@ -1008,6 +1173,7 @@ def _read_text(path: str, *, fmt: str, refs: dict, sep: str | None, header, ids:
         lay.data_start, lay.data_end = start, end
     for role in str_roles:
         lay.types[role] = "str"
+    inferred = list(str_roles)
     while True:  # integer ids first (compact); a column with other ids is re-read as strings
         try:
             pieces, blocks = _parse_text(lay, ids)
@@ -1016,6 +1182,7 @@ def _read_text(path: str, *, fmt: str, refs: dict, sep: str | None, header, ids:
             switch = ("row", "col") if square else (e.role,)  # a shared vocabulary needs one id type
             for role in switch:
                 lay.types[role] = "str"
+                inferred.append(role)
             log.info("%s: non-integer ids in %s; re-reading them as strings", path, ", ".join(switch))
     locate = _text_locator(lay, blocks)
 
@@ -1038,6 +1205,8 @@ def _read_text(path: str, *, fmt: str, refs: dict, sep: str | None, header, ids:
         is_test=joined("is_test"),
         labels=lay.labels,
         locate=locate,
+        inferred_str=tuple(dict.fromkeys(inferred)),
+        columns=_columns_note(lay.labels, f"header line {first_line}" if header else "no header line"),
     )
     for role, c in (("row", raw.rows), ("col", raw.cols)):  # an empty string id is a missing field
         if isinstance(c, pa.ChunkedArray) and len(c):
@@ -1093,31 +1262,39 @@ def _check_index(c: IdColumn, role: str, raw: _Raw, limit: int | None, declared:
                 raw.source,
                 raw.locate([i])[0],
                 f"{role} id {arr[i].as_py()!r} in {label} is not a non-negative integer index "
-                "(ids='index'; use ids='map' for arbitrary ids)",
+                "(--ids index; pass --ids map (ids='map') for arbitrary ids)",
             )
         c = _narrow(pc.cast(pc.utf8_trim_whitespace(arr), pa.int64()).to_numpy())
     if c.size and c.min() < 0:
         i = _first(c < 0)
-        raise _fail(raw.source, raw.locate([i])[0], f"negative {role} index {c[i]} in {label} (ids='index')")
+        raise _fail(raw.source, raw.locate([i])[0], f"negative {role} index {c[i]} in {label} (indices must be >= 0; "
+                                                    "pass --ids map (ids='map') for arbitrary integer ids)")
     if limit is not None and c.size and c.max() >= limit:
         i = _first(c >= limit)
         raise _fail(raw.source, raw.locate([i])[0], f"{role} index {c[i]} in {label} is outside the declared shape {declared}")
     if c.size and c.max() > _INT32_MAX:
         i = _first(c > _INT32_MAX)
-        raise _fail(raw.source, raw.locate([i])[0], f"{role} index {c[i]} does not fit in int32; use ids='map'")
+        raise _fail(raw.source, raw.locate([i])[0], f"{role} index {c[i]} in {label} does not fit in int32; pass "
+                                                    "--ids map (ids='map') to number the distinct ids 0..n-1")
     return c.astype(np.int32, copy=False)
 
 
 def _encode_ids(raw: _Raw, mode: str, declared: tuple[int, int] | None, square: bool, build_vocab=None,
-                max_index=None):
+                max_index=None, n_entries: int | None = None, declared_by: str = "shape=",
+                available: int | None = None):
     """Validated int32 row / column codes: (rows, cols, row_vocab, col_vocab, n_rows, n_cols).
 
     mode "index" keeps indices (checked against ``declared``; the shape is otherwise the
     largest index + 1, by ``max_index``); "map" encodes through vocabularies built by
     ``build_vocab`` (default :func:`_build_vocab`).  Both are swappable so that processes
-    reading parts of one file agree on one vocabulary / shape (``alsx.data.partitioned``).
+    reading parts of one file agree on one vocabulary / shape (``alsx.data.partitioned``);
+    ``n_entries`` is then the entries of every part and ``available`` the least RAM any
+    process has (so that all decide alike).  Before returning, an index range or a
+    declared shape is checked by :func:`alsx.data.guards.index_space_problem` (nothing of that
+    size exists yet).
     """
     src = raw.source
+    n_entries = len(raw.rows) if n_entries is None else n_entries
     build_vocab = _build_vocab if build_vocab is None else build_vocab
     max_index = (lambda a: int(a.max()) if a.size else -1) if max_index is None else max_index
     if mode == "index":
@@ -1132,6 +1309,7 @@ def _encode_ids(raw: _Raw, mode: str, declared: tuple[int, int] | None, square: 
             n_rows, n_cols = max_index(rows) + 1, max_index(cols) + 1
             if square:
                 n_rows = n_cols = max(n_rows, n_cols)
+        _guard_space(raw, rows, cols, n_rows, n_cols, declared is None, n_entries, declared_by, available)
         for v, size, what in ((raw.row_vocab, n_rows, "row_ids"), (raw.col_vocab, n_cols, "col_ids")):
             if v is not None and len(v) != size:
                 raise _fail(src, None, f"{what} holds {len(v)} ids but the matrix has {size} of them")
@@ -1147,7 +1325,52 @@ def _encode_ids(raw: _Raw, mode: str, declared: tuple[int, int] | None, square: 
         if declared[0] < n_rows or declared[1] < n_cols:
             raise _fail(src, None, f"declared shape {declared} is smaller than the data's {n_rows} x {n_cols} distinct ids")
         n_rows, n_cols = declared
+        _guard_space(raw, rows, cols, n_rows, n_cols, False, n_entries, declared_by, available)
     return rows, cols, row_vocab, col_vocab, n_rows, n_cols
+
+
+def _guard_space(raw: _Raw, rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int, derived: bool,
+                 n_entries: int, declared_by: str, available: int | None) -> None:
+    """The dense-index and memory rules of :mod:`alsx.data.guards` for an ``n_rows x n_cols`` matrix."""
+
+    def where_max(size: int) -> Callable[[], str | None]:
+        def find() -> str | None:  # the largest index may sit in the other column (square) or another part
+            for c in (rows, cols):
+                hit = np.flatnonzero(c == size - 1)[:1] if c.size else []
+                if len(hit):
+                    return raw.locate([int(hit[0])])[0]
+            return None
+
+        return find
+
+    extents = [guards.Extent("row", int(n_rows), derived, raw.labels["row"], where_max(n_rows)),
+               guards.Extent("col", int(n_cols), derived, raw.labels["col"], where_max(n_cols))]
+    try:
+        guards.index_space_problem(extents, n_entries, declared_by, available=available)
+    except guards.Refused as e:
+        raise _fail(raw.source, e.where, e.problem) from None
+
+
+def _mixed_ids_error(raw: _Raw, role: str, n_int: int, n: int, first: int) -> IngestError:
+    """The ``--ids auto`` refusal of a text id column mostly, but not only, of integers.
+
+    ``first``: this part's first non-integer token, or -1 when it is in another process's part.
+    """
+    col = raw.rows if role == "row" else raw.cols
+    what = {"row": "row id", "col": "column id"}[role]
+    bad = n - n_int
+    if first >= 0:
+        where = raw.locate([first])[0]
+        head = (f"{what} {col[first].as_py()!r} in {raw.labels[role]} is not an integer, but {n_int:,} of the "
+                f"column's {n:,} ids are" + (f" ({bad:,} are not)" if bad > 1 else ""))
+    else:
+        where = None
+        head = (f"{bad:,} of the {n:,} {what}s in {raw.labels[role]} are not integers (in another process's part "
+                "of the file; its error names the line), the others are")
+    return _fail(raw.source, where, (
+        f"{head}. With --ids auto an id column is read as integers only when every id is one (read as strings, "
+        "every id would be renumbered in string order): fix the line, or pass --ids map (ids='map') if the ids "
+        "really are strings"))
 
 
 def _finish(raw: _Raw, *, shape, ids, square, duplicates, allow_negative, keep_zeros) -> tuple[Interactions, IngestSummary]:
@@ -1157,13 +1380,18 @@ def _finish(raw: _Raw, *, shape, ids, square, duplicates, allow_negative, keep_z
         raise _fail(src, None, "no entries")
     declared = shape if shape is not None else raw.shape
     if square and declared is not None and declared[0] != declared[1]:
-        raise _fail(src, None, f"square=True but the declared shape {declared} is not square")
+        raise _fail(src, None, f"--square (square=True) but the declared shape {declared} is not square")
 
     mode = ids
     if mode == "auto":
+        for role in raw.inferred_str:  # text id columns that held a non-integer token (guards.mixed_int_ids)
+            n_int, n_tok, first = guards.mixed_int_ids(raw.rows if role == "row" else raw.cols)
+            if guards.is_mixed(n_int, n_tok):
+                raise _mixed_ids_error(raw, role, n_int, n_tok, first)
         mode = "index" if raw.native_index or not (_is_str(raw.rows) or _is_str(raw.cols)) else "map"
 
-    rows, cols, row_vocab, col_vocab, n_rows, n_cols = _encode_ids(raw, mode, declared, square)
+    declared_by = "shape=" if shape is not None else f"the 'shape' of {src}"
+    rows, cols, row_vocab, col_vocab, n_rows, n_cols = _encode_ids(raw, mode, declared, square, declared_by=declared_by)
     del raw.rows, raw.cols  # drop the raw id columns as soon as they are encoded
 
     values, ts, test = raw.values, raw.timestamps, raw.is_test
@@ -1214,6 +1442,7 @@ def _finish(raw: _Raw, *, shape, ids, square, duplicates, allow_negative, keep_z
         rejected=0,
         n_rows=int(n_rows),
         n_cols=int(n_cols),
+        columns=raw.columns,
     )
     log.info("%s", summary)
     return inter, summary
@@ -1229,7 +1458,9 @@ def _checked_values(raw: _Raw, allow_negative: bool) -> np.ndarray:
         raise _fail(src, raw.locate([i])[0], f"value {values[i].item()!r} in {raw.labels['value']} is not finite")
     if not allow_negative and (values < 0).any():
         i = _first(values < 0)
-        raise _fail(src, raw.locate([i])[0], f"negative value {values[i].item()!r} in {raw.labels['value']} (pass allow_negative=True to accept)")
+        raise _fail(src, raw.locate([i])[0], (
+            f"negative value {values[i].item()!r} in {raw.labels['value']}: values must be >= 0 (the confidence is "
+            "1 + alpha * value; library callers may pass allow_negative=True to accept them)"))
     with np.errstate(over="ignore"):  # overflow is reported below with its line
         v32 = values.astype(np.float32, copy=False)
     if not np.isfinite(v32).all():
@@ -1326,4 +1557,5 @@ def _sort_dedupe(rows, cols, n_cols, values, ts, test, duplicates, where, pair_n
 def _raise_duplicate(rows, cols, n_cols, where, pair_name, src) -> None:
     i, j = _first_duplicate(rows, cols, n_cols)
     a, b = where([i, j])
-    raise _fail(src, None, f"duplicate entry {pair_name(i)} at {a} and {b} (duplicates='error'; use 'sum' or 'first' to merge)")
+    raise _fail(src, None, f"duplicate entry {pair_name(i)} at {a} and {b} (--duplicates error; pass --duplicates sum "
+                           "or --duplicates first to merge repeated pairs)")

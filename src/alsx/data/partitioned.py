@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alsx import distributed as dist
+from alsx.data import guards
 from alsx.data import ingest as ig
 from alsx.data.matrix import CSR, Interactions, coo_to_csr
 from alsx.data.vocab import Vocab
@@ -97,6 +98,22 @@ def _global_vocab(cols: list[ig.IdColumn]) -> tuple[Vocab, list[np.ndarray]]:
     if uniq.size and np.abs(uniq).max() <= np.iinfo(np.int32).max:
         uniq = uniq.astype(np.int32)
     return Vocab._from_sorted_unique(uniq), [np.searchsorted(uniq, np.asarray(c)).astype(np.int32) for c in cols]
+
+
+def _check_mixed_ids(raw) -> None:
+    """The ``--ids auto`` rule (``alsx.data.guards.mixed_int_ids``) over every process's part of a text column.
+
+    A collective: every process calls it with the same roles; a process holding a non-integer
+    token names its line, the others say the token is in another part.
+    """
+    for role in ("row", "col"):
+        if not _any_process(role in raw.inferred_str):
+            continue
+        col = raw.rows if role == "row" else raw.cols
+        n_int, n, first = guards.mixed_int_ids(col) if ig._is_str(col) else (len(col), len(col), -1)
+        n_int_all, n_all = (int(v) for v in dist.allreduce_sum(np.array([n_int, n], np.int64)))
+        if guards.is_mixed(n_int_all, n_all):
+            raise ig._mixed_ids_error(raw, role, n_int_all, n_all, first)
 
 
 def _any_process(flag: bool) -> bool:
@@ -182,10 +199,15 @@ def load_partitioned(
     declared = shape if shape is not None else raw.shape
     mode = ids
     if mode == "auto":
+        _check_mixed_ids(raw)
         has_str = _any_process(ig._is_str(raw.rows) or ig._is_str(raw.cols))
         mode = "index" if raw.native_index or not has_str else "map"
+    n_total = int(dist.allreduce_sum(np.array([n_read]))[0])
+    declared_by = "shape=" if shape is not None else f"the 'shape' of {src}"
+    least_ram = -_global_max(np.array([-guards.available_ram()], np.int64))  # every process decides on the same budget
     rows, cols, row_vocab, col_vocab, n_rows, n_cols = ig._encode_ids(raw, mode, declared, square, _global_vocab,
-                                                                       _global_max)
+                                                                       _global_max, n_entries=n_total,
+                                                                       declared_by=declared_by, available=least_ram)
     if _global_max(np.array([n_read])) <= 0 or n_rows * n_cols == 0:
         raise ig._fail(src, None, "no entries")
 
@@ -245,7 +267,7 @@ def load_partitioned(
     totals = dist.allreduce_sum(np.array([n_read, local.nnz, merged, dropped_here]))
     summary = ig.IngestSummary(source=src, rows_read=int(totals[0]), kept=int(totals[1]),
                                merged_duplicates=int(totals[2]), dropped_zeros=int(totals[3]), rejected=0,
-                               n_rows=int(n_rows), n_cols=int(n_cols))
+                               n_rows=int(n_rows), n_cols=int(n_cols), columns=raw.columns)
     return Partitioned(local=local, row_range=(int(cuts[me]), int(cuts[me + 1])),
                        row_counts=dist.allreduce_sum(np.bincount(local.rows, minlength=n_rows)),
                        col_counts=dist.allreduce_sum(np.bincount(local.cols, minlength=n_cols)), summary=summary)
