@@ -150,6 +150,8 @@ def test_damaged_model_folder_is_one_line(tmp_path, data):
     (FileNotFoundError(2, "No such file or directory", "/x/y.csv"), 3, "/x/y.csv: No such file"),
     (IsADirectoryError(21, "Is a directory", "/x"), 3, "/x: Is a directory"),
     (PermissionError(13, "Permission denied", "/root/z"), 3, "/root/z: Permission denied"),
+    (FileNotFoundError("/x/z.csv"), 3, "/x/z.csv: no such file or folder"),
+    (FileNotFoundError("/d/manifest.json not found: not a dataset"), 3, "error: /d/manifest.json not found: not a da"),
     (json.JSONDecodeError("Expecting value", "{", 1), 3, "not valid JSON"),
     (KeyboardInterrupt(), EXIT_INTERRUPTED, "interrupted"),
     (RuntimeError("boom\nsecond line"), 1, "internal error: RuntimeError: boom second line"),

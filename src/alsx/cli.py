@@ -503,17 +503,6 @@ def enable_compile_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _add_debug_flag(p: argparse.ArgumentParser) -> None:
-    """``--debug`` on the top parser and (default untouched) on every subcommand, so it may come
-    before or after the subcommand's name."""
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                   help="on an error, print the Python traceback too (also: environment ALSX_DEBUG=1)")
-    for action in p._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                _add_debug_flag(sub)
-
-
 def _configure(args: argparse.Namespace) -> None:
     if hasattr(args, "cpu_devices"):
         import os
@@ -530,10 +519,10 @@ def main(argv: list[str] | None = None) -> int:
     with the code of ``alsx.errors`` (``--debug`` or ALSX_DEBUG=1 adds the traceback)."""
     import os
 
-    from alsx.cli_guard import check_args, describe
+    from alsx.cli_guard import add_debug_flag, check_args, describe, leave
 
     parser = build_parser()
-    _add_debug_flag(parser)
+    add_debug_flag(parser)
     args = parser.parse_args(argv)  # a usage error exits 2 here (argparse)
     debug = getattr(args, "debug", False) or os.environ.get("ALSX_DEBUG", "") not in ("", "0")
     try:
@@ -554,29 +543,9 @@ def main(argv: list[str] | None = None) -> int:
 
         traceback.print_exception(exc)
     print(f"alsx: error: {message}", file=sys.stderr, flush=True)
-    if argv is None:  # the `alsx` program itself (not a caller's main([...])): see _leave
-        _leave(code)
+    if argv is None:  # the `alsx` program itself (not a caller's main([...])): see leave()
+        leave(code)
     return code
-
-
-def _leave(code: int) -> None:
-    """Ends the process after an error without tearing down the native runtimes.
-
-    After a failure JAX's CPU client, numba's OpenMP pool, OpenBLAS and pyarrow still hold
-    threads; their C++ destructors then run during interpreter finalization and at exit(),
-    where a pool destroyed while one of its threads is still joinable aborts the process
-    ("terminate called without an active exception", exit 134) instead of leaving with the
-    documented code.  Nothing is pending at this point (checkpoints are written
-    synchronously, outputs are closed files), so the streams are flushed and the process
-    leaves at once, as ``alsx.distributed`` does when a peer is lost.
-    """
-    import logging
-    import os
-
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,11 +1,10 @@
 """What ``alsx`` checks before any work, and how it reports a failure: one line, one exit code.
 
-``check_args`` runs on the parsed flags before data is read (and before JAX is imported), so a
-wrong flag costs a second, not a training run; ``check_split_input`` and ``check_split`` run on the
-data and its split before training.
-Both raise :class:`alsx.errors.UsageError` / :class:`~alsx.errors.DataError` naming the flag
-and the value.  ``describe`` maps any exception to ``(exit code, one-line message)`` with the
-codes of :mod:`alsx.errors`.
+``check_args`` runs on the parsed flags before data is read (and before JAX is imported), so
+a wrong flag costs a second, not a training run; ``check_split_input`` and ``check_split`` run
+on the data and its split before training.  They raise :class:`alsx.errors.UsageError` or
+:class:`~alsx.errors.DataError` naming the flag and the value.  ``describe`` maps any exception to ``(exit code, one-line message)`` with the
+codes of :mod:`alsx.errors`; ``leave`` ends the ``alsx`` process after an error.
 """
 
 from __future__ import annotations
@@ -34,6 +33,8 @@ _INT_FLAGS = {
 _NON_NEGATIVE = {"--reg": "reg", "--unobserved-weight": "unobserved_weight", "--nu": "nu", "--alpha": "alpha"}
 _POSITIVE = {"--init-scale": "init_scale", "--checkpoint-minutes": "checkpoint_minutes",
              "--step-timeout": "step_timeout"}
+_OS_REASONS = ((FileNotFoundError, "no such file or folder"), (IsADirectoryError, "is a folder"),
+               (NotADirectoryError, "not a folder"), (PermissionError, "permission denied"))
 _FRACTIONS = {"--test-fraction": "test_fraction", "--heldout-fraction": "heldout_fraction",
               "--history-fraction": "history_fraction"}
 
@@ -139,9 +140,9 @@ def describe(exc: BaseException, command: str | None = None) -> tuple[int, str]:
         return EXIT_INTERRUPTED, "interrupted"
     if isinstance(exc, AlsxError):
         return exc.exit_code, _one_line(str(exc))
-    if isinstance(exc, _loaded('alsx.plan', 'MemoryPlanError')):  # says what to change: a usage problem
+    if isinstance(exc, _loaded("alsx.plan", "MemoryPlanError")):  # says what to change: a usage problem
         return UsageError.exit_code, _one_line(str(exc))
-    if isinstance(exc, _loaded('alsx.checkpoint', 'CheckpointError')):
+    if isinstance(exc, _loaded("alsx.checkpoint", "CheckpointError")):
         return TrainingError.exit_code, _one_line(f"checkpoint: {exc}")
     if isinstance(exc, FloatingPointError):  # training produced non-finite tables
         return TrainingError.exit_code, _one_line(str(exc))
@@ -150,17 +151,48 @@ def describe(exc: BaseException, command: str | None = None) -> tuple[int, str]:
         what = "a file of the model folder" if model else "a JSON file"
         return (ModelError.exit_code if model else DataError.exit_code), _one_line(f"{what} is not valid JSON ({exc})")
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
-        name = exc.filename if exc.filename is not None else (exc.args[0] if exc.args else "")
-        reason = exc.strerror or {FileNotFoundError: "no such file or folder", IsADirectoryError: "is a folder",
-                                  NotADirectoryError: "not a folder",
-                                  PermissionError: "permission denied"}[type(exc)]
+        if exc.filename is None and " " in str(exc):  # raised with a sentence of its own
+            return DataError.exit_code, _one_line(str(exc))
+        name = exc.filename if exc.filename is not None else str(exc)
+        reason = exc.strerror or next(text for kind, text in _OS_REASONS if isinstance(exc, kind))
         return DataError.exit_code, _one_line(f"{name}: {reason}")
     if isinstance(exc, OSError) and exc.strerror:  # the machine, not the input: disk full, ...
-        return EXIT_INTERNAL, _one_line(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror}")
+        return EXIT_INTERNAL, _one_line(f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror)
     if isinstance(exc, MemoryError):
         return EXIT_INTERNAL, "out of memory (try a smaller --dim, --dtype bfloat16 or fewer entries)"
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return EXIT_INTERNAL, _one_line(f"internal error: {text} (a bug in alsx; rerun with --debug for the traceback)")
+
+
+def add_debug_flag(p: argparse.ArgumentParser) -> None:
+    """``--debug`` on the top parser and (default untouched) on every subcommand, so it may come
+    before or after the subcommand's name."""
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="on an error, print the Python traceback too (also: environment ALSX_DEBUG=1)")
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                add_debug_flag(sub)
+
+
+def leave(code: int) -> None:
+    """Ends the process after an error without tearing down the native runtimes.
+
+    At this point JAX's CPU client (its Eigen pools outlive JAX's own atexit clean-up),
+    numba's OpenMP workers, OpenBLAS and pyarrow still hold threads, and a normal exit
+    destroys them during interpreter finalization and in C++ static destructors: the one
+    phase of an error path where a native pool can abort the process ("terminate called
+    without an active exception", rc 134, seen under load) instead of leaving with the
+    documented code.  Nothing is pending (checkpoints are written synchronously, outputs
+    are closed files), so the streams are flushed and the process leaves at once, as
+    ``alsx.distributed`` does when a peer is lost.
+    """
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _loaded(module: str, name: str) -> tuple[type, ...]:
