@@ -9,6 +9,7 @@ import pytest
 
 from alsx.cli import main
 from alsx.data.synthetic import community_graph
+from alsx.errors import TrainingError
 from alsx.model import ALS
 
 
@@ -104,8 +105,9 @@ def test_divergence_stops_with_the_epoch(csv_file):
     _, x = csv_file
     # No regularisation and no Gramian term: rows with fewer entries than d are singular.
     model = ALS(dim=32, reg=0.0, unobserved_weight=0.0, solver="cholesky", epochs=3, progress=False)
-    with pytest.raises(FloatingPointError, match="epoch 1"):
+    with pytest.raises(FloatingPointError, match="epoch 1") as info:
         model.fit(x)
+    assert isinstance(info.value, TrainingError) and info.value.exit_code == 5  # `alsx train` exits 5
 
 
 def test_loss_every_skips_the_loss_but_not_training_or_divergence_checks(csv_file):

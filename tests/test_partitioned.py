@@ -355,7 +355,8 @@ def test_bad_line_in_one_part_is_named_and_the_other_process_stops(tmp_path):
     data.write_text("\n".join(lines) + "\n")
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "alsx.cli", "train", str(data), "--out", str(tmp_path / "o"),
-                               "--value", "rating", "--dim", "4", "--epochs", "1", "--backend", "jax",
+                               "--value", "rating", "--alpha", "1", "--dim", "4", "--epochs", "1",
+                               "--backend", "jax",
                                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
                                "--heartbeat-timeout", "10"],
                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]

@@ -222,10 +222,15 @@ def _profile(model, train) -> dict:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from alsx.cli_guard import check_split, check_split_input
     from alsx.distributed import init_from_args
+    from alsx.errors import UsageError
     from alsx.eval.protocol import evaluate
 
-    topo = init_from_args(a)
+    try:
+        topo = init_from_args(a)
+    except ValueError as e:  # the multi-process flags (their messages name the flag)
+        raise UsageError(str(e)) from None
     from alsx.webgraph.train import cmd_train_dataset, is_dataset
 
     if is_dataset(a.data) or topo.process_count > 1:
@@ -241,9 +246,11 @@ def cmd_train(a: argparse.Namespace) -> int:
             multihost_utils.sync_global_devices("alsx-train-written")
         return code
     data, summary = _load(a.data, a)
+    check_split_input(data, a)
     split = make_split(data, a)
     if split is not None:
         print(f"split: {split.summary()}", file=sys.stderr)
+    check_split(split, a)  # nothing to train on or to evaluate on: say so now, not after training
     train = data if split is None else split.train
     model = _model(a, progress=topo.process_index == 0)
     t = time.perf_counter()
@@ -618,8 +625,7 @@ def enable_compile_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _configure(args: argparse.Namespace) -> None:
     if hasattr(args, "cpu_devices"):
         import os
 
@@ -628,7 +634,40 @@ def main(argv: list[str] | None = None) -> int:
             n = args.cpu_devices or min(os.cpu_count() or 1, 8)
             os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
     enable_compile_cache()
-    return int(args.func(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``alsx``: returns the exit code; a failure is one line ``alsx: error: <message>`` on stderr
+    with the code of ``alsx.errors`` (``--debug`` or ALSX_DEBUG=1 adds the traceback)."""
+    import os
+
+    from alsx.cli_guard import add_debug_flag, check_args, describe, leave
+
+    parser = build_parser()
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)  # a usage error exits 2 here (argparse)
+    debug = getattr(args, "debug", False) or os.environ.get("ALSX_DEBUG", "") not in ("", "0")
+    try:
+        if args.command != "webgraph":
+            check_args(args)  # before any data is read or JAX is imported
+        _configure(args)
+        return int(args.func(args) or 0)
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            raise
+        exc: BaseException = e  # raise SystemExit("error: ...") from older code paths: a usage error
+        code, message = 2, str(e.code).removeprefix("error: ")
+    except BaseException as e:  # noqa: BLE001 - the top of the program: everything becomes one line
+        exc = e
+        code, message = describe(e, args.command)
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc)
+    print(f"alsx: error: {message}", file=sys.stderr, flush=True)
+    if argv is None:  # the `alsx` program itself (not a caller's main([...])): see leave()
+        leave(code)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

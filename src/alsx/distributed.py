@@ -38,7 +38,8 @@ import threading
 import time
 from typing import Iterator
 
-import jax
+# JAX is imported inside the functions that use it: `alsx` parses its flags (and reports a
+# wrong one) without loading JAX, and the multi-process flags live here.
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,8 @@ def initialize(options: DistributedOptions) -> Topology:
     Must be called before anything touches a JAX device.  On CPU, collectives across
     processes go through gloo.
     """
+    import jax
+
     if options.multi_process:
         # Cross-process collectives of the CPU backend (harmless when the mesh is GPUs).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -214,6 +217,8 @@ def fail_fast(what: str = "training") -> Iterator[None]:
     :data:`EXIT_PEER_LOST` and a message naming this process; other errors pass
     through.  With one process it does nothing.
     """
+    import jax
+
     try:
         yield
     except jax.errors.JaxRuntimeError as e:
@@ -232,6 +237,8 @@ def leave_on_error(what: str = "training") -> Iterator[None]:
     one-line reason on stderr, exit status 1): its closed connections then make the peers'
     collectives fail, which :func:`fail_fast` reports, instead of everyone waiting for
     JAX's shutdown barrier to time out.  With one process the exception propagates."""
+    import jax
+
     try:
         yield
     except Exception as e:  # noqa: BLE001 - every failure must end this process in a multi-process run
@@ -262,6 +269,8 @@ class Watchdog:
         self._last = time.monotonic()
 
     def _run(self) -> None:
+        import jax
+
         assert self.timeout_s is not None
         period = min(1.0, self.timeout_s / 4)
         while not self._stop.wait(period):
@@ -293,6 +302,7 @@ class Watchdog:
 @functools.lru_cache(maxsize=None)
 def _process_mesh():
     """A 1-D mesh ("proc") holding the lowest-id device of every process."""
+    import jax
     import numpy as np
     from jax.sharding import Mesh
 
@@ -305,6 +315,7 @@ def _process_mesh():
 @functools.lru_cache(maxsize=None)
 def _programs(mesh):
     """(psum, all_to_all) over the process mesh, jitted once (shapes are bucketed by the callers)."""
+    import jax
     from jax.sharding import PartitionSpec as P
 
     psum = jax.jit(jax.shard_map(lambda x: jax.lax.psum(x, "proc"), mesh=mesh, in_specs=P("proc"), out_specs=P()))
@@ -327,6 +338,7 @@ def allgather_bytes(a):
 
     Sent as raw bytes, so int64 and float64 survive without jax_enable_x64.
     """
+    import jax
     import numpy as np
     from jax.experimental import multihost_utils
 
@@ -346,6 +358,7 @@ def allreduce_sum(a):
 
     Summed as int32 on the devices: each process's counts and the total must stay below 2**31.
     """
+    import jax
     import numpy as np
 
     a = np.asarray(a)
@@ -374,6 +387,7 @@ def route(payload, dest, budget_bytes: int = 64 << 20):
     Buffers are padded to the largest sender-receiver count, in rounds of at most
     ``budget_bytes`` per process.
     """
+    import jax
     import numpy as np
 
     payload = np.ascontiguousarray(payload, np.int32)

@@ -43,3 +43,7 @@ class TrainingError(AlsxError, RuntimeError):
     """Training stopped: non-finite tables, a failed peer, a checkpoint that cannot continue."""
 
     exit_code = 5
+
+
+class DivergenceError(TrainingError, FloatingPointError):
+    """Training produced non-finite tables (still a FloatingPointError, as it was before)."""

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from alsx.config import HParams, Packing
 from alsx.data.matrix import CSR, Interactions
 from alsx.data.split import Split
+from alsx.errors import DivergenceError
 
 FORMAT_VERSION = 1
 
@@ -50,7 +51,7 @@ def sharded_eval_topk(engine, state):
 def _check_finite(table: np.ndarray, name: str, epoch: int) -> None:
     if not np.all(np.isfinite(table)):
         bad = int(np.count_nonzero(~np.isfinite(table)))
-        raise FloatingPointError(
+        raise DivergenceError(
             f"training diverged at epoch {epoch}: {bad} non-finite values in the {name} table "
             "(try a larger --reg or a smaller --unobserved-weight)")
 
@@ -203,8 +204,8 @@ class ALS:
                 w, h = engine.to_numpy(st)
                 _check_finite(w, "row", st.epoch)
                 _check_finite(h, "column", st.epoch)
-                raise FloatingPointError(f"training diverged at epoch {st.epoch}: loss is "
-                                         f"{record.get('loss', {}).get('total', 'not finite')}")
+                raise DivergenceError(f"training diverged at epoch {st.epoch}: loss is "
+                                      f"{record.get('loss', {}).get('total', 'not finite')}")
             if split is not None and eval_every and (st.epoch % eval_every == 0 or st.epoch == self.epochs):
                 w, h = engine.to_numpy(st)
                 record["metrics"] = evaluate(w, h, split, self.hparams, eval_ks, self.alpha, baseline=False,
