@@ -108,6 +108,10 @@ def test_divergence_stops_with_the_epoch(csv_file):
     with pytest.raises(FloatingPointError, match="epoch 1") as info:
         model.fit(x)
     assert isinstance(info.value, TrainingError) and info.value.exit_code == 5  # `alsx train` exits 5
+    msg = str(info.value)
+    assert "rows of the row table (first: row" in msg and "give --reg > 0" in msg, msg
+    # ... and the remedy it names is the measured one: any reg > 0 trains this input to the end.
+    ALS(dim=32, reg=1e-3, unobserved_weight=0.0, solver="cholesky", epochs=3, progress=False).fit(x)
 
 
 def test_loss_every_skips_the_loss_but_not_training_or_divergence_checks(csv_file):

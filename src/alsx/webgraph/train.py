@@ -23,6 +23,7 @@ import numpy as np
 
 from alsx.config import HParams, Packing
 from alsx.data.matrix import CSR
+from alsx.errors import DivergenceError
 from alsx.webgraph.dataset import MANIFEST, WebGraphDataset, open_dataset
 
 #: Training matrices up to this many entries are also saved as train.npz (so ``ALS.load`` works).
@@ -152,7 +153,7 @@ def train_webgraph(
             loss = engine.loss(st)
             rec["loss"], rec["loss_seconds"] = loss.to_dict(), time.perf_counter() - t1
             if not math.isfinite(loss.total):
-                raise FloatingPointError(f"training diverged at epoch {st.epoch}: loss is {loss.total}")
+                raise DivergenceError(f"training diverged at epoch {st.epoch}: loss is {loss.total}")
         if eval_every and st.epoch % eval_every == 0 and st.epoch != epochs:
             t1 = time.perf_counter()
             if multi:  # a collective: every process takes part
