@@ -200,3 +200,20 @@ def test_failing_runs_exit_with_their_code_every_time(data, tmp_path):
         results = list(pool.map(one, range(n)))
     for res in results:
         error_line(res, 3, "is_test marks all")
+
+
+def test_an_error_after_training_keeps_the_trained_tables(data, tmp_path, monkeypatch):
+    """Evaluation runs after training; if it fails, the fitted tables are saved before the error."""
+    import alsx.cli as cli_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr("alsx.eval.protocol.evaluate", broken)
+    out = tmp_path / "kept"
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        cli_module.cmd_train(cli_module.build_parser().parse_args(
+            ["train", str(data / "ok.csv"), "--row", "user", "--col", "item", "--out", str(out), "--dim", "4",
+             "--epochs", "2"]))
+    w = np.load(out / "row_embeddings.npy")
+    assert w.shape == (40, 4) and np.isfinite(w).all() and np.abs(w).max() > 0

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -259,8 +260,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t
     results = None
     if split is not None:  # on several devices each scores its own column shard
-        results = evaluate(model.row_embeddings_, model.col_embeddings_, split, model.hparams, tuple(a.ks), a.alpha,
-                           topk=model.eval_topk_)
+        with _saved_on_error(model, a.out):
+            results = evaluate(model.row_embeddings_, model.col_embeddings_, split, model.hparams, tuple(a.ks),
+                               a.alpha, topk=model.eval_topk_)
     split_model, refit_seconds = None, 0.0
     if split is not None and a.refit:  # the saved tables serve every row and every entry of the input
         print(f"refit: training again on all {data.nnz:,} input entries with the same settings, the model to save "
@@ -272,6 +274,18 @@ def cmd_train(a: argparse.Namespace) -> int:
     _write_outputs(a, model, split, summary, results, seconds, data if split_model is not None else train,
                    seen=data, split_model=split_model, refit_seconds=refit_seconds)
     return 0
+
+
+@contextlib.contextmanager
+def _saved_on_error(model, out: str):
+    """Saves the fitted ``model`` into ``out`` when the block raises, so an error after training
+    (every check that can run before it does) never loses the trained tables."""
+    try:
+        yield
+    except BaseException:
+        model.save(out)
+        print(f"alsx: note: the tables trained before the error below were saved to {out}", file=sys.stderr)
+        raise
 
 
 def _trained_on(a: argparse.Namespace, split, refit: bool, nnz: int) -> dict:
