@@ -23,6 +23,7 @@ FRAGMENTS = [  # (file, what it answers)
     ("webgraph_report.md", None),
     ("webgraph_train_report.md", None),
     ("results_ingest_parts.md", None),
+    ("results_conformance.md", None),
 ]
 
 

@@ -1,0 +1,214 @@
+"""Benchmark-sized engine conformance: cnr-2000 at alsx's defaults, the cpu backend against jax.
+
+For each --dims value, trains the whole of cnr-2000 (as `alsx train web_cnr2000.npz --split none
+--dim D --epochs E --backend B`: alsx.model.ALS.fit on the ingested file, the CLI's defaults,
+the loss after every epoch) once with the cpu backend (CpuEngine: the fused Numba CG kernel)
+and once with jax (LocalEngine on one device, or ShardedEngine over --jax-devices emulated
+devices as the CLI's default --cpu-devices gives), each in a child process of its own.
+Reports the loss per epoch side by side, the relative difference per epoch and its maximum,
+and whether anything was non-finite (a FloatingPointError from fit, or a non-finite table).
+
+    python benchmarks/conformance.py                          # d=64 and d=256, 50 epochs
+    python benchmarks/conformance.py --dims 64 --epochs 3     # a quick check
+    python benchmarks/conformance.py --tiny                   # 20k-node part of cnr, 5 epochs, d=64
+
+Writes benchmarks/results_conformance.md and benchmarks/results_conformance.jsonl (--out-prefix
+changes both), each with the exact command, the machine and the date.
+
+Tolerance (--rtol, default 1e-4): both backends run the same iteration from the same start;
+the small-graph suite (tests/test_engine_conformance.py) measures each within 1e-6 of a float64
+trajectory over 30 epochs.  Here the JAX engine also sums 3.2M observed terms in float32
+(XLA's reduction: ~1e-5 relative) where the CPU engine sums in float64, so 1e-4 bounds both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = os.environ.get("ALSX_DATA", str(ROOT.parent / "shared" / "data"))
+FILE = "web_cnr2000.npz"
+
+
+# ---------------------------------------------------------------------------- child
+def train_one(cfg: dict) -> dict:
+    """One fit: per-epoch losses and seconds, where it stopped and why, the tables' finiteness."""
+    if cfg["backend"] == "jax":  # device count before jax is imported, as the CLI's --cpu-devices
+        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={cfg['devices']}"
+    import numpy as np
+
+    from alsx.cli import DEFAULTS
+    from alsx.data.ingest import load_interactions
+    from alsx.model import ALS
+
+    data, _ = load_interactions(cfg["data"])
+    if cfg.get("max_nodes"):  # the induced subgraph on the first N ids (crawl order keeps it linked)
+        n = cfg["max_nodes"]
+        sub = data.select((data.rows < n) & (data.cols < n))
+        data = dataclasses.replace(sub, shape=(min(n, data.shape[0]), min(n, data.shape[1])), row_vocab=None,
+                                   col_vocab=None)
+    hp = {k: DEFAULTS[k] for k in ("reg", "unobserved_weight", "nu", "solver", "cg_steps", "dtype", "seed", "init",
+                                    "init_scale")}
+    model = ALS(dim=cfg["dim"], epochs=cfg["epochs"], progress=False, backend=cfg["backend"], **hp)
+    error = None
+    t = time.perf_counter()
+    try:
+        model.fit(data)
+    except FloatingPointError as exc:  # fit's own divergence check (loss or tables non-finite)
+        error = str(exc)
+    seconds = time.perf_counter() - t
+    hist = model.history_
+    finite_tables = None
+    if error is None:
+        finite_tables = bool(np.isfinite(model.row_embeddings_).all() and np.isfinite(model.col_embeddings_).all())
+    import jax
+
+    return {"backend": cfg["backend"], "dim": cfg["dim"], "epochs": cfg["epochs"], "engine": model.engine_name_,
+            "jax_devices": jax.device_count(), "shape": list(data.shape), "nnz": int(data.nnz),
+            "hparams": hp, "losses": [r["loss"]["total"] for r in hist], "epoch_seconds": [r["seconds"] for r in hist],
+            "epochs_done": len(hist), "error": error, "finite_tables": finite_tables, "fit_seconds": seconds}
+
+
+# ---------------------------------------------------------------------------- parent
+def machine() -> dict:
+    model, cores = platform.processor() or platform.machine(), os.cpu_count()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        model = fields.get("Model name", model).strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = float("nan")
+    return {"cpu": model, "cores": cores, "load_1min": round(load, 2), "python": platform.python_version()}
+
+
+def run_child(cfg: dict) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], env=env, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"child {cfg} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare(cpu: dict, jax: dict, rtol: float) -> dict:
+    n = min(len(cpu["losses"]), len(jax["losses"]))
+    rel = [abs(a - b) / abs(b) if math.isfinite(a) and math.isfinite(b) else float("inf")
+           for a, b in zip(cpu["losses"][:n], jax["losses"][:n])]
+    nonfinite = {r["backend"]: (r["error"] is not None or r["finite_tables"] is False
+                                or not all(math.isfinite(x) for x in r["losses"])) for r in (cpu, jax)}
+    complete = cpu["epochs_done"] == cpu["epochs"] and jax["epochs_done"] == jax["epochs"]
+    worst = max(rel) if rel else float("nan")
+    return {"dim": cpu["dim"], "rel_diff": rel, "max_rel_diff": worst,
+            "max_at_epoch": (rel.index(worst) + 1) if rel else None, "nonfinite": nonfinite,
+            "agree": bool(complete and not any(nonfinite.values()) and worst <= rtol), "rtol": rtol}
+
+
+def fmt(x: float) -> str:
+    return f"{x:.8g}" if math.isfinite(x) else str(x)
+
+
+def report(header: dict, pairs: list[tuple[dict, dict, dict]]) -> str:
+    part = f" (first {header['max_nodes']} nodes)" if header["max_nodes"] else ""
+    hp = ", ".join(f"{k}={v}" for k, v in pairs[0][0]["hparams"].items()) if pairs else ""
+    lines = ["# Engine conformance on cnr-2000: cpu backend vs jax backend", "",
+             f"- Command: `{header['command']}`",
+             f"- Date: {header['date']}; machine: {header['machine']['cpu']}, {header['machine']['cores']} cores, "
+             f"load {header['machine']['load_1min']} at start; Python {header['machine']['python']}",
+             f"- Data: `{header['data']}`{part}",
+             "- Each backend as `alsx train DATA --split none --dim D --epochs E --backend B` at the CLI defaults "
+             f"({hp}); the loss is the objective after each epoch (ALS.fit's history).",
+             f"- Tolerance: relative loss difference <= {header['rtol']:g} at every epoch (see the docstring).",
+             "", "| d | engines (cpu / jax) | epochs done | max rel. diff (epoch) | non-finite cpu / jax "
+             "| s/epoch cpu / jax | agree |", "|---|---|---|---|---|---|---|"]
+    for cpu, jax, c in pairs:
+        spe = [sum(r["epoch_seconds"][1:]) / max(len(r["epoch_seconds"]) - 1, 1) for r in (cpu, jax)]
+        lines.append(f"| {c['dim']} | {cpu['engine']} / {jax['engine']} ({jax['jax_devices']} device(s)) | "
+                     f"{cpu['epochs_done']} / {jax['epochs_done']} of {cpu['epochs']} | {c['max_rel_diff']:.2e} "
+                     f"({c['max_at_epoch']}) | {c['nonfinite']['cpu']} / {c['nonfinite']['jax']} | "
+                     f"{spe[0]:.2f} / {spe[1]:.2f} | **{'yes' if c['agree'] else 'NO'}** |")
+        for r in (cpu, jax):
+            if r["error"]:
+                lines.append(f"|  | {r['backend']}: {r['error']} | | | | | |")
+    for cpu, jax, c in pairs:
+        lines += ["", f"## d={c['dim']}: loss per epoch", "", "| epoch | cpu | jax | rel. diff |", "|---|---|---|---|"]
+        for e in range(max(len(cpu["losses"]), len(jax["losses"]))):
+            a = cpu["losses"][e] if e < len(cpu["losses"]) else float("nan")
+            b = jax["losses"][e] if e < len(jax["losses"]) else float("nan")
+            d = c["rel_diff"][e] if e < len(c["rel_diff"]) else float("nan")
+            lines.append(f"| {e + 1} | {fmt(a)} | {fmt(b)} | {d:.2e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=DEFAULT_DATA, help="folder of web_cnr2000.npz (default: $ALSX_DATA or "
+                                                            "../shared/data next to the repository)")
+    p.add_argument("--dims", default="64,256", help="comma-separated embedding dimensions (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--backends", default="cpu,jax", help="which to run (both are needed for the comparison)")
+    p.add_argument("--jax-devices", type=int, default=0,
+                   help="emulated CPU devices for jax; 0: one per core up to 8, as `alsx train` (default)")
+    p.add_argument("--max-nodes", type=int, default=0, help="train on the subgraph of the first N nodes")
+    p.add_argument("--tiny", action="store_true", help="quick check: --max-nodes 20000 --epochs 5 --dims 64")
+    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--out-prefix", default=str(ROOT / "benchmarks" / "results_conformance"))
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print(json.dumps(train_one(json.loads(a.child))))
+        return 0
+    if a.tiny:
+        a.max_nodes, a.epochs, a.dims = a.max_nodes or 20000, 5, "64"
+    data = Path(a.data_dir) / FILE
+    if not data.exists():
+        raise SystemExit(f"{data}: not found (give --data-dir or set ALSX_DATA)")
+    devices = a.jax_devices or min(os.cpu_count() or 1, 8)
+    header = {"command": "python " + " ".join(shlex.quote(x) for x in [os.path.relpath(__file__, ROOT)]
+                                                + (sys.argv[1:] if argv is None else argv)),
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "machine": machine(), "data": os.path.relpath(data, ROOT), "max_nodes": a.max_nodes, "rtol": a.rtol}
+    backends = a.backends.split(",")
+    pairs, records = [], [dict(header, kind="header")]
+    for dim in (int(x) for x in a.dims.split(",")):
+        got = {}
+        for b in backends:
+            cfg = {"backend": b, "dim": dim, "epochs": a.epochs, "data": str(data), "devices": devices,
+                   "max_nodes": a.max_nodes}
+            got[b] = run_child(cfg)
+            records.append(dict(got[b], kind="run"))
+            r = got[b]
+            print(f"d={dim} {b}: {r['engine']}, {r['epochs_done']}/{a.epochs} epochs, last loss "
+                  f"{fmt(r['losses'][-1]) if r['losses'] else '-'}, error {r['error']}", file=sys.stderr)
+        if "cpu" in got and "jax" in got:
+            c = compare(got["cpu"], got["jax"], a.rtol)
+            records.append(dict(c, kind="comparison"))
+            pairs.append((got["cpu"], got["jax"], c))
+            print(f"d={dim}: max relative loss difference {c['max_rel_diff']:.2e} at epoch {c['max_at_epoch']}, "
+                  f"non-finite {c['nonfinite']}, agree {c['agree']}", file=sys.stderr)
+    prefix = Path(a.out_prefix)
+    with open(prefix.with_suffix(".jsonl"), "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    prefix.with_suffix(".md").write_text(report(header, pairs))
+    print(f"wrote {prefix.with_suffix('.md')} and {prefix.with_suffix('.jsonl')}", file=sys.stderr)
+    return 0 if all(c["agree"] for _, _, c in pairs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
