@@ -97,10 +97,15 @@ def machine() -> dict:
 
 
 def run_child(cfg: dict) -> dict:
+    import tempfile
+
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], env=env, capture_output=True,
-                          text=True)
+    # A fresh Numba cache: the kernels compile in the child as on a user's first run (the cnr
+    # divergence showed only with freshly compiled kernels, not with ones loaded from the cache).
+    with tempfile.TemporaryDirectory(prefix="alsx-numba-") as cache:
+        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)],
+                              env={**env, "NUMBA_CACHE_DIR": cache}, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"child {cfg} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

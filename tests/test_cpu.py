@@ -44,6 +44,19 @@ def test_half_step_with_d_steps_is_the_exact_solve(nu):
     assert np.all(out[2] == 0.0)  # the empty row's optimum
 
 
+def test_a_non_finite_table_is_reported_as_a_divergence_with_its_epoch():
+    """A NaN in a table reaches the next half-step's Gramian: a DivergenceError naming the epoch,
+    not eigh's LinAlgError ("did not converge")."""
+    from alsx.errors import DivergenceError
+
+    conf, _, _ = random_problem(1, n=30, m=20)
+    eng = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), HParams(dim=6, reg=REG, unobserved_weight=ALPHA0))
+    st = eng.epoch(eng.init_state(0))
+    st.h[3, 2] = np.nan
+    with pytest.raises(DivergenceError, match=r"diverged in epoch 2: the fixed \[20, 6\] table"):
+        eng.epoch(st)
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_epochs_equal_the_jax_engine(tied):
     """Three CG steps per half: the same iterates as LocalEngine, only rotated."""

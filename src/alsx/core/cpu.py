@@ -40,6 +40,7 @@ from alsx.core.simd import PREFETCH, prefetch_row
 from alsx.core.solvers import RESIDUAL_FLOOR
 from alsx.core.state import ALSState, init_state
 from alsx.data.matrix import CSR
+from alsx.errors import DivergenceError
 
 # Work per row ~ (nnz * passes + a few d-vectors): rows are cut into blocks of equal work.
 ROW_COST = 4
@@ -278,8 +279,16 @@ class RowThreads:
 
 
 def eigenbasis(table: np.ndarray, threads: RowThreads) -> tuple[np.ndarray, np.ndarray]:
-    """(e [d] float64 >= 0, Q [d, d] float64) with table^T table = Q diag(e) Q^T."""
-    e, q = np.linalg.eigh(threads.gram(table))
+    """(e [d] float64 >= 0, Q [d, d] float64) with table^T table = Q diag(e) Q^T.
+
+    A non-finite entry anywhere in ``table`` makes the Gramian non-finite: that is checked here
+    (for free) so a divergence is reported as one, not as eigh's "did not converge".
+    """
+    g = threads.gram(table)
+    if not np.isfinite(g).all():
+        raise DivergenceError(f"the fixed [{len(table):,}, {table.shape[1]}] table of a half-step holds "
+                              "non-finite values")
+    e, q = np.linalg.eigh(g)
     return np.maximum(e, 0.0), q
 
 
@@ -457,6 +466,14 @@ class CpuEngine:
                 dict(residuals_in=r_cols, residuals_out=r_rows, perm=self._perm[1]))
 
     def epoch(self, state: ALSState) -> ALSState:
+        """Two half-steps (see :meth:`_epoch`); a non-finite table is reported with its epoch."""
+        try:
+            return self._epoch(state)
+        except DivergenceError as e:
+            raise DivergenceError(f"training diverged in epoch {state.epoch + 1}: {e} (the tables after epoch "
+                                  f"{state.epoch} were finite)") from None
+
+    def _epoch(self, state: ALSState) -> ALSState:
         """Two half-steps.  The returned state's tables come from a :class:`TablePool` (memory of
         no live array, so earlier states stay valid); the row table solved by the first
         half-step is rotated in place by the second, so an epoch holds two [n, d] row tables
