@@ -232,24 +232,29 @@ def _finished_steps(directory: str) -> list[int]:
     return [int(p) for p in os.listdir(directory) if p.isdigit()]
 
 
-def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
-    epochs = 40  # few enough that 1e-5 holds across device counts, enough to kill mid-run
-    ckpt = str(tmp_path / "ckpt")
-    victim = subprocess.Popen(_child({"mode": "train", "devices": 2, "epochs": epochs, "ckpt": ckpt,
-                                      "every": 1, "out": str(tmp_path / "never.npz")}),
-                              env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _kill_once(victim: subprocess.Popen, ready, timeout: float = 180) -> None:
+    """SIGKILLs ``victim`` as soon as ``ready()`` holds (polled; it must still be running then)."""
     try:
-        deadline = time.monotonic() + 180
-        while max(_finished_steps(ckpt), default=0) < 3:  # poll for the 3rd finished checkpoint
+        deadline = time.monotonic() + timeout
+        while not ready():
             assert victim.poll() is None, f"training ended early: {victim.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.05)
+            assert time.monotonic() < deadline, f"not ready within {timeout} s"
+            time.sleep(0.02)
         os.kill(victim.pid, signal.SIGKILL)
         assert victim.wait(timeout=30) == -signal.SIGKILL
     finally:
         if victim.poll() is None:
             victim.kill()
             victim.wait()
+
+
+def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
+    epochs = 40  # few enough that 1e-5 holds across device counts, enough to kill mid-run
+    ckpt = str(tmp_path / "ckpt")
+    victim = subprocess.Popen(_child({"mode": "train", "devices": 2, "epochs": epochs, "ckpt": ckpt,
+                                      "every": 1, "out": str(tmp_path / "never.npz")}),
+                              env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _kill_once(victim, lambda: max(_finished_steps(ckpt), default=0) >= 3)  # the 3rd finished checkpoint
     assert not (tmp_path / "never.npz").exists()  # it really died mid-run
     killed_at = max(_finished_steps(ckpt))
     assert 3 <= killed_at < epochs
@@ -389,18 +394,7 @@ def test_cli_kill_corrupt_resume_equals_uninterrupted(tmp_path, backend):
     victim = subprocess.Popen(_alsx("train", data, "--out", str(first), "--epochs", "100000",
                                     "--checkpoint-every", "1", *flags),
                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while _newest_step_with_digest(ckpt) < 3:  # 3 finished checkpoints: a fallback below the newest
-            assert victim.poll() is None, f"training ended early: {victim.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoint appeared within 180 s"
-            time.sleep(0.02)
-        os.kill(victim.pid, signal.SIGKILL)
-        assert victim.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-            victim.wait()
+    _kill_once(victim, lambda: _newest_step_with_digest(ckpt) >= 3)  # a fallback below the newest
     assert not (first / "row_embeddings.npy").exists()  # it really died mid-run
     newest = max(_finished_steps(ckpt))
     _truncate_largest_table_file(os.path.join(ckpt, str(newest)))
