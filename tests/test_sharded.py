@@ -237,7 +237,7 @@ def test_eight_devices_evaluate_in_many_batches_like_one_device(tmp_path):
     process ("Expected 8 threads to join ... only 5 arrived").  Results equal one device's."""
     out = tmp_path / "out.npz"
     run_child({"mode": "evaluate", "devices": 8, "nodes": 3000, "edges": 30000, "epochs": 2, "batch": 16,
-               "out": str(out)}, timeout=180)
+               "out": str(out)}, timeout=600)
     z = np.load(out)
     assert int(z["n_queries"]) > 64 * 16  # > 64 batches: twice the 32 the deadlock needed
     for t in "wh":
