@@ -2,7 +2,7 @@
 
 Usage: python tests/sharded_child.py '<json config>'
 
-Config keys: mode ("compare" | "train" | "mp" | "stall"), devices, out, and per mode:
+Config keys: mode ("compare" | "train" | "mp" | "stall" | "permute" | "evaluate"), devices, out, and per mode:
   compare: 3 epochs of LocalEngine per variant and of ShardedEngine per (variant, P) in
            ``runs``, the mesh being the first P of ``devices`` devices; saves all tables.
   train:   alsx.checkpoint.train to ``epochs`` with checkpoints in ``ckpt`` every ``every``.
