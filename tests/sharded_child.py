@@ -2,7 +2,7 @@
 
 Usage: python tests/sharded_child.py '<json config>'
 
-Config keys: mode ("compare" | "train" | "mp" | "stall"), devices, out, and per mode:
+Config keys: mode ("compare" | "train" | "mp" | "stall" | "permute" | "evaluate"), devices, out, and per mode:
   compare: 3 epochs of LocalEngine per variant and of ShardedEngine per (variant, P) in
            ``runs``, the mesh being the first P of ``devices`` devices; saves all tables.
   train:   alsx.checkpoint.train to ``epochs`` with checkpoints in ``ckpt`` every ``every``.
@@ -11,6 +11,10 @@ Config keys: mode ("compare" | "train" | "mp" | "stall"), devices, out, and per 
   stall:   a Watchdog with ``timeout`` seconds around a wait that never ends.
   permute: ``permute_rows`` of a random sharded table on ``devices`` devices; saves the
            result, the NumPy reference and the compiled program's collective bytes.
+  evaluate: ``epochs`` epochs of LocalEngine and of ShardedEngine (all ``devices``) on a
+           random split of a synthetic community graph, then evaluation on each: one
+           device by ``topk_scores``, the mesh by ``sharded_scorer`` in batches of ``batch``
+           rows (far more than 32 multi-device programs); saves tables, top-k and metrics.
 """
 
 from __future__ import annotations
@@ -200,6 +204,43 @@ def permute() -> None:
              **{k.replace("-", "_"): v for k, v in collective_bytes(text).items()})
 
 
+def evaluate_many() -> None:
+    import jax
+
+    from alsx.core.engine import LocalEngine
+    from alsx.core.sharded import ShardedEngine
+    from alsx.data.split import random_holdout
+    from alsx.data.synthetic import community_graph
+    from alsx.eval.protocol import eval_rows, evaluate, sharded_scorer
+    from alsx.serve.sharded_topk import ShardedTable, sharded_topk
+    from alsx.serve.topk import topk_scores
+
+    assert len(jax.devices()) == CFG["devices"]
+    data = community_graph(n_nodes=CFG["nodes"], n_edges=CFG["edges"], n_communities=16, seed=3)
+    split = random_holdout(data, fraction=0.2, seed=0)
+    rows, cols = split.train.csr(), split.train.csc()
+    hp, pk = settings()
+    out = {}
+    for name, engine in (("local", LocalEngine(rows, cols, hp, pk)), ("sharded", ShardedEngine(rows, cols, hp, pk))):
+        st = engine.init_state(0)
+        for _ in range(CFG["epochs"]):
+            st = engine.epoch(st)
+        w, h = engine.to_numpy(st)
+        out[f"{name}_w"], out[f"{name}_h"] = w, h
+        query = w[eval_rows(split)]
+        if name == "local":
+            topk, (s, i) = None, topk_scores(query, h, 20, exclude=rows, exclude_ids=eval_rows(split))
+        else:
+            table = ShardedTable.from_engine(engine, st)
+            topk = sharded_scorer(table, batch_size=CFG["batch"])
+            s, i = sharded_topk(query, table, 20, exclude=rows, exclude_ids=eval_rows(split), batch_size=CFG["batch"])
+        out[f"{name}_scores"], out[f"{name}_ids"] = s, i
+        metrics = evaluate(w, h, split, hp, (10, 20), topk=topk)["model"]
+        out[f"{name}_metrics"] = np.array([metrics[k] for k in sorted(metrics)])
+    out["n_queries"] = np.asarray(len(eval_rows(split)))
+    np.savez(CFG["out"], **out)
+
+
 def stall() -> None:
     import threading
 
@@ -212,4 +253,5 @@ def stall() -> None:
 if __name__ == "__main__":
     CFG.update(json.loads(sys.argv[1]))
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={CFG.get('devices', 1)}"
-    {"compare": compare, "train": train, "mp": multi_process, "stall": stall, "permute": permute}[CFG["mode"]]()
+    {"compare": compare, "train": train, "mp": multi_process, "stall": stall, "permute": permute,
+     "evaluate": evaluate_many}[CFG["mode"]]()

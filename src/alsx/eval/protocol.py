@@ -193,7 +193,7 @@ def merge_across_processes(local: dict[str, dict[str, float]], ks: tuple[int, ..
     return out
 
 
-def sharded_scorer(table) -> TopK:
+def sharded_scorer(table, batch_size: int | None = None) -> TopK:
     """A ``topk`` for :func:`evaluate` that scores against a sharded column table in place.
 
     Each device scores only its column shard and keeps its own top-k, which are merged
@@ -204,6 +204,7 @@ def sharded_scorer(table) -> TopK:
 
     Args:
       table: an :class:`alsx.serve.sharded_topk.ShardedTable` (e.g. ``from_engine``).
+      batch_size: query rows per device call (default: sized from each device's column shard).
     """
     from alsx.distributed import allgather_bytes
     from alsx.serve.sharded_topk import sharded_topk
@@ -219,7 +220,7 @@ def sharded_scorer(table) -> TopK:
         np.cumsum(lengths, out=indptr[1:])
         every = CSR(indptr=indptr, indices=np.concatenate(cols), values=np.ones(int(indptr[-1]), np.float32),
                     n_cols=exclude.n_cols)
-        _, ids = sharded_topk(np.concatenate(qs), table, k, exclude=every)
+        _, ids = sharded_topk(np.concatenate(qs), table, k, exclude=every, batch_size=batch_size)
         from jax import process_index
 
         start = sum(len(q) for q in qs[:process_index()])

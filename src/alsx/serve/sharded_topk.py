@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from alsx.core.dispatch import bounded
 from alsx.core.sharding import (
     REPLICATED,
     SHARD,
@@ -202,21 +203,26 @@ def sharded_topk(
     replicated = jax.sharding.NamedSharding(mesh, REPLICATED)
     batch = min(batch_size, _next_pow2(n))
     no_excl = np.full((batch, 1), -1, np.int32)
-    pieces = []
-    for start in range(0, n, batch):
-        stop = min(start + batch, n)
-        q = np.zeros((batch, d), np.float32)
-        q[: stop - start] = query[start:stop]
-        if rows_of is None:
-            excl = no_excl
-        else:
-            rows = np.zeros(batch, np.int64)
-            rows[: stop - start] = rows_of[start:stop]
-            excl = _excluded_slots(exclude, rows, layout)
-        q, excl = jax.device_put((q, excl), replicated)  # every process passes the same batch
-        pieces.append((stop - start, fn(q, table.table, table.ids, col_mask, excl)))
-    scores = np.concatenate([np.asarray(s)[:size] for size, (s, _) in pieces])
-    ids = np.concatenate([np.asarray(i)[:size] for size, (_, i) in pieces])
+
+    def launches():
+        for start in range(0, n, batch):
+            stop = min(start + batch, n)
+            q = np.zeros((batch, d), np.float32)
+            q[: stop - start] = query[start:stop]
+            if rows_of is None:
+                excl = no_excl
+            else:
+                rows = np.zeros(batch, np.int64)
+                rows[: stop - start] = rows_of[start:stop]
+                excl = _excluded_slots(exclude, rows, layout)
+            q, excl = jax.device_put((q, excl), replicated)  # every process passes the same batch
+            yield fn(q, table.table, table.ids, col_mask, excl)
+
+    # A few batches in flight, never all of them: see alsx.core.dispatch (XLA:CPU deadlocks
+    # a collective once 32 programs are queued per device and devices outnumber spare threads).
+    pieces = [(np.asarray(s), np.asarray(i)) for s, i in bounded(launches())]
+    scores = np.concatenate([s for s, _ in pieces])[:n]
+    ids = np.concatenate([i for _, i in pieces])[:n]
     if k_eff < k:
         scores = np.pad(scores, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
         ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=PAD_ID)
