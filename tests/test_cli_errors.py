@@ -128,7 +128,8 @@ def test_split_problems_stop_before_training(tmp_path, data):
     error_line(res, 2, "--split random leaves no entry to evaluate on", "--split none")
     assert "epoch" not in res.stderr  # stopped before training started
     assert not (out / "row_embeddings.npy").exists()
-    error_line(alsx("train", data / "ok.csv", "--split", "last", "--out", out), 2, "--split last needs timestamps")
+    error_line(alsx("train", data / "ok.csv", "--row", "user", "--col", "item", "--split", "last", "--out", out), 2,
+               "--split last needs timestamps")
     error_line(alsx("train", data / "garbage.npz", "--out", out), 3, "garbage.npz")
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alsx.cli import main
+from alsx import cli
+from alsx.cli_guard import check_args
 from alsx.data.ingest import load_interactions
 from alsx.data.split import heldout_rows_split, random_holdout
 from alsx.data.synthetic import community_graph
@@ -29,6 +30,14 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 ML100K = HERE.parents[1] / "shared" / "data" / "ml100k.npz"
 SMALL = ["--dim", "8", "--epochs", "2", "--reg", "0.05"]  # the CPU kernel: compiled once per process
+
+
+def main(argv: list[str]) -> int:
+    """`alsx ARGV` without the program's top-level catch, so errors reach the test as exceptions
+    (their one-line form and exit codes are tested in test_cli_errors.py)."""
+    args = cli.build_parser().parse_args(argv)
+    check_args(args)
+    return int(args.func(args) or 0)
 
 
 def _alsx(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

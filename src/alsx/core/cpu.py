@@ -523,8 +523,9 @@ class CpuEngine:
         return w, (w if self.tied else state.h @ back)
 
     # Checkpoints hold the stored (rotated) tables and their basis, so a resumed CG run
-    # continues bit for bit (a resumed 'block' run recomputes the scores the hand-off would
-    # have carried: equal up to float32 rounding); other engines rotate them back when they restore.
+    # continues bit for bit with the same compiled kernel (one loaded from Numba's cache may round
+    # differently: float32 rounding; a resumed 'block' run recomputes the scores the hand-off would
+    # have carried: the same); other engines rotate them back when they restore.
     keeps_basis = True
 
     def to_external(self, state: ALSState):
