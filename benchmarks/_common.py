@@ -1,8 +1,11 @@
-"""Shared helpers of benchmarks/quality.py and benchmarks/compare.py.
+"""Shared helpers of the benchmark scripts.
 
-Data sets, their evaluation protocol, machine facts for the results headers,
-peak memory of the current process, and running one measurement in a fresh
-child interpreter (so each library's peak RSS is its own).
+The data folder (one option, ``--data DIR``, or ``$ALSX_DATA``), data sets and their evaluation
+protocol, machine facts for the results headers, peak memory of the current process, and running
+one measurement in a fresh child interpreter (so each library's peak RSS is its own).
+
+Scripts import the installed package (``pip install -e .``, or ``PYTHONPATH=src`` for a checkout that
+is not installed) and this module as ``import _common`` (Python puts a script's own folder on the path).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-DATA = Path(os.environ.get("ALSX_DATA", "/work/shared/data"))
+DATA_ENV = "ALSX_DATA"
+DEFAULT_DATA = ROOT.parent / "shared" / "data"  # ../shared/data next to the repository root
 
 FILES = {
     "gowalla": "gowalla_lightgcn.npz",
@@ -37,6 +41,34 @@ SYNTH100M = {"n_rows": 10_000_000, "n_cols": 2_000_000, "nnz": 100_000_000, "see
 
 
 # ---------------------------------------------------------------------------- data
+
+
+def data_dir() -> Path:
+    """The folder holding the data sets: ``$ALSX_DATA``, else ``../shared/data`` next to the repository."""
+    return Path(os.environ.get(DATA_ENV) or DEFAULT_DATA)
+
+
+def add_data_arg(parser) -> None:
+    """Adds ``--data DIR`` to a benchmark's argument parser; ``use_data`` applies it after parsing."""
+    parser.add_argument("--data", metavar="DIR", type=Path, default=None,
+                        help=f"folder of the data sets (default: ${DATA_ENV}, else ../shared/data next to the "
+                             f"repository; now {data_dir()})")
+
+
+def use_data(args) -> Path:
+    """Applies ``--data``: sets ``$ALSX_DATA`` so child processes read the same folder; returns the folder."""
+    if getattr(args, "data", None) is not None:
+        os.environ[DATA_ENV] = str(Path(args.data).resolve())
+    return data_dir()
+
+
+def data_file(name: str) -> Path:
+    """A file of the data folder, e.g. ``data_file("web_cnr2000.npz")``; an error names the folder and the option."""
+    path = data_dir() / name
+    if not path.exists():
+        raise SystemExit(f"{path}: not found (give --data DIR or set {DATA_ENV} to the folder of the data sets)")
+    return path
+
 
 
 def synthetic_powerlaw(n_rows: int, n_cols: int, nnz: int, seed: int = 0):
@@ -79,7 +111,7 @@ def load(name: str):
         return synthetic_powerlaw(**SYNTH100M)
     from alsx.data.ingest import load_interactions
 
-    x, _ = load_interactions(str(DATA / FILES[name]))
+    x, _ = load_interactions(str(data_file(FILES[name])))
     return x
 
 
@@ -236,8 +268,7 @@ def run_child(script: Path, spec: dict, timeout: float | None = None, nice: int 
     cmd = [sys.executable, str(script), "--child", json.dumps(spec)]
     if nice:
         cmd = ["nice", "-n", str(nice)] + cmd
-    env = dict(os.environ)
-    env.setdefault("PYTHONPATH", str(ROOT / "src"))
+    env = dict(os.environ)  # the child imports the same alsx and reads the same $ALSX_DATA
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -1,35 +1,40 @@
-"""Rebuilds benchmarks/RESULTS.md from the sections each benchmark script writes.
+"""Rebuilds benchmarks/RESULTS.md from the fragments the benchmark scripts write.
 
-Each script owns one fragment (its own markdown file, or the ``## Ingest`` section that
-``ingest_scale.py`` keeps in RESULTS.md itself); this script only concatenates them in a
-fixed order under one summary, so no figure is typed by hand.
+Each script owns one markdown fragment (``results_*.md`` or ``*_report.md``, named in
+FRAGMENTS); this script only concatenates them in a fixed order under one title, so no
+figure in RESULTS.md is typed by hand. The headline table is benchmarks/README.md and
+the session-by-session log is benchmarks/HISTORY.md; both are written by hand and are
+not touched here.
 
-Usage: python benchmarks/collect.py
+Usage: python benchmarks/collect.py [--check]
 """
 
 from __future__ import annotations
 
+import argparse
 import re
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
-FRAGMENTS = [  # (file, what it answers)
-    ("summary.md", "Summary of the figures the issues ask for"),
-    ("results_quality.md", None),
-    ("results_compare.md", None),
-    ("results_solvers.md", None),
-    ("sharding_report.md", None),
-    ("webgraph_report.md", None),
-    ("webgraph_train_report.md", None),
-    ("results_ingest_parts.md", None),
-    ("results_conformance.md", None),
+FRAGMENTS = [  # in the order they appear in RESULTS.md
+    "results_quality.md",
+    "results_compare.md",
+    "results_solvers.md",
+    "sharding_report.md",
+    "webgraph_report.md",
+    "webgraph_train_report.md",
+    "results_ingest_parts.md",
+    "results_conformance.md",
+    "results_ingest.md",
 ]
+HEADER = """# Benchmark results
 
-
-def ingest_section(text: str) -> str:
-    m = re.search(r"^## Ingest\n.*?(?=^## |\Z)", text, re.M | re.S)
-    return m.group(0).rstrip() + "\n" if m else ""
+Every table below is written by the script and command named in it; `python benchmarks/collect.py`
+gathers them here from the fragments (`results_*.md`, `*_report.md`). The current headline figures are
+in [README.md](README.md); what each session measured and changed, in [HISTORY.md](HISTORY.md).
+"""
 
 
 def demote(md: str) -> str:
@@ -39,20 +44,29 @@ def demote(md: str) -> str:
     return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", md, flags=re.M)
 
 
-def main() -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else ""
-    parts = ["# Benchmark results\n", "Every table below is written by the script and command named in it; "
-             "`python benchmarks/collect.py` gathers them here.\n"]
-    for name, _ in FRAGMENTS:
+def build() -> str:
+    """The text of RESULTS.md: HEADER, then every fragment that exists, in FRAGMENTS order."""
+    parts = [HEADER]
+    for name in FRAGMENTS:
         path = HERE / name
         if path.exists():
             parts.append(demote(path.read_text()).rstrip() + "\n")
-    ingest = ingest_section(old)
-    if ingest:
-        parts.append(ingest)
-    RESULTS.write_text("\n".join(parts))
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if RESULTS.md is not what the fragments give")
+    a = p.parse_args(argv)
+    text = build()
+    if a.check:
+        same = RESULTS.exists() and RESULTS.read_text() == text
+        print(f"{RESULTS}: {'up to date' if same else 'stale; run python benchmarks/collect.py'}")
+        return 0 if same else 1
+    RESULTS.write_text(text)
     print(f"wrote {RESULTS}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -42,8 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 JSONL = C.BENCH / "results_compare.jsonl"
 MD = C.BENCH / "results_compare.md"
@@ -590,8 +589,10 @@ def main(argv=None) -> None:
     for lib in GRIDS:
         p.add_argument(f"--grid-{lib}", default=None, help=f"override the {lib} grid: 'key=v1,v2 key2=v3,v4'")
     p.add_argument("--report", action="store_true", help="only rewrite the markdown and the chart")
+    C.add_data_arg(p)
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    C.use_data(args)
     if args.child:
         spec = json.loads(args.child)
         C.emit(CHILDREN[spec["lib"]](spec))

@@ -36,8 +36,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = os.environ.get("ALSX_DATA", str(ROOT.parent / "shared" / "data"))
+import _common as C
+
+ROOT = C.ROOT
 FILE = "web_cnr2000.npz"
 
 
@@ -99,7 +100,7 @@ def machine() -> dict:
 def run_child(cfg: dict) -> dict:
     import tempfile
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ)  # the child imports the same alsx
     env.pop("XLA_FLAGS", None)
     # A fresh Numba cache: the kernels compile in the child as on a user's first run (the cnr
     # divergence showed only with freshly compiled kernels, not with ones loaded from the cache).
@@ -162,8 +163,7 @@ def report(header: dict, pairs: list[tuple[dict, dict, dict]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=DEFAULT_DATA, help="folder of web_cnr2000.npz (default: $ALSX_DATA or "
-                                                            "../shared/data next to the repository)")
+    C.add_data_arg(p)
     p.add_argument("--dims", default="64,256", help="comma-separated embedding dimensions (default %(default)s)")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--backends", default="cpu,jax", help="which to run (both are needed for the comparison)")
@@ -175,14 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-prefix", default=str(ROOT / "benchmarks" / "results_conformance"))
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    C.use_data(a)
     if a.child:
         print(json.dumps(train_one(json.loads(a.child))))
         return 0
     if a.tiny:
         a.max_nodes, a.epochs, a.dims = a.max_nodes or 20000, 5, "64"
-    data = Path(a.data_dir) / FILE
-    if not data.exists():
-        raise SystemExit(f"{data}: not found (give --data-dir or set ALSX_DATA)")
+    data = C.data_file(FILE)
     devices = a.jax_devices or min(os.cpu_count() or 1, 8)
     header = {"command": "python " + " ".join(shlex.quote(x) for x in [os.path.relpath(__file__, ROOT)]
                                                 + (sys.argv[1:] if argv is None else argv)),

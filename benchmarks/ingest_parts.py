@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 MD = C.BENCH / "results_ingest_parts.md"
 
@@ -83,7 +82,7 @@ def run(path: Path, nproc: int) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(C.ROOT / "src"))
+    env = dict(os.environ)  # the children import the same alsx
     env.pop("XLA_FLAGS", None)
     procs = [subprocess.Popen([sys.executable, "-c", CHILD, json.dumps({"path": str(path), "nproc": nproc, "pid": i,
                                                                         "port": port})],

@@ -8,7 +8,7 @@ Generates, in a temporary directory,
 
 ingests each in a fresh child process (so one case's memory does not leak into
 the next) and records wall time and the child's peak RSS (``ru_maxrss``). The
-``## Ingest`` section of benchmarks/RESULTS.md is replaced with the results.
+results go to benchmarks/results_ingest.md (``collect.py`` copies it into RESULTS.md).
 Peak memory is the child's ``VmHWM`` (``ru_maxrss`` where /proc is missing).
 
 Usage:
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+MD = ROOT / "benchmarks" / "results_ingest.md"
 
 
 def peak_rss_gib() -> float:
@@ -52,7 +52,6 @@ def peak_rss_gib() -> float:
 
 def child(path: str) -> None:
     """Runs in a fresh interpreter: ingest ``path`` and print one JSON line."""
-    sys.path.insert(0, str(ROOT / "src"))
     from alsx.data.ingest import load_interactions
 
     base = peak_rss_gib()  # interpreter + imports
@@ -118,17 +117,6 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} logical cores, {mem} RAM, Python {platform.python_version()}, NumPy {np.__version__}"
 
 
-def write_section(text: str) -> None:
-    """Replaces (or appends) the ``## Ingest`` section, leaving other sections untouched."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## Ingest\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text, old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nnz", type=int, default=100_000_000)
@@ -137,7 +125,7 @@ def main() -> None:
     ap.add_argument("--text-lines", type=int, default=20_000_000, help="0 to skip the text edge list")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tmp", default=None, help="directory for the generated files (default: a new temp dir)")
-    ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not write results_ingest.md")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -194,7 +182,8 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        write_section(text)
+        MD.write_text(text)
+        print(f"wrote {MD}; run python benchmarks/collect.py to update RESULTS.md")
 
 
 if __name__ == "__main__":

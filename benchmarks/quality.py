@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 JSONL = C.BENCH / "results_quality.jsonl"
 MD = C.BENCH / "results_quality.md"
@@ -231,8 +230,10 @@ def main(argv=None) -> None:
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--force", action="store_true")
     p.add_argument("--report", action="store_true")
+    C.add_data_arg(p)
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    C.use_data(a)
     if a.child:
         C.emit(child(json.loads(a.child)))
         return

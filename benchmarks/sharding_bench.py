@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+import _common as C
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("ALSX_DATA", "/work/shared/data")) / "web_cnr2000.npz"
 REPORT = ROOT / "benchmarks" / "sharding_report.md"
 RESULTS = ROOT / "benchmarks" / "sharding_results.json"
 
@@ -32,7 +32,7 @@ RESULTS = ROOT / "benchmarks" / "sharding_results.json"
 def load_cnr():
     from alsx.data.matrix import coo_to_csr
 
-    z = np.load(DATA)
+    z = np.load(C.data_file("web_cnr2000.npz"))
     n, m = (int(x) for x in z["shape"])
     r, c = z["rows"], z["cols"]
     v = np.ones(len(r), np.float32)
@@ -176,8 +176,7 @@ def balance_table() -> list[dict]:
 
 
 def run_child(P: int, args, extra: list[str] | None = None) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={P}",
-               PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={P}")  # the same alsx, data folder
     cmd = [sys.executable, __file__, "--child", "--dim", str(args.dim), "--epochs", str(args.epochs),
            "--solver", args.solver] + (["--local"] if P in args.local_for and not extra else []) + (extra or [])
     t = time.perf_counter()
@@ -318,10 +317,12 @@ def main() -> None:
                     help="device counts whose child also times LocalEngine")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved epochs per engine for P=2 vs 1")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from sharding_results.json")
+    C.add_data_arg(ap)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--interleave", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--local", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    C.use_data(args)
     if args.child:
         interleave(args) if args.interleave else child(args)
         return

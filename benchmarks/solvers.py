@@ -40,8 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 JSONL = C.BENCH / "results_solvers.jsonl"
 MD = C.BENCH / "results_solvers.md"
@@ -361,8 +360,10 @@ def main(argv=None) -> None:
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--only", default="", help="linear task: run only these LIB:DATASET pairs, e.g. alsx:synth100m")
     p.add_argument("--report", action="store_true")
+    C.add_data_arg(p)
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    C.use_data(a)
     if a.child:
         import json
 

@@ -2,8 +2,10 @@
 
 Usage (from the repository root)::
 
-    PYTHONPATH=src nice -n 10 python benchmarks/webgraph_synth_report.py \
-        [--cnr /work/shared/data/web_cnr2000.npz] [--out benchmarks/webgraph_report.md] [--seed 0]
+    nice -n 10 python benchmarks/webgraph_synth_report.py \
+        [--data DIR] [--out benchmarks/webgraph_report.md] [--seed 0]
+
+``DIR`` holds web_cnr2000.npz (default: ``$ALSX_DATA``, else ../shared/data next to the repository).
 
 Generates a graph with cnr-2000's node and arc counts (defaults of
 ``synth_webgraph`` except ``dangling_fraction``, set to cnr-2000's share of
@@ -27,8 +29,7 @@ import numpy as np
 from alsx.webgraph.stats import dataset_stats, edges_to_csr_pair, graph_stats
 from alsx.webgraph.synthetic import synth_webgraph
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 REPORT = Path(__file__).with_name("webgraph_report.md")
 
@@ -89,12 +90,14 @@ def table(real: dict[str, Any], syn: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cnr", default="/work/shared/data/web_cnr2000.npz")
+    C.add_data_arg(ap)
     ap.add_argument("--out", default=str(REPORT))
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    C.use_data(a)
+    cnr = C.data_file("web_cnr2000.npz")
 
-    z = np.load(a.cnr)
+    z = np.load(cnr)
     n = int(z["shape"][0])
     csr, csc = edges_to_csr_pair(z["rows"], z["cols"], n)
     real = graph_stats(csr, csc)
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         syn = dataset_stats(ds)
         params = ds.manifest["params"]
         counts = ds.manifest["counts"]
-    cmd = "PYTHONPATH=src nice -n 10 python " + " ".join(shlex.quote(x) for x in [sys.argv[0].split("/work/main/")[-1], *(argv or sys.argv[1:])])
+    script = str(Path(__file__).resolve().relative_to(C.ROOT))
+    cmd = "nice -n 10 python " + shlex.join([script, *(sys.argv[1:] if argv is None else argv)])
     body = f"""## Synthetic generator vs cnr-2000
 
 Command: `{cmd}`
@@ -117,7 +121,7 @@ Synthetic graph: `synth_webgraph(out, {n:,}, {real['arcs']:,}, seed={a.seed}, da
 other parameters at their defaults (locality {params['locality']}, reciprocity {params['reciprocity']},
 self_link_fraction {params['self_link_fraction']}, alpha_out {params['alpha_out']}, alpha_in {params['alpha_in']},
 {params['n_hosts']:,} hosts); {counts['generated_edges']:,} arcs generated, {counts['duplicates_removed']:,} repeats removed,
-{secs:.1f} s. The real graph is `{a.cnr}` (LAW cnr-2000). Reciprocity counts a self-loop as its own reverse,
+{secs:.1f} s. The real graph is `{cnr.name}` (LAW cnr-2000). Reciprocity counts a self-loop as its own reverse,
 which is how cnr-2000's published 27.0 % is obtained.
 
 {table(real, syn)}

@@ -2,8 +2,8 @@
 
 Usage (from the repository root, alone on the machine)::
 
-    PYTHONPATH=src python benchmarks/webgraph_synth_scale.py --nodes 5.7e6 --edges 8.2e8 --out /tmp/wg_scale
-    PYTHONPATH=src python benchmarks/webgraph_synth_scale.py --nodes 5.7e6 --edges 1e8 2e8 --out /tmp/wg_scale
+    python benchmarks/webgraph_synth_scale.py --nodes 5.7e6 --edges 8.2e8 --out /tmp/wg_scale
+    python benchmarks/webgraph_synth_scale.py --nodes 5.7e6 --edges 1e8 2e8 --out /tmp/wg_scale
 
 Each size runs ``python -m alsx.webgraph.cli webgraph synth`` under ``nice -n 10``;
 the parent samples the child's /proc status and io every 0.5 s (anonymous and
@@ -25,8 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from webgraph_synth_report import REPORT, machine, replace_section  # noqa: E402
+from _common import machine
+from webgraph_synth_report import REPORT, replace_section
 
 
 def _status_kib(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     argv_s = " ".join(argv if argv is not None else sys.argv[1:])
     body = f"""## Synthetic generator at scale
 
-Command: `PYTHONPATH=src python benchmarks/webgraph_synth_scale.py {argv_s}`
+Command: `python benchmarks/webgraph_synth_scale.py {argv_s}`
 (each size runs `{rows[0]['cmd']}` with the sizes substituted, under `nice -n 10`).
 
 Machine: {machine()}; shared with other developers' jobs while it ran, so times are upper bounds.

@@ -1,13 +1,13 @@
 """ALX-style WebGraph training table: streaming iALS on on-disk datasets.
 
-    PYTHONPATH=src nice -n 5 python benchmarks/webgraph_train.py run NAME [NAME ...]
-    PYTHONPATH=src python benchmarks/webgraph_train.py table
+    nice -n 5 python benchmarks/webgraph_train.py run NAME [NAME ...] [--data DIR]
+    python benchmarks/webgraph_train.py table
 
 Each NAME is built (once) into ``--root/NAME`` and then trained in a child process
 (``child`` sub-command) so its peak RSS (VmHWM) is its own; results are appended to
 ``benchmarks/webgraph_train_results.jsonl`` and ``table`` renders the markdown.
 
-Names: ``cnr2000`` (LAW cnr-2000 from /work/shared/data/web_cnr2000.npz, 10 % of rows
+Names: ``cnr2000`` (LAW cnr-2000 from the data folder's web_cnr2000.npz, 10 % of rows
 held out) and synthetic stand-ins ``NODES:EDGES`` (e.g. ``500000:120000000``) from
 ``synth_webgraph`` with the same held-out split.
 """
@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+import _common as C
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "webgraph_train_results.jsonl"
-CNR = Path("/work/shared/data/web_cnr2000.npz")
 
 
 def build(name: str, root: Path) -> tuple[Path, float]:
@@ -39,7 +40,7 @@ def build(name: str, root: Path) -> tuple[Path, float]:
     if name == "cnr2000":
         from alsx.webgraph.build import build_webgraph
 
-        z = np.load(CNR)
+        z = np.load(C.data_file("web_cnr2000.npz"))
         edges = root / "cnr2000.edges.txt"
         root.mkdir(parents=True, exist_ok=True)
         np.savetxt(edges, np.stack([z["rows"], z["cols"]], 1), fmt="%d", delimiter="\t")
@@ -145,6 +146,7 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("names", nargs="+")
     r.add_argument("--root", default="/tmp/alsx_wgtrain")
+    C.add_data_arg(r)
     for q in (c, r):
         q.add_argument("--dim", type=int, default=64)
         q.add_argument("--epochs", type=int, default=3)
@@ -155,6 +157,7 @@ def main() -> None:
         q.add_argument("--tied", action="store_true")
     sub.add_parser("table")
     a = p.parse_args()
+    C.use_data(a)
     {"child": child, "run": run, "table": table}[a.cmd](a)
 
 
