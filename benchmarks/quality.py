@@ -165,7 +165,10 @@ def write_report() -> None:
     lines += ["Commands: " + "; ".join(f"`{c}`" for c in cmds), "", "![quality against d](quality.png)", "",
               f"Machine: {C.machine()}. Shared with other developers: the load average (2 cores) shows how "
               "contended each run was, so seconds are noisy.", ""]
-    MD.write_text("\n".join(lines))
+    # Hand-written notes after the generated part (from "### Notes" on) survive a rewrite.
+    old = MD.read_text() if MD.exists() else ""
+    notes = old[old.index("\n### Notes") :] if "\n### Notes" in old else ""
+    MD.write_text("\n".join(lines).rstrip("\n") + ("\n" + notes if notes else "\n"))
     try:
         plot(rows)
     except Exception as e:
