@@ -34,8 +34,13 @@ FILES = {
     "cnr": "web_cnr2000.npz",
 }
 # Protocol per data set: the split shipped with the data, or held-out rows (strong generalisation).
-PROTOCOL = {"gowalla": "given", "ml1m": "given", "cnr": "heldout_rows", "synth10m": "heldout_rows",
-            "synth100m": "heldout_rows"}
+PROTOCOL = {
+    "gowalla": "given",
+    "ml1m": "given",
+    "cnr": "heldout_rows",
+    "synth10m": "heldout_rows",
+    "synth100m": "heldout_rows",
+}
 SYNTH = {"n_rows": 1_000_000, "n_cols": 200_000, "nnz": 10_000_000, "seed": 0}
 SYNTH100M = {"n_rows": 10_000_000, "n_cols": 2_000_000, "nnz": 100_000_000, "seed": 0}  # SYNTH x 10
 
@@ -50,9 +55,14 @@ def data_dir() -> Path:
 
 def add_data_arg(parser) -> None:
     """Adds ``--data DIR`` to a benchmark's argument parser; ``use_data`` applies it after parsing."""
-    parser.add_argument("--data", metavar="DIR", type=Path, default=None,
-                        help=f"folder of the data sets (default: ${DATA_ENV}, else ../shared/data next to the "
-                             f"repository; now {data_dir()})")
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help=f"folder of the data sets (default: ${DATA_ENV}, else ../shared/data next to the "
+        f"repository; now {data_dir()})",
+    )
 
 
 def use_data(args) -> Path:
@@ -68,7 +78,6 @@ def data_file(name: str) -> Path:
     if not path.exists():
         raise SystemExit(f"{path}: not found (give --data DIR or set {DATA_ENV} to the folder of the data sets)")
     return path
-
 
 
 def synthetic_powerlaw(n_rows: int, n_cols: int, nnz: int, seed: int = 0):
@@ -137,8 +146,11 @@ def split_of(name: str, x):
         return split
     rows = eval_rows(split)
     keep = np.sort(np.random.default_rng(0).choice(rows, size=min(EVAL_SAMPLE[name], rows.size), replace=False))
-    return dataclasses.replace(split, test=split.test.select(np.isin(split.test.rows, keep)),
-                               foldin=split.foldin.select(np.isin(split.foldin.rows, keep)))
+    return dataclasses.replace(
+        split,
+        test=split.test.select(np.isin(split.test.rows, keep)),
+        foldin=split.foldin.select(np.isin(split.foldin.rows, keep)),
+    )
 
 
 def train_cache(name: str) -> Path:
@@ -243,8 +255,10 @@ def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     import jax
 
-    return (f"{cpu}, {os.cpu_count()} logical cores, {mem:.1f} GiB RAM, no GPU (JAX {jax.__version__} "
-            f"on {jax.default_backend()}), Python {platform.python_version()}, NumPy {np.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, {mem:.1f} GiB RAM, no GPU (JAX {jax.__version__} "
+        f"on {jax.default_backend()}), Python {platform.python_version()}, NumPy {np.__version__}"
+    )
 
 
 def now() -> str:
@@ -298,7 +312,7 @@ def append_jsonl(path: Path, obj: dict) -> None:
 def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def fmt(v, nd=4):

@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -102,18 +100,36 @@ def child_alsx(spec: dict) -> dict:
     out = []
     for i, cfg in enumerate(spec["configs"]):
         t0 = time.perf_counter()
-        m = alsx.ALS(dim=spec["dim"], epochs=spec["epochs"], progress=False, seed=0,
-                     backend=spec.get("alsx_backend", "jax"), **cfg).fit(split.train)
+        m = alsx.ALS(
+            dim=spec["dim"],
+            epochs=spec["epochs"],
+            progress=False,
+            seed=0,
+            backend=spec.get("alsx_backend", "jax"),
+            **cfg,
+        ).fit(split.train)
         fit_wall = time.perf_counter() - t0
         rss_fit = _rss()
         t1 = time.perf_counter()
-        ev = (evaluate(m.row_embeddings_, m.col_embeddings_, split, m.hparams, KS, baseline=(i == 0))
-              if spec.get("evaluate", True) else {"model": {}})
-        out.append({"config": cfg, "engine": m.engine_name_, "epoch_s": [r["seconds"] for r in m.history_],
-                    "loss_s": [r["loss_seconds"] for r in m.history_], "fit_wall_s": fit_wall,
-                    "pack_s": m.pack_stats_.seconds if m.pack_stats_ else None,
-                    "eval_s": time.perf_counter() - t1, "metrics": ev["model"],
-                    "popularity": ev.get("popularity"), "peak_rss_fit_gib": rss_fit})
+        ev = (
+            evaluate(m.row_embeddings_, m.col_embeddings_, split, m.hparams, KS, baseline=(i == 0))
+            if spec.get("evaluate", True)
+            else {"model": {}}
+        )
+        out.append(
+            {
+                "config": cfg,
+                "engine": m.engine_name_,
+                "epoch_s": [r["seconds"] for r in m.history_],
+                "loss_s": [r["loss_seconds"] for r in m.history_],
+                "fit_wall_s": fit_wall,
+                "pack_s": m.pack_stats_.seconds if m.pack_stats_ else None,
+                "eval_s": time.perf_counter() - t1,
+                "metrics": ev["model"],
+                "popularity": ev.get("popularity"),
+                "peak_rss_fit_gib": rss_fit,
+            }
+        )
     return {"runs": out, "rss_load_gib": rss_load, "peak_rss_gib": _rss()}
 
 
@@ -134,24 +150,34 @@ def child_implicit(spec: dict) -> dict:
         for cfg in spec["configs"]:
             times: list[float] = []
             kw = {k: v for k, v in cfg.items() if k != "cg_steps"}
-            model = AlternatingLeastSquares(factors=spec["dim"], iterations=spec["epochs"], num_threads=2,
-                                            random_state=0, use_cg=True, **kw)
+            model = AlternatingLeastSquares(
+                factors=spec["dim"], iterations=spec["epochs"], num_threads=2, random_state=0, use_cg=True, **kw
+            )
             model.cg_steps = int(cfg.get("cg_steps", 3))  # an attribute in implicit 0.7, not an argument
             t0 = time.perf_counter()
-            model.fit(ui, show_progress=False, callback=lambda it, el, loss: times.append(el))
+            model.fit(ui, show_progress=False, callback=lambda it, el, loss, times=times: times.append(el))
             fit_wall = time.perf_counter() - t0
             rss_fit = _rss()
             t1 = time.perf_counter()
             if not spec.get("evaluate", True):
                 ids = None
             elif split.foldin is not None:
-                ids, _ = model.recommend(np.arange(len(rows)), hist, N=max(KS), filter_already_liked_items=True,
-                                         recalculate_user=True)
+                ids, _ = model.recommend(
+                    np.arange(len(rows)), hist, N=max(KS), filter_already_liked_items=True, recalculate_user=True
+                )
             else:
                 ids, _ = model.recommend(rows, hist, N=max(KS), filter_already_liked_items=True)
             metrics = ranking_metrics(np.asarray(ids), truth, KS) if ids is not None else {}
-            out.append({"config": cfg, "epoch_s": times, "fit_wall_s": fit_wall, "eval_s": time.perf_counter() - t1,
-                        "metrics": metrics, "peak_rss_fit_gib": rss_fit})
+            out.append(
+                {
+                    "config": cfg,
+                    "epoch_s": times,
+                    "fit_wall_s": fit_wall,
+                    "eval_s": time.perf_counter() - t1,
+                    "metrics": metrics,
+                    "peak_rss_fit_gib": rss_fit,
+                }
+            )
     return {"runs": out, "rss_load_gib": rss_load, "peak_rss_gib": _rss()}
 
 
@@ -186,24 +212,38 @@ def child_spark(spec: dict) -> dict:
     split = C.split_of(spec["dataset"], x)
     rows, truth, history = C.eval_parts(split)
     n_rows, n_cols = split.train.shape
-    spark = (SparkSession.builder.master("local[2]").appName("alsx-compare")
-             .config("spark.driver.memory", spec.get("spark_memory", "10g"))
-             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-             .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "8")
-             .getOrCreate())
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .appName("alsx-compare")
+        .config("spark.driver.memory", spec.get("spark_memory", "10g"))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "8")
+        .getOrCreate()
+    )
     spark.sparkContext.setLogLevel("ERROR")
     t0 = time.perf_counter()
-    pdf = pd.DataFrame({"u": split.train.rows, "i": split.train.cols,
-                        "r": np.ones(split.train.nnz, np.float32)})
+    pdf = pd.DataFrame({"u": split.train.rows, "i": split.train.cols, "r": np.ones(split.train.nnz, np.float32)})
     df = spark.createDataFrame(pdf).repartition(8).cache()
     df.count()
     load_s = time.perf_counter() - t0
     rss_load = _rss()
     out = []
     for cfg in spec["configs"]:
-        def fit(iters):
-            als = ALS(rank=spec["dim"], maxIter=iters, implicitPrefs=True, userCol="u", itemCol="i",
-                      ratingCol="r", seed=0, numUserBlocks=8, numItemBlocks=8, **cfg)
+
+        def fit(iters, cfg=cfg):
+            als = ALS(
+                rank=spec["dim"],
+                maxIter=iters,
+                implicitPrefs=True,
+                userCol="u",
+                itemCol="i",
+                ratingCol="r",
+                seed=0,
+                numUserBlocks=8,
+                numItemBlocks=8,
+                **cfg,
+            )
             t = time.perf_counter()
             m = als.fit(df)  # ALS.train materialises both factor tables before returning
             return m, time.perf_counter() - t
@@ -233,10 +273,19 @@ def child_spark(spec: dict) -> dict:
         per_epoch = ((fit_wall - one_wall) / (spec["epochs"] - 1)) if one_wall is not None else None
         jvm = [p for p in psutil.Process(os.getpid()).children(recursive=True) if "java" in p.name()]
         jvm_hwm = max((C.proc_hwm_gib(p.pid) for p in jvm), default=float("nan"))
-        out.append({"config": cfg, "epoch_s": [per_epoch] if per_epoch is not None else [],
-                    "fit_wall_s": fit_wall, "one_iter_wall_s": one_wall, "eval_s": time.perf_counter() - t1,
-                    "metrics": metrics, "peak_rss_fit_gib": _rss(), "jvm_peak_rss_gib": jvm_hwm,
-                    "df_load_s": load_s})
+        out.append(
+            {
+                "config": cfg,
+                "epoch_s": [per_epoch] if per_epoch is not None else [],
+                "fit_wall_s": fit_wall,
+                "one_iter_wall_s": one_wall,
+                "eval_s": time.perf_counter() - t1,
+                "metrics": metrics,
+                "peak_rss_fit_gib": _rss(),
+                "jvm_peak_rss_gib": jvm_hwm,
+                "df_load_s": load_s,
+            }
+        )
     spark.stop()
     return {"runs": out, "rss_load_gib": rss_load, "peak_rss_gib": _rss()}
 
@@ -251,6 +300,7 @@ def grid_configs(lib: str, override: str | None = None) -> list[dict]:
     """The 3x3 grid of ``lib``, or ``override`` as 'key=v1,v2,.. key2=..'."""
     g = GRIDS[lib]
     if override:
+
         def num(v: str):  # cg_steps stays an int; a word (init=uniform) stays a string
             if v.lstrip("-").isdigit():
                 return int(v)
@@ -261,16 +311,25 @@ def grid_configs(lib: str, override: str | None = None) -> list[dict]:
 
         g = {kv.split("=")[0]: [num(v) for v in kv.split("=")[1].split(",")] for kv in override.split()}
     keys = list(g)
-    return [dict(zip(keys, vals)) for vals in itertools.product(*(g[k] for k in keys))]
+    return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(g[k] for k in keys))]
 
 
-def best_config(records: list[dict], lib: str, dataset: str, dim: int | None = None, epochs: int | None = None,
-                metric: str = "recall@20") -> dict | None:
+def best_config(
+    records: list[dict],
+    lib: str,
+    dataset: str,
+    dim: int | None = None,
+    epochs: int | None = None,
+    metric: str = "recall@20",
+) -> dict | None:
     """Best grid point of lib on dataset: from the grid at ``dim`` and ``epochs`` if there is one, else at
     ``dim`` and any number of epochs, else at any d (a 10-epoch optimum need not be the 5-epoch one)."""
     best = None
-    grids = [r for r in records if r.get("task") == "grid" and r.get("lib") == lib and r.get("dataset") == dataset
-             and "runs" in r]
+    grids = [
+        r
+        for r in records
+        if r.get("task") == "grid" and r.get("lib") == lib and r.get("dataset") == dataset and "runs" in r
+    ]
     if any(r["dim"] == dim for r in grids):
         grids = [r for r in grids if r["dim"] == dim]
     if any(r["epochs"] == epochs for r in grids):
@@ -286,7 +345,7 @@ def best_config(records: list[dict], lib: str, dataset: str, dim: int | None = N
 def main_parent(args) -> None:
     datasets = [d for d in args.datasets.split(",") if d]
     dims = [int(d) for d in args.dims.split(",") if d]
-    libs = [l for l in args.libs.split(",") if l]
+    libs = [lib for lib in args.libs.split(",") if lib]
     records = C.read_jsonl(JSONL)
     for ds in datasets:
         for d in dims:
@@ -295,27 +354,46 @@ def main_parent(args) -> None:
                     configs = grid_configs(lib, getattr(args, f"grid_{lib}"))
                 else:
                     configs = [best_config(records, lib, ds, d, args.epochs) or DEFAULTS[lib]]
-                spec = {"lib": lib, "dataset": ds, "dim": d, "epochs": args.epochs, "configs": configs,
-                        "task": args.task, "spark_memory": args.spark_memory,
-                        "spark_one_iter": args.task == "speed", "alsx_devices": args.alsx_devices,
-                        "alsx_backend": args.alsx_backend, "evaluate": ds not in args.no_eval.split(",")}
-                print(f"[{C.now()}] {args.task} {lib} {ds} d={d} epochs={args.epochs} load {C.loadavg()}",
-                      flush=True)
+                spec = {
+                    "lib": lib,
+                    "dataset": ds,
+                    "dim": d,
+                    "epochs": args.epochs,
+                    "configs": configs,
+                    "task": args.task,
+                    "spark_memory": args.spark_memory,
+                    "spark_one_iter": args.task == "speed",
+                    "alsx_devices": args.alsx_devices,
+                    "alsx_backend": args.alsx_backend,
+                    "evaluate": ds not in args.no_eval.split(","),
+                }
+                print(f"[{C.now()}] {args.task} {lib} {ds} d={d} epochs={args.epochs} load {C.loadavg()}", flush=True)
                 load0 = C.loadavg()
                 res = C.run_child(Path(__file__), spec, timeout=args.timeout)
-                res.update({k: spec[k] for k in ("lib", "dataset", "dim", "epochs", "task", "alsx_devices",
-                                                 "alsx_backend")})
-                res.update({"date": C.now(), "loadavg_start": load0, "loadavg_end": C.loadavg(),
-                            "command": C.command_line(), "invocation": INVOCATION})
+                res.update(
+                    {k: spec[k] for k in ("lib", "dataset", "dim", "epochs", "task", "alsx_devices", "alsx_backend")}
+                )
+                res.update(
+                    {
+                        "date": C.now(),
+                        "loadavg_start": load0,
+                        "loadavg_end": C.loadavg(),
+                        "command": C.command_line(),
+                        "invocation": INVOCATION,
+                    }
+                )
                 C.append_jsonl(JSONL, res)
                 records.append(res)
                 if "error" in res:
                     print("   ERROR", res["error"][-600:], flush=True)
                 else:
                     for run in res["runs"]:
-                        print(f"   {run['config']} r@20={run['metrics'].get('recall@20', float('nan')):.4f} "
-                              f"s/epoch={_per_epoch(lib, run):.2f} fit={run['fit_wall_s']:.1f}s "
-                              f"rss={res['peak_rss_gib']:.2f}GiB", flush=True)
+                        print(
+                            f"   {run['config']} r@20={run['metrics'].get('recall@20', float('nan')):.4f} "
+                            f"s/epoch={_per_epoch(lib, run):.2f} fit={run['fit_wall_s']:.1f}s "
+                            f"rss={res['peak_rss_gib']:.2f}GiB",
+                            flush=True,
+                        )
     write_report()
 
 
@@ -399,14 +477,18 @@ def _grid_tables(lib: str, ds: str, d: int, r: dict) -> list[str]:
         val: dict[tuple, list[float]] = {}  # a point measured twice (named and unnamed default) shows both
         for run in runs:
             val.setdefault((run["config"][main[0]], run["config"][main[1]]), []).append(run["metrics"]["recall@20"])
-        fixed = ", ".join(f"{k}={_g(v)}" for k, v in zip(extra, ex))
-        out += [f"{lib} on {ds}, d={d}, {r['epochs']} epochs{', ' + fixed if fixed else ''} "
-                f"(rows {main[0]}, columns {main[1]}):", "",
-                "| " + main[0] + " \\ " + main[1] + " | " + " | ".join(f"{b:g}" for b in b_vals) + " |",
-                "|---|" + "---:|" * len(b_vals)]
+        fixed = ", ".join(f"{k}={_g(v)}" for k, v in zip(extra, ex, strict=True))
+        out += [
+            f"{lib} on {ds}, d={d}, {r['epochs']} epochs{', ' + fixed if fixed else ''} "
+            f"(rows {main[0]}, columns {main[1]}):",
+            "",
+            "| " + main[0] + " \\ " + main[1] + " | " + " | ".join(f"{b:g}" for b in b_vals) + " |",
+            "|---|" + "---:|" * len(b_vals),
+        ]
         for a in a_vals:
-            out.append(f"| {a:g} | " + " | ".join(" / ".join(C.fmt(v) for v in val.get((a, b), [None]))
-                                                  for b in b_vals) + " |")
+            out.append(
+                f"| {a:g} | " + " | ".join(" / ".join(C.fmt(v) for v in val.get((a, b), [None])) for b in b_vals) + " |"
+            )
         out.append("")
     return out
 
@@ -418,25 +500,30 @@ def write_report() -> None:
     speed = [r for r in records if r.get("task") == "speed"]
 
     if grid:
-        lines += ["### Quality, each library tuned on its own 3×3 grid (same d and epochs)", "",
-                  f"- Grids: alsx λ ∈ {GRIDS['alsx']['reg']} × α0 ∈ {GRIDS['alsx']['unobserved_weight']} "
-                  f"(ν = 1, CG 3 steps); implicit regularization ∈ {GRIDS['implicit']['regularization']} × "
-                  f"alpha ∈ {GRIDS['implicit']['alpha']} (confidence α·1 on observed pairs, weight 1 on the rest, "
-                  "CG 3 steps). Where a best point sat on the grid's edge the grid was extended "
-                  "in that direction (the full grids below list every point measured). Further keys were tuned "
-                  "on some grids (alsx `init`, `init_scale`, `nu`; both libraries `cg_steps`); each such setting has its "
-                  "own table below. Grids are kept apart by epochs: the optimum at 5 epochs is not the one at 10. "
-                  "Each grid point is scored on the test part (no separate validation set), "
-                  "so both libraries' numbers are equally optimistic.",
-                  "- recall@k divides hits by min(k, |gt|); recall_gt@k by |gt| (LightGCN convention). "
-                  "Each library's top-50 (history excluded) is scored by `alsx.eval.metrics.ranking_metrics`.",
-                  "- ml1m: the shipped split; cnr: held-out rows (10 % of rows, 80 % history folded in, seed 0; "
-                  "alsx folds in exactly with its training λ, implicit with `recommend(recalculate_user=True)`).",
-                  ""]
+        lines += [
+            "### Quality, each library tuned on its own 3×3 grid (same d and epochs)",
+            "",
+            f"- Grids: alsx λ ∈ {GRIDS['alsx']['reg']} × α0 ∈ {GRIDS['alsx']['unobserved_weight']} "
+            f"(ν = 1, CG 3 steps); implicit regularization ∈ {GRIDS['implicit']['regularization']} × "
+            f"alpha ∈ {GRIDS['implicit']['alpha']} (confidence α·1 on observed pairs, weight 1 on the rest, "
+            "CG 3 steps). Where a best point sat on the grid's edge the grid was extended "
+            "in that direction (the full grids below list every point measured). Further keys were tuned "
+            "on some grids (alsx `init`, `init_scale`, `nu`; both libraries `cg_steps`); each such setting has its "
+            "own table below. Grids are kept apart by epochs: the optimum at 5 epochs is not the one at 10. "
+            "Each grid point is scored on the test part (no separate validation set), "
+            "so both libraries' numbers are equally optimistic.",
+            "- recall@k divides hits by min(k, |gt|); recall_gt@k by |gt| (LightGCN convention). "
+            "Each library's top-50 (history excluded) is scored by `alsx.eval.metrics.ranking_metrics`.",
+            "- ml1m: the shipped split; cnr: held-out rows (10 % of rows, 80 % history folded in, seed 0; "
+            "alsx folds in exactly with its training λ, implicit with `recommend(recalculate_user=True)`).",
+            "",
+        ]
         latest = _merged_grids(grid)
-        lines += ["| data | d | epochs | library | best config | recall@20 | recall@50 | recall_gt@20 | ndcg@20 | "
-                  "popularity recall@20 | date | load avg |",
-                  "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|---|"]
+        lines += [
+            "| data | d | epochs | library | best config | recall@20 | recall@50 | recall_gt@20 | ndcg@20 | "
+            "popularity recall@20 | date | load avg |",
+            "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|---|",
+        ]
         for (lib, ds, d, _), r in sorted(latest.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3], kv[0][0])):
             if "runs" not in r:
                 lines.append(f"| {ds} | {d} | {r['epochs']} | {lib} | failed: {r['error'][:80]} |||||||")
@@ -444,13 +531,18 @@ def write_report() -> None:
             b = max(r["runs"], key=lambda run: run["metrics"]["recall@20"])
             m = b["metrics"]
             seen = {k: [_full(lib, x["config"])[k] for x in r["runs"]] for k in b["config"]}
-            edge = [k for k, v in seen.items() if len(set(v)) > 1 and isinstance(b["config"][k], (int, float))
-                    and b["config"][k] in (min(v), max(v))]  # a word (init=uniform) has no edge
+            edge = [
+                k
+                for k, v in seen.items()
+                if len(set(v)) > 1 and isinstance(b["config"][k], (int, float)) and b["config"][k] in (min(v), max(v))
+            ]  # a word (init=uniform) has no edge
             edge_note = f" (edge of grid: {', '.join(edge)})" if edge else ""
             pop = next((run["popularity"] for run in r["runs"] if run.get("popularity")), None)
-            lines.append(f"| {ds} | {d} | {r['epochs']} | {lib} | {_cfg(b['config'])}{edge_note} | {m['recall@20']:.4f} | "
-                         f"{m['recall@50']:.4f} | {m['recall_gt@20']:.4f} | {m['ndcg@20']:.4f} | "
-                         f"{C.fmt(pop['recall@20']) if pop else '–'} | {r['date']} | {r['loadavg_start']} |")
+            lines.append(
+                f"| {ds} | {d} | {r['epochs']} | {lib} | {_cfg(b['config'])}{edge_note} | {m['recall@20']:.4f} | "
+                f"{m['recall@50']:.4f} | {m['recall_gt@20']:.4f} | {m['ndcg@20']:.4f} | "
+                f"{C.fmt(pop['recall@20']) if pop else '–'} | {r['date']} | {r['loadavg_start']} |"
+            )
         lines += ["", "Full grids (recall@20):", ""]
         for (lib, ds, d, _), r in sorted(latest.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3], kv[0][0])):
             if "runs" not in r:
@@ -460,21 +552,24 @@ def write_report() -> None:
         lines += ["Commands: " + "; ".join(f"`{c}`" for c in cmds), ""]
 
     if speed:
-        lines += ["### Speed (seconds per epoch, same d and epochs, run back to back)", "",
-                  "- s/epoch: mean of epochs 2..E (alsx's first epoch holds the XLA compile, reported as "
-                  "'compile' = epoch 1 − s/epoch; implicit is treated alike). Spark: (fit(E) − fit(1)) / (E − 1) "
-                  "in one session, so session start, data loading and the first iteration are excluded.",
-                  "- alsx computes the training loss after each epoch inside `fit`; its cost is not in s/epoch "
-                  "but is in 'fit wall'.",
-                  "- Peak RSS: VmHWM of the child process that loaded the data and trained (before evaluation); "
-                  "for Spark also the JVM's VmHWM.",
-                  "- Hyper-parameters (column 'config'): the library's best grid point above at the same d and "
-                  "epochs where there is one, else at the same d, else alsx λ=0.003 α0=0.03, "
-                  "implicit reg=10 α=10, Spark regParam=0.1 α=10. Recall@20: min(k,|gt|) denominator.",
-                  "",
-                  "| data | d | library | s/epoch | alsx ÷ implicit | compile s | fit wall s | epochs | recall@20 | "
-                  "peak RSS GiB | config | date | load avg start→end |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
+        lines += [
+            "### Speed (seconds per epoch, same d and epochs, run back to back)",
+            "",
+            "- s/epoch: mean of epochs 2..E (alsx's first epoch holds the XLA compile, reported as "
+            "'compile' = epoch 1 − s/epoch; implicit is treated alike). Spark: (fit(E) − fit(1)) / (E − 1) "
+            "in one session, so session start, data loading and the first iteration are excluded.",
+            "- alsx computes the training loss after each epoch inside `fit`; its cost is not in s/epoch "
+            "but is in 'fit wall'.",
+            "- Peak RSS: VmHWM of the child process that loaded the data and trained (before evaluation); "
+            "for Spark also the JVM's VmHWM.",
+            "- Hyper-parameters (column 'config'): the library's best grid point above at the same d and "
+            "epochs where there is one, else at the same d, else alsx λ=0.003 α0=0.03, "
+            "implicit reg=10 α=10, Spark regParam=0.1 α=10. Recall@20: min(k,|gt|) denominator.",
+            "",
+            "| data | d | library | s/epoch | alsx ÷ implicit | compile s | fit wall s | epochs | recall@20 | "
+            "peak RSS GiB | config | date | load avg start→end |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+        ]
         order = {"cnr": 0, "gowalla": 1, "ml1m": 2, "synth10m": 3}
         libs = ["alsx", "implicit", "spark"]
         # Every run is listed (repeats included); alsx ÷ implicit pairs runs of one invocation.
@@ -483,11 +578,14 @@ def write_report() -> None:
             latest[(r["lib"], r["dataset"], r["dim"], i)] = r
         inv = lambda r: r.get("invocation", r["command"])  # noqa: E731
         same_cmd = {(r["lib"], r["dataset"], r["dim"], inv(r)): r for r in speed}
-        for (lib, ds, d, _), r in sorted(latest.items(), key=lambda kv: (order.get(kv[0][1], 9), kv[0][2],
-                                                                         kv[1]["date"][:16], libs.index(kv[0][0]))):
+        for (lib, ds, d, _), r in sorted(
+            latest.items(), key=lambda kv: (order.get(kv[0][1], 9), kv[0][2], kv[1]["date"][:16], libs.index(kv[0][0]))
+        ):
             if "runs" not in r:
-                lines.append(f"| {ds} | {d} | {lib} | infeasible/failed: {r['error'][:120].replace('|', '/')} "
-                             f"|||||||||| {r['date']} | {r['loadavg_start']} |")
+                lines.append(
+                    f"| {ds} | {d} | {lib} | infeasible/failed: {r['error'][:120].replace('|', '/')} "
+                    f"|||||||||| {r['date']} | {r['loadavg_start']} |"
+                )
                 continue
             run = r["runs"][0]
             pe = _per_epoch(lib, run)
@@ -502,18 +600,26 @@ def write_report() -> None:
                 rss += f" (+JVM {run.get('jvm_peak_rss_gib', float('nan')):.2f})"
             label = lib
             if lib == "alsx":
-                label = ("alsx (CPU kernel)" if run.get("engine") == "CpuEngine"
-                         else f"alsx ({r.get('alsx_devices') or 1} JAX dev.)")
-            lines.append(f"| {ds} | {d} | {label} | {pe:.2f} | {ratio} | {C.fmt(comp, 1)} | {run['fit_wall_s']:.1f} | "
-                         f"{r['epochs']} | {C.fmt(run['metrics'].get('recall@20'))} | {rss} | {_cfg(run['config'])} | "
-                         f"{r['date']} | "
-                         f"{r['loadavg_start']} → {r['loadavg_end']} |")
+                label = (
+                    "alsx (CPU kernel)"
+                    if run.get("engine") == "CpuEngine"
+                    else f"alsx ({r.get('alsx_devices') or 1} JAX dev.)"
+                )
+            lines.append(
+                f"| {ds} | {d} | {label} | {pe:.2f} | {ratio} | {C.fmt(comp, 1)} | {run['fit_wall_s']:.1f} | "
+                f"{r['epochs']} | {C.fmt(run['metrics'].get('recall@20'))} | {rss} | {_cfg(run['config'])} | "
+                f"{r['date']} | "
+                f"{r['loadavg_start']} → {r['loadavg_end']} |"
+            )
         cmds = sorted({r["command"] for r in speed})
         lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in cmds), ""]
-        lines += [f"![speed and quality](compare.png)", ""]
-    lines += [f"Machine: {C.machine()}; implicit 0.7.3, pyspark {_spark_version()}. "
-              "The machine is shared with other developers: the load average (2 cores) shows how contended "
-              "each run was; compare libraries only within one invocation.", ""]
+        lines += ["![speed and quality](compare.png)", ""]
+    lines += [
+        f"Machine: {C.machine()}; implicit 0.7.3, pyspark {_spark_version()}. "
+        "The machine is shared with other developers: the load average (2 cores) shows how contended "
+        "each run was; compare libraries only within one invocation.",
+        "",
+    ]
     MD.write_text("\n".join(lines))
     try:
         plot(records)
@@ -538,7 +644,7 @@ def plot(records) -> None:
 
     speed = _latest([r for r in records if r.get("task") == "speed" and "runs" in r])
     grid = {}  # (lib, dataset, d) -> the grid with the most epochs
-    for (lib, ds, d, e), r in sorted(_merged_grids([r for r in records if "runs" in r]).items()):
+    for (lib, ds, d, _epochs), r in sorted(_merged_grids([r for r in records if "runs" in r]).items()):
         grid[(lib, ds, d)] = r
     if not speed and not grid:
         return
@@ -547,7 +653,6 @@ def plot(records) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw={"width_ratios": [3, 3, 1.4]})
     wdt = 0.27
     cases = sorted({(ds, d) for (_, ds, d) in speed})
-    x = np.arange(len(cases))
 
     def bars(ax, value, src, cases_):
         for j, lib in enumerate(libs):
@@ -582,10 +687,18 @@ def main(argv=None) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per child")
     p.add_argument("--spark-memory", default="10g")
     p.add_argument("--no-eval", default="synth100m", help="data sets whose runs skip evaluation")
-    p.add_argument("--alsx-backend", choices=["auto", "cpu", "jax"], default="auto",
-                   help="alsx engine: auto = the CPU kernel here (CG, float32); jax = XLA on --alsx-devices")
-    p.add_argument("--alsx-devices", type=int, default=1,
-                   help="JAX CPU devices for alsx (`alsx train` uses one per core; the estimator one)")
+    p.add_argument(
+        "--alsx-backend",
+        choices=["auto", "cpu", "jax"],
+        default="auto",
+        help="alsx engine: auto = the CPU kernel here (CG, float32); jax = XLA on --alsx-devices",
+    )
+    p.add_argument(
+        "--alsx-devices",
+        type=int,
+        default=1,
+        help="JAX CPU devices for alsx (`alsx train` uses one per core; the estimator one)",
+    )
     for lib in GRIDS:
         p.add_argument(f"--grid-{lib}", default=None, help=f"override the {lib} grid: 'key=v1,v2 key2=v3,v4'")
     p.add_argument("--report", action="store_true", help="only rewrite the markdown and the chart")

@@ -57,10 +57,13 @@ def train_one(cfg: dict) -> dict:
     if cfg.get("max_nodes"):  # the induced subgraph on the first N ids (crawl order keeps it linked)
         n = cfg["max_nodes"]
         sub = data.select((data.rows < n) & (data.cols < n))
-        data = dataclasses.replace(sub, shape=(min(n, data.shape[0]), min(n, data.shape[1])), row_vocab=None,
-                                   col_vocab=None)
-    hp = {k: DEFAULTS[k] for k in ("reg", "unobserved_weight", "nu", "solver", "cg_steps", "dtype", "seed", "init",
-                                    "init_scale")}
+        data = dataclasses.replace(
+            sub, shape=(min(n, data.shape[0]), min(n, data.shape[1])), row_vocab=None, col_vocab=None
+        )
+    hp = {
+        k: DEFAULTS[k]
+        for k in ("reg", "unobserved_weight", "nu", "solver", "cg_steps", "dtype", "seed", "init", "init_scale")
+    }
     model = ALS(dim=cfg["dim"], epochs=cfg["epochs"], progress=False, backend=cfg["backend"], **hp)
     error = None
     t = time.perf_counter()
@@ -75,10 +78,22 @@ def train_one(cfg: dict) -> dict:
         finite_tables = bool(np.isfinite(model.row_embeddings_).all() and np.isfinite(model.col_embeddings_).all())
     import jax
 
-    return {"backend": cfg["backend"], "dim": cfg["dim"], "epochs": cfg["epochs"], "engine": model.engine_name_,
-            "jax_devices": jax.device_count(), "shape": list(data.shape), "nnz": int(data.nnz),
-            "hparams": hp, "losses": [r["loss"]["total"] for r in hist], "epoch_seconds": [r["seconds"] for r in hist],
-            "epochs_done": len(hist), "error": error, "finite_tables": finite_tables, "fit_seconds": seconds}
+    return {
+        "backend": cfg["backend"],
+        "dim": cfg["dim"],
+        "epochs": cfg["epochs"],
+        "engine": model.engine_name_,
+        "jax_devices": jax.device_count(),
+        "shape": list(data.shape),
+        "nnz": int(data.nnz),
+        "hparams": hp,
+        "losses": [r["loss"]["total"] for r in hist],
+        "epoch_seconds": [r["seconds"] for r in hist],
+        "epochs_done": len(hist),
+        "error": error,
+        "finite_tables": finite_tables,
+        "fit_seconds": seconds,
+    }
 
 
 # ---------------------------------------------------------------------------- parent
@@ -105,8 +120,12 @@ def run_child(cfg: dict) -> dict:
     # A fresh Numba cache: the kernels compile in the child as on a user's first run (the cnr
     # divergence showed only with freshly compiled kernels, not with ones loaded from the cache).
     with tempfile.TemporaryDirectory(prefix="alsx-numba-") as cache:
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)],
-                              env={**env, "NUMBA_CACHE_DIR": cache}, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps(cfg)],
+            env={**env, "NUMBA_CACHE_DIR": cache},
+            capture_output=True,
+            text=True,
+        )
     if proc.returncode != 0:
         raise SystemExit(f"child {cfg} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -114,15 +133,27 @@ def run_child(cfg: dict) -> dict:
 
 def compare(cpu: dict, jax: dict, rtol: float) -> dict:
     n = min(len(cpu["losses"]), len(jax["losses"]))
-    rel = [abs(a - b) / abs(b) if math.isfinite(a) and math.isfinite(b) else float("inf")
-           for a, b in zip(cpu["losses"][:n], jax["losses"][:n])]
-    nonfinite = {r["backend"]: (r["error"] is not None or r["finite_tables"] is False
-                                or not all(math.isfinite(x) for x in r["losses"])) for r in (cpu, jax)}
+    rel = [
+        abs(a - b) / abs(b) if math.isfinite(a) and math.isfinite(b) else float("inf")
+        for a, b in zip(cpu["losses"][:n], jax["losses"][:n], strict=True)
+    ]
+    nonfinite = {
+        r["backend"]: (
+            r["error"] is not None or r["finite_tables"] is False or not all(math.isfinite(x) for x in r["losses"])
+        )
+        for r in (cpu, jax)
+    }
     complete = cpu["epochs_done"] == cpu["epochs"] and jax["epochs_done"] == jax["epochs"]
     worst = max(rel) if rel else float("nan")
-    return {"dim": cpu["dim"], "rel_diff": rel, "max_rel_diff": worst,
-            "max_at_epoch": (rel.index(worst) + 1) if rel else None, "nonfinite": nonfinite,
-            "agree": bool(complete and not any(nonfinite.values()) and worst <= rtol), "rtol": rtol}
+    return {
+        "dim": cpu["dim"],
+        "rel_diff": rel,
+        "max_rel_diff": worst,
+        "max_at_epoch": (rel.index(worst) + 1) if rel else None,
+        "nonfinite": nonfinite,
+        "agree": bool(complete and not any(nonfinite.values()) and worst <= rtol),
+        "rtol": rtol,
+    }
 
 
 def fmt(x: float) -> str:
@@ -132,22 +163,29 @@ def fmt(x: float) -> str:
 def report(header: dict, pairs: list[tuple[dict, dict, dict]]) -> str:
     part = f" (first {header['max_nodes']} nodes)" if header["max_nodes"] else ""
     hp = ", ".join(f"{k}={v}" for k, v in pairs[0][0]["hparams"].items()) if pairs else ""
-    lines = ["# Engine conformance on cnr-2000: cpu backend vs jax backend", "",
-             f"- Command: `{header['command']}`",
-             f"- Date: {header['date']}; machine: {header['machine']['cpu']}, {header['machine']['cores']} cores, "
-             f"load {header['machine']['load_1min']} at start; Python {header['machine']['python']}",
-             f"- Data: `{header['data']}`{part}",
-             "- Each backend as `alsx train DATA --split none --dim D --epochs E --backend B` at the CLI defaults "
-             f"({hp}); the loss is the objective after each epoch (ALS.fit's history).",
-             f"- Tolerance: relative loss difference <= {header['rtol']:g} at every epoch (see the docstring).",
-             "", "| d | engines (cpu / jax) | epochs done | max rel. diff (epoch) | non-finite cpu / jax "
-             "| s/epoch cpu / jax | agree |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Engine conformance on cnr-2000: cpu backend vs jax backend",
+        "",
+        f"- Command: `{header['command']}`",
+        f"- Date: {header['date']}; machine: {header['machine']['cpu']}, {header['machine']['cores']} cores, "
+        f"load {header['machine']['load_1min']} at start; Python {header['machine']['python']}",
+        f"- Data: `{header['data']}`{part}",
+        "- Each backend as `alsx train DATA --split none --dim D --epochs E --backend B` at the CLI defaults "
+        f"({hp}); the loss is the objective after each epoch (ALS.fit's history).",
+        f"- Tolerance: relative loss difference <= {header['rtol']:g} at every epoch (see the docstring).",
+        "",
+        "| d | engines (cpu / jax) | epochs done | max rel. diff (epoch) | non-finite cpu / jax "
+        "| s/epoch cpu / jax | agree |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for cpu, jax, c in pairs:
         spe = [sum(r["epoch_seconds"][1:]) / max(len(r["epoch_seconds"]) - 1, 1) for r in (cpu, jax)]
-        lines.append(f"| {c['dim']} | {cpu['engine']} / {jax['engine']} ({jax['jax_devices']} device(s)) | "
-                     f"{cpu['epochs_done']} / {jax['epochs_done']} of {cpu['epochs']} | {c['max_rel_diff']:.2e} "
-                     f"({c['max_at_epoch']}) | {c['nonfinite']['cpu']} / {c['nonfinite']['jax']} | "
-                     f"{spe[0]:.2f} / {spe[1]:.2f} | **{'yes' if c['agree'] else 'NO'}** |")
+        lines.append(
+            f"| {c['dim']} | {cpu['engine']} / {jax['engine']} ({jax['jax_devices']} device(s)) | "
+            f"{cpu['epochs_done']} / {jax['epochs_done']} of {cpu['epochs']} | {c['max_rel_diff']:.2e} "
+            f"({c['max_at_epoch']}) | {c['nonfinite']['cpu']} / {c['nonfinite']['jax']} | "
+            f"{spe[0]:.2f} / {spe[1]:.2f} | **{'yes' if c['agree'] else 'NO'}** |"
+        )
         for r in (cpu, jax):
             if r["error"]:
                 lines.append(f"|  | {r['backend']}: {r['error']} | | | | | |")
@@ -167,8 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", default="64,256", help="comma-separated embedding dimensions (default %(default)s)")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--backends", default="cpu,jax", help="which to run (both are needed for the comparison)")
-    p.add_argument("--jax-devices", type=int, default=0,
-                   help="emulated CPU devices for jax; 0: one per core up to 8, as `alsx train` (default)")
+    p.add_argument(
+        "--jax-devices",
+        type=int,
+        default=0,
+        help="emulated CPU devices for jax; 0: one per core up to 8, as `alsx train` (default)",
+    )
     p.add_argument("--max-nodes", type=int, default=0, help="train on the subgraph of the first N nodes")
     p.add_argument("--tiny", action="store_true", help="quick check: --max-nodes 20000 --epochs 5 --dims 64")
     p.add_argument("--rtol", type=float, default=1e-4)
@@ -183,28 +225,47 @@ def main(argv: list[str] | None = None) -> int:
         a.max_nodes, a.epochs, a.dims = a.max_nodes or 20000, 5, "64"
     data = C.data_file(FILE)
     devices = a.jax_devices or min(os.cpu_count() or 1, 8)
-    header = {"command": "python " + " ".join(shlex.quote(x) for x in [os.path.relpath(__file__, ROOT)]
-                                                + (sys.argv[1:] if argv is None else argv)),
-              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "machine": machine(), "data": os.path.relpath(data, ROOT), "max_nodes": a.max_nodes, "rtol": a.rtol}
+    header = {
+        "command": "python "
+        + " ".join(
+            shlex.quote(x) for x in [os.path.relpath(__file__, ROOT)] + (sys.argv[1:] if argv is None else argv)
+        ),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "data": os.path.relpath(data, ROOT),
+        "max_nodes": a.max_nodes,
+        "rtol": a.rtol,
+    }
     backends = a.backends.split(",")
     pairs, records = [], [dict(header, kind="header")]
     for dim in (int(x) for x in a.dims.split(",")):
         got = {}
         for b in backends:
-            cfg = {"backend": b, "dim": dim, "epochs": a.epochs, "data": str(data), "devices": devices,
-                   "max_nodes": a.max_nodes}
+            cfg = {
+                "backend": b,
+                "dim": dim,
+                "epochs": a.epochs,
+                "data": str(data),
+                "devices": devices,
+                "max_nodes": a.max_nodes,
+            }
             got[b] = run_child(cfg)
             records.append(dict(got[b], kind="run"))
             r = got[b]
-            print(f"d={dim} {b}: {r['engine']}, {r['epochs_done']}/{a.epochs} epochs, last loss "
-                  f"{fmt(r['losses'][-1]) if r['losses'] else '-'}, error {r['error']}", file=sys.stderr)
+            print(
+                f"d={dim} {b}: {r['engine']}, {r['epochs_done']}/{a.epochs} epochs, last loss "
+                f"{fmt(r['losses'][-1]) if r['losses'] else '-'}, error {r['error']}",
+                file=sys.stderr,
+            )
         if "cpu" in got and "jax" in got:
             c = compare(got["cpu"], got["jax"], a.rtol)
             records.append(dict(c, kind="comparison"))
             pairs.append((got["cpu"], got["jax"], c))
-            print(f"d={dim}: max relative loss difference {c['max_rel_diff']:.2e} at epoch {c['max_at_epoch']}, "
-                  f"non-finite {c['nonfinite']}, agree {c['agree']}", file=sys.stderr)
+            print(
+                f"d={dim}: max relative loss difference {c['max_rel_diff']:.2e} at epoch {c['max_at_epoch']}, "
+                f"non-finite {c['nonfinite']}, agree {c['agree']}",
+                file=sys.stderr,
+            )
     prefix = Path(a.out_prefix)
     with open(prefix.with_suffix(".jsonl"), "w") as f:
         for r in records:

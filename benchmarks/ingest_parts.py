@@ -75,7 +75,7 @@ def write_csv(path: Path, lines: int, seed: int = 0) -> None:
             u = rng.integers(0, n_users, n)
             i = (rng.pareto(1.0, n) * 50).astype(np.int64) % n_items
             r = rng.integers(1, 6, n)
-            f.write("".join(f"user-{a},item-{b},{c}\n" for a, b, c in zip(u, i, r)))
+            f.write("".join(f"user-{a},item-{b},{c}\n" for a, b, c in zip(u, i, r, strict=True)))
 
 
 def run(path: Path, nproc: int) -> list[dict]:
@@ -84,9 +84,16 @@ def run(path: Path, nproc: int) -> list[dict]:
         port = s.getsockname()[1]
     env = dict(os.environ)  # the children import the same alsx
     env.pop("XLA_FLAGS", None)
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, json.dumps({"path": str(path), "nproc": nproc, "pid": i,
-                                                                        "port": port})],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(nproc)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, json.dumps({"path": str(path), "nproc": nproc, "pid": i, "port": port})],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(nproc)
+    ]
     out = []
     for p in procs:
         o, e = p.communicate(timeout=3600)
@@ -110,29 +117,45 @@ def main() -> None:
         one = run(path, 1)
         two = run(path, 2)
         load1 = C.loadavg()
-    same = (one[0]["kept"] == two[0]["kept"] and one[0]["merged"] == two[0]["merged"]
-            and one[0]["shape"] == two[0]["shape"] and sum(r["local_nnz"] for r in two) == one[0]["local_nnz"]
-            and abs(sum(r["checksum"] for r in two) - one[0]["checksum"]) <= 1e-9 * abs(one[0]["checksum"]))
-    rows = ["| processes | process | bytes in its part | seconds (parse + agree + route) | peak RSS GiB | of which loading | "
-            "entries kept there |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    same = (
+        one[0]["kept"] == two[0]["kept"]
+        and one[0]["merged"] == two[0]["merged"]
+        and one[0]["shape"] == two[0]["shape"]
+        and sum(r["local_nnz"] for r in two) == one[0]["local_nnz"]
+        and abs(sum(r["checksum"] for r in two) - one[0]["checksum"]) <= 1e-9 * abs(one[0]["checksum"])
+    )
+    rows = [
+        "| processes | process | bytes in its part | seconds (parse + agree + route) | peak RSS GiB "
+        "| of which loading | entries kept there |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for label, res in (("1", one), ("2", two)):
         for r in res:
-            rows.append(f"| {label} | {r['pid']} | {r['part_bytes'] / 2**20:,.0f} MiB ({r['part_bytes'] / size:.1%}) | "
-                        f"{r['seconds']:.1f} | {r['vm_hwm'] / 2**30:.2f} | {(r['vm_hwm'] - r['base']) / 2**30:.2f} | "
-                        f"{r['local_nnz']:,} |")
+            rows.append(
+                f"| {label} | {r['pid']} | {r['part_bytes'] / 2**20:,.0f} MiB ({r['part_bytes'] / size:.1%}) | "
+                f"{r['seconds']:.1f} | {r['vm_hwm'] / 2**30:.2f} | {(r['vm_hwm'] - r['base']) / 2**30:.2f} | "
+                f"{r['local_nnz']:,} |"
+            )
     md = [
-        "## Reading one file from several processes", "",
-        f"Command: `{C.command_line()}` ({C.now()}; load average {load0} → {load1}).", "",
+        "## Reading one file from several processes",
+        "",
+        f"Command: `{C.command_line()}` ({C.now()}; load average {load0} → {load1}).",
+        "",
         f"A CSV of {a.lines:,} lines ({size / 2**20:,.0f} MiB; string ids, {one[0]['merged']:,} repeated pairs "
         f"merged, matrix {one[0]['shape'][0]:,} x {one[0]['shape'][1]:,}, {one[0]['kept']:,} entries). One process "
         "runs `load_interactions`; two `jax.distributed` processes on this host (gloo, one CPU device each) run "
         "`load_partitioned`: each parses only the lines starting in its half of the bytes, the vocabulary is the "
-        "union of the parts' distinct ids, and entries go to the process owning their row by all-to-all.", "",
-        *rows, "",
+        "union of the parts' distinct ids, and entries go to the process owning their row by all-to-all.",
+        "",
+        *rows,
+        "",
         f"Same matrix from both (entries, merged duplicates, shape, a checksum of (row, col, value)): **{same}**. "
         "The two processes share this host's 2 cores, so seconds show the cost of the exchange, not a speed-up; "
-        "the point is that each process parses and holds only its part.", "",
-        f"Machine: {C.machine()}", ""]
+        "the point is that each process parses and holds only its part.",
+        "",
+        f"Machine: {C.machine()}",
+        "",
+    ]
     MD.write_text("\n".join(md))
     print("\n".join(md))
 

@@ -96,7 +96,9 @@ def generate(tmp: Path, nnz: int, n_rows: int, n_cols: int, text_lines: int, see
         with open(paths["edge list text"], "wb") as f:
             f.write(b"# random edge list: src dst\n")
             table = pa.table({"src": rows[:text_lines], "dst": cols[:text_lines]})
-            pacsv.write_csv(table, f, write_options=pacsv.WriteOptions(include_header=False, delimiter=" ", quoting_style="none"))
+            pacsv.write_csv(
+                table, f, write_options=pacsv.WriteOptions(include_header=False, delimiter=" ", quoting_style="none")
+            )
     return paths
 
 
@@ -114,7 +116,8 @@ def machine() -> str:
         mem = f"{kib / 2**20:.1f} GiB"
     except (OSError, AttributeError):
         pass
-    return f"{model}, {os.cpu_count()} logical cores, {mem} RAM, Python {platform.python_version()}, NumPy {np.__version__}"
+    py, npv = platform.python_version(), np.__version__
+    return f"{model}, {os.cpu_count()} logical cores, {mem} RAM, Python {py}, NumPy {npv}"
 
 
 def main() -> None:

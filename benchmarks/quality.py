@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -49,20 +48,38 @@ def child(spec: dict) -> dict:
     x = C.load(spec["dataset"])
     split = C.split_of(spec["dataset"], x)
     t0 = time.perf_counter()
-    m = alsx.ALS(dim=spec["dim"], epochs=spec["epochs"], reg=spec["reg"],
-                 unobserved_weight=spec["unobserved_weight"], solver=spec["solver"], cg_steps=spec["cg_steps"],
-                 seed=0, progress=False)
-    m.fit(split.train, split=split if spec.get("eval_every") else None, eval_every=spec.get("eval_every", 0),
-          eval_ks=(20, 50))
+    m = alsx.ALS(
+        dim=spec["dim"],
+        epochs=spec["epochs"],
+        reg=spec["reg"],
+        unobserved_weight=spec["unobserved_weight"],
+        solver=spec["solver"],
+        cg_steps=spec["cg_steps"],
+        seed=0,
+        progress=False,
+    )
+    m.fit(
+        split.train,
+        split=split if spec.get("eval_every") else None,
+        eval_every=spec.get("eval_every", 0),
+        eval_ks=(20, 50),
+    )
     fit_wall = time.perf_counter() - t0
     rss_fit = C.peak_rss_gib()
     t1 = time.perf_counter()
     ev = evaluate(m.row_embeddings_, m.col_embeddings_, split, m.hparams, (20, 50))
-    return {"epoch_s": [r["seconds"] for r in m.history_], "loss_s": [r["loss_seconds"] for r in m.history_],
-            "loss": [r["loss"] for r in m.history_],
-            "curve": [(r["epoch"], r["metrics"]["recall_gt@20"]) for r in m.history_ if "metrics" in r],
-            "fit_wall_s": fit_wall, "eval_s": time.perf_counter() - t1, "metrics": ev["model"],
-            "popularity": ev["popularity"], "peak_rss_fit_gib": rss_fit, "peak_rss_gib": C.peak_rss_gib()}
+    return {
+        "epoch_s": [r["seconds"] for r in m.history_],
+        "loss_s": [r["loss_seconds"] for r in m.history_],
+        "loss": [r["loss"] for r in m.history_],
+        "curve": [(r["epoch"], r["metrics"]["recall_gt@20"]) for r in m.history_ if "metrics" in r],
+        "fit_wall_s": fit_wall,
+        "eval_s": time.perf_counter() - t1,
+        "metrics": ev["model"],
+        "popularity": ev["popularity"],
+        "peak_rss_fit_gib": rss_fit,
+        "peak_rss_gib": C.peak_rss_gib(),
+    }
 
 
 def _key(r: dict) -> tuple:
@@ -85,8 +102,11 @@ def run(spec: dict, force: bool, timeout: float) -> dict | None:
         print("   ERROR", res["error"][-600:], flush=True)
     else:
         e = res["epoch_s"]
-        print(f"   recall_gt@20={res['metrics']['recall_gt@20']:.4f} ndcg@20={res['metrics']['ndcg@20']:.4f} "
-              f"s/epoch={np.mean(e[1:]) if len(e) > 1 else e[0]:.2f} fit={res['fit_wall_s']:.1f}s", flush=True)
+        print(
+            f"   recall_gt@20={res['metrics']['recall_gt@20']:.4f} ndcg@20={res['metrics']['ndcg@20']:.4f} "
+            f"s/epoch={np.mean(e[1:]) if len(e) > 1 else e[0]:.2f} fit={res['fit_wall_s']:.1f}s",
+            flush=True,
+        )
     return res
 
 
@@ -117,54 +137,79 @@ def write_report() -> None:
     latest = {}
     for r in recs:
         latest[_key(r)] = r
-    rows = sorted(latest.values(), key=lambda r: (r["dataset"], r["solver"], r["cg_steps"], r["dim"],
-                                                 r["unobserved_weight"], r["reg"]))
-    lines = ["## Quality on Gowalla (LightGCN split)", "",
-             "- Data: `gowalla_lightgcn.npz`, its shipped split (`is_test`: 810,128 train / 217,242 test pairs, "
-             "29,858 users); every user ranked against all 40,981 items, training items excluded "
-             "(`alsx.eval.protocol.evaluate`).",
-             "- recall_gt@20 divides hits by |gt| (NGCF/LightGCN convention, the paper's Recall@20); "
-             "recall@20 by min(20, |gt|); ndcg@20 as in `alsx.eval.metrics`.",
-             f"- References: LightGCN paper Recall@20 {LIGHTGCN['recall_gt@20']} / NDCG@20 {LIGHTGCN['ndcg@20']}; "
-             f"implicit 0.7.3 at d=256, 15 epochs: {IMPLICIT_REF}.",
-             "- s/epoch: mean of epochs 2..E (epoch 1 holds the XLA compile: 'compile' = epoch 1 − s/epoch); "
-             "'train s' = sum of all epochs' seconds (compile included, per-epoch loss evaluation excluded); "
-             "peak RSS is the child's VmHWM after training.",
-             "- Each grid point is scored on the test split (there is no validation split), as in the papers "
-             "it is compared with.", ""]
+    rows = sorted(
+        latest.values(),
+        key=lambda r: (r["dataset"], r["solver"], r["cg_steps"], r["dim"], r["unobserved_weight"], r["reg"]),
+    )
+    lines = [
+        "## Quality on Gowalla (LightGCN split)",
+        "",
+        "- Data: `gowalla_lightgcn.npz`, its shipped split (`is_test`: 810,128 train / 217,242 test pairs, "
+        "29,858 users); every user ranked against all 40,981 items, training items excluded "
+        "(`alsx.eval.protocol.evaluate`).",
+        "- recall_gt@20 divides hits by |gt| (NGCF/LightGCN convention, the paper's Recall@20); "
+        "recall@20 by min(20, |gt|); ndcg@20 as in `alsx.eval.metrics`.",
+        f"- References: LightGCN paper Recall@20 {LIGHTGCN['recall_gt@20']} / NDCG@20 {LIGHTGCN['ndcg@20']}; "
+        f"implicit 0.7.3 at d=256, 15 epochs: {IMPLICIT_REF}.",
+        "- s/epoch: mean of epochs 2..E (epoch 1 holds the XLA compile: 'compile' = epoch 1 − s/epoch); "
+        "'train s' = sum of all epochs' seconds (compile included, per-epoch loss evaluation excluded); "
+        "peak RSS is the child's VmHWM after training.",
+        "- Each grid point is scored on the test split (there is no validation split), as in the papers "
+        "it is compared with.",
+        "",
+    ]
     pop = next((r["popularity"] for r in rows), None)
     if pop:
-        lines += [f"Popularity baseline: recall_gt@20 {pop['recall_gt@20']:.4f}, recall@20 {pop['recall@20']:.4f}, "
-                  f"ndcg@20 {pop['ndcg@20']:.4f}.", ""]
-    lines += ["| stage | d | epochs | α0 | λ | solver | recall_gt@20 | ndcg@20 | recall@20 | recall_gt@50 | "
-              "s/epoch | compile s | train s | peak RSS GiB | date | load avg start→end |",
-              "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+        lines += [
+            f"Popularity baseline: recall_gt@20 {pop['recall_gt@20']:.4f}, recall@20 {pop['recall@20']:.4f}, "
+            f"ndcg@20 {pop['ndcg@20']:.4f}.",
+            "",
+        ]
+    lines += [
+        "| stage | d | epochs | α0 | λ | solver | recall_gt@20 | ndcg@20 | recall@20 | recall_gt@50 | "
+        "s/epoch | compile s | train s | peak RSS GiB | date | load avg start→end |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
     for r in rows:
         m = r["metrics"]
         solver = "cholesky" if r["solver"] == "cholesky" else f"cg {r['cg_steps']}"
         pe = _pe(r)
         mark = " **≥ LightGCN**" if m["recall_gt@20"] >= LIGHTGCN["recall_gt@20"] else ""
-        lines.append(f"| {r.get('stage', '')} | {r['dim']} | {r['epochs']} | {r['unobserved_weight']:g} | "
-                     f"{r['reg']:g} | {solver} | {m['recall_gt@20']:.4f}{mark} | {m['ndcg@20']:.4f} | "
-                     f"{m['recall@20']:.4f} | {m['recall_gt@50']:.4f} | {pe:.2f} | {r['epoch_s'][0] - pe:.1f} | "
-                     f"{sum(r['epoch_s']):.0f} | {r['peak_rss_fit_gib']:.2f} | {r['date']} | "
-                     f"{r['loadavg_start']} → {r['loadavg_end']} |")
+        lines.append(
+            f"| {r.get('stage', '')} | {r['dim']} | {r['epochs']} | {r['unobserved_weight']:g} | "
+            f"{r['reg']:g} | {solver} | {m['recall_gt@20']:.4f}{mark} | {m['ndcg@20']:.4f} | "
+            f"{m['recall@20']:.4f} | {m['recall_gt@50']:.4f} | {pe:.2f} | {r['epoch_s'][0] - pe:.1f} | "
+            f"{sum(r['epoch_s']):.0f} | {r['peak_rss_fit_gib']:.2f} | {r['date']} | "
+            f"{r['loadavg_start']} → {r['loadavg_end']} |"
+        )
     for r in fails:
-        lines.append(f"| {r.get('stage', '')} | {r['dim']} | {r['epochs']} | {r['unobserved_weight']:g} | "
-                     f"{r['reg']:g} | {r['solver']} {r['cg_steps']} | failed: {r['error'][:100].replace('|', '/')} "
-                     f"|||||||| {r['date']} | {r['loadavg_start']} |")
+        lines.append(
+            f"| {r.get('stage', '')} | {r['dim']} | {r['epochs']} | {r['unobserved_weight']:g} | "
+            f"{r['reg']:g} | {r['solver']} {r['cg_steps']} | failed: {r['error'][:100].replace('|', '/')} "
+            f"|||||||| {r['date']} | {r['loadavg_start']} |"
+        )
     if rows:
         best = max(rows, key=lambda r: r["metrics"]["recall_gt@20"])
         reached = best["metrics"]["recall_gt@20"] >= LIGHTGCN["recall_gt@20"]
-        lines += ["", f"Best: recall_gt@20 **{best['metrics']['recall_gt@20']:.4f}**, ndcg@20 "
-                  f"{best['metrics']['ndcg@20']:.4f} at d={best['dim']} ({best['solver']}"
-                  f"{'' if best['solver'] == 'cholesky' else ' ' + str(best['cg_steps'])}, α0={best['unobserved_weight']:g}, "
-                  f"λ={best['reg']:g}); the LightGCN target 0.1830 is "
-                  f"{'reached' if reached else 'not reached'}.", ""]
+        lines += [
+            "",
+            f"Best: recall_gt@20 **{best['metrics']['recall_gt@20']:.4f}**, ndcg@20 "
+            f"{best['metrics']['ndcg@20']:.4f} at d={best['dim']} ({best['solver']}"
+            f"{'' if best['solver'] == 'cholesky' else ' ' + str(best['cg_steps'])}, α0={best['unobserved_weight']:g}, "
+            f"λ={best['reg']:g}); the LightGCN target 0.1830 is "
+            f"{'reached' if reached else 'not reached'}.",
+            "",
+        ]
     cmds = sorted({r["command"] for r in recs})
-    lines += ["Commands: " + "; ".join(f"`{c}`" for c in cmds), "", "![quality against d](quality.png)", "",
-              f"Machine: {C.machine()}. Shared with other developers: the load average (2 cores) shows how "
-              "contended each run was, so seconds are noisy.", ""]
+    lines += [
+        "Commands: " + "; ".join(f"`{c}`" for c in cmds),
+        "",
+        "![quality against d](quality.png)",
+        "",
+        f"Machine: {C.machine()}. Shared with other developers: the load average (2 cores) shows how "
+        "contended each run was, so seconds are noisy.",
+        "",
+    ]
     # Hand-written notes after the generated part (from "### Notes" on) survive a rewrite.
     old = MD.read_text() if MD.exists() else ""
     notes = old[old.index("\n### Notes") :] if "\n### Notes" in old else ""
@@ -181,8 +226,10 @@ def plot(rows) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sweep = sorted((r for r in rows if r.get("stage") in ("dims", "grid") and r["solver"] == "cg"
-                    and r["cg_steps"] == 3), key=lambda r: r["dim"])
+    sweep = sorted(
+        (r for r in rows if r.get("stage") in ("dims", "grid") and r["solver"] == "cg" and r["cg_steps"] == 3),
+        key=lambda r: r["dim"],
+    )
     if not sweep:
         return
     # one point per d: the best pair at that d
@@ -247,8 +294,19 @@ def main(argv=None) -> None:
     if a.grid:
         for a0 in [float(v) for v in a.a0s.split(",")]:
             for reg in [float(v) for v in a.regs.split(",")]:
-                run({**base, "stage": "grid", "dim": a.grid_dim, "unobserved_weight": a0, "reg": reg,
-                     "solver": "cg", "cg_steps": 3}, a.force, a.timeout)
+                run(
+                    {
+                        **base,
+                        "stage": "grid",
+                        "dim": a.grid_dim,
+                        "unobserved_weight": a0,
+                        "reg": reg,
+                        "solver": "cg",
+                        "cg_steps": 3,
+                    },
+                    a.force,
+                    a.timeout,
+                )
                 write_report()
 
     def pair():
@@ -258,14 +316,28 @@ def main(argv=None) -> None:
 
     for d in [int(v) for v in a.dims.split(",") if v]:
         a0, reg = pair()
-        run({**base, "stage": "dims", "dim": d, "unobserved_weight": a0, "reg": reg, "solver": "cg",
-             "cg_steps": 3}, a.force, a.timeout)
+        run(
+            {**base, "stage": "dims", "dim": d, "unobserved_weight": a0, "reg": reg, "solver": "cg", "cg_steps": 3},
+            a.force,
+            a.timeout,
+        )
         write_report()
     for v in [v for v in a.variants.split(",") if v]:
         solver, steps, d = v.split(":")
         a0, reg = pair()
-        run({**base, "stage": "variant", "dim": int(d), "unobserved_weight": a0, "reg": reg, "solver": solver,
-             "cg_steps": max(1, int(steps)) if solver == "cg" else 3}, a.force, a.timeout)
+        run(
+            {
+                **base,
+                "stage": "variant",
+                "dim": int(d),
+                "unobserved_weight": a0,
+                "reg": reg,
+                "solver": solver,
+                "cg_steps": max(1, int(steps)) if solver == "cg" else 3,
+            },
+            a.force,
+            a.timeout,
+        )
         write_report()
     write_report()
 

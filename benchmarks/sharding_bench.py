@@ -21,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-import _common as C
 import numpy as np
+
+import _common as C
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "benchmarks" / "sharding_report.md"
@@ -77,6 +78,7 @@ def child(args) -> None:
     def alx_body(h, shapes_tree):
         total = jnp.zeros((), jnp.float32)
         for slots in shapes_tree:
+
             def step(acc, s):
                 return acc + jnp.sum(allgather_rows(h, s)), None
 
@@ -84,14 +86,17 @@ def child(args) -> None:
         return total[None]
 
     for side, shape, layout in (("rows", eng.shapes[0], eng.col_layout), ("cols", eng.shapes[1], eng.row_layout)):
-        items = [jax.ShapeDtypeStruct((P, nb, s, w), jnp.int32)
-                 for nb, s, w in zip(shape.n_batches, shape.per_batch, shape.widths)]
+        items = [
+            jax.ShapeDtypeStruct((P, nb, s, w), jnp.int32)
+            for nb, s, w in zip(shape.n_batches, shape.per_batch, shape.widths, strict=True)
+        ]
         if shape.long is not None:
             n_long, per_chunk, n_chunks = shape.long
             reps = 2 if hp.solver == "cholesky" else 2 + hp.cg_steps
             items += [jax.ShapeDtypeStruct((P, n_chunks, per_chunk, shape.width), jnp.int32)] * reps
-        fn = jax.jit(jax.shard_map(alx_body, mesh=eng.mesh, in_specs=(TABLE, STACKED), out_specs=STACKED,
-                                   check_vma=False))
+        fn = jax.jit(
+            jax.shard_map(alx_body, mesh=eng.mesh, in_specs=(TABLE, STACKED), out_specs=STACKED, check_vma=False)
+        )
         h = jax.ShapeDtypeStruct((layout.n_slots, hp.dim), jnp.float32)
         txt = fn.lower(h, tuple(items)).compile().as_text()
         out[f"alx_compiled_{side}"] = collective_bytes(txt)
@@ -118,8 +123,9 @@ def child(args) -> None:
         out["local_epoch_s"] = lt
         w_l, h_l = local.to_numpy(st)
         w_s, h_s = eng.to_numpy(state)
-        out["rel_diff_vs_local"] = float(max(np.abs(w_s - w_l).max() / np.abs(w_l).max(),
-                                             np.abs(h_s - h_l).max() / np.abs(h_l).max()))
+        out["rel_diff_vs_local"] = float(
+            max(np.abs(w_s - w_l).max() / np.abs(w_l).max(), np.abs(h_s - h_l).max() / np.abs(h_l).max())
+        )
     print("RESULT " + json.dumps(out))
 
 
@@ -164,27 +170,51 @@ def balance_table() -> list[dict]:
     rows, cols = load_cnr()
     out_deg, in_deg = rows.lengths(), cols.lengths()
     res = []
-    for name, w in (("rows (out-links)", out_deg), ("columns (in-links)", in_deg), ("tied (out + in)", out_deg + in_deg)):
+    for name, w in (
+        ("rows (out-links)", out_deg),
+        ("columns (in-links)", in_deg),
+        ("tied (out + in)", out_deg + in_deg),
+    ):
         t = time.perf_counter()
         bal = balanced_layout(w, 8)
         secs = time.perf_counter() - t
         con = contiguous_layout(len(w), 8)
-        res.append({"side": name, "balanced": bal.imbalance(w), "contiguous": con.imbalance(w),
-                    "max_row_over_mean": float(w.max() / (w.sum() / 8)), "seconds": secs,
-                    "loads": bal.loads(w).astype(int).tolist()})
+        res.append(
+            {
+                "side": name,
+                "balanced": bal.imbalance(w),
+                "contiguous": con.imbalance(w),
+                "max_row_over_mean": float(w.max() / (w.sum() / 8)),
+                "seconds": secs,
+                "loads": bal.loads(w).astype(int).tolist(),
+            }
+        )
     return res
 
 
 def run_child(P: int, args, extra: list[str] | None = None) -> dict:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={P}")  # the same alsx, data folder
-    cmd = [sys.executable, __file__, "--child", "--dim", str(args.dim), "--epochs", str(args.epochs),
-           "--solver", args.solver] + (["--local"] if P in args.local_for and not extra else []) + (extra or [])
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            "--dim",
+            str(args.dim),
+            "--epochs",
+            str(args.epochs),
+            "--solver",
+            args.solver,
+        ]
+        + (["--local"] if P in args.local_for and not extra else [])
+        + (extra or [])
+    )
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"P={P} failed:\n{proc.stderr[-4000:]}")
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    res = json.loads(line[len("RESULT "):])
+    res = json.loads(line[len("RESULT ") :])
     res["child_wall_s"] = time.perf_counter() - t
     return res
 
@@ -204,7 +234,8 @@ def write_report(args, balance, runs, inter: dict | None = None) -> None:
         f"Machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPU cores, "
         f"Linux {platform.release()}, Python {platform.python_version()}, jax {__import__('jax').__version__}; "
         f"P devices are emulated with `--xla_force_host_platform_device_count=P` on this one host. "
-        f"The cores are shared with other jobs (load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}), "
+        "The cores are shared with other jobs "
+        f"(load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}), "
         "so times are noisy.",
         "",
         "Data: LAW cnr-2000 web graph, 325,557 x 325,557, 3,216,152 links, binary confidences; "
@@ -216,8 +247,10 @@ def write_report(args, balance, runs, inter: dict | None = None) -> None:
         "|---|---:|---:|---:|---:|",
     ]
     for b in balance:
-        lines.append(f"| {b['side']} | {b['balanced']:.4f} | {b['contiguous']:.3f} | {b['max_row_over_mean']:.4f} "
-                     f"| {b['seconds']:.2f} s |")
+        lines.append(
+            f"| {b['side']} | {b['balanced']:.4f} | {b['contiguous']:.3f} | {b['max_row_over_mean']:.4f} "
+            f"| {b['seconds']:.2f} s |"
+        )
     lines += [
         "",
         "Rows go heaviest first to the lightest shard with room (each shard holds ceil(n / P) rows), so "
@@ -238,16 +271,19 @@ def write_report(args, balance, runs, inter: dict | None = None) -> None:
     ]
     for r in runs:
         a, c, P = r["analytic"], r["compiled_bytes"], r["P"]
-        alx_c = sum(r[f"alx_compiled_{s}"]["all-gather"] + r[f"alx_compiled_{s}"]["all-reduce"]
-                    for s in ("rows", "cols"))
+        alx_c = sum(
+            r[f"alx_compiled_{s}"]["all-gather"] + r[f"alx_compiled_{s}"]["all-reduce"] for s in ("rows", "cols")
+        )
         alx_a = a["alx_all_gather"] + a["alx_all_reduce"]
         # Crossing bytes: (P-1)/P of an all-to-all or all-gather; a ring all-reduce sends 2 (P-1)/P.
         alx_x = (a["alx_all_gather"] + 2 * a["alx_all_reduce"]) * (P - 1) / P
         nb = sum(r["batches"]["rows"]) + sum(r["batches"]["cols"])
         ratio = f"{alx_x / a['all_to_all_sent']:.1f}x" if a["all_to_all_sent"] else "-"
-        lines.append(f"| {P} | {nb} | {mib(a['all_to_all'])} | {mib(c['all-to-all'])} | "
-                     f"{a['all_to_all'] / nb / 1024:,.0f} | {mib(a['all_to_all_sent'])} | {mib(alx_a)} | "
-                     f"{mib(alx_c)} | {alx_a / nb / 1024:,.0f} | {mib(alx_x)} | {ratio} |")
+        lines.append(
+            f"| {P} | {nb} | {mib(a['all_to_all'])} | {mib(c['all-to-all'])} | "
+            f"{a['all_to_all'] / nb / 1024:,.0f} | {mib(a['all_to_all_sent'])} | {mib(alx_a)} | "
+            f"{mib(alx_c)} | {alx_a / nb / 1024:,.0f} | {mib(alx_x)} | {ratio} |"
+        )
     lines += [
         "",
         "Per batch, the all-to-all buffer P x K x d stays about the same as P grows (each batch fetches its "
@@ -261,8 +297,10 @@ def write_report(args, balance, runs, inter: dict | None = None) -> None:
         "",
     ]
     for r in runs:
-        lines.append(f"- P={r['P']}: K rows {r['caps']['rows']}, cols {r['caps']['cols']}; batches rows "
-                     f"{r['batches']['rows']}, cols {r['batches']['cols']}")
+        lines.append(
+            f"- P={r['P']}: K rows {r['caps']['rows']}, cols {r['caps']['cols']}; batches rows "
+            f"{r['batches']['rows']}, cols {r['batches']['cols']}"
+        )
     lines += [
         "",
         "The id exchange happens once, when the engine is built (packing is static); per epoch only rows "
@@ -313,8 +351,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--solver", default="cg", choices=["cg", "cholesky"])
     ap.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
-    ap.add_argument("--local-for", type=int, nargs="*", default=[1, 2],
-                    help="device counts whose child also times LocalEngine")
+    ap.add_argument(
+        "--local-for", type=int, nargs="*", default=[1, 2], help="device counts whose child also times LocalEngine"
+    )
     ap.add_argument("--rounds", type=int, default=5, help="interleaved epochs per engine for P=2 vs 1")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from sharding_results.json")
     C.add_data_arg(ap)

@@ -33,8 +33,8 @@ implicit with BLAS limited to one thread and ``num_threads=2`` (3 CG steps).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -85,14 +85,18 @@ def kernel_times(spec: dict, rounds: int = 5) -> dict:
         lam = np.full(c.n_rows, spec["reg"] * 100, np.float32)
         starts = cpu.work_blocks(c.indptr, cpu.BLOCKS_PER_THREAD * cpu.numba_threads())
         res, handed = np.empty_like(w), np.full(c.nnz, 0.5, np.float32)
-        fns = {f"cg:{k}": lambda k=k: cpu._cg_rows(c.indptr, c.indices, c.values, starts, w, h, shared, lam, k, res)
-               for k in range(4)}
+        fns = {
+            f"cg:{k}": functools.partial(cpu._cg_rows, c.indptr, c.indices, c.values, starts, w, h, shared, lam, k, res)
+            for k in range(4)
+        }
         for b in spec["blocks"]:
             for sweeps in (0, 1):
-                fns[f"block:{b}:{sweeps}"] = lambda b=b, sw=sweeps: cpu_block.block_rows(c, starts, w, h, shared, lam,
-                                                                                         b, sw, res)
-            fns[f"block:{b}:h"] = lambda b=b: cpu_block.block_rows(c, starts, w, h, shared, lam, b, 1, res,
-                                                                   residuals_in=handed)
+                fns[f"block:{b}:{sweeps}"] = functools.partial(
+                    cpu_block.block_rows, c, starts, w, h, shared, lam, b, sweeps, res
+                )
+            fns[f"block:{b}:h"] = functools.partial(
+                cpu_block.block_rows, c, starts, w, h, shared, lam, b, 1, res, residuals_in=handed
+            )
         for fn in fns.values():  # compile, fault pages in
             fn()
         t = {k: float("inf") for k in fns}
@@ -129,8 +133,15 @@ def child(spec: dict) -> dict:
 
         times: list[float] = []
         with threadpool_limits(limits=1, user_api="blas"):
-            m = AlternatingLeastSquares(factors=spec["dim"], iterations=spec["epochs"], num_threads=2,
-                                        random_state=0, use_cg=True, regularization=10.0, alpha=10.0)
+            m = AlternatingLeastSquares(
+                factors=spec["dim"],
+                iterations=spec["epochs"],
+                num_threads=2,
+                random_state=0,
+                use_cg=True,
+                regularization=10.0,
+                alpha=10.0,
+            )
             m.fit(C.to_scipy(train), show_progress=False, callback=lambda it, el, loss: times.append(el))
         return {**out, "epoch_s": times, "peak_rss_gib": C.peak_rss_gib()}
 
@@ -139,12 +150,28 @@ def child(spec: dict) -> dict:
     import alsx
     from alsx.eval.protocol import evaluate
 
-    kw = {"backend": spec.get("backend", "jax"), **_variant(spec.get("variant", "cg:3")),
-          "dtype": spec.get("dtype", "float32")}
-    m = alsx.ALS(dim=spec["dim"], epochs=spec["epochs"], reg=spec["reg"], unobserved_weight=spec["a0"],
-                 seed=0, progress=False, **kw).fit(train)
-    out.update({"devices": jax.device_count(), "engine": m.engine_name_, "epoch_s": [r["seconds"] for r in m.history_],
-                "peak_rss_fit_gib": C.peak_rss_gib()})
+    kw = {
+        "backend": spec.get("backend", "jax"),
+        **_variant(spec.get("variant", "cg:3")),
+        "dtype": spec.get("dtype", "float32"),
+    }
+    m = alsx.ALS(
+        dim=spec["dim"],
+        epochs=spec["epochs"],
+        reg=spec["reg"],
+        unobserved_weight=spec["a0"],
+        seed=0,
+        progress=False,
+        **kw,
+    ).fit(train)
+    out.update(
+        {
+            "devices": jax.device_count(),
+            "engine": m.engine_name_,
+            "epoch_s": [r["seconds"] for r in m.history_],
+            "peak_rss_fit_gib": C.peak_rss_gib(),
+        }
+    )
     if spec.get("evaluate", True):
         out["metrics"] = evaluate(m.row_embeddings_, m.col_embeddings_, split, m.hparams, KS)["model"]
     if spec["task"] == "flops":
@@ -162,14 +189,23 @@ def run(spec: dict, timeout: float) -> dict:
     load0 = C.loadavg()
     print(f"[{C.now()}] {spec} load {load0}", flush=True)
     res = {**spec, **C.run_child(Path(__file__), spec, timeout=timeout)}
-    res.update({"date": C.now(), "loadavg_start": load0, "loadavg_end": C.loadavg(), "command": C.command_line(),
-                "machine": C.machine()})
+    res.update(
+        {
+            "date": C.now(),
+            "loadavg_start": load0,
+            "loadavg_end": C.loadavg(),
+            "command": C.command_line(),
+            "machine": C.machine(),
+        }
+    )
     C.append_jsonl(JSONL, res)
     if "error" in res:
         print("   ERROR", res["error"][-800:], flush=True)
     else:
-        print(f"   s/epoch {_per_epoch(res):.2f}  recall@20 {res.get('metrics', {}).get('recall@20', float('nan')):.4f}",
-              flush=True)
+        print(
+            f"   s/epoch {_per_epoch(res):.2f}  recall@20 {res.get('metrics', {}).get('recall@20', float('nan')):.4f}",
+            flush=True,
+        )
     return res
 
 
@@ -180,8 +216,7 @@ def _per_epoch(r: dict) -> float:
 
 def main_parent(a) -> None:
     dims = [int(d) for d in a.dims.split(",")]
-    base = {"task": a.task, "epochs": a.epochs, "reg": a.reg, "a0": a.a0, "devices": a.devices,
-            "backend": a.backend}
+    base = {"task": a.task, "epochs": a.epochs, "reg": a.reg, "a0": a.a0, "devices": a.devices, "backend": a.backend}
     if a.task == "linear":
         for ds in ("synth10m", "synth100m"):
             todo = [lib for lib in ("alsx", "implicit") if not a.only or f"{lib}:{ds}" in a.only.split(",")]
@@ -191,12 +226,19 @@ def main_parent(a) -> None:
                 if "error" in prep:
                     raise SystemExit(f"preparing {ds} failed: {prep['error']}")
             for lib in todo:
-                run({**base, "lib": lib, "dataset": ds, "dim": dims[0], "evaluate": False, "cached": True},
-                    a.timeout)
+                run({**base, "lib": lib, "dataset": ds, "dim": dims[0], "evaluate": False, "cached": True}, a.timeout)
     elif a.task == "kernels":
         for d in dims:
-            run({**base, "lib": "alsx", "dataset": a.dataset, "dim": d,
-                 "blocks": [int(v) for v in a.variants.split(",")]}, a.timeout)
+            run(
+                {
+                    **base,
+                    "lib": "alsx",
+                    "dataset": a.dataset,
+                    "dim": d,
+                    "blocks": [int(v) for v in a.variants.split(",")],
+                },
+                a.timeout,
+            )
     elif a.task == "dtype":
         for d in dims:
             for dt in ("float32", "bfloat16"):
@@ -204,8 +246,17 @@ def main_parent(a) -> None:
     else:  # solvers, flops
         for d in dims:
             for v in a.variants.split(","):
-                run({**base, "lib": "alsx", "dataset": a.dataset, "dim": d, "variant": v,
-                     "evaluate": a.task == "solvers"}, a.timeout)
+                run(
+                    {
+                        **base,
+                        "lib": "alsx",
+                        "dataset": a.dataset,
+                        "dim": d,
+                        "variant": v,
+                        "evaluate": a.task == "solvers",
+                    },
+                    a.timeout,
+                )
 
 
 # =============================================================================== report
@@ -234,21 +285,29 @@ def _load(r: dict) -> str:
 def write_report() -> None:
     recs = C.read_jsonl(JSONL)
     by = {t: [r for r in recs if r["task"] == t] for t in ("linear", "solvers", "dtype", "flops", "kernels")}
-    L = ["## Solvers, linear cost, bf16 and FLOP rates", "",
-         "Written by `benchmarks/solvers.py` (commands in each table's rows and in the script's docstring). "
-         "s/epoch is the mean of epochs 2..E (alsx's first epoch holds the XLA compile). alsx runs with one JAX "
-         "CPU device per core (as `alsx train` does); implicit 0.7.3 with BLAS threads = 1, `num_threads=2`, CG 3. "
-         "The load average (2 cores) at start → end of each child is given; a niced background job (the WebGraph "
-         "820M run) shared the machine during some rows, as marked by loads above ≈1.", ""]
+    L = [
+        "## Solvers, linear cost, bf16 and FLOP rates",
+        "",
+        "Written by `benchmarks/solvers.py` (commands in each table's rows and in the script's docstring). "
+        "s/epoch is the mean of epochs 2..E (alsx's first epoch holds the XLA compile). alsx runs with one JAX "
+        "CPU device per core (as `alsx train` does); implicit 0.7.3 with BLAS threads = 1, `num_threads=2`, CG 3. "
+        "The load average (2 cores) at start → end of each child is given; a niced background job (the WebGraph "
+        "820M run) shared the machine during some rows, as marked by loads above ≈1.",
+        "",
+    ]
     rows = _latest(by["linear"], ("lib", "engine", "dataset", "dim", "epochs", "cached", "code"))
     if rows:
-        L += ["### Cost against nonzeros (d=64)", "",
-              "Timed child: *train only* loads the training part saved by a separate preparing child (it holds "
-              "nothing else); *built* generates and splits the data itself (earlier runs).  "
-              "Rows with 'code of COMMIT' ran that commit's engine with this script (to separate the two changes).", "",
-              "| data | nnz (train) | library | epochs | timed child | s/epoch | s per 1M nnz | 100M ÷ 10M per-nnz cost | "
-              "RSS before fit GiB | peak RSS GiB | load |",
-              "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---|"]
+        L += [
+            "### Cost against nonzeros (d=64)",
+            "",
+            "Timed child: *train only* loads the training part saved by a separate preparing child (it holds "
+            "nothing else); *built* generates and splits the data itself (earlier runs).  "
+            "Rows with 'code of COMMIT' ran that commit's engine with this script (to separate the two changes).",
+            "",
+            "| data | nnz (train) | library | epochs | timed child | s/epoch | s per 1M nnz "
+            "| 100M ÷ 10M per-nnz cost | RSS before fit GiB | peak RSS GiB | load |",
+            "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
+        ]
 
         def key(r, ds):
             return _label(r), r["epochs"], bool(r.get("cached")), r.get("code"), ds
@@ -258,86 +317,122 @@ def write_report() -> None:
             ratio = ""
             if r["dataset"] == "synth100m" and key(r, "synth10m") in per:
                 ratio = f"{per[key(r, 'synth100m')] / per[key(r, 'synth10m')]:.2f}"
-            L.append(f"| {r['dataset']} | {r['nnz_train']:,} | {_label(r)} | {r['epochs']} | "
-                     f"{'train only' if r.get('cached') else 'built'}"
-                     f"{', code of ' + r['code'] if r.get('code') else ''} | {_per_epoch(r):.2f} | "
-                     f"{per[key(r, r['dataset'])]:.3f} | {ratio} | {C.fmt(r.get('rss_before_fit_gib'), 2)} | "
-                     f"{r['peak_rss_gib']:.2f} | {_load(r)} |")
+            L.append(
+                f"| {r['dataset']} | {r['nnz_train']:,} | {_label(r)} | {r['epochs']} | "
+                f"{'train only' if r.get('cached') else 'built'}"
+                f"{', code of ' + r['code'] if r.get('code') else ''} | {_per_epoch(r):.2f} | "
+                f"{per[key(r, r['dataset'])]:.3f} | {ratio} | {C.fmt(r.get('rss_before_fit_gib'), 2)} | "
+                f"{r['peak_rss_gib']:.2f} | {_load(r)} |"
+            )
         L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
-    for task, what, title in (("solvers", "variant", "Solvers at large d (same data, d, epochs, λ, α0)"),
-                               ("dtype", "dtype", "bf16 against float32 table storage (CG 3)")):
+    for task, what, title in (
+        ("solvers", "variant", "Solvers at large d (same data, d, epochs, λ, α0)"),
+        ("dtype", "dtype", "bf16 against float32 table storage (CG 3)"),
+    ):
         rows = _latest(by[task], ("dataset", "dim", what, "epochs", "reg", "a0"))
         if rows:
-            L += [f"### {title}", "", f"| data | d | {what} | engine | epochs | λ | α0 | s/epoch | Recall@20 | "
-                  "Recall@50 | NDCG@20 | peak RSS GiB | load |",
-                  "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            L += [
+                f"### {title}",
+                "",
+                f"| data | d | {what} | engine | epochs | λ | α0 | s/epoch | Recall@20 | "
+                "Recall@50 | NDCG@20 | peak RSS GiB | load |",
+                "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            ]
             for r in rows:
                 m = r.get("metrics", {})
-                L.append(f"| {r['dataset']} | {r['dim']} | {r.get(what, 'float32')} | {_label(r)} | {r['epochs']} | "
-                         f"{r['reg']} | "
-                         f"{r['a0']} | {_per_epoch(r):.2f} | {C.fmt(m.get('recall@20'))} | "
-                         f"{C.fmt(m.get('recall@50'))} | {C.fmt(m.get('ndcg@20'))} | {r['peak_rss_gib']:.2f} | "
-                         f"{_load(r)} |")
+                L.append(
+                    f"| {r['dataset']} | {r['dim']} | {r.get(what, 'float32')} | {_label(r)} | {r['epochs']} | "
+                    f"{r['reg']} | "
+                    f"{r['a0']} | {_per_epoch(r):.2f} | {C.fmt(m.get('recall@20'))} | "
+                    f"{C.fmt(m.get('recall@50'))} | {C.fmt(m.get('ndcg@20'))} | {r['peak_rss_gib']:.2f} | "
+                    f"{_load(r)} |"
+                )
             L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
     rows = _latest([r for r in by["flops"] if "rotate" in r["profile"]["rows"]], ("dataset", "dim", "variant"))
     if rows:
-        L += ["### FLOP rate of the CPU backend's kernel (`alsx train --profile`)", "",
-              "Phases of one half-step: Gramian (+ eigen-decomposition), rotation of both tables (BLAS), the fused "
-              "kernel's residual pass (gather, b − A·x0, write) and its CG steps.  GFLOP/s counts the kernel's "
-              "multiply-adds over stored entries (2 passes × 2d FLOPs per entry for the residual and each step) "
-              "per second of kernel time, against a float32 2048² matrix product timed in the same process.  "
-              "For the iALS++ kernel (`cpu-block:b`) the residual column is its score pass (H_u·x0) and the steps "
-              "column its sweep (earlier records: the sweep with the score pass less the score pass; since the "
-              "residual hand-off, the sweep given handed-on residuals, as training runs it, and GFLOP/s over that "
-              "sweep alone); FLOPs as `alsx.core.cpu_block.block_flops` (per entry d·(b + 5) for one sweep, "
-              "earlier kernel d·(b + 8), against 16·d for CG 3).", "",
-              "| data | d | variant | side | Gramian s | rotate s | residual s | CG steps / sweeps s | kernel GFLOP/s | "
-              "sgemm GFLOP/s | % of sgemm | load |", "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        L += [
+            "### FLOP rate of the CPU backend's kernel (`alsx train --profile`)",
+            "",
+            "Phases of one half-step: Gramian (+ eigen-decomposition), rotation of both tables (BLAS), the fused "
+            "kernel's residual pass (gather, b − A·x0, write) and its CG steps.  GFLOP/s counts the kernel's "
+            "multiply-adds over stored entries (2 passes × 2d FLOPs per entry for the residual and each step) "
+            "per second of kernel time, against a float32 2048² matrix product timed in the same process.  "
+            "For the iALS++ kernel (`cpu-block:b`) the residual column is its score pass (H_u·x0) and the steps "
+            "column its sweep (earlier records: the sweep with the score pass less the score pass; since the "
+            "residual hand-off, the sweep given handed-on residuals, as training runs it, and GFLOP/s over that "
+            "sweep alone); FLOPs as `alsx.core.cpu_block.block_flops` (per entry d·(b + 5) for one sweep, "
+            "earlier kernel d·(b + 8), against 16·d for CG 3).",
+            "",
+            "| data | d | variant | side | Gramian s | rotate s | residual s | CG steps / sweeps s | kernel GFLOP/s | "
+            "sgemm GFLOP/s | % of sgemm | load |",
+            "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for r in rows:
             for side in ("rows", "cols"):
                 p = r["profile"][side]
-                L.append(f"| {r['dataset']} | {r['dim']} | {r['variant']} | {side} | {p['gramian']:.3f} | "
-                         f"{p['rotate']:.3f} | "
-                         f"{p['residual']:.3f} | {p['cg_steps']:.3f} | {p['solve_gflops']:.1f} | "
-                         f"{p['sgemm_gflops']:.1f} | {100 * p['solve_gflops'] / p['sgemm_gflops']:.0f} % | {_load(r)} |")
+                L.append(
+                    f"| {r['dataset']} | {r['dim']} | {r['variant']} | {side} | {p['gramian']:.3f} | "
+                    f"{p['rotate']:.3f} | "
+                    f"{p['residual']:.3f} | {p['cg_steps']:.3f} | {p['solve_gflops']:.1f} | "
+                    f"{p['sgemm_gflops']:.1f} | {100 * p['solve_gflops'] / p['sgemm_gflops']:.0f} % | {_load(r)} |"
+                )
         L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
     rows = _latest([r for r in by["flops"] if "rotate" not in r["profile"]["rows"]], ("dataset", "dim", "variant"))
     if rows:
-        L += ["### FLOP rate of the solve phase (one device, `alsx train --profile`'s measurement)", "",
-              "The solve phase's floating-point operations (`alsx.core.profile.solve_flops`: multiply-adds count 2, "
-              "padding included) over the seconds of its normal-equation and solve phases, against a float32 "
-              "2048² matrix product timed in the same process (the machine's sgemm rate on this device).", "",
-              "| data | d | solver | side | gather s | normal eq. s | solve s | scatter s | long rows s | "
-              "solve GFLOP/s | sgemm GFLOP/s | % of sgemm | load |",
-              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        L += [
+            "### FLOP rate of the solve phase (one device, `alsx train --profile`'s measurement)",
+            "",
+            "The solve phase's floating-point operations (`alsx.core.profile.solve_flops`: multiply-adds count 2, "
+            "padding included) over the seconds of its normal-equation and solve phases, against a float32 "
+            "2048² matrix product timed in the same process (the machine's sgemm rate on this device).",
+            "",
+            "| data | d | solver | side | gather s | normal eq. s | solve s | scatter s | long rows s | "
+            "solve GFLOP/s | sgemm GFLOP/s | % of sgemm | load |",
+            "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for r in rows:
             for side in ("rows", "cols"):
                 p = r["profile"][side]
-                L.append(f"| {r['dataset']} | {r['dim']} | {r['variant']} | {side} | {p['gather']:.3f} | "
-                         f"{p['normal_equations']:.3f} | {p['solve']:.3f} | {p['scatter']:.3f} | "
-                         f"{p['long_rows']:.3f} | {p['solve_gflops']:.1f} | {p['sgemm_gflops']:.1f} | "
-                         f"{100 * p['solve_gflops'] / p['sgemm_gflops']:.0f} % | {_load(r)} |")
+                L.append(
+                    f"| {r['dataset']} | {r['dim']} | {r['variant']} | {side} | {p['gather']:.3f} | "
+                    f"{p['normal_equations']:.3f} | {p['solve']:.3f} | {p['scatter']:.3f} | "
+                    f"{p['long_rows']:.3f} | {p['solve_gflops']:.1f} | {p['sgemm_gflops']:.1f} | "
+                    f"{100 * p['solve_gflops'] / p['sgemm_gflops']:.0f} % | {_load(r)} |"
+                )
         L += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), ""]
     rows = _latest(by["kernels"], ("dataset", "dim"))
     if rows:
-        L += ["### The CPU kernels alone: one iALS++ sweep against CG steps", "",
-              "Seconds per side (least of 5 round-robin calls, both cores; earlier records: best of 3) on random "
-              "tables; 'CG k' is the kernel with k steps (0: its residual pass alone), 'iALS++ b' one sweep of "
-              "blocks of b given the residuals handed on by the previous half-step, as training runs it (in "
-              "brackets: with its own score pass, as on rescore epochs), then that sweep's cost in CG-3 kernels. "
-              "Records without a handed-on time show the sweep with its score pass (and the score pass alone).", ""]
+        L += [
+            "### The CPU kernels alone: one iALS++ sweep against CG steps",
+            "",
+            "Seconds per side (least of 5 round-robin calls, both cores; earlier records: best of 3) on random "
+            "tables; 'CG k' is the kernel with k steps (0: its residual pass alone), 'iALS++ b' one sweep of "
+            "blocks of b given the residuals handed on by the previous half-step, as training runs it (in "
+            "brackets: with its own score pass, as on rescore epochs), then that sweep's cost in CG-3 kernels. "
+            "Records without a handed-on time show the sweep with its score pass (and the score pass alone).",
+            "",
+        ]
         for r in rows:
             blocks = r["blocks"]
-            L += [f"{r['dataset']}, d={r['dim']}, {r['nnz_train']:,} training entries, load {_load(r)}:", "",
-                  "| side | CG 0 | CG 1 | CG 3 | " + " | ".join(f"iALS++ b={b}" for b in blocks) + " |",
-                  "|---|---:|---:|---:|" + "---:|" * len(blocks)]
+            L += [
+                f"{r['dataset']}, d={r['dim']}, {r['nnz_train']:,} training entries, load {_load(r)}:",
+                "",
+                "| side | CG 0 | CG 1 | CG 3 | " + " | ".join(f"iALS++ b={b}" for b in blocks) + " |",
+                "|---|---:|---:|---:|" + "---:|" * len(blocks),
+            ]
             for side in ("rows", "cols"):
                 t = r[side]
-                cells = [(f"{t[f'block:{b}:h']:.3f} ({t[f'block:{b}:1']:.3f}) = {t[f'block:{b}:h'] / t['cg:3']:.2f}×"
-                          if f"block:{b}:h" in t else
-                          f"{t[f'block:{b}:1']:.3f} ({t[f'block:{b}:0']:.3f}) = {t[f'block:{b}:1'] / t['cg:3']:.1f}×")
-                         for b in blocks]
-                L.append(f"| {side} | {t['cg:0']:.3f} | {t['cg:1']:.3f} | {t['cg:3']:.3f} | " + " | ".join(cells) + " |")
+                cells = [
+                    (
+                        f"{t[f'block:{b}:h']:.3f} ({t[f'block:{b}:1']:.3f}) = {t[f'block:{b}:h'] / t['cg:3']:.2f}×"
+                        if f"block:{b}:h" in t
+                        else f"{t[f'block:{b}:1']:.3f} ({t[f'block:{b}:0']:.3f}) = {t[f'block:{b}:1'] / t['cg:3']:.1f}×"
+                    )
+                    for b in blocks
+                ]
+                L.append(
+                    f"| {side} | {t['cg:0']:.3f} | {t['cg:1']:.3f} | {t['cg:3']:.3f} | " + " | ".join(cells) + " |"
+                )
             L += ["", f"Command: `{r['command']}`", ""]
     if recs:
         L += [f"Machine: {recs[-1]['machine']}.", ""]
@@ -355,8 +450,12 @@ def main(argv=None) -> None:
     p.add_argument("--reg", type=float, default=0.003)
     p.add_argument("--a0", type=float, default=0.03)
     p.add_argument("--devices", type=int, default=os.cpu_count() or 1, help="JAX CPU devices for alsx")
-    p.add_argument("--backend", choices=["auto", "cpu", "jax"], default="auto",
-                   help="alsx engine (auto: the CPU kernel for CG float32 here, JAX otherwise)")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "cpu", "jax"],
+        default="auto",
+        help="alsx engine (auto: the CPU kernel for CG float32 here, JAX otherwise)",
+    )
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--only", default="", help="linear task: run only these LIB:DATASET pairs, e.g. alsx:synth100m")
     p.add_argument("--report", action="store_true")

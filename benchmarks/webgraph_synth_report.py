@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 
+import _common as C
 from alsx.webgraph.stats import dataset_stats, edges_to_csr_pair, graph_stats
 from alsx.webgraph.synthetic import synth_webgraph
-
-import _common as C
 
 REPORT = Path(__file__).with_name("webgraph_report.md")
 
@@ -59,7 +58,12 @@ def table(real: dict[str, Any], syn: dict[str, Any]) -> str:
         _row("arcs", real["arcs"], syn["arcs"]),
         _row("self-loops", real["self_loops"], syn["self_loops"]),
         _row("self-loop share of arcs", real["self_loops"] / real["arcs"], syn["self_loops"] / syn["arcs"], "{:.2%}"),
-        _row("reciprocated arcs (self-loops count)", real["reciprocity"]["fraction"], syn["reciprocity"]["fraction"], "{:.1%}"),
+        _row(
+            "reciprocated arcs (self-loops count)",
+            real["reciprocity"]["fraction"],
+            syn["reciprocity"]["fraction"],
+            "{:.1%}",
+        ),
         _row(
             "reciprocated arcs, self-loops excluded",
             real["reciprocity"]["fraction_excluding_self"],
@@ -111,28 +115,33 @@ def main(argv: list[str] | None = None) -> int:
         counts = ds.manifest["counts"]
     script = str(Path(__file__).resolve().relative_to(C.ROOT))
     cmd = "nice -n 10 python " + shlex.join([script, *(sys.argv[1:] if argv is None else argv)])
+    recip_points = 100 * (syn["reciprocity"]["fraction"] - real["reciprocity"]["fraction"])
+    p50 = {k: (real[k]["quantiles"]["p50"], syn[k]["quantiles"]["p50"]) for k in ("out_degree", "in_degree")}
+    alpha_in = (real["in_degree"]["powerlaw"]["alpha"], syn["in_degree"]["powerlaw"]["alpha"])
     body = f"""## Synthetic generator vs cnr-2000
 
 Command: `{cmd}`
 
 Machine: {C.machine()}
 
-Synthetic graph: `synth_webgraph(out, {n:,}, {real['arcs']:,}, seed={a.seed}, dangling_fraction={round(dangling, 3)})`,
-other parameters at their defaults (locality {params['locality']}, reciprocity {params['reciprocity']},
-self_link_fraction {params['self_link_fraction']}, alpha_out {params['alpha_out']}, alpha_in {params['alpha_in']},
-{params['n_hosts']:,} hosts); {counts['generated_edges']:,} arcs generated, {counts['duplicates_removed']:,} repeats removed,
-{secs:.1f} s. The real graph is `{cnr.name}` (LAW cnr-2000). Reciprocity counts a self-loop as its own reverse,
+Synthetic graph: `synth_webgraph(out, {n:,}, {real["arcs"]:,}, seed={a.seed}, dangling_fraction={round(dangling, 3)})`,
+other parameters at their defaults (locality {params["locality"]}, reciprocity {params["reciprocity"]},
+self_link_fraction {params["self_link_fraction"]}, alpha_out {params["alpha_out"]}, alpha_in {params["alpha_in"]},
+{params["n_hosts"]:,} hosts); {counts["generated_edges"]:,} arcs generated,
+{counts["duplicates_removed"]:,} repeats removed, {secs:.1f} s. The real graph is `{cnr.name}` (LAW cnr-2000).
+Reciprocity counts a self-loop as its own reverse,
 which is how cnr-2000's published 27.0 % is obtained.
 
 {table(real, syn)}
 
-Reading: nodes, arcs (after removing {counts['duplicates_removed']:,} repeated arcs), self-loop share, mean
-degree and empty rows follow the parameters. Reciprocity comes out {100 * (syn['reciprocity']['fraction'] - real['reciprocity']['fraction']):+.1f}
+Reading: nodes, arcs (after removing {counts["duplicates_removed"]:,} repeated arcs), self-loop share, mean
+degree and empty rows follow the parameters. Reciprocity comes out {recip_points:+.1f}
 points from cnr-2000 because links inside hosts also reciprocate by chance. Both degree distributions are
 heavy-tailed, but the shapes differ: cnr-2000 is more skewed at the low end (out-degree median
-{real['out_degree']['quantiles']['p50']:.0f} vs {syn['out_degree']['quantiles']['p50']:.0f}, in-degree median {real['in_degree']['quantiles']['p50']:.0f} vs {syn['in_degree']['quantiles']['p50']:.0f}), and its in-degree
-tail is heavier (fitted alpha {real['in_degree']['powerlaw']['alpha']:.2f} vs {syn['in_degree']['powerlaw']['alpha']:.2f}). A two-exponent rank law does not
-reproduce those shapes exactly.
+{p50["out_degree"][0]:.0f} vs {p50["out_degree"][1]:.0f}, in-degree median
+{p50["in_degree"][0]:.0f} vs {p50["in_degree"][1]:.0f}),
+and its in-degree tail is heavier (fitted alpha {alpha_in[0]:.2f} vs {alpha_in[1]:.2f}). A two-exponent rank
+law does not reproduce those shapes exactly.
 """
     replace_section(Path(a.out), "synth-vs-cnr", body)
     print(body)

@@ -111,20 +111,22 @@ def main(argv: list[str] | None = None) -> int:
         if not a.keep:
             shutil.rmtree(out, ignore_errors=True)
     lines = [
-        "| nodes | arcs generated | arcs kept (distinct) | chunks | wall time | peak RSS (ru_maxrss) | peak anonymous RSS | peak file-backed RSS | dataset on disk | written to disk |",
+        "| nodes | arcs generated | arcs kept (distinct) | chunks | wall time | peak RSS (ru_maxrss) "
+        "| peak anonymous RSS | peak file-backed RSS | dataset on disk | written to disk |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['nodes']:,} | {r['generated']:,} | {r['arcs']:,} | {r['chunks']} | {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min) "
-            f"| {r['peak_rss_gib']:.2f} GiB | {r['peak_anon_gib']:.2f} GiB | {r['peak_file_gib']:.2f} GiB | {r['disk_gib']:.2f} GiB "
-            f"| {r['written_gib']:.1f} GiB |"
+            f"| {r['nodes']:,} | {r['generated']:,} | {r['arcs']:,} | {r['chunks']} "
+            f"| {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min) "
+            f"| {r['peak_rss_gib']:.2f} GiB | {r['peak_anon_gib']:.2f} GiB | {r['peak_file_gib']:.2f} GiB "
+            f"| {r['disk_gib']:.2f} GiB | {r['written_gib']:.1f} GiB |"
         )
     argv_s = " ".join(argv if argv is not None else sys.argv[1:])
     body = f"""## Synthetic generator at scale
 
 Command: `python benchmarks/webgraph_synth_scale.py {argv_s}`
-(each size runs `{rows[0]['cmd']}` with the sizes substituted, under `nice -n 10`).
+(each size runs `{rows[0]["cmd"]}` with the sizes substituted, under `nice -n 10`).
 
 Machine: {machine()}; shared with other developers' jobs while it ran, so times are upper bounds.
 

@@ -81,8 +81,17 @@ def child(a: argparse.Namespace) -> None:
 
     enable_compile_cache()
     hp = HParams(dim=a.dim, solver=a.solver, cg_steps=a.cg_steps)
-    res = train_webgraph(a.dataset, None, hp, epochs=a.epochs, tied=a.tied, max_eval_rows=a.max_eval_rows,
-                         chunk_entries=a.chunk_entries, compute_loss=False, fold_in_heldout=False)
+    res = train_webgraph(
+        a.dataset,
+        None,
+        hp,
+        epochs=a.epochs,
+        tied=a.tied,
+        max_eval_rows=a.max_eval_rows,
+        chunk_entries=a.chunk_entries,
+        compute_loss=False,
+        fold_in_heldout=False,
+    )
     res["vm_hwm"] = vm_hwm_bytes()
     print("RESULT " + json.dumps(res))
 
@@ -94,8 +103,22 @@ def run(a: argparse.Namespace) -> None:
         from alsx.webgraph.dataset import open_dataset
 
         ds = open_dataset(path)
-        cmd = [sys.executable, __file__, "child", str(path), "--dim", str(a.dim), "--epochs", str(a.epochs),
-               "--solver", a.solver, "--cg-steps", str(a.cg_steps), "--chunk-entries", str(a.chunk_entries)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "child",
+            str(path),
+            "--dim",
+            str(a.dim),
+            "--epochs",
+            str(a.epochs),
+            "--solver",
+            a.solver,
+            "--cg-steps",
+            str(a.cg_steps),
+            "--chunk-entries",
+            str(a.chunk_entries),
+        ]
         if a.max_eval_rows:
             cmd += ["--max-eval-rows", str(a.max_eval_rows)]
         if a.tied:
@@ -111,15 +134,30 @@ def run(a: argparse.Namespace) -> None:
             sys.stderr.write(p.stderr[-4000:])
             raise SystemExit(f"{name}: child failed ({p.returncode})")
         res = json.loads(line[0][7:])
-        rec = {"name": name, "nodes": ds.n_nodes, "edges": res["nnz"], "heldout_rows": len(ds.heldout_rows),
-               "dim": a.dim, "solver": a.solver, "cg_steps": a.cg_steps, "tied": a.tied, "epochs": res["epochs"],
-               "seconds_per_epoch": res["seconds_per_epoch"], "eval_seconds": res["eval_seconds"],
-               "recall@20": res["metrics"]["model"]["recall@20"], "recall@50": res["metrics"]["model"]["recall@50"],
-               "pop_recall@20": res["metrics"]["popularity"]["recall@20"],
-               "n_eval_rows": res["metrics"]["model"]["n_eval_rows"], "peak_rss_bytes": res["vm_hwm"],
-               "train_peak_rss_bytes": res.get("train_vm_hwm"), **peaks,
-               "build_seconds": build_s, "child_wall_seconds": wall, "chunk_entries": a.chunk_entries,
-               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        rec = {
+            "name": name,
+            "nodes": ds.n_nodes,
+            "edges": res["nnz"],
+            "heldout_rows": len(ds.heldout_rows),
+            "dim": a.dim,
+            "solver": a.solver,
+            "cg_steps": a.cg_steps,
+            "tied": a.tied,
+            "epochs": res["epochs"],
+            "seconds_per_epoch": res["seconds_per_epoch"],
+            "eval_seconds": res["eval_seconds"],
+            "recall@20": res["metrics"]["model"]["recall@20"],
+            "recall@50": res["metrics"]["model"]["recall@50"],
+            "pop_recall@20": res["metrics"]["popularity"]["recall@20"],
+            "n_eval_rows": res["metrics"]["model"]["n_eval_rows"],
+            "peak_rss_bytes": res["vm_hwm"],
+            "train_peak_rss_bytes": res.get("train_vm_hwm"),
+            **peaks,
+            "build_seconds": build_s,
+            "child_wall_seconds": wall,
+            "chunk_entries": a.chunk_entries,
+            "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         with open(RESULTS, "a") as f:
             f.write(json.dumps(rec) + "\n")
         print(json.dumps(rec), flush=True)
@@ -127,15 +165,19 @@ def run(a: argparse.Namespace) -> None:
 
 def table(_: argparse.Namespace) -> None:
     recs = [json.loads(s) for s in RESULTS.read_text().splitlines() if s.strip()]
-    print("| graph | nodes | train edges | d | epochs | Recall@20 | Recall@50 | popularity R@20 | "
-          "s/epoch (1st, incl. compile) | s/epoch (later) | peak RSS | build |")
+    print(
+        "| graph | nodes | train edges | d | epochs | Recall@20 | Recall@50 | popularity R@20 | "
+        "s/epoch (1st, incl. compile) | s/epoch (later) | peak RSS | build |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in recs:
         s = r["seconds_per_epoch"]
         later = f"{np.mean(s[1:]):.1f}" if len(s) > 1 else "n/a"
-        print(f"| {r['name']} | {r['nodes']:,} | {r['edges']:,} | {r['dim']} | {r['epochs']} | "
-              f"{r['recall@20']:.4f} | {r['recall@50']:.4f} | {r['pop_recall@20']:.4f} | {s[0]:.1f} | {later} | "
-              f"{r['peak_rss_bytes'] / 2**30:.2f} GiB | {r['build_seconds']:.0f} s |")
+        print(
+            f"| {r['name']} | {r['nodes']:,} | {r['edges']:,} | {r['dim']} | {r['epochs']} | "
+            f"{r['recall@20']:.4f} | {r['recall@50']:.4f} | {r['pop_recall@20']:.4f} | {s[0]:.1f} | {later} | "
+            f"{r['peak_rss_bytes'] / 2**30:.2f} GiB | {r['build_seconds']:.0f} s |"
+        )
 
 
 def main() -> None:
