@@ -188,6 +188,13 @@ def load_train(name: str):
     return Interactions(rows=rows, cols=cols, values=np.ones(rows.size, np.float32), shape=shape)
 
 
+def als(dim: int, epochs: int, reg: float, unobserved_weight: float, **kw):
+    """The estimator every benchmark times: seed 0, no progress bar, other settings from ``kw``."""
+    import alsx
+
+    return alsx.ALS(dim=dim, epochs=epochs, reg=reg, unobserved_weight=unobserved_weight, seed=0, progress=False, **kw)
+
+
 def to_scipy(part, n_rows: int | None = None):
     """scipy CSR (float32 ones) of an Interactions part."""
     import scipy.sparse as sp

@@ -42,21 +42,18 @@ KEYS = ("dataset", "dim", "epochs", "reg", "unobserved_weight", "solver", "cg_st
 
 
 def child(spec: dict) -> dict:
-    import alsx
     from alsx.eval.protocol import evaluate
 
     x = C.load(spec["dataset"])
     split = C.split_of(spec["dataset"], x)
     t0 = time.perf_counter()
-    m = alsx.ALS(
-        dim=spec["dim"],
-        epochs=spec["epochs"],
-        reg=spec["reg"],
-        unobserved_weight=spec["unobserved_weight"],
+    m = C.als(
+        spec["dim"],
+        spec["epochs"],
+        spec["reg"],
+        spec["unobserved_weight"],
         solver=spec["solver"],
         cg_steps=spec["cg_steps"],
-        seed=0,
-        progress=False,
     )
     m.fit(
         split.train,

@@ -147,7 +147,6 @@ def child(spec: dict) -> dict:
 
     import jax
 
-    import alsx
     from alsx.eval.protocol import evaluate
 
     kw = {
@@ -155,15 +154,7 @@ def child(spec: dict) -> dict:
         **_variant(spec.get("variant", "cg:3")),
         "dtype": spec.get("dtype", "float32"),
     }
-    m = alsx.ALS(
-        dim=spec["dim"],
-        epochs=spec["epochs"],
-        reg=spec["reg"],
-        unobserved_weight=spec["a0"],
-        seed=0,
-        progress=False,
-        **kw,
-    ).fit(train)
+    m = C.als(spec["dim"], spec["epochs"], spec["reg"], spec["a0"], **kw).fit(train)
     out.update(
         {
             "devices": jax.device_count(),
