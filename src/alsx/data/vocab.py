@@ -107,7 +107,7 @@ class Vocab:
         self._sorted = arr if sorter is None else arr[sorter]
 
     @classmethod
-    def _from_sorted_unique(cls, arr: np.ndarray) -> "Vocab":
+    def from_sorted_unique(cls, arr: np.ndarray) -> "Vocab":
         """Wraps strictly increasing ids without copying or re-checking them."""
         v = cls.__new__(cls)
         v._set(arr, None)
@@ -125,11 +125,11 @@ class Vocab:
         """
         arr = as_id_array(raw)
         if len(arr) == 0:
-            return cls._from_sorted_unique(arr.copy()), np.zeros(0, np.int32)
+            return cls.from_sorted_unique(arr.copy()), np.zeros(0, np.int32)
         uniq, inverse = np.unique(arr, return_inverse=True)
         if len(uniq) > _INT32_MAX:
             raise ValueError(f"a vocabulary holds at most {_INT32_MAX} ids, got {len(uniq)}")
-        return cls._from_sorted_unique(uniq), inverse.reshape(-1).astype(np.int32, copy=False)
+        return cls.from_sorted_unique(uniq), inverse.reshape(-1).astype(np.int32, copy=False)
 
     @property
     def ids(self) -> np.ndarray:
