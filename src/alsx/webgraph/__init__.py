@@ -6,10 +6,12 @@ from alsx.webgraph.dataset import WebGraphDataset
 from alsx.webgraph.dataset import open_dataset
 from alsx.webgraph.synthetic import SynthSpec
 from alsx.webgraph.synthetic import synth_webgraph
+from alsx.webgraph.variant import Variant
 
 __all__ = [
     "CCInputs",
     "SynthSpec",
+    "Variant",
     "WebGraphDataset",
     "build_webgraph",
     "open_dataset",
