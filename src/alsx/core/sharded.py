@@ -352,7 +352,8 @@ class ShardedEngine:
         Each process asks the owners for its own ids; owners send back only those rows (two
         all-to-alls of the requests and the rows), so nothing near a whole table moves.
         """
-        from alsx.data.partitioned import pack_fields as _pack, unpack_fields as _unpack
+        from alsx.data.partitioned import pack_fields as _pack
+        from alsx.data.partitioned import unpack_fields as _unpack
         from alsx.distributed import route
 
         layout, mine = self._local_slots(state, side)

@@ -217,13 +217,4 @@ def read_columns(cols: dict[str, pa.ChunkedArray | np.ndarray], source: str, lab
             return np_timestamps(c, labels[role], source, locate)
         return np_bool(c, labels[role], source, locate)
 
-    return Raw(
-        source=source,
-        rows=ids("row"),
-        cols=ids("col"),
-        values=numeric("value"),
-        timestamps=numeric("timestamp"),
-        is_test=numeric("is_test"),
-        labels=labels,
-        locate=locate,
-    )
+    return Raw.by_role(source, lambda role: ids(role) if role in ("row", "col") else numeric(role), labels, locate)

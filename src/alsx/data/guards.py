@@ -34,6 +34,7 @@ import zipfile
 from typing import Callable
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -55,8 +56,6 @@ class Refused(Exception):
 
 def available_ram() -> int:
     """Bytes of RAM available now (psutil), the budget of the memory checks."""
-    import psutil
-
     return int(psutil.virtual_memory().available)
 
 

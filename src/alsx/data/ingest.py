@@ -33,6 +33,7 @@ This module is the front; the work is done by
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Mapping
@@ -47,7 +48,7 @@ from alsx.data.text_blocks import COMPRESSION_SUFFIXES, part_byte_range
 from alsx.data.validate import finish
 from alsx.errors import UsageError
 
-__all__ = ["ColumnRef", "IdColumn", "IngestError", "IngestSummary", "InputNotFound", "load_interactions",
+__all__ = ["ColumnRef", "IdColumn", "IngestError", "IngestSummary", "InputNotFound", "ingest_arguments", "load_interactions",
            "part_byte_range", "read_source", "suffix_format"]
 
 FMT_BY_SUFFIX = {
@@ -141,6 +142,33 @@ def load_interactions(
         raise :class:`InputNotFound`, also a FileNotFoundError).
       UsageError: an argument value that cannot work.
     """
+    a = ingest_arguments(**{k: v for k, v in locals().items() if k != "source"})
+    raw = read_source(source, fmt=fmt, refs=a["refs"], sep=sep, header=header, ids=ids, square=square)
+    return finish(
+        raw,
+        shape=a["shape"],
+        ids=ids,
+        square=square,
+        duplicates=duplicates,
+        allow_negative=allow_negative,
+        keep_zeros=keep_zeros,
+    )
+
+
+def ingest_arguments(**options: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`load_interactions` by name: defaults filled in, values checked.
+
+    Also ``refs``: role -> column reference.  For other front ends taking the same
+    arguments (:func:`alsx.data.partitioned.load_partitioned`).
+
+    Raises:
+      TypeError: a keyword load_interactions does not take.
+      UsageError: an argument value that cannot work.
+    """
+    bound = inspect.signature(load_interactions).bind(None, **options)
+    bound.apply_defaults()
+    a = {k: v for k, v in bound.arguments.items() if k != "source"}
+    ids, duplicates, header, shape = a["ids"], a["duplicates"], a["header"], a["shape"]
     if ids not in ("auto", "index", "map"):
         raise UsageError(f"--ids (ids=) must be auto, index or map, got {ids!r}")
     if duplicates not in ("sum", "first", "error"):
@@ -150,19 +178,9 @@ def load_interactions(
     if shape is not None:
         if len(shape) != 2 or any(int(s) != s or s < 0 for s in shape):
             raise UsageError(f"shape must be two non-negative ints, got {shape!r}")
-        shape = (int(shape[0]), int(shape[1]))
-    refs = {"row": row, "col": col, "value": value, "timestamp": timestamp, "is_test": is_test}
-
-    raw = read_source(source, fmt=fmt, refs=refs, sep=sep, header=header, ids=ids, square=square)
-    return finish(
-        raw,
-        shape=shape,
-        ids=ids,
-        square=square,
-        duplicates=duplicates,
-        allow_negative=allow_negative,
-        keep_zeros=keep_zeros,
-    )
+        a["shape"] = (int(shape[0]), int(shape[1]))
+    a["refs"] = {role: a[role] for role in ("row", "col", "value", "timestamp", "is_test")}
+    return a
 
 
 def _stem(path: str) -> str:

@@ -33,10 +33,10 @@ import pyarrow.compute as pc
 from alsx import distributed as dist
 from alsx.data import guards
 from alsx.data.dedupe import sort_dedupe
-from alsx.data.ingest import read_source, suffix_format
+from alsx.data.ingest import ingest_arguments, read_source, suffix_format
 from alsx.data.layout import engine_layouts, group_ranges, shard_processes
 from alsx.data.matrix import CSR, Interactions, coo_to_csr
-from alsx.data.raw import ColumnRef, IdColumn, IngestSummary, fail, is_str
+from alsx.data.raw import IdColumn, IngestSummary, fail, is_str
 from alsx.data.split import by_name
 from alsx.data.validate import as_large_strings, checked_values, distinct_strings, encode_ids, mixed_ids_error, string_codes
 from alsx.data.vocab import Vocab
@@ -136,36 +136,25 @@ def unpack_fields(payload: np.ndarray, dtypes: list[np.dtype]) -> list[np.ndarra
 
 
 # ---------------------------------------------------------------------------- load
-def load_partitioned(
-    path: str,
-    *,
-    fmt: str | None = None,
-    row: ColumnRef = None,
-    col: ColumnRef = None,
-    value: ColumnRef = None,
-    timestamp: ColumnRef = None,
-    is_test: ColumnRef = None,
-    sep: str | None = None,
-    header: Any = "infer",
-    shape: tuple[int, int] | None = None,
-    ids: str = "auto",
-    square: bool = False,
-    duplicates: str = "sum",
-    allow_negative: bool = False,
-    keep_zeros: bool = True,
-) -> Partitioned:
+def load_partitioned(path: str, **options: Any) -> Partitioned:
     """``load_interactions`` with every process of a ``jax.distributed`` run reading one part.
 
     Same arguments, same validation, same result as one process reading the whole file
     (vocabulary, shape, merged duplicates, counts); every process must call it.  With one
     process it reads the whole file.
 
+    Args:
+      options: the keyword arguments of ``load_interactions`` (``fmt``, ``row``, ..., ``keep_zeros``).
+
     Raises:
       IngestError: as ``load_interactions`` (naming the file and line inside this
         process's part); also for compressed text, whose bytes cannot be split.
+      UsageError, TypeError: as ``load_interactions`` for an argument that cannot work.
     """
+    a = ingest_arguments(**options)
+    fmt, refs, sep, header, ids, square = a["fmt"], a["refs"], a["sep"], a["header"], a["ids"], a["square"]
+    shape, duplicates, allow_negative, keep_zeros = a["shape"], a["duplicates"], a["allow_negative"], a["keep_zeros"]
     n_proc, me = jax.process_count(), jax.process_index()
-    refs = {"row": row, "col": col, "value": value, "timestamp": timestamp, "is_test": is_test}
     part = (me, n_proc)
     clock = [time.perf_counter()]
 

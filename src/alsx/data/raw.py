@@ -84,6 +84,13 @@ class Raw:
     inferred_str: tuple[str, ...] = ()  # text id columns read as strings because a token was not an integer
     columns: str | None = None  # what was read from where, for the summary
 
+    @classmethod
+    def by_role(cls, source: str, column: Callable[[str], Any], labels: dict[str, str], locate: Location,
+                **extra: Any) -> "Raw":
+        """The Raw whose columns are ``column(role)`` for row, col, value, timestamp, is_test (in that order)."""
+        return cls(source=source, rows=column("row"), cols=column("col"), values=column("value"),
+                   timestamps=column("timestamp"), is_test=column("is_test"), labels=labels, locate=locate, **extra)
+
 
 def fail(source: str, where: str | None, problem: str) -> IngestError:
     return IngestError(f"{source}: {where}: {problem}" if where else f"{source}: {problem}")

@@ -356,18 +356,8 @@ def read_text(path: str, *, fmt: str, refs: dict, sep: str | None, header, ids: 
             return np.zeros(0, dtype={"row": np.int32, "col": np.int32, "value": np.float64, "timestamp": np.int64, "is_test": bool}[role])
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    raw = Raw(
-        source=path,
-        rows=joined("row"),
-        cols=joined("col"),
-        values=joined("value"),
-        timestamps=joined("timestamp"),
-        is_test=joined("is_test"),
-        labels=lay.labels,
-        locate=locate,
-        inferred_str=tuple(dict.fromkeys(inferred)),
-        columns=columns_note(lay.labels, f"header line {first_line}" if header else "no header line"),
-    )
+    raw = Raw.by_role(path, joined, lay.labels, locate, inferred_str=tuple(dict.fromkeys(inferred)),
+                      columns=columns_note(lay.labels, f"header line {first_line}" if header else "no header line"))
     for role, c in (("row", raw.rows), ("col", raw.cols)):  # an empty string id is a missing field
         if isinstance(c, pa.ChunkedArray) and len(c):
             empty = pc.equal(pc.utf8_length(c), 0)

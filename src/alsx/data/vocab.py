@@ -12,6 +12,7 @@ import os
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 
 __all__ = ["Vocab"]
 
@@ -57,8 +58,6 @@ def as_id_array(ids: object, *, what: str = "ids") -> np.ndarray:
         raise ValueError(f"{what}: bool ids are not supported (dtype {arr.dtype}); pass int or str ids")
     if kind == "O":
         # Let pyarrow infer the element type in C instead of looping over objects in Python.
-        import pyarrow as pa
-
         try:
             typed = pa.array(arr, from_pandas=False)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:

@@ -301,21 +301,15 @@ def synth_edge_chunks(spec: SynthSpec) -> Iterator[tuple[np.ndarray, np.ndarray]
     return SynthModel(spec).chunks()
 
 
+_MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(SynthSpec) if f.name not in ("n_nodes", "n_edges", "seed"))
+
+
 def synth_webgraph(
     out_dir: str | os.PathLike,
     n_nodes: int,
     n_edges: int,
     *,
     variant: Variant | None = None,
-    hosts: int | None = None,
-    locality: float = 0.8,
-    reciprocity: float = 0.27,
-    self_link_fraction: float = 0.027,
-    alpha_out: float = 2.6,
-    alpha_in: float = 2.1,
-    host_alpha: float = 2.0,
-    dangling_fraction: float = 0.2,
-    chunk_edges: int = DEFAULT_CHUNK_EDGES,
     checksum: bool = False,
     overwrite: bool = False,
     **options: Any,
@@ -330,29 +324,17 @@ def synth_webgraph(
 
     Args:
       variant: the filter, split and file layout (:class:`~alsx.webgraph.variant.Variant`;
-        default ``Variant(heldout_fraction=0.0)``); ``options`` replace its fields by name.
-        Its ``seed`` seeds the generator too.
-      hosts, locality, ..., chunk_edges: the graph model (:class:`SynthSpec`).
+        default ``Variant(heldout_fraction=0.0)``). Its ``seed`` seeds the generator too.
+      options: the graph model's fields (:class:`SynthSpec`: ``hosts``, ``locality``, ...,
+        ``chunk_edges``) and the variant's (``seed``, ``min_degree``, ...), by name.
 
     Returns:
       The opened dataset; ``manifest['counts']`` holds ``generated_edges``,
       ``duplicates_removed`` and the filter/split counts.
     """
+    model_options = {k: options.pop(k) for k in list(options) if k in _MODEL_FIELDS}
     var = variant_of(variant, options, "synth_webgraph", heldout_fraction=0.0)
-    spec = SynthSpec(
-        n_nodes=n_nodes,
-        n_edges=n_edges,
-        seed=var.seed,
-        hosts=hosts,
-        locality=locality,
-        reciprocity=reciprocity,
-        self_link_fraction=self_link_fraction,
-        alpha_out=alpha_out,
-        alpha_in=alpha_in,
-        host_alpha=host_alpha,
-        dangling_fraction=dangling_fraction,
-        chunk_edges=chunk_edges,
-    )
+    spec = SynthSpec(n_nodes=n_nodes, n_edges=n_edges, seed=var.seed, **model_options)
     t0 = time.time()
     out_dir = Path(out_dir)
     prepare_out(out_dir, overwrite)
