@@ -15,8 +15,7 @@ import pytest
 
 from alsx.data import ingest as ig
 from alsx.data import split as sp
-from alsx.data import text_blocks
-from alsx.data import validate
+from alsx.data import text_blocks, validate
 from alsx.data.ingest import IngestError, load_interactions
 from alsx.data.matrix import Interactions
 
@@ -347,9 +346,8 @@ def test_fold_in_against_the_rows_it_reads_and_the_whole_gramian():
 def test_bad_line_in_one_part_is_named_and_the_other_process_stops(tmp_path):
     """The process whose part holds a bad value names the file, line and value and exits at
     once; the other stops with a clear error instead of hanging."""
-    from test_distributed import _finish, _free_port
-
     from alsx.distributed import EXIT_PEER_LOST
+    from test_distributed import _finish, _free_port
 
     lines = ["user,item,rating"] + [f"u{k % 50},i{k % 31},{1 + k % 4}" for k in range(2000)]
     lines[1700] = "u7,i3,oops"  # physical line 1701, in the second half of the bytes

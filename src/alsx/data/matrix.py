@@ -107,8 +107,8 @@ class Interactions:
     cols: np.ndarray
     values: np.ndarray
     shape: tuple[int, int]
-    row_vocab: "Vocab | None" = None
-    col_vocab: "Vocab | None" = None
+    row_vocab: Vocab | None = None
+    col_vocab: Vocab | None = None
     timestamps: np.ndarray | None = None
     is_test: np.ndarray | None = None
 
@@ -116,7 +116,7 @@ class Interactions:
     def nnz(self) -> int:
         return int(len(self.rows))
 
-    def select(self, mask: np.ndarray) -> "Interactions":
+    def select(self, mask: np.ndarray) -> Interactions:
         """The entries where ``mask`` is True, same shape and vocabularies."""
         return dataclasses.replace(
             self,

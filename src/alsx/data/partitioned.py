@@ -38,7 +38,14 @@ from alsx.data.layout import engine_layouts, group_ranges, shard_processes
 from alsx.data.matrix import CSR, Interactions, coo_to_csr
 from alsx.data.raw import IdColumn, IngestSummary, fail, is_str
 from alsx.data.split import by_name
-from alsx.data.validate import as_large_strings, checked_values, distinct_strings, encode_ids, mixed_ids_error, string_codes
+from alsx.data.validate import (
+    as_large_strings,
+    checked_values,
+    distinct_strings,
+    encode_ids,
+    mixed_ids_error,
+    string_codes,
+)
 from alsx.data.vocab import Vocab
 
 log = logging.getLogger(__name__)

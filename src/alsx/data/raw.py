@@ -86,7 +86,7 @@ class Raw:
 
     @classmethod
     def by_role(cls, source: str, column: Callable[[str], Any], labels: dict[str, str], locate: Location,
-                **extra: Any) -> "Raw":
+                **extra: Any) -> Raw:
         """The Raw whose columns are ``column(role)`` for row, col, value, timestamp, is_test (in that order)."""
         return cls(source=source, rows=column("row"), cols=column("col"), values=column("value"),
                    timestamps=column("timestamp"), is_test=column("is_test"), labels=labels, locate=locate, **extra)

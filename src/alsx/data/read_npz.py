@@ -187,7 +187,7 @@ class _NpzSlices(Mapping):
     def __len__(self) -> int:
         return len(self._names)
 
-    def __enter__(self) -> "_NpzSlices":
+    def __enter__(self) -> _NpzSlices:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -113,7 +113,7 @@ class ShardSide:
             ks.append(self.long.request.shape[2])
         return tuple(ks)
 
-    def with_caps(self, caps: tuple[int, ...]) -> "ShardSide":
+    def with_caps(self, caps: tuple[int, ...]) -> ShardSide:
         """The same side with every exchange capacity raised to ``caps`` (from :meth:`caps`)."""
         blocks = [dataclasses.replace(b, request=_pad_k(b.request, k), positions=_remap(b.positions, b.request, k))
                   for b, k in zip(self.blocks, caps)]

@@ -106,14 +106,14 @@ class Vocab:
         self._sorted = arr if sorter is None else arr[sorter]
 
     @classmethod
-    def from_sorted_unique(cls, arr: np.ndarray) -> "Vocab":
+    def from_sorted_unique(cls, arr: np.ndarray) -> Vocab:
         """Wraps strictly increasing ids without copying or re-checking them."""
         v = cls.__new__(cls)
         v._set(arr, None)
         return v
 
     @classmethod
-    def from_ids(cls, raw: object) -> tuple["Vocab", np.ndarray]:
+    def from_ids(cls, raw: object) -> tuple[Vocab, np.ndarray]:
         """Builds the vocabulary of the distinct values in ``raw`` and encodes it.
 
         Args:
@@ -204,7 +204,7 @@ class Vocab:
             np.savez(f, ids=self._ids)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Vocab":
+    def load(cls, path: str | os.PathLike) -> Vocab:
         """Reads a vocabulary written by :meth:`save` (``allow_pickle=False``)."""
         with np.load(path, allow_pickle=False) as z:
             if "ids" not in z.files:

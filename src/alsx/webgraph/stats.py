@@ -14,7 +14,8 @@ Definitions follow the LAW figures quoted for cnr-2000:
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
