@@ -17,7 +17,7 @@ import pytest
 import scipy.sparse as sp
 
 import alsx
-from alsx.data import guards, ingest
+from alsx.data import guards, text_blocks
 from alsx.data.ingest import IngestError, load_interactions
 
 
@@ -88,7 +88,7 @@ def test_error_in_a_late_block_has_the_exact_line(tmp_path, monkeypatch):
     lines = [f"{i} {i + 1}" for i in range(300)]
     lines[250] = "250 251 7 8"
     p = write(tmp_path / "big.el", "# c\n" + "\n".join(lines) + "\n")
-    monkeypatch.setattr(ingest, "_BLOCK_BYTES", 100)
+    monkeypatch.setattr(text_blocks, "BLOCK_BYTES", 100)
     raises("big.el", "line 252", "'250 251 7 8'", "expected 2 fields, got 4", source=p)
 
 
@@ -458,7 +458,7 @@ def test_mixed_column_in_a_late_block_names_the_line(tmp_path, monkeypatch):
     lines[260] = "260 x7"
     lines[280] = "280 y"
     p = write(tmp_path / "g.el", "# comment\n" + "\n".join(lines) + "\n")
-    monkeypatch.setattr(ingest, "_BLOCK_BYTES", 128)
+    monkeypatch.setattr(text_blocks, "BLOCK_BYTES", 128)
     raises("g.el", "line 262 ('260 x7')", "column id 'x7' in column 1", "298 of the column's 300", "(2 are not)",
            source=p)
 
@@ -467,7 +467,7 @@ def test_string_columns_with_some_integers_stay_strings(tmp_path, monkeypatch):
     # At most half of the tokens are integers: string ids, the integers among them too.
     lines = [f"{i},i{i % 3}" for i in range(10)] + [f"u{i},i{i % 3}" for i in range(30)]
     p = write(tmp_path / "s.csv", "\n".join(lines) + "\n")
-    monkeypatch.setattr(ingest, "_BLOCK_BYTES", 64)  # the integer lines come first, in blocks of their own
+    monkeypatch.setattr(text_blocks, "BLOCK_BYTES", 64)  # the integer lines come first, in blocks of their own
     inter, _ = load_interactions(p)
     assert inter.row_vocab.kind == "str" and len(inter.row_vocab) == 40 and inter.nnz == 40
     assert {"0", "9", "u0", "u29"} <= set(inter.row_vocab.ids)

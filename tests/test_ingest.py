@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from alsx.data import ingest
+from alsx.data import text_blocks
 from alsx.data.ingest import IngestSummary, load_interactions
 from alsx.data.vocab import Vocab
 
@@ -166,7 +166,7 @@ def test_edge_list_txt_and_multiblock_equals_reference(tmp_path, monkeypatch):
             lines.append("# comment in the middle")
         lines.append(f"{a}{' ' * (k % 3 + 1)}{b}")
     p = write(tmp_path / "g.txt", "\n".join(lines))  # no final newline
-    monkeypatch.setattr(ingest, "_BLOCK_BYTES", 64)  # many blocks, lines split across reads
+    monkeypatch.setattr(text_blocks, "BLOCK_BYTES", 64)  # many blocks, lines split across reads
     inter, summary = load_interactions(p, square=True)
     assert inter.shape[0] == inter.shape[1] == max(src.max(), dst.max()) + 1
     want = reference(src, dst, np.ones(400), inter.shape) > 0
@@ -177,7 +177,7 @@ def test_edge_list_txt_and_multiblock_equals_reference(tmp_path, monkeypatch):
 def test_string_ids_after_integer_blocks_reread_as_strings(tmp_path, monkeypatch):
     lines = [f"{i} {i % 7}" for i in range(200)] + ["node-x 3", "007 3"]
     p = write(tmp_path / "g.el", "\n".join(lines) + "\n")
-    monkeypatch.setattr(ingest, "_BLOCK_BYTES", 128)
+    monkeypatch.setattr(text_blocks, "BLOCK_BYTES", 128)
     # Mostly integers: --ids auto refuses (test_bad_input); --ids map reads the column as strings.
     inter, _ = load_interactions(p, ids="map")
     assert inter.row_vocab.kind == "str"  # the failing column switched to strings ...

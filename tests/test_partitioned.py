@@ -15,6 +15,7 @@ import pytest
 
 from alsx.data import ingest as ig
 from alsx.data import split as sp
+from alsx.data import text_blocks, validate
 from alsx.data.ingest import IngestError, load_interactions
 from alsx.data.matrix import Interactions
 
@@ -24,7 +25,7 @@ HERE = os.path.dirname(__file__)
 def _read(path, part=None, **kw):
     refs = {"row": kw.pop("row", None), "col": kw.pop("col", None), "value": kw.pop("value", None),
             "timestamp": None, "is_test": None}
-    return ig._read_source(path, fmt=kw.pop("fmt", None), refs=refs, sep=None, header="infer", ids="auto",
+    return ig.read_source(path, fmt=kw.pop("fmt", None), refs=refs, sep=None, header="infer", ids="auto",
                            square=False, part=part, **kw)
 
 
@@ -48,14 +49,14 @@ def test_text_parts_cover_every_line_once_and_read_only_their_bytes(tmp_path, mo
     _write_csv(path)
     whole = _read(str(path), value="rating")
     spans = []
-    real = ig._blocks
+    real = text_blocks.blocks
 
     def recording(p, start, block_bytes, end=None):
         for off, block in real(p, start, block_bytes, end):
             spans.append((off, off + len(block)))
             yield off, block
 
-    monkeypatch.setattr(ig, "_blocks", recording)
+    monkeypatch.setattr(text_blocks, "blocks", recording)
     rows, cols, vals, ranges = [], [], [], []
     for i in range(n_parts):
         spans.clear()
@@ -99,7 +100,7 @@ def test_an_error_in_a_later_part_names_its_file_line(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     raw = _read(str(path), part=(2, 3), value="rating")
     with pytest.raises(IngestError, match=r"line 352 .*negative value -2"):
-        ig._checked_values(raw, allow_negative=False)
+        validate.checked_values(raw, allow_negative=False)
 
 
 def test_compressed_text_is_refused_with_the_reason(tmp_path):
@@ -345,9 +346,8 @@ def test_fold_in_against_the_rows_it_reads_and_the_whole_gramian():
 def test_bad_line_in_one_part_is_named_and_the_other_process_stops(tmp_path):
     """The process whose part holds a bad value names the file, line and value and exits at
     once; the other stops with a clear error instead of hanging."""
-    from test_distributed import _finish, _free_port
-
     from alsx.distributed import EXIT_PEER_LOST
+    from test_distributed import _finish, _free_port
 
     lines = ["user,item,rating"] + [f"u{k % 50},i{k % 31},{1 + k % 4}" for k in range(2000)]
     lines[1700] = "u7,i3,oops"  # physical line 1701, in the second half of the bytes

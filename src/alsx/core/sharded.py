@@ -37,16 +37,15 @@ from alsx.core.sharding import (
     STACKED,
     TABLE,
     RowLayout,
-    balanced_layout,
     local_shards,
     make_mesh,
     n_shards,
-    process_groups,
     stacked_sharding,
     table_sharding,
 )
 from alsx.core.state import ALSState, init_state
 from alsx.core.step import observed_loss, solve_block, solve_long
+from alsx.data.layout import engine_layouts
 from alsx.data.matrix import CSR
 from alsx.data.shard_packing import ShardSide, SideShape, pack_shard, side_shape, stack
 
@@ -353,7 +352,8 @@ class ShardedEngine:
         Each process asks the owners for its own ids; owners send back only those rows (two
         all-to-alls of the requests and the rows), so nothing near a whole table moves.
         """
-        from alsx.data.partitioned import _pack, _unpack
+        from alsx.data.partitioned import pack_fields as _pack
+        from alsx.data.partitioned import unpack_fields as _unpack
         from alsx.distributed import route
 
         layout, mine = self._local_slots(state, side)
@@ -474,19 +474,6 @@ def permute_program(table: jax.Array, index: np.ndarray, mesh: Mesh):
     fn = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(TABLE, STACKED, STACKED), out_specs=TABLE,
                                check_vma=_CHECK_VMA))
     return fn, (table, put(request), put(positions))
-
-
-def engine_layouts(rc: np.ndarray, cc: np.ndarray, mesh: Mesh, tied: bool) -> tuple[RowLayout, RowLayout]:
-    """Row and column layouts of a ShardedEngine on ``mesh`` (global row / column entry counts).
-
-    In a multi-process run each process owns one contiguous range of rows (and of
-    columns), balanced within it over its devices: see ``balanced_layout(n_groups=)``.
-    """
-    P, groups = n_shards(mesh), process_groups(mesh)
-    if tied:
-        lay = balanced_layout(rc + cc, P, n_groups=groups)
-        return lay, lay
-    return balanced_layout(rc, P, n_groups=groups), balanced_layout(cc, P, n_groups=groups)
 
 
 def _gather_host(x: jax.Array) -> np.ndarray:

@@ -40,7 +40,7 @@ from alsx.core.engine import PackStats
 from alsx.core.objective import Loss, regularisation_term, row_regularisation, unobserved_term
 from alsx.core.state import ALSState, init_state
 from alsx.core.step import observed_loss, prologue, solve_block, solve_long, take_rows
-from alsx.data.matrix import CSR
+from alsx.data.matrix import CSR, row_ranges
 from alsx.data.packing import bucket_widths
 
 #: Default nonzeros per streamed row range (~130 MB of int32 ids + float32 confidences packed).
@@ -105,22 +105,6 @@ class PackedChunk:
     longs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     nnz: int
     padded: int
-
-
-def row_ranges(indptr: np.ndarray, chunk_entries: int) -> list[tuple[int, int]]:
-    """Consecutive row ranges [r0, r1) of at most ``chunk_entries`` nonzeros (a longer row alone).
-
-    Args:
-      indptr: int64 [n_rows + 1] (may be memory-mapped; only binary-searched).
-    """
-    n = len(indptr) - 1
-    out, r = [], 0
-    while r < n:
-        r1 = int(np.searchsorted(indptr, indptr[r] + chunk_entries, side="right")) - 1
-        r1 = min(max(r1, r + 1), n)
-        out.append((r, r1))
-        r = r1
-    return out
 
 
 def side_layout(csr: CSR, dim: int, cfg: Packing, dense_rows: bool, chunk_entries: int) -> SideLayout:

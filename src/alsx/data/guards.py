@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import zipfile
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -55,8 +56,6 @@ class Refused(Exception):
 
 def available_ram() -> int:
     """Bytes of RAM available now (psutil), the budget of the memory checks."""
-    import psutil
-
     return int(psutil.virtual_memory().available)
 
 

@@ -49,6 +49,26 @@ class CSR:
         return self.indices[s:e], self.values[s:e]
 
 
+def row_ranges(indptr: np.ndarray, max_nnz: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges [r0, r1) of at most ``max_nnz`` entries (a longer row gets one of its own).
+
+    The one way alsx cuts a CSR into row blocks: streaming chunks, on-disk shards, sort
+    and scan blocks.
+
+    Args:
+      indptr: int64 [n_rows + 1] (may be memory-mapped; only binary-searched).
+    """
+    n = len(indptr) - 1
+    out: list[tuple[int, int]] = []
+    r = 0
+    while r < n:
+        r1 = int(np.searchsorted(indptr, indptr[r] + max_nnz, side="right")) - 1
+        r1 = min(max(r1, r + 1), n)
+        out.append((r, r1))
+        r = r1
+    return out
+
+
 def coo_to_csr(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, n_cols: int) -> CSR:
     """Builds a CSR in O(nnz) extra memory with a stable counting sort (no Python loops).
 
@@ -87,8 +107,8 @@ class Interactions:
     cols: np.ndarray
     values: np.ndarray
     shape: tuple[int, int]
-    row_vocab: "Vocab | None" = None
-    col_vocab: "Vocab | None" = None
+    row_vocab: Vocab | None = None
+    col_vocab: Vocab | None = None
     timestamps: np.ndarray | None = None
     is_test: np.ndarray | None = None
 
@@ -96,7 +116,7 @@ class Interactions:
     def nnz(self) -> int:
         return int(len(self.rows))
 
-    def select(self, mask: np.ndarray) -> "Interactions":
+    def select(self, mask: np.ndarray) -> Interactions:
         """The entries where ``mask`` is True, same shape and vocabularies."""
         return dataclasses.replace(
             self,

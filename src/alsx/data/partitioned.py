@@ -25,14 +25,27 @@ import logging
 import time
 from typing import Any
 
+import jax
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from alsx import distributed as dist
 from alsx.data import guards
-from alsx.data import ingest as ig
+from alsx.data.dedupe import sort_dedupe
+from alsx.data.ingest import ingest_arguments, read_source, suffix_format
+from alsx.data.layout import engine_layouts, group_ranges, shard_processes
 from alsx.data.matrix import CSR, Interactions, coo_to_csr
+from alsx.data.raw import IdColumn, IngestSummary, fail, is_str
+from alsx.data.split import by_name
+from alsx.data.validate import (
+    as_large_strings,
+    checked_values,
+    distinct_strings,
+    encode_ids,
+    mixed_ids_error,
+    string_codes,
+)
 from alsx.data.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -55,19 +68,10 @@ class Partitioned:
     row_range: tuple[int, int]
     row_counts: np.ndarray
     col_counts: np.ndarray
-    summary: ig.IngestSummary
+    summary: IngestSummary
 
 
 # ---------------------------------------------------------------------------- id agreement
-def _strings(c: ig.IdColumn) -> pa.ChunkedArray:
-    """An id column as large strings (integers by their decimal text, as a shared vocabulary needs)."""
-    if isinstance(c, pa.ChunkedArray):
-        return c.cast(pa.large_string())
-    if c.dtype.kind == "U":
-        return pa.chunked_array([pa.array(c, type=pa.large_string())])
-    return pa.chunked_array([pa.array(c).cast(pa.large_string())])
-
-
 def _gather_strings(values: pa.Array) -> pa.Array:
     """The union of every process's distinct strings (offsets and bytes travel, nothing pickled)."""
     values = values.cast(pa.large_string())
@@ -84,20 +88,17 @@ def _gather_strings(values: pa.Array) -> pa.Array:
     return pa.concat_arrays(parts)
 
 
-def _global_vocab(cols: list[ig.IdColumn]) -> tuple[Vocab, list[np.ndarray]]:
+def _global_vocab(cols: list[IdColumn]) -> tuple[Vocab, list[np.ndarray]]:
     """The vocabulary over all processes' ``cols`` (same on every process) and this part's codes."""
-    if _any_process(any(ig._is_str(c) for c in cols)):  # a collective: every process asks
-        arrs = [_strings(c) for c in cols]
-        mine = pc.unique(pa.chunked_array([ch for a in arrs for ch in a.chunks], type=pa.large_string()))
-        uniq = np.sort(pc.unique(_gather_strings(mine)).to_numpy(zero_copy_only=False).astype(str))
-        value_set = pa.array(uniq, type=pa.large_string())
-        return Vocab._from_sorted_unique(uniq), [pc.index_in(a, value_set=value_set).to_numpy().astype(np.int32)
-                                                for a in arrs]
+    if _any_process(any(is_str(c) for c in cols)):  # a collective: every process asks
+        arrs = [as_large_strings(c) for c in cols]
+        uniq = np.sort(pc.unique(_gather_strings(distinct_strings(arrs))).to_numpy(zero_copy_only=False).astype(str))
+        return string_codes(uniq, arrs)
     mine = np.unique(np.concatenate([np.asarray(c, np.int64) for c in cols]))
     uniq = np.unique(np.concatenate(dist.allgather_bytes(mine)))
     if uniq.size and np.abs(uniq).max() <= np.iinfo(np.int32).max:
         uniq = uniq.astype(np.int32)
-    return Vocab._from_sorted_unique(uniq), [np.searchsorted(uniq, np.asarray(c)).astype(np.int32) for c in cols]
+    return Vocab.from_sorted_unique(uniq), [np.searchsorted(uniq, np.asarray(c)).astype(np.int32) for c in cols]
 
 
 def _check_mixed_ids(raw) -> None:
@@ -110,10 +111,10 @@ def _check_mixed_ids(raw) -> None:
         if not _any_process(role in raw.inferred_str):
             continue
         col = raw.rows if role == "row" else raw.cols
-        n_int, n, first = guards.mixed_int_ids(col) if ig._is_str(col) else (len(col), len(col), -1)
+        n_int, n, first = guards.mixed_int_ids(col) if is_str(col) else (len(col), len(col), -1)
         n_int_all, n_all = (int(v) for v in dist.allreduce_sum(np.array([n_int, n], np.int64)))
         if guards.is_mixed(n_int_all, n_all):
-            raise ig._mixed_ids_error(raw, role, n_int_all, n_all, first)
+            raise mixed_ids_error(raw, role, n_int_all, n_all, first)
 
 
 def _any_process(flag: bool) -> bool:
@@ -126,13 +127,13 @@ def _global_max(x: np.ndarray) -> int:
 
 
 # ---------------------------------------------------------------------------- payload
-def _pack(fields: list[np.ndarray]) -> np.ndarray:
+def pack_fields(fields: list[np.ndarray]) -> np.ndarray:
     """int32 [n, F]: each field's 4-byte words side by side (int64 as two words)."""
     cols = [np.ascontiguousarray(f).view(np.int32).reshape(len(f), max(1, f.dtype.itemsize // 4)) for f in fields]
     return np.concatenate(cols, axis=1) if cols else np.zeros((0, 0), np.int32)
 
 
-def _unpack(payload: np.ndarray, dtypes: list[np.dtype]) -> list[np.ndarray]:
+def unpack_fields(payload: np.ndarray, dtypes: list[np.dtype]) -> list[np.ndarray]:
     out, at = [], 0
     for dt in dtypes:
         words = max(1, np.dtype(dt).itemsize // 4)
@@ -142,38 +143,25 @@ def _unpack(payload: np.ndarray, dtypes: list[np.dtype]) -> list[np.ndarray]:
 
 
 # ---------------------------------------------------------------------------- load
-def load_partitioned(
-    path: str,
-    *,
-    fmt: str | None = None,
-    row: ig.ColumnRef = None,
-    col: ig.ColumnRef = None,
-    value: ig.ColumnRef = None,
-    timestamp: ig.ColumnRef = None,
-    is_test: ig.ColumnRef = None,
-    sep: str | None = None,
-    header: Any = "infer",
-    shape: tuple[int, int] | None = None,
-    ids: str = "auto",
-    square: bool = False,
-    duplicates: str = "sum",
-    allow_negative: bool = False,
-    keep_zeros: bool = True,
-) -> Partitioned:
+def load_partitioned(path: str, **options: Any) -> Partitioned:
     """``load_interactions`` with every process of a ``jax.distributed`` run reading one part.
 
     Same arguments, same validation, same result as one process reading the whole file
     (vocabulary, shape, merged duplicates, counts); every process must call it.  With one
     process it reads the whole file.
 
+    Args:
+      options: the keyword arguments of ``load_interactions`` (``fmt``, ``row``, ..., ``keep_zeros``).
+
     Raises:
       IngestError: as ``load_interactions`` (naming the file and line inside this
         process's part); also for compressed text, whose bytes cannot be split.
+      UsageError, TypeError: as ``load_interactions`` for an argument that cannot work.
     """
-    import jax
-
+    a = ingest_arguments(**options)
+    fmt, refs, sep, header, ids, square = a["fmt"], a["refs"], a["sep"], a["header"], a["ids"], a["square"]
+    shape, duplicates, allow_negative, keep_zeros = a["shape"], a["duplicates"], a["allow_negative"], a["keep_zeros"]
     n_proc, me = jax.process_count(), jax.process_index()
-    refs = {"row": row, "col": col, "value": value, "timestamp": timestamp, "is_test": is_test}
     part = (me, n_proc)
     clock = [time.perf_counter()]
 
@@ -182,17 +170,16 @@ def load_partitioned(
         log.info("%s part %d/%d: %s in %.2fs", path, me, n_proc, what, now - clock[0])
         clock[0] = now
 
-    raw = ig._read_source(path, fmt=fmt, refs=refs, sep=sep, header=header, ids=ids, square=square, part=part)
+    raw = read_source(path, fmt=fmt, refs=refs, sep=sep, header=header, ids=ids, square=square, part=part)
     # Text: one part may hold only integer-looking ids; all must parse a column the same way.
-    stem = path.lower().rsplit(".", 1)[0] if path.lower().endswith(ig._COMPRESSION_SUFFIXES) else path.lower()
-    text = (fmt or ig._FMT_BY_SUFFIX.get("." + stem.rsplit(".", 1)[-1])) not in ("npz", "parquet")
+    text = (fmt or suffix_format(path)) not in ("npz", "parquet")
     if text and ids != "index":
-        strs = [r for r, c in (("row", raw.rows), ("col", raw.cols)) if ig._is_str(c)]
+        strs = [r for r, c in (("row", raw.rows), ("col", raw.cols)) if is_str(c)]
         want = tuple(r for r in ("row", "col") if _any_process(r in strs))
         if square and want:
             want = ("row", "col")
         if set(want) - set(strs):
-            raw = ig._read_source(path, fmt=fmt, refs=refs, sep=sep, header=header, ids=ids, square=square, part=part,
+            raw = read_source(path, fmt=fmt, refs=refs, sep=sep, header=header, ids=ids, square=square, part=part,
                                   str_roles=want)
     src, n_read = raw.source, len(raw.rows)
     phase(f"parsed {n_read:,} entries")
@@ -200,20 +187,20 @@ def load_partitioned(
     mode = ids
     if mode == "auto":
         _check_mixed_ids(raw)
-        has_str = _any_process(ig._is_str(raw.rows) or ig._is_str(raw.cols))
+        has_str = _any_process(is_str(raw.rows) or is_str(raw.cols))
         mode = "index" if raw.native_index or not has_str else "map"
     n_total = int(dist.allreduce_sum(np.array([n_read]))[0])
     declared_by = "shape=" if shape is not None else f"the 'shape' of {src}"
     least_ram = -_global_max(np.array([-guards.available_ram()], np.int64))  # every process decides on the same budget
-    rows, cols, row_vocab, col_vocab, n_rows, n_cols = ig._encode_ids(raw, mode, declared, square, _global_vocab,
+    rows, cols, row_vocab, col_vocab, n_rows, n_cols = encode_ids(raw, mode, declared, square, _global_vocab,
                                                                        _global_max, n_entries=n_total,
                                                                        declared_by=declared_by, available=least_ram)
     if _global_max(np.array([n_read])) <= 0 or n_rows * n_cols == 0:
-        raise ig._fail(src, None, "no entries")
+        raise fail(src, None, "no entries")
 
     raw.rows = raw.cols = None  # the parsed id columns (strings: the largest arrays here) are encoded
     phase("ids agreed")
-    values = None if raw.values is None else ig._checked_values(raw, allow_negative)
+    values = None if raw.values is None else checked_values(raw, allow_negative)
     key = (np.int64(me) << _PART_SHIFT) + np.arange(n_read, dtype=np.int64)
     ts, test = raw.timestamps, raw.is_test
     if values is not None and not keep_zeros:
@@ -225,17 +212,15 @@ def load_partitioned(
 
     # Route every entry to the owner of its row; the owner merges duplicates in file order.
     counts = dist.allreduce_sum(np.bincount(rows, minlength=n_rows))
-    from alsx.core.sharding import group_ranges
-
     cuts = group_ranges(counts, n_proc)
     fields = [rows.astype(np.int32), cols.astype(np.int32), key]
     extras = [x for x in (values, None if ts is None else ts.astype(np.int64),
                           None if test is None else test.astype(np.int32)) if x is not None]
     dtypes = [np.int32, np.int32, np.int64] + [x.dtype for x in extras]
     has = (values is not None, ts is not None, test is not None)
-    payload = _pack(fields + extras)
+    payload = pack_fields(fields + extras)
     del fields, extras, rows, cols, key, values, ts, test  # only the packed copy travels on
-    got = _unpack(dist.route(payload, np.searchsorted(cuts, payload[:, 0], side="right") - 1), dtypes)
+    got = unpack_fields(dist.route(payload, np.searchsorted(cuts, payload[:, 0], side="right") - 1), dtypes)
     del payload
     phase("routed to row owners")
     rows, cols, key = got[:3]
@@ -258,14 +243,14 @@ def load_partitioned(
         c = col_vocab.ids[cols[i]] if mode == "map" else cols[i]
         return f"(row {r.item()!r}, col {c.item()!r})"
 
-    rows, cols, values, ts, test, merged = ig._sort_dedupe(rows, cols, n_cols, values, ts, test, duplicates, where,
+    rows, cols, values, ts, test, merged = sort_dedupe(rows, cols, n_cols, values, ts, test, duplicates, where,
                                                            pair_name, src)
     local = Interactions(rows=rows, cols=cols, values=np.ones(len(rows), np.float32) if values is None else values,
                          shape=(int(n_rows), int(n_cols)), row_vocab=row_vocab, col_vocab=col_vocab,
                          timestamps=ts, is_test=test)
     phase("sorted and merged")
     totals = dist.allreduce_sum(np.array([n_read, local.nnz, merged, dropped_here]))
-    summary = ig.IngestSummary(source=src, rows_read=int(totals[0]), kept=int(totals[1]),
+    summary = IngestSummary(source=src, rows_read=int(totals[0]), kept=int(totals[1]),
                                merged_duplicates=int(totals[2]), dropped_zeros=int(totals[3]), rejected=0,
                                n_rows=int(n_rows), n_cols=int(n_cols), columns=raw.columns)
     return Partitioned(local=local, row_range=(int(cuts[me]), int(cuts[me + 1])),
@@ -281,8 +266,6 @@ def split_partitioned(p: Partitioned, kind: str, **kw):
     (entries are ordered by a seeded hash of (row, col)) and held-out rows are drawn from
     the global row lengths, so the processes' splits together are the one-process split.
     """
-    from alsx.data.split import by_name
-
     return by_name(kind, p.local, row_lengths=p.row_counts, **kw)
 
 
@@ -293,19 +276,17 @@ def engine_inputs(train: Interactions, alpha: float | None, mesh, tied: bool) ->
     shards own its row in the engine's row layout, and to the one owning its column, so
     each process ends with exactly the rows and columns its devices solve.
     """
-    from alsx.core.sharded import engine_layouts
-
     n_rows, n_cols = train.shape
     rc = dist.allreduce_sum(np.bincount(train.rows, minlength=n_rows))
     cc = dist.allreduce_sum(np.bincount(train.cols, minlength=n_cols))
     row_layout, col_layout = engine_layouts(rc, cc, mesh, tied)
-    proc_of_shard = np.array([d.process_index for d in mesh.devices.reshape(-1)])
+    proc_of_shard = shard_processes(mesh)
     conf = train.confidence(alpha).astype(np.float32)
-    payload = _pack([train.rows.astype(np.int32), train.cols.astype(np.int32), conf])
+    payload = pack_fields([train.rows.astype(np.int32), train.cols.astype(np.int32), conf])
     dtypes = [np.int32, np.int32, np.float32]
 
     def to_owner(layout, ids, n, m, transpose) -> CSR:
-        r, c, v = _unpack(dist.route(payload, proc_of_shard[layout.owner(ids)[0]]), dtypes)
+        r, c, v = unpack_fields(dist.route(payload, proc_of_shard[layout.owner(ids)[0]]), dtypes)
         return coo_to_csr(c, r, v, m, n) if transpose else coo_to_csr(r, c, v, n, m)
 
     rows = to_owner(row_layout, train.rows, n_rows, n_cols, False)
@@ -318,13 +299,11 @@ def gather_to_lead(x: Interactions) -> Interactions | None:
 
     For what one process writes or folds in at the end (``train.npz``, held-out rows).
     """
-    import jax
-
-    payload = _pack([x.rows.astype(np.int32), x.cols.astype(np.int32), x.values.astype(np.float32)])
+    payload = pack_fields([x.rows.astype(np.int32), x.cols.astype(np.int32), x.values.astype(np.float32)])
     got = dist.route(payload, np.zeros(x.nnz, np.int64))
     if jax.process_index() != 0:
         return None
-    r, c, v = _unpack(got, [np.int32, np.int32, np.float32])
+    r, c, v = unpack_fields(got, [np.int32, np.int32, np.float32])
     order = np.lexsort((c, r))
     return Interactions(rows=r[order], cols=c[order], values=v[order], shape=x.shape, row_vocab=x.row_vocab,
                         col_vocab=x.col_vocab)

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from alsx.config import Packing
-from alsx.core.sharding import RowLayout
+from alsx.data.layout import RowLayout
 from alsx.data.matrix import CSR
 from alsx.data.packing import bucket_widths
 
@@ -113,7 +113,7 @@ class ShardSide:
             ks.append(self.long.request.shape[2])
         return tuple(ks)
 
-    def with_caps(self, caps: tuple[int, ...]) -> "ShardSide":
+    def with_caps(self, caps: tuple[int, ...]) -> ShardSide:
         """The same side with every exchange capacity raised to ``caps`` (from :meth:`caps`)."""
         blocks = [dataclasses.replace(b, request=_pad_k(b.request, k), positions=_remap(b.positions, b.request, k))
                   for b, k in zip(self.blocks, caps)]

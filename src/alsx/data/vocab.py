@@ -12,6 +12,7 @@ import os
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 
 __all__ = ["Vocab"]
 
@@ -57,8 +58,6 @@ def as_id_array(ids: object, *, what: str = "ids") -> np.ndarray:
         raise ValueError(f"{what}: bool ids are not supported (dtype {arr.dtype}); pass int or str ids")
     if kind == "O":
         # Let pyarrow infer the element type in C instead of looping over objects in Python.
-        import pyarrow as pa
-
         try:
             typed = pa.array(arr, from_pandas=False)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
@@ -107,14 +106,14 @@ class Vocab:
         self._sorted = arr if sorter is None else arr[sorter]
 
     @classmethod
-    def _from_sorted_unique(cls, arr: np.ndarray) -> "Vocab":
+    def from_sorted_unique(cls, arr: np.ndarray) -> Vocab:
         """Wraps strictly increasing ids without copying or re-checking them."""
         v = cls.__new__(cls)
         v._set(arr, None)
         return v
 
     @classmethod
-    def from_ids(cls, raw: object) -> tuple["Vocab", np.ndarray]:
+    def from_ids(cls, raw: object) -> tuple[Vocab, np.ndarray]:
         """Builds the vocabulary of the distinct values in ``raw`` and encodes it.
 
         Args:
@@ -125,11 +124,11 @@ class Vocab:
         """
         arr = as_id_array(raw)
         if len(arr) == 0:
-            return cls._from_sorted_unique(arr.copy()), np.zeros(0, np.int32)
+            return cls.from_sorted_unique(arr.copy()), np.zeros(0, np.int32)
         uniq, inverse = np.unique(arr, return_inverse=True)
         if len(uniq) > _INT32_MAX:
             raise ValueError(f"a vocabulary holds at most {_INT32_MAX} ids, got {len(uniq)}")
-        return cls._from_sorted_unique(uniq), inverse.reshape(-1).astype(np.int32, copy=False)
+        return cls.from_sorted_unique(uniq), inverse.reshape(-1).astype(np.int32, copy=False)
 
     @property
     def ids(self) -> np.ndarray:
@@ -205,7 +204,7 @@ class Vocab:
             np.savez(f, ids=self._ids)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Vocab":
+    def load(cls, path: str | os.PathLike) -> Vocab:
         """Reads a vocabulary written by :meth:`save` (``allow_pickle=False``)."""
         with np.load(path, allow_pickle=False) as z:
             if "ids" not in z.files:

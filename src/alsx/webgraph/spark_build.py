@@ -19,24 +19,18 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import pyarrow.dataset as pads
 
-from alsx.webgraph.build import (
-    CCInputs,
-    _describe_inputs,
-    _needs_finalize,
-    _prepare_out,
-    _sniff,
-    expand_paths,
-    history_counts,
-    normalize_tlds,
-    select_heldout,
-    split_keys,
-)
-from alsx.webgraph.dataset import DEFAULT_MAX_SHARD_NNZ, ExternalCSRBuilder, WebGraphDataset, open_dataset, write_manifest
+from alsx.webgraph.dataset import ExternalCSRBuilder, WebGraphDataset, open_dataset, write_manifest
+from alsx.webgraph.heldout import history_counts, select_heldout, split_keys
+from alsx.webgraph.inputs import CCInputs, describe_inputs, expand_paths, sniff
+from alsx.webgraph.variant import SPARK_FIELDS, Variant, prepare_out, variant_of
+from alsx.webgraph.vocabulary import normalize_tlds
 
 _TRAIN, _HIST, _TRUTH = 0, 1, 2
 
@@ -69,29 +63,29 @@ def build_webgraph_spark(
     inputs: CCInputs | Mapping[str, Any] | str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     *,
+    variant: Variant | None = None,
     tld: str | Sequence[str] | None = None,
-    min_degree: int = 0,
-    fixed_point: bool = False,
-    keep_self_links: bool = True,
-    heldout_fraction: float = 0.1,
-    history_fraction: float = 0.8,
-    seed: int = 0,
     spark=None,
-    max_shard_nnz: int = DEFAULT_MAX_SHARD_NNZ,
     checksum: bool = False,
     overwrite: bool = False,
+    **options: Any,
 ) -> WebGraphDataset:
     """Spark twin of :func:`~alsx.webgraph.build.build_webgraph` (same arguments and output).
 
     Args:
+      variant, options: as ``build_webgraph``; of the :class:`~alsx.webgraph.variant.Variant`
+        fields only the filter, split, seed and ``max_shard_nnz`` apply (Spark sorts and
+        scans in its own blocks), and only those are accepted as ``options``.
       spark: a SparkSession; by default a local one is started and stopped.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     t0 = time.time()
+    var = variant_of(variant, options, "build_webgraph_spark", allowed=SPARK_FIELDS)
+    min_degree, fixed_point, keep_self_links = var.min_degree, var.fixed_point, var.keep_self_links
     out_dir = Path(out_dir)
-    _prepare_out(out_dir, overwrite)
+    prepare_out(out_dir, overwrite)
     tlds = normalize_tlds(tld)
     own = spark is None
     if own:
@@ -120,7 +114,7 @@ def build_webgraph_spark(
             kept = kept.select("id").distinct()
         else:
             paths = expand_paths(inputs)
-            skip, delim, first = _sniff(paths[0])
+            skip, delim, first = sniff(paths[0])
             if not (len(first) >= 2 and first[0].isdigit() and first[1].isdigit()):
                 raise NotImplementedError("URL edge lists are built by build_webgraph only")
             if tlds is not None:
@@ -137,7 +131,6 @@ def build_webgraph_spark(
         counts["tld_nodes"] = kept.count()
         # Stage ids: kept nodes in original id order (as the numpy build).
         stage_nodes = kept.withColumn("sid", F.row_number().over(Window.orderBy("id")) - 1).cache()
-        n_stage = counts["tld_nodes"]
         se = (
             ke.join(stage_nodes.select(F.col("id").alias("s"), F.col("sid").alias("u")), "s")
             .join(stage_nodes.select(F.col("id").alias("d"), F.col("sid").alias("w")), "d")
@@ -201,11 +194,11 @@ def build_webgraph_spark(
         od = fe.groupBy("u").agg(F.count("*").alias("deg")).toPandas()
         out_deg = np.zeros(n_final, dtype=np.int64)
         out_deg[od["u"].to_numpy()] = od["deg"].to_numpy()
-        direct = not _needs_finalize(min_degree, keep_self_links, heldout_fraction)
-        heldout = select_heldout(out_deg, heldout_fraction if not direct else 0.0, seed)
+        direct = not var.needs_finalize
+        heldout = select_heldout(out_deg, var.heldout_fraction if not direct else 0.0, var.seed)
         counts["heldout_eligible_rows"] = None if direct else int((out_deg >= 2).sum())
         counts["heldout_rows"] = len(heldout)
-        nh = history_counts(out_deg[heldout], history_fraction)
+        nh = history_counts(out_deg[heldout], var.history_fraction)
         import pandas as pd
 
         ho = spark.createDataFrame(pd.DataFrame({"u": heldout.astype(np.int64), "nh": nh.astype(np.int64)}), "u long, nh long")
@@ -214,7 +207,7 @@ def build_webgraph_spark(
         def add_keys(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             for pdf in batches:
                 pdf = pdf.copy()
-                pdf["key"] = split_keys(pdf["u"].to_numpy(), pdf["v"].to_numpy(), seed)
+                pdf["key"] = split_keys(pdf["u"].to_numpy(), pdf["v"].to_numpy(), var.seed)
                 yield pdf
 
         keyed = ho_e.select("u", "v", "nh").mapInPandas(add_keys, "u long, v long, nh long, key long")
@@ -228,7 +221,7 @@ def build_webgraph_spark(
             spark.stop()
 
     try:
-        fields = _write_from_parquet(tmp / "edges", out_dir, n_final, heldout, max_shard_nnz)
+        fields = _write_from_parquet(tmp / "edges", out_dir, n_final, heldout, var.max_shard_nnz)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ids = np.zeros(n_final, dtype=np.int64)
@@ -239,24 +232,15 @@ def build_webgraph_spark(
     counts["foldin_nnz"] = fields["matrices"]["foldin_csr"]["nnz"]
     counts["truth_nnz"] = fields["matrices"]["truth_csr"]["nnz"]
     fields["nnz"] = counts["final_edges"]
-    fields["split"] = {
-        "heldout_fraction": heldout_fraction,
-        "history_fraction": history_fraction,
-        "seed": seed,
-        "n_heldout": len(heldout),
-    }
+    fields["split"] = var.split_params(len(heldout))
     params = {
-        "inputs": _describe_inputs(inputs),
+        "inputs": describe_inputs(inputs),
         "input_mode": mode,
         "engine": "spark",
         "tld": tlds,
-        "min_degree": min_degree,
-        "fixed_point": fixed_point,
-        "keep_self_links": keep_self_links,
-        "heldout_fraction": heldout_fraction,
-        "history_fraction": history_fraction,
-        "seed": seed,
-        "max_shard_nnz": max_shard_nnz,
+        **var.filter_params(),
+        "seed": var.seed,
+        "max_shard_nnz": var.max_shard_nnz,
     }
     write_manifest(
         out_dir,
@@ -268,8 +252,6 @@ def build_webgraph_spark(
 
 def _write_from_parquet(folder: Path, out_dir: Path, n: int, heldout: np.ndarray, max_shard_nnz: int) -> dict[str, Any]:
     """Tagged (u, v, part) Parquet edges -> train CSR/CSC, fold-in and truth CSRs."""
-    import pyarrow.dataset as pads
-
     n_ho = len(heldout)
     b = {
         "train_csr": ExternalCSRBuilder(out_dir / "train_csr", n, n, max_shard_nnz=max_shard_nnz),

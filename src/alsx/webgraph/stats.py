@@ -14,23 +14,21 @@ Definitions follow the LAW figures quoted for cnr-2000:
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from alsx.data.matrix import CSR, coo_to_csr
-from alsx.webgraph.dataset import DEFAULT_BLOCK_NNZ, WebGraphDataset, row_blocks
+from alsx.webgraph.dataset import DEFAULT_BLOCK_NNZ, WebGraphDataset, csr_blocks
 
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 
 def _blocks(csr: CSR, block_nnz: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """(r0, r1, rows int64 [m], cols int64 [m]) per row block."""
-    indptr = np.asarray(csr.indptr)
-    for r0, r1 in row_blocks(indptr, block_nnz):
-        s, e = int(indptr[r0]), int(indptr[r1])
-        rows = np.repeat(np.arange(r0, r1, dtype=np.int64), np.diff(indptr[r0 : r1 + 1]))
-        yield r0, r1, rows, np.asarray(csr.indices[s:e], dtype=np.int64)
+    for r0, r1, rows, cols in csr_blocks(csr, block_nnz):
+        yield r0, r1, rows, cols.astype(np.int64)
 
 
 def powerlaw_mle(degrees: np.ndarray, xmin: int | None = None, *, min_tail: int = 50) -> dict[str, float]:

@@ -35,14 +35,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from alsx.webgraph.build import DEFAULT_CHUNK_EDGES, DEFAULT_FILL_BUDGET_NNZ, _prepare_out, stage_and_finalize
-from alsx.webgraph.dataset import DEFAULT_BLOCK_NNZ, DEFAULT_MAX_SHARD_NNZ, WebGraphDataset, open_dataset, write_manifest
+from alsx.webgraph.dataset import WebGraphDataset, open_dataset, write_manifest
+from alsx.webgraph.finalize import stage_and_finalize
+from alsx.webgraph.variant import DEFAULT_CHUNK_EDGES, Variant, prepare_out, variant_of
 
 # Stream tag of the global tables; chunk streams use [seed, i] with i < 2**32.
 _GLOBAL_STREAM = 2**32 + 17
@@ -300,32 +302,18 @@ def synth_edge_chunks(spec: SynthSpec) -> Iterator[tuple[np.ndarray, np.ndarray]
     return SynthModel(spec).chunks()
 
 
+_MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(SynthSpec) if f.name not in ("n_nodes", "n_edges", "seed"))
+
+
 def synth_webgraph(
     out_dir: str | os.PathLike,
     n_nodes: int,
     n_edges: int,
     *,
-    seed: int = 0,
-    hosts: int | None = None,
-    locality: float = 0.8,
-    reciprocity: float = 0.27,
-    self_link_fraction: float = 0.027,
-    alpha_out: float = 2.6,
-    alpha_in: float = 2.1,
-    host_alpha: float = 2.0,
-    dangling_fraction: float = 0.2,
-    chunk_edges: int = DEFAULT_CHUNK_EDGES,
-    min_degree: int = 0,
-    fixed_point: bool = False,
-    keep_self_links: bool = True,
-    heldout_fraction: float = 0.0,
-    history_fraction: float = 0.8,
-    max_shard_nnz: int = DEFAULT_MAX_SHARD_NNZ,
-    block_nnz: int = DEFAULT_BLOCK_NNZ,
-    fill_budget_nnz: int = DEFAULT_FILL_BUDGET_NNZ,
+    variant: Variant | None = None,
     checksum: bool = False,
     overwrite: bool = False,
-    progress: bool = False,
+    **options: Any,
 ) -> WebGraphDataset:
     """Generates a synthetic web graph straight into an on-disk dataset.
 
@@ -335,43 +323,29 @@ def synth_webgraph(
     :func:`~alsx.webgraph.build.build_webgraph` (off by default). The dataset
     also stores ``node_host.npy`` (int32 [n_nodes] host of each node).
 
+    Args:
+      variant: the filter, split and file layout (:class:`~alsx.webgraph.variant.Variant`;
+        default ``Variant(heldout_fraction=0.0)``). Its ``seed`` seeds the generator too.
+      options: the graph model's fields (:class:`SynthSpec`: ``hosts``, ``locality``, ...,
+        ``chunk_edges``) and the variant's (``seed``, ``min_degree``, ...), by name.
+
     Returns:
       The opened dataset; ``manifest['counts']`` holds ``generated_edges``,
       ``duplicates_removed`` and the filter/split counts.
     """
-    spec = SynthSpec(
-        n_nodes=n_nodes,
-        n_edges=n_edges,
-        seed=seed,
-        hosts=hosts,
-        locality=locality,
-        reciprocity=reciprocity,
-        self_link_fraction=self_link_fraction,
-        alpha_out=alpha_out,
-        alpha_in=alpha_in,
-        host_alpha=host_alpha,
-        dangling_fraction=dangling_fraction,
-        chunk_edges=chunk_edges,
-    )
+    model_options = {k: options.pop(k) for k in list(options) if k in _MODEL_FIELDS}
+    var = variant_of(variant, options, "synth_webgraph", heldout_fraction=0.0)
+    spec = SynthSpec(n_nodes=n_nodes, n_edges=n_edges, seed=var.seed, **model_options)
     t0 = time.time()
     out_dir = Path(out_dir)
-    _prepare_out(out_dir, overwrite)
+    prepare_out(out_dir, overwrite)
     model = SynthModel(spec)
     counts, fields = stage_and_finalize(
         model.chunks,
         n_nodes,
         out_dir,
+        var,
         node_arrays={"node_host": model.node_host},
-        min_degree=min_degree,
-        fixed_point=fixed_point,
-        keep_self_links=keep_self_links,
-        heldout_fraction=heldout_fraction,
-        history_fraction=history_fraction,
-        seed=seed,
-        max_shard_nnz=max_shard_nnz,
-        block_nnz=block_nnz,
-        fill_budget_nnz=fill_budget_nnz,
-        progress=progress,
         n_chunks=model.n_chunks,
         desc="synth",
     )
@@ -380,12 +354,8 @@ def synth_webgraph(
         "n_hosts": spec.n_hosts,
         "reverse_share": spec.reverse_share,
         "n_chunks": model.n_chunks,
-        "min_degree": min_degree,
-        "fixed_point": fixed_point,
-        "keep_self_links": keep_self_links,
-        "heldout_fraction": heldout_fraction,
-        "history_fraction": history_fraction,
-        "max_shard_nnz": max_shard_nnz,
+        **var.filter_params(),
+        "max_shard_nnz": var.max_shard_nnz,
     }
     counts = {"generated_edges": counts["edges_before_dedupe"], **counts}
     write_manifest(
