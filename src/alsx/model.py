@@ -392,6 +392,7 @@ class ALS(Params, Serving):
         hist = src / "history.json"
         model.history_ = read_json(hist, what="list") if hist.exists() else []
         model.train_ = load_csr(src / SEEN_FILE, n_rows, n_cols)
+        model.row_vocab_ = model.col_vocab_ = None  # index ids unless a vocabulary file says otherwise
         for attr, vocab in vocabs.items():
             setattr(model, attr, vocab)
         model.config_ = cfg  # everything config.json holds (alsx train adds data, split, trained_on)

@@ -32,6 +32,13 @@ class Params:
             setattr(self, name, value)
         return self
 
+    def __sklearn_tags__(self) -> Any:
+        """What scikit-learn's checks (``check_is_fitted``) ask of an estimator; only they call this."""
+        from sklearn.utils import InputTags, Tags, TargetTags  # optional: scikit-learn is not a dependency
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False),
+                    input_tags=InputTags(sparse=True))
+
     def __repr__(self) -> str:
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
         changed = [f"{k}={v!r}" for k, v in self.get_params().items() if not (v is defaults[k] or v == defaults[k])]
