@@ -1,7 +1,7 @@
-"""The ALS estimator: hyper-parameters in the constructor, ``fit`` learns.
+"""The ALS estimator: hyper-parameters in the constructor, ``fit`` learns, serving speaks the data's ids.
 
->>> model = ALS(dim=64, epochs=10).fit(interactions)          # doctest: +SKIP
->>> ids, scores = model.recommend([0, 1], k=10)                # doctest: +SKIP
+>>> model = ALS(dim=64, epochs=10).fit(df, row="user", col="item")   # doctest: +SKIP
+>>> ids, scores = model.recommend(["u12", "u7"], k=10)                # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ FORMAT_VERSION = 1
 
 
 def as_interactions(x: Any, **columns: Any) -> Interactions:
-    """Accepts Interactions, scipy.sparse matrices and pandas DataFrames (via ingest; ``columns``:
-    ``row``, ``col``, ``value`` as ``load_interactions`` takes them, for DataFrames)."""
+    """Interactions from Interactions, scipy.sparse or a DataFrame (``columns``: its row=, col=, value=)."""
     columns = {k: v for k, v in columns.items() if v is not None}
     if isinstance(x, Interactions):
         if columns:
@@ -117,6 +116,9 @@ class ALS(Params, Serving):
       loss_every: compute the training loss every N epochs and after the last (0: never).
         The loss costs about a third of a CG epoch at small d; epochs without it still
         stop on non-finite tables.
+
+    Learned (``fit``, ``load``): row_embeddings_ [n_rows, d], col_embeddings_ [n_cols, d], train_ (seen
+    entries), row_vocab_ / col_vocab_ (None: index ids), history_, hparams_, stopped_; serving: its base Serving.
     """
 
     def __init__(
@@ -173,9 +175,8 @@ class ALS(Params, Serving):
             raise ValueError(f"loss_every must be >= 0, got {self.loss_every}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        return HParams(dim=self.dim, reg=self.reg, unobserved_weight=self.unobserved_weight, nu=self.nu,
-                       solver=self.solver, cg_steps=self.cg_steps, block_size=self.block_size, dtype=self.dtype,
-                       init_scale=self.init_scale, init=self.init)
+        given = self.get_params()  # HParams checks its own fields; those ALS lacks keep config.py's defaults
+        return HParams(**{f.name: given[f.name] for f in dataclasses.fields(HParams) if f.name in given})
 
     @property
     def hparams(self) -> HParams:
@@ -249,7 +250,6 @@ class ALS(Params, Serving):
         # -- StopTraining (estimator): remember the last finished epoch's state for the except below.
         last: list = [None]
         callback = _keeping_last(callback, last)
-        # --
         bar = tqdm(total=self.epochs, desc="alsx", unit="epoch", disable=not self.progress)
         clock = [time.perf_counter()]
 
