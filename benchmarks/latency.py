@@ -5,7 +5,10 @@ implicit's CPU model is given the very same tables; then both answer ``--calls``
 calls for random users (top 10, the user's training items excluded):
 
   alsx      model.recommend([u], k=10)                        (a loaded model: ALS.load)
-  implicit  model.recommend(u, user_items[u], N=10)           (BLAS threads = 1, threadpoolctl)
+  implicit  model.recommend(u, user_items[u], N=10)
+
+both with one BLAS thread (threadpoolctl; a process that imports NumPy before alsx would
+otherwise get OpenBLAS's thread pool, which costs 10-20x on a one-row product under load)
 
 and, for a fold-in (the user's history given fresh):
 
@@ -84,9 +87,9 @@ def measure(name: str, x: sp.csr_matrix, dim: int, calls: int, epochs: int, seed
         print(f"{name} d={dim} {library:8} {path:9} first {t['first']:8.2f} ms  p50 {t['p50']:.3f}  "
               f"p99 {t['p99']:.3f}  max {t['max']:.3f}", file=sys.stderr)
 
-    row("alsx", "recommend", timed(lambda u: model.recommend([u], k=10), users))
-    row("alsx", "fold-in", timed(lambda u: model.recommend_new(x[u], k=10), users))
-    with threadpool_limits(1, "blas"):
+    with threadpool_limits(1, "blas"):  # both libraries alike: one BLAS thread per call
+        row("alsx", "recommend", timed(lambda u: model.recommend([u], k=10), users))
+        row("alsx", "fold-in", timed(lambda u: model.recommend_new(x[u], k=10), users))
         other = implicit_model(model.row_embeddings_, model.col_embeddings_)
         row("implicit", "recommend", timed(lambda u: other.recommend(u, x[u], N=10), users))
         row("implicit", "fold-in", timed(lambda u: other.recommend(u, x[u], N=10, recalculate_user=True), users))
@@ -96,7 +99,8 @@ def measure(name: str, x: sp.csr_matrix, dim: int, calls: int, epochs: int, seed
 def machine() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    system = f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return f"{cpu}, {os.cpu_count()} cores, {system}"
 
 
 def report(rows: list[dict], command: str, load: str) -> str:
@@ -107,9 +111,9 @@ def report(rows: list[dict], command: str, load: str) -> str:
         "",
         f"- command: `{command}`",
         f"- machine: {machine()}; load average before the run: {load}",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; implicit {implicit.__version__}",
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; implicit {implicit.__version__}",
         "- the same tables in both (alsx trained, copied into implicit's CPU model); top 10, the user's",
-        "  training items excluded; implicit with one BLAS thread (threadpoolctl); ms per call.",
+        "  training items excluded; both with one BLAS thread (threadpoolctl); ms per call.",
         "- first: the first call on a freshly loaded model; p50 / p99 / max: the calls after it.",
         "- **Timings under contention**: a shared 2-core machine with other engineers' jobs running;",
         "  the lead re-runs this on a quiet machine.",

@@ -84,7 +84,7 @@ def test_a_fitted_model_pickles_without_its_engine(fitted, matrix):
     assert back.engine_ is None and back.state_ is None  # ... is dropped, the tables kept
     np.testing.assert_array_equal(back.row_embeddings_, fitted.row_embeddings_)
     assert back.history_ == fitted.history_ and back.get_params() == fitted.get_params()
-    for a, b in zip(back.recommend([0, 3], k=5), fitted.recommend([0, 3], k=5)):
+    for a, b in zip(back.recommend([0, 3], k=5), fitted.recommend([0, 3], k=5), strict=True):
         np.testing.assert_array_equal(a, b)
     device_only = ALS(**SMALL).fit(matrix, gather_tables=False)
     with pytest.raises(TypeError, match="gather_tables=False"):

@@ -14,7 +14,9 @@ import scipy.sparse as sp
 
 import alsx.serve.estimator as serving
 from alsx import ALS
+from alsx.data.matrix import CSR
 from alsx.serve.ids import UnknownIdError
+from alsx.serve.topk import topk_numpy, topk_scores
 from reference import solve_rows
 
 N_USERS, N_ITEMS, ALPHA = 80, 50, 2.0
@@ -207,6 +209,22 @@ def test_explain_splits_the_fold_in_score_over_the_history(model):
 
 
 # ------------------------------------------------------------------ latency path
+def test_numpy_top_k_equals_the_jitted_one_ties_and_exclusions_included():
+    rng = np.random.default_rng(0)
+    q = rng.integers(-2, 3, (5, 4)).astype(np.float32)  # small integers: many exactly equal scores
+    t = rng.integers(-2, 3, (60, 4)).astype(np.float32)
+    hist = sp.random(5, 60, density=0.2, random_state=2, format="csr")
+    csr = CSR(indptr=hist.indptr.astype(np.int64), indices=hist.indices.astype(np.int32),
+              values=hist.data.astype(np.float32), n_cols=60)
+    mask = np.zeros(60, np.float32)
+    mask[[3, 7, 11]] = -np.inf
+    for k in (1, 7, 60, 70):
+        s1, i1 = topk_numpy(q, t, k, [csr.row(r)[0] for r in range(5)], mask)
+        s2, i2 = topk_scores(q, t, k, exclude=csr, exclude_cols=np.array([3, 7, 11]))
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_array_equal(s1, s2)
+
+
 def test_single_rows_take_the_numpy_path(model, monkeypatch):
     """One-row calls compile nothing: they never reach the jitted scorer (benchmarks/latency.py times them)."""
     def jitted(*a, **k):
@@ -221,6 +239,7 @@ def test_single_rows_take_the_numpy_path(model, monkeypatch):
 
 def test_a_saved_model_serves_the_same_ids_after_load(model, tmp_path):
     back = ALS.load(model.save(tmp_path / "m"))
-    for a, b in zip(back.recommend(["u12", "u7"], k=5), model.recommend(["u12", "u7"], k=5)):
+    for a, b in zip(back.recommend(["u12", "u7"], k=5), model.recommend(["u12", "u7"], k=5), strict=True):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(back.recommend_new([["m1", "m2"]], k=4)[0], model.recommend_new([["m1", "m2"]], k=4)[0])
+    new = [["m1", "m2"]]
+    np.testing.assert_array_equal(back.recommend_new(new, k=4)[0], model.recommend_new(new, k=4)[0])

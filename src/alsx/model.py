@@ -12,8 +12,9 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -208,7 +209,7 @@ class ALS(Params, Serving):
         checkpointer: Any = None,
         step_timeout_s: float | None = None,
         gather_tables: bool = True,
-    ) -> "ALS":
+    ) -> ALS:
         """Learns both tables (a new fit forgets the previous one).
 
         Args:
@@ -239,7 +240,6 @@ class ALS(Params, Serving):
                           "1 + alpha * value)", UserWarning, stacklevel=2)
         train = as_interactions(x, row=row, col=col, value=value)
         self._forget()  # cached Gramians and unit tables of a previous fit
-        self.stopped_ = None
         engine, rows_csr = self._engine(train)
         self.train_ = rows_csr
         self.row_vocab_, self.col_vocab_ = train.row_vocab, train.col_vocab
@@ -248,7 +248,7 @@ class ALS(Params, Serving):
         self.pack_stats_ = getattr(engine, "stats", None)
         self.history_ = []
         # -- StopTraining (estimator): remember the last finished epoch's state for the except below.
-        last: list = [None]
+        last, self.stopped_ = [None], None
         callback = _keeping_last(callback, last)
         bar = tqdm(total=self.epochs, desc="alsx", unit="epoch", disable=not self.progress)
         clock = [time.perf_counter()]
@@ -349,7 +349,7 @@ class ALS(Params, Serving):
         return out
 
     @classmethod
-    def load(cls, path: str | Path) -> "ALS":
+    def load(cls, path: str | Path) -> ALS:
         """Reads a folder written by :meth:`save` (or ``alsx train``), every file checked.
 
         Raises:

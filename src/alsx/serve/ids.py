@@ -40,7 +40,7 @@ def row_indices(given: list[str], vocab: Vocab | None, n_rows: int, where: str) 
             known = vocab.encode(ints, missing=-1)
         else:
             known = np.where((ints >= 0) & (ints < n_rows), ints, -1)
-    unknown = [g for g, k in zip(given, known) if k < 0]
+    unknown = [g for g, k in zip(given, known, strict=True) if k < 0]
     if unknown:
         span = "" if vocab is not None else f" (its rows are 0..{n_rows - 1})"
         raise UsageError(f"row id(s) {_listed(unknown)} not in the model {where}{span}")
