@@ -132,7 +132,7 @@ def test_recalculate_user_folds_known_rows_in_from_fresh_history(model):
     assert not set(hist) & set(kept[0]) and "" in kept[0]
 
 
-def test_partial_fit_users_adds_and_updates_rows_in_place(model):
+def test_partial_fit_users_adds_and_updates_rows_in_place(model, tmp_path):
     m = _fresh(model)
     n0 = m.row_embeddings_.shape[0]
     m.partial_fit_users(["newbie", "u3"], [["m1", "m2"], ["m40"]])
@@ -143,6 +143,8 @@ def test_partial_fit_users_adds_and_updates_rows_in_place(model):
     ids, _ = m.recommend(["newbie", "u3"], k=N_ITEMS - 2)
     assert {"m1", "m2"}.isdisjoint(ids[0]) and "m40" not in ids[1]  # the new histories are the seen items
     np.testing.assert_array_equal(m.recommend(["u12"], k=5)[0], model.recommend(["u12"], k=5)[0])  # others kept
+    back = ALS.load(m.save(tmp_path / "grown"))  # the grown vocabulary and seen entries save and load
+    np.testing.assert_array_equal(back.recommend(["newbie", "u3"], k=N_ITEMS - 2)[0], ids)
 
 
 def test_partial_fit_items_adds_a_column(model):
