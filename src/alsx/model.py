@@ -198,10 +198,10 @@ class ALS(Params, Serving):
     def fit(
         self,
         x: Any,
+        *,
         row: str | int | None = None,
         col: str | int | None = None,
         value: str | int | None = None,
-        *,
         split: Split | None = None,
         eval_every: int = 0,
         eval_ks: tuple[int, ...] = (20, 50),
