@@ -128,5 +128,5 @@ def test_loss_every_skips_the_loss_but_not_training_or_divergence_checks(csv_fil
     with pytest.raises(FloatingPointError, match="epoch 1"):  # found from the tables alone
         ALS(dim=32, reg=0.0, unobserved_weight=0.0, solver="cholesky", epochs=3, progress=False,
             loss_every=0).fit(x)
-    with pytest.raises(ValueError, match="loss_every"):
-        ALS(loss_every=-1)
+    with pytest.raises(ValueError, match="loss_every"):  # checked by fit (scikit-learn: __init__ only stores)
+        ALS(loss_every=-1).fit(x)

@@ -513,7 +513,7 @@ def cmd_recommend(a: argparse.Namespace) -> int:
         raise UsageError(f"-k must be >= 1, got {a.k}")
     model = ALS.load(a.model)
     rows = row_indices(a.rows, model.row_vocab_, model.row_embeddings_.shape[0], a.model)
-    ids, scores = model.recommend(rows, k=a.k, exclude_seen=not a.include_seen)
+    ids, scores = model.recommend(rows, k=a.k, exclude_seen=not a.include_seen, ids="index")  # dense in and out
     for r, row_ids, row_scores in zip(a.rows, ids, scores):
         keep = row_ids >= 0
         items = row_ids[keep]

@@ -1,7 +1,7 @@
-"""The ALS estimator: hyper-parameters in the constructor, ``fit`` learns.
+"""The ALS estimator: hyper-parameters in the constructor, ``fit`` learns, serving speaks the data's ids.
 
->>> model = ALS(dim=64, epochs=10).fit(interactions)          # doctest: +SKIP
->>> ids, scores = model.recommend([0, 1], k=10)                # doctest: +SKIP
+>>> model = ALS(dim=64, epochs=10).fit(df, row="user", col="item")   # doctest: +SKIP
+>>> ids, scores = model.recommend(["u12", "u7"], k=10)                # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -11,28 +11,46 @@ import json
 import math
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from alsx.callbacks import StopTraining
 from alsx.config import HParams, Packing
-from alsx.data.matrix import CSR, Interactions
+from alsx.data.matrix import Interactions
 from alsx.data.split import Split
-from alsx.errors import DivergenceError
+from alsx.errors import DivergenceError, UsageError
+from alsx.params import Params
+from alsx.serve.estimator import NotFittedError, Serving
 
 FORMAT_VERSION = 1
 
 
-def as_interactions(x: Any) -> Interactions:
-    """Accepts Interactions, scipy.sparse matrices and pandas DataFrames (via ingest)."""
+def as_interactions(x: Any, **columns: Any) -> Interactions:
+    """Interactions from Interactions, scipy.sparse or a DataFrame (``columns``: its row=, col=, value=)."""
+    columns = {k: v for k, v in columns.items() if v is not None}
     if isinstance(x, Interactions):
+        if columns:
+            raise UsageError(f"{', '.join(columns)}= name DataFrame columns; this input is Interactions")
         return x
     from alsx.data.ingest import load_interactions
 
-    data, _ = load_interactions(x)
+    data, _ = load_interactions(x, **columns)
     return data
+
+
+def _keeping_last(callback: Callable | None, last: list) -> Callable:
+    """``callback`` that first stores the epoch's state in ``last[0]`` (what fit keeps on StopTraining)."""
+    def keep(record: dict, st: Any) -> None:
+        last[0] = st
+        if callback is not None:
+            callback(record, st)
+
+    return keep
 
 
 def sharded_eval_topk(engine, state):
@@ -71,7 +89,7 @@ def _check_finite(table: np.ndarray, name: str, epoch: int, counts: np.ndarray, 
            "This is not expected: please report it with the command and the output of --debug"))
 
 
-class ALS:
+class ALS(Params, Serving):
     """Implicit alternating least squares (iALS, Hu et al. 2008; Rendle et al. 2021).
 
     Args:
@@ -99,23 +117,26 @@ class ALS:
       loss_every: compute the training loss every N epochs and after the last (0: never).
         The loss costs about a third of a CG epoch at small d; epochs without it still
         stop on non-finite tables.
+
+    Learned (``fit``, ``load``): row_embeddings_ [n_rows, d], col_embeddings_ [n_cols, d], train_ (seen
+    entries), row_vocab_ / col_vocab_ (None: index ids), history_, hparams_, stopped_; serving: its base Serving.
     """
 
     def __init__(
         self,
-        dim: int = 128,
-        reg: float = 0.003,
-        unobserved_weight: float = 0.03,
-        nu: float = 1.0,
-        solver: str = "cg",
-        cg_steps: int = 3,
-        block_size: int = 0,
+        dim: int = HParams.dim,
+        reg: float = HParams.reg,
+        unobserved_weight: float = HParams.unobserved_weight,
+        nu: float = HParams.nu,
+        solver: str = HParams.solver,
+        cg_steps: int = HParams.cg_steps,
+        block_size: int = HParams.block_size,
         epochs: int = 16,
-        dtype: str = "float32",
+        dtype: str = HParams.dtype,
         alpha: float | None = None,
         tied: bool = False,
-        init_scale: float = 0.1,
-        init: str = "normal",
+        init_scale: float = HParams.init_scale,
+        init: str = HParams.init,
         seed: int = 0,
         packing: Packing = Packing(),
         engine_factory: Callable | None = None,
@@ -123,33 +144,47 @@ class ALS:
         loss_every: int = 1,
         backend: str = "auto",
     ):
-        self.hparams = HParams(dim=dim, reg=reg, unobserved_weight=unobserved_weight, nu=nu, solver=solver,
-                               cg_steps=cg_steps, block_size=block_size, dtype=dtype, init_scale=init_scale,
-                               init=init)
-        if epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {epochs}")
-        if loss_every < 0:
-            raise ValueError(f"loss_every must be >= 0, got {loss_every}")
-        from alsx.core.engine import BACKENDS
-
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
-        self.loss_every = loss_every
+        # scikit-learn's contract: store the arguments as given; fit checks them (get_params, clone).
+        self.dim = dim
+        self.reg = reg
+        self.unobserved_weight = unobserved_weight
+        self.nu = nu
+        self.solver = solver
+        self.cg_steps = cg_steps
+        self.block_size = block_size
         self.epochs = epochs
+        self.dtype = dtype
         self.alpha = alpha
         self.tied = tied
+        self.init_scale = init_scale
+        self.init = init
         self.seed = seed
         self.packing = packing
         self.engine_factory = engine_factory
         self.progress = progress
-        self.row_embeddings_: np.ndarray | None = None
-        self.col_embeddings_: np.ndarray | None = None
-        self.history_: list[dict] = []
-        self.train_: CSR | None = None
-        self.row_vocab_ = None
-        self.col_vocab_ = None
-        self.eval_topk_ = None  # after fit on a ShardedEngine: scores against its column shards
+        self.loss_every = loss_every
+        self.backend = backend
+
+    # ------------------------------------------------------------------ hyper-parameters
+    def checked_hparams(self) -> HParams:
+        """The HParams of the current arguments, every argument checked (ValueError naming it)."""
+        from alsx.core.engine import BACKENDS
+
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.loss_every < 0:
+            raise ValueError(f"loss_every must be >= 0, got {self.loss_every}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        given = self.get_params()  # HParams checks its own fields; those ALS lacks keep config.py's defaults
+        return HParams(**{f.name: given[f.name] for f in dataclasses.fields(HParams) if f.name in given})
+
+    @property
+    def hparams(self) -> HParams:
+        """The fitted hyper-parameters (``hparams_``; the name the CLI and benchmarks use)."""
+        if not hasattr(self, "hparams_"):
+            raise NotFittedError("this ALS is not fitted: call fit() or ALS.load() first")
+        return self.hparams_
 
     # ------------------------------------------------------------------ training
     def _engine(self, train: Interactions):
@@ -164,6 +199,9 @@ class ALS:
         self,
         x: Any,
         *,
+        row: str | int | None = None,
+        col: str | int | None = None,
+        value: str | int | None = None,
         split: Split | None = None,
         eval_every: int = 0,
         eval_ks: tuple[int, ...] = (20, 50),
@@ -171,14 +209,20 @@ class ALS:
         checkpointer: Any = None,
         step_timeout_s: float | None = None,
         gather_tables: bool = True,
-    ) -> "ALS":
-        """Learns both tables.
+    ) -> ALS:
+        """Learns both tables (a new fit forgets the previous one).
 
         Args:
-          x: training interactions (Interactions, scipy.sparse or DataFrame); with
-            ``split``, pass ``split.train``.
+          x: training interactions: a pandas DataFrame, a scipy.sparse matrix or Interactions;
+            with ``split``, pass ``split.train``.
+          row, col, value: a DataFrame's columns by name (or 0-based number): the row ids, the
+            column ids (both any int or str ids; recommend and similar speak them) and an optional
+            value, weighted 1 + alpha * value with the constructor's ``alpha``.  Default: the
+            frame's only two columns.
           split: enables evaluation every ``eval_every`` epochs (and after the last).
-          callback: called after each epoch with (history record, engine state).
+          callback: called after each epoch with (history record, engine state).  Raising
+            ``alsx.callbacks.StopTraining`` ends training after that epoch and keeps the model:
+            the tables of that epoch, or those the exception carries (``stopped_`` says so).
           checkpointer: an ``alsx.checkpoint.Checkpointer``: resume from its newest good
             checkpoint and save on its schedule.  Each step stores the history up to it, so
             ``history_`` of a resumed fit holds every epoch, the ones before the resume too.
@@ -190,7 +234,12 @@ class ALS:
         from alsx.checkpoint import train as run_epochs
         from alsx.eval.protocol import evaluate
 
-        train = as_interactions(x)
+        self.hparams_ = self.checked_hparams()
+        if value is not None and self.alpha is None:
+            warnings.warn(f"fit(value={value!r}) without ALS(alpha=...): every entry weighs 1 (confidences are "
+                          "1 + alpha * value)", UserWarning, stacklevel=2)
+        train = as_interactions(x, row=row, col=col, value=value)
+        self._forget()  # cached Gramians and unit tables of a previous fit
         engine, rows_csr = self._engine(train)
         self.train_ = rows_csr
         self.row_vocab_, self.col_vocab_ = train.row_vocab, train.col_vocab
@@ -198,6 +247,9 @@ class ALS:
         self.engine_name_ = type(engine).__name__
         self.pack_stats_ = getattr(engine, "stats", None)
         self.history_ = []
+        # -- StopTraining (estimator): remember the last finished epoch's state for the except below.
+        last, self.stopped_ = [None], None
+        callback = _keeping_last(callback, last)
         bar = tqdm(total=self.epochs, desc="alsx", unit="epoch", disable=not self.progress)
         clock = [time.perf_counter()]
 
@@ -245,9 +297,14 @@ class ALS:
             bar.refresh()
             clock[0] = time.perf_counter()  # the first resumed epoch's seconds exclude the restore
 
+        kept_tables = None
         try:
             st = run_epochs(engine, self.epochs, self.seed, checkpointer, step_timeout_s=step_timeout_s,
                             on_epoch=on_epoch, extra=lambda: {"history": self.history_}, on_resume=on_resume)
+        except StopTraining as stop:  # estimator: a callback ended the run; keep its last epoch
+            st = last[0]
+            self.stopped_ = {"epoch": st.epoch, "reason": stop.reason, "tables_from_epoch": stop.epoch}
+            kept_tables = stop.tables
         finally:
             bar.close()
         self.state_, self.engine_ = st, engine
@@ -256,38 +313,12 @@ class ALS:
             release()
         if gather_tables:
             self.row_embeddings_, self.col_embeddings_ = engine.to_numpy(st)
+        else:
+            self.row_embeddings_ = self.col_embeddings_ = None
+        if kept_tables is not None:  # the callback's tables (e.g. its best epoch's) replace the last epoch's
+            self.row_embeddings_, self.col_embeddings_ = (np.asarray(t, np.float32) for t in kept_tables)
         self.eval_topk_ = sharded_eval_topk(engine, st)
         return self
-
-    # ------------------------------------------------------------------ serving
-    def _require_fit(self) -> None:
-        if self.row_embeddings_ is None:
-            raise RuntimeError("the model is not fitted: call fit() or ALS.load() first")
-
-    def recommend(self, rows: Any, k: int = 10, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k columns for each of ``rows`` (dense indices), seen columns excluded.
-
-        Returns:
-          ids: int32 [n, k] column indices (-1 where fewer than k remain); scores: float32 [n, k].
-        """
-        from alsx.serve.topk import topk_scores
-
-        self._require_fit()
-        rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
-        if rows.size and (rows.min() < 0 or rows.max() >= self.row_embeddings_.shape[0]):
-            raise IndexError(f"row index out of range [0, {self.row_embeddings_.shape[0]}): {rows}")
-        exclude = self.train_ if exclude_seen else None
-        scores, ids = topk_scores(self.row_embeddings_[rows], self.col_embeddings_, k, exclude=exclude,
-                                  exclude_ids=rows if exclude is not None else None)
-        return ids, scores
-
-    def similar_items(self, items: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """The k most cosine-similar columns to each of ``items`` (itself excluded)."""
-        from alsx.serve.topk import similar
-
-        self._require_fit()
-        scores, ids = similar(self.col_embeddings_, np.atleast_1d(np.asarray(items)), k)
-        return ids, scores
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict:
@@ -305,7 +336,7 @@ class ALS:
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         if tables:
-            self._require_fit()
+            self._check_fitted()
             np.save(out / "row_embeddings.npy", self.row_embeddings_.astype(np.float32))
             np.save(out / "col_embeddings.npy", self.col_embeddings_.astype(np.float32))
         (out / "config.json").write_text(json.dumps(self.config(), indent=2))
@@ -318,7 +349,7 @@ class ALS:
         return out
 
     @classmethod
-    def load(cls, path: str | Path) -> "ALS":
+    def load(cls, path: str | Path) -> ALS:
         """Reads a folder written by :meth:`save` (or ``alsx train``), every file checked.
 
         Raises:
@@ -340,6 +371,7 @@ class ALS:
         try:
             model = cls(**cfg["hparams"], epochs=cfg["epochs"], alpha=cfg["alpha"], tied=cfg["tied"],
                         seed=cfg["seed"], packing=Packing(**cfg["packing"]), progress=False)
+            model.hparams_ = model.checked_hparams()
         except (TypeError, ValueError) as e:
             raise ModelError(f"{where}: bad hyper-parameters ({e})") from None
         n_rows, n_cols = cfg["shape"]
@@ -360,7 +392,9 @@ class ALS:
         hist = src / "history.json"
         model.history_ = read_json(hist, what="list") if hist.exists() else []
         model.train_ = load_csr(src / SEEN_FILE, n_rows, n_cols)
+        model.row_vocab_ = model.col_vocab_ = None  # index ids unless a vocabulary file says otherwise
         for attr, vocab in vocabs.items():
             setattr(model, attr, vocab)
         model.config_ = cfg  # everything config.json holds (alsx train adds data, split, trained_on)
+        model.engine_ = model.state_ = model.eval_topk_ = None  # no training engine: tables on the host
         return model

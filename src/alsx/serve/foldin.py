@@ -56,3 +56,71 @@ def fold_in_sharded(engine, state, history: CSR, hp: HParams) -> np.ndarray:
                 n_cols=max(len(used), 1))
     table = rows if len(used) else np.zeros((1, rows.shape[1]), np.float32)
     return fold_in(table, local, hp, gram=gram, n_cols=history.n_cols)
+
+
+# ---------------------------------------------------------------- NumPy fold-in for serving
+# Serving folds in a few rows per call: a float64 NumPy solve per row costs microseconds and
+# compiles nothing, where ``fold_in`` packs blocks and compiles a program per shape.
+SOLVE_ROWS = 256  # rows whose d x d systems are stacked for one batched np.linalg.solve
+
+
+def gramian(table: np.ndarray, block: int = 4096) -> np.ndarray:
+    """float64 [d, d] table^T table of a [n, d] table: float32 products of ``block`` rows summed
+    in float64 (a float64 copy of gowalla's d=128 table would be 42 MB and a slower product)."""
+    t = np.asarray(table)
+    out = np.zeros((t.shape[1], t.shape[1]), np.float64)
+    for start in range(0, t.shape[0], block):
+        b = t[start:start + block]
+        out += b.T @ b
+    return out
+
+
+def row_system(h: np.ndarray, gram: np.ndarray, cols: np.ndarray, conf: np.ndarray, hp: HParams,
+               n_other: int) -> tuple[np.ndarray, np.ndarray]:
+    """The normal equations of one row of the training objective, float64.
+
+    A = sum_j c_j h_j h_j^T + alpha0 G + lambda_u I  [d, d],  b = sum_j c_j h_j  [d], with
+    lambda_u = reg * (|I_u| + alpha0 * n_other) ** nu (``tests/reference.py: solve_rows``).
+
+    Args:
+      h: [n_other, d] the fixed table; gram: its float64 Gramian [d, d].
+      cols: int [|I_u|] the row's entries; conf: [|I_u|] their confidences.
+    """
+    hi = np.asarray(h[cols], np.float64)  # [|I_u|, d]
+    c = np.asarray(conf, np.float64)
+    lam = hp.reg * (len(cols) + hp.unobserved_weight * n_other) ** hp.nu
+    a = (hi.T * c) @ hi + hp.unobserved_weight * gram + lam * np.eye(gram.shape[0])
+    return a, hi.T @ c
+
+
+def solve_histories(h: np.ndarray, history: CSR, hp: HParams, gram: np.ndarray | None = None) -> np.ndarray:
+    """float32 [history.n_rows, d]: each row's exact optimum against the fixed table ``h`` [n_cols, d]
+    (the same solution as :func:`fold_in`; a row without entries gets 0).
+
+    Raises:
+      ValueError: a singular system (reg = 0 and unobserved_weight = 0 with fewer than d entries).
+    """
+    h = np.asarray(h)
+    if history.n_cols != h.shape[0]:
+        raise ValueError(f"history has {history.n_cols} columns but the table has {h.shape[0]} rows")
+    gram = gramian(h) if gram is None else gram
+    out = np.zeros((history.n_rows, h.shape[1]), np.float32)
+    for start in range(0, history.n_rows, SOLVE_ROWS):
+        rows = range(start, min(start + SOLVE_ROWS, history.n_rows))
+        systems = [row_system(h, gram, *history.row(u), hp, h.shape[0]) for u in rows]
+        try:
+            x = np.linalg.solve(np.stack([a for a, _ in systems]), np.stack([b for _, b in systems])[..., None])
+        except np.linalg.LinAlgError:
+            raise ValueError("a fold-in system is singular (reg = 0 and unobserved_weight = 0 with fewer "
+                             "entries than dim): train with reg > 0") from None
+        out[start:start + len(systems)] = x[..., 0]
+    out[history.lengths() == 0] = 0.0
+    return out
+
+
+def confidences(values: np.ndarray, alpha: float | None) -> np.ndarray:
+    """float32 c = 1 + alpha * value (Hu et al.), or 1 for every entry when alpha is None: as
+    ``Interactions.confidence`` makes them for training."""
+    if alpha is None:
+        return np.ones(len(values), np.float32)
+    return (1.0 + alpha * np.asarray(values, np.float64)).astype(np.float32)

@@ -241,3 +241,52 @@ def similar(
             n_cols=int(table.shape[0]),
         )
     return topk_scores(query, unit, k, exclude=exclude, batch_size=batch_size)
+
+
+# ---------------------------------------------------------------- NumPy path for a few rows
+# One query row against ml1m's table takes ~0.1 ms in NumPy (a matrix-vector product and a
+# partition); the jitted path costs a dispatch and device copies per call and compiles once
+# per (batch, k, history width), so small batches go here (benchmarks/results_latency.md).
+NUMPY_SCORES = 1 << 21  # query rows x columns up to which the NumPy path is used
+
+
+def top_k_row(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values [k'], ids int32 [k']) of the k' = min(k, m) largest of ``scores`` [m], descending,
+    equal values lower id first (as :func:`top_k`), -inf entries given id -1."""
+    m = scores.shape[0]
+    k = min(k, m)
+    if k < m:
+        part = np.argpartition(-scores, k - 1)[:k]
+        cand = np.flatnonzero(scores >= scores[part].min())  # every tie of the k-th value
+    else:
+        cand = np.arange(m)
+    cand = cand[np.lexsort((cand, -scores[cand]))[:k]]
+    values = scores[cand]
+    return values, np.where(np.isneginf(values), PAD_ID, cand).astype(np.int32)
+
+
+def topk_numpy(query: np.ndarray, table: np.ndarray, k: int, excluded: list[np.ndarray] | None = None,
+               col_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`topk_scores` for a few rows, in NumPy float32.
+
+    Args:
+      query: [n, d]; table: [m, d].
+      excluded: per query row, int column ids to drop (None: none).
+      col_mask: float32 [m], 0 for allowed columns and -inf for excluded ones (None: all allowed).
+
+    Returns:
+      scores float32 [n, k] and ids int32 [n, k], -inf / -1 in padded slots.
+    """
+    # table @ query^T reads the [m, d] table in its own (row-major) order: ~2x faster than query @ table^T
+    scores = np.ascontiguousarray((np.asarray(table, np.float32) @ np.asarray(query, np.float32).T).T)  # [n, m]
+    if col_mask is not None:
+        scores += col_mask
+    n = scores.shape[0]
+    out_s = np.full((n, k), -np.inf, np.float32)
+    out_i = np.full((n, k), PAD_ID, np.int32)
+    for r in range(n):
+        if excluded is not None and len(excluded[r]):
+            scores[r, excluded[r]] = -np.inf
+        values, ids = top_k_row(scores[r], k)
+        out_s[r, :len(values)], out_i[r, :len(ids)] = values, ids
+    return out_s, out_i
