@@ -3,7 +3,9 @@
     alsx demo                                  built-in synthetic graph, end to end
     alsx train DATA --out DIR [options]        fit, evaluate, refit on all input, save
     alsx evaluate DIR DATA                     re-evaluate a --no-refit model on its split
-    alsx recommend DIR ROW [ROW ...] -k N      top-k unseen columns per row
+    alsx recommend DIR ROW [ROW ...] -k N      top-k unseen columns per row (--all, --out recs.parquet)
+    alsx similar DIR ID [ID ...]               most similar columns (or rows)
+    alsx export DIR --to OUT                   embeddings as Parquet / npy, an ANN index
     alsx webgraph {build,synth} ...            WebGraph data sets
 """
 
@@ -504,27 +506,6 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_recommend(a: argparse.Namespace) -> int:
-    from alsx.errors import UsageError
-    from alsx.model import ALS
-    from alsx.serve.ids import row_indices
-
-    if a.k < 1:
-        raise UsageError(f"-k must be >= 1, got {a.k}")
-    model = ALS.load(a.model)
-    rows = row_indices(a.rows, model.row_vocab_, model.row_embeddings_.shape[0], a.model)
-    ids, scores = model.recommend(rows, k=a.k, exclude_seen=not a.include_seen)
-    for r, row_ids, row_scores in zip(a.rows, ids, scores):
-        keep = row_ids >= 0
-        items = row_ids[keep]
-        if model.col_vocab_ is not None:
-            items = model.col_vocab_.decode(items)
-        recs = [{"id": (i.item() if hasattr(i, "item") else i), "score": round(float(s), 6)}
-                for i, s in zip(items, row_scores[keep])]
-        print(json.dumps({"row": r, "recommendations": recs}))
-    return 0
-
-
 def cmd_demo(a: argparse.Namespace) -> int:
     from alsx.data.split import heldout_rows_split
     from alsx.data.synthetic import community_graph
@@ -611,12 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "refit on all input overlaps every split of it); the metrics are inflated")
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("recommend", help="top-k unseen columns for rows")
-    r.add_argument("model", help="folder written by 'alsx train'")
-    r.add_argument("rows", nargs="+", help="row ids (original ids when the model has a vocabulary)")
-    r.add_argument("-k", type=int, default=10)
-    r.add_argument("--include-seen", action="store_true")
-    r.set_defaults(func=cmd_recommend)
+    from alsx.cli_serve import add_parser as add_serve_commands  # servecli: recommend, similar, export
+
+    add_serve_commands(sub)
 
     try:
         from alsx.webgraph.cli import add_webgraph_commands
