@@ -115,7 +115,17 @@ def model_folder(args, dataset: str, dim: int) -> Path:
 
 
 def recall(got: np.ndarray, truth: np.ndarray) -> float:
+    """|ANN top-10 ∩ exact top-10| / 10, averaged (breaks down when scores tie at the 10th place)."""
     return float(np.mean([len(set(g[:K]) & set(t[:K])) / K for g, t in zip(got, truth)]))
+
+
+def tie_recall(got: np.ndarray, q: np.ndarray, table: np.ndarray, kth: np.ndarray) -> float:
+    """Share of the ANN top-10 whose exact score reaches the exact 10th score ``kth`` [n] (less 1e-5
+    relative), as ann-benchmarks counts it: any of several columns tied at the 10th place is right."""
+    ids = np.where(got[:, :K] >= 0, got[:, :K], 0)
+    scores = np.einsum("nd,nkd->nk", q.astype(np.float64), table[ids].astype(np.float64))
+    ok = (scores >= kth[:, None] - 1e-5 * np.abs(kth[:, None])) & (got[:, :K] >= 0)
+    return float(ok.sum(axis=1).clip(max=K).mean() / K)
 
 
 def qps(fn, n: int) -> float:
@@ -135,12 +145,14 @@ def measure(args, dataset: str, dim: int) -> list[dict]:
     one = q[: args.single]
     topk_scores(q[:1], table, K)  # compile once for single queries and once for the batch
     topk_scores(q, table, K)
-    truth = topk_scores(q, table, K)[1]
+    truth_scores, truth = topk_scores(q, table, K)
+    kth = truth_scores[:, K - 1].astype(np.float64)
+    ties = float(np.mean(np.isclose(truth_scores[:, K - 1], topk_scores(q, table, K + 1)[0][:, K], rtol=1e-6)))
     base = {"dataset": dataset, "dim": dim, "m": len(table), "queries": args.queries, "threads": args.threads,
-            "machine": f"{platform.node()} ({os.cpu_count()} cores, shared)", "date": time.strftime("%Y-%m-%d %H:%M")}
+            "ties_at_10": ties, "machine": f"{platform.node()} ({os.cpu_count()} cores, shared)", "date": time.strftime("%Y-%m-%d %H:%M")}
     exact_batch = qps(lambda: topk_scores(q, table, K), len(q))
     exact_single = qps(lambda: [topk_scores(x[None], table, K) for x in one], len(one))
-    records = [{**base, "library": "exact", "knob": None, "recall": 1.0, "build_s": 0.0,
+    records = [{**base, "library": "exact", "knob": None, "recall": 1.0, "tie_recall": 1.0, "build_s": 0.0,
                 "qps_batch": exact_batch, "qps_single": exact_single}]
     print(json.dumps(records[0]), file=sys.stderr)
     for name in args.libraries:
@@ -150,7 +162,8 @@ def measure(args, dataset: str, dim: int) -> list[dict]:
         for knob in KNOBS[name]:
             index.set(knob)
             got = index.search(q, K, args.threads)
-            rec = {**base, "library": name, "knob": knob, "recall": recall(got, truth), "build_s": build_s,
+            rec = {**base, "library": name, "knob": knob, "recall": recall(got, truth),
+                   "tie_recall": tie_recall(got, q, table, kth), "build_s": build_s,
                    "qps_batch": qps(lambda: index.search(q, K, args.threads), len(q)),
                    "qps_single": qps(lambda: [index.search(x[None], K, 1) for x in one], len(one))}
             rec["speedup_batch"] = rec["qps_batch"] / exact_batch
@@ -173,11 +186,12 @@ def report(jsonl: Path, md: Path, command: str) -> None:
              "with other engineers working at the same time; the lead may re-run. recall@10: ANN top-10 against "
              "the exact top-10; batch: all queries in one call on every thread; single: one query per call, "
              "one thread; x exact: queries/s over the exact search's, same mode.", "",
-             "| data | d | m | library | knob | recall@10 | build s | batch q/s | x exact | single q/s | x exact |",
-             "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| data | d | m | ties@10 | library | knob | recall@10 | tie-aware | build s | batch q/s | x exact | single q/s | x exact |",
+             "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in recs:
         knob = "" if r["knob"] is None else f"{KNOB_NAME[r['library']]}={r['knob']}"
-        lines.append(f"| {r['dataset']} | {r['dim']} | {r['m']:,} | {r['library']} | {knob} | {r['recall']:.3f} | "
+        lines.append(f"| {r['dataset']} | {r['dim']} | {r['m']:,} | {r['ties_at_10']:.2f} | {r['library']} | {knob} | "
+                     f"{r['recall']:.3f} | {r['tie_recall']:.3f} | "
                      f"{r['build_s']:.1f} | {r['qps_batch']:,.0f} | {r.get('speedup_batch', 1.0):.1f} | "
                      f"{r['qps_single']:,.0f} | {r.get('speedup_single', 1.0):.1f} |")
     md.write_text("\n".join(lines) + "\n")
