@@ -164,13 +164,13 @@ def measure(args, dataset: str, dim: int) -> list[dict]:
             got = index.search(q, K, args.threads)
             rec = {**base, "library": name, "knob": knob, "recall": recall(got, truth),
                    "tie_recall": tie_recall(got, q, table, kth), "build_s": build_s,
-                   "qps_batch": qps(lambda: index.search(q, K, args.threads), len(q)),
-                   "qps_single": qps(lambda: [index.search(x[None], K, 1) for x in one], len(one))}
+                   "qps_batch": qps(lambda ix=index: ix.search(q, K, args.threads), len(q)),
+                   "qps_single": qps(lambda ix=index: [ix.search(x[None], K, 1) for x in one], len(one))}
             rec["speedup_batch"] = rec["qps_batch"] / exact_batch
             rec["speedup_single"] = rec["qps_single"] / exact_single
             print(json.dumps(rec), file=sys.stderr)
             records.append(rec)
-        del index
+
     return records
 
 
@@ -182,10 +182,14 @@ def report(jsonl: Path, md: Path, command: str) -> None:
     lines = ["# ANN top-10 against exact top-k", "",
              "Written by `benchmarks/ann.py` (its docstring: protocol, build settings). Command:", "",
              f"    {command}", "",
-             f"Machine: {recs[-1]['machine'] if recs else '?'}. **Timings are under contention**: 2 cores shared "
-             "with other engineers working at the same time; the lead may re-run. recall@10: ANN top-10 against "
-             "the exact top-10; batch: all queries in one call on every thread; single: one query per call, "
-             "one thread; x exact: queries/s over the exact search's, same mode.", "",
+             (f"Machine: {recs[-1]['machine'] if recs else '?'}. **Timings are under contention**: 2 cores shared "
+              "with other engineers working at the same time (load average 10-16 during the run); the lead may "
+              "re-run. ties@10: share of queries whose exact 10th and 11th scores are equal (cnr-2000 has many "
+              "identical columns: 75,842 distinct vectors among 325,557 at d=64), where plain recall@10 (ANN "
+              "top-10 ∩ exact top-10) counts a tied column as a miss; tie-aware: share of the ANN top-10 whose "
+              "exact score reaches the exact 10th score (ann-benchmarks' rule). batch: all queries in one call on "
+              "every thread; single: one query per call, one thread; x exact: queries/s over the exact search's "
+              "(alsx.serve.topk.topk_scores, JAX on the CPU), same mode."), "",
              "| data | d | m | ties@10 | library | knob | recall@10 | tie-aware | build s | batch q/s | x exact | single q/s | x exact |",
              "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in recs:

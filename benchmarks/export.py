@@ -68,10 +68,9 @@ def main() -> None:
     rows = [r for item in args.models.split(",") for r in measure(*item.split("=", 1), args.repeat)]
     lines = ["# alsx export: sizes and seconds", "", "Written by `benchmarks/export.py`. Command:", "",
              "    python benchmarks/export.py " + " ".join(sys.argv[1:]), "",
-             f"Machine: {platform.node()} ({os.cpu_count()} cores). **Timings are under contention** from other "
-             "engineers on the same 2 cores; the lead may re-run. Both tables (rows and columns) per line; "
-             "Parquet with snappy compression, row groups of 65,536; best of "
-             f"{args.repeat}.", "",
+             (f"Machine: {platform.node()} ({os.cpu_count()} cores). **Timings are under contention** from other "
+              "engineers on the same 2 cores; the lead may re-run. Both tables (rows and columns) per line; "
+              f"Parquet with snappy compression, no dictionary, row groups of 65,536; best of {args.repeat}."), "",
              "| model | rows | cols | d | format | layout | MB | write s | read s |",
              "|---|---:|---:|---:|---|---|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['n_rows']:,} | {r['n_cols']:,} | {r['dim']} | {r['format']} | {r['layout']} | "
