@@ -60,18 +60,15 @@ def add_webgraph_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
     s.add_argument("--seed", type=int, default=0, help="seed of the graph (default %(default)s)")
     s.add_argument("--hosts", type=_shard, default=None,
                    help="hosts (contiguous id ranges; default: nodes // max(50, 4 x mean degree))")
-    s.add_argument("--locality", type=float, default=0.8,
-                   help="probability that an arc stays in its source's host (default %(default)s)")
-    s.add_argument("--reciprocity", type=float, default=0.27,
-                   help="target share of arcs whose reverse exists (default %(default)s)")
-    s.add_argument("--self-link-fraction", type=float, default=0.027,
-                   help="target share of self-links among arcs (default %(default)s)")
-    s.add_argument("--alpha-out", type=float, default=2.6,
-                   help="power-law exponent of out-degrees, > 1 (default %(default)s)")
-    s.add_argument("--alpha-in", type=float, default=2.1,
-                   help="power-law exponent of in-degrees, > 1 (default %(default)s)")
-    s.add_argument("--dangling-fraction", type=float, default=0.2,
-                   help="share of nodes with no out-links (default %(default)s)")
+    for flag, default, what in (
+        ("--locality", 0.8, "probability that an arc stays in its source's host"),
+        ("--reciprocity", 0.27, "target share of arcs whose reverse exists"),
+        ("--self-link-fraction", 0.027, "target share of self-links among arcs"),
+        ("--alpha-out", 2.6, "power-law exponent of out-degrees, > 1"),
+        ("--alpha-in", 2.1, "power-law exponent of in-degrees, > 1"),
+        ("--dangling-fraction", 0.2, "share of nodes with no out-links"),
+    ):
+        s.add_argument(flag, type=float, default=default, help=f"{what} (default %(default)s)")
     s.add_argument("--chunk-edges", type=_shard, default=1 << 23,
                    help="arcs per chunk, about 60 bytes each in memory (default %(default)s)")
     common_filter(s, heldout_default=0.0)
