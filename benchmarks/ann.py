@@ -180,8 +180,8 @@ KNOB_NAME = {"faiss-hnsw": "efSearch", "faiss-ivf": "nprobe", "hnswlib": "ef", "
 def report(jsonl: Path, md: Path, command: str) -> None:
     recs = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     lines = ["# ANN top-10 against exact top-k", "",
-             "Written by `benchmarks/ann.py` (its docstring: protocol, build settings). Command:", "",
-             f"    {command}", "",
+             "Written by `benchmarks/ann.py` (its docstring: protocol, build settings). Commands:", "",
+             *[f"    {c}" for c in dict.fromkeys(r.get("command", command) for r in recs)], "",
              (f"Machine: {recs[-1]['machine'] if recs else '?'}. **Timings are under contention**: 2 cores shared "
               "with other engineers working at the same time (load average 10-16 during the run); the lead may "
               "re-run. ties@10: share of queries whose exact 10th and 11th scores are equal (cnr-2000 has many "
@@ -223,7 +223,7 @@ def main() -> None:
             for dim in map(int, args.dims.split(",")):
                 with jsonl.open("a") as f:
                     for rec in measure(args, dataset, dim):
-                        f.write(json.dumps(rec) + "\n")
+                        f.write(json.dumps({**rec, "command": command}) + "\n")
     report(jsonl, jsonl.with_suffix(".md"), command)
 
 

@@ -24,6 +24,8 @@ FRAGMENTS = [  # (file, what it answers)
     ("webgraph_train_report.md", None),
     ("results_ingest_parts.md", None),
     ("results_conformance.md", None),
+    ("results_ann.md", None),  # servecli: ANN recall and queries/s
+    ("results_export.md", None),  # servecli: export sizes and seconds
 ]
 
 
