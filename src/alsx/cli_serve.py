@@ -95,7 +95,8 @@ def add_parser(subparsers) -> None:
     e.add_argument("--ef-construction", type=int, default=hnsw.ef_construction,
                    help="with --ann: build beam (default %(default)s)")
     e.add_argument("--ef-search", type=int, default=hnsw.ef_search,
-                   help="with --ann: search beam stored with the index (default %(default)s)")
+                   help="with --ann: search beam stored with the index; larger is more accurate and slower, "
+                        "'recommend --ef-search' overrides it (default %(default)s)")
     e.set_defaults(func=cmd_export)
 
 
