@@ -75,19 +75,24 @@ def add_parser(subparsers) -> None:
     s.set_defaults(func=cmd_similar)
 
     from alsx.serve.ann import AnnSettings
-    from alsx.serve.export import FORMATS
+    from alsx.serve.export import FORMATS, LAYOUTS
 
     hnsw = AnnSettings()
     e = subparsers.add_parser("export", help="write the embeddings as Parquet or npy, and an ANN index",
                               description="Writes DIR/rows.parquet and DIR/cols.parquet: one line per id, columns "
-                                          "'id' (the original id) and 'vector' (fixed-size list of d float32), in "
-                                          "the model's index order, plus DIR/export.json; --format npy writes "
-                                          "*_embeddings.npy and *_ids.npy instead.")
+                                          "'id' (the original id) and 'vector' (fixed-size list of d float32; "
+                                          "--layout columns: v0..v{d-1}), in the model's index order, plus "
+                                          "DIR/export.json; --format npy writes *_embeddings.npy and *_ids.npy "
+                                          "instead.")
     e.add_argument("model", help="folder written by 'alsx train'")
     e.add_argument("--to", required=True, metavar="DIR", help="output folder (created)")
     e.add_argument("--format", dest="export_format", choices=FORMATS, default=FORMATS[0],
                    help="parquet: id + vector columns (pyarrow, Spark, pandas); npy: NumPy arrays "
                         "(default %(default)s)")
+    e.add_argument("--layout", choices=LAYOUTS, default=LAYOUTS[0],
+                   help="parquet: the vector as one fixed-size list column 'vector', or one float32 column per "
+                        "dimension v0..v{d-1} (the same size; pyarrow reads it up to 2x faster, "
+                        "benchmarks/results_export.md) (default %(default)s)")
     e.add_argument("--ann", choices=["faiss"], default=None,
                    help="also build an inner-product HNSW index of the column table in DIR, for "
                         "'alsx recommend --ann DIR' (needs the ann extra: pip install 'alsx[ann]')")
@@ -313,7 +318,7 @@ def cmd_export(a: argparse.Namespace) -> int:
             raise UsageError(f"{flag} must be >= 1, got {v}")
     check_writable_folder(a.to, "--to")
     model = ALS.load(a.model)
-    info = export_model(model, a.to, a.export_format)
+    info = export_model(model, a.to, a.export_format, a.layout)
     print(f"exported {info['n_rows']:,} rows and {info['n_cols']:,} columns (d={info['dim']}) as "
           f"{a.export_format} to {a.to} in {info['seconds']:.1f}s", file=sys.stderr)
     if a.ann:
