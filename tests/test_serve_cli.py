@@ -77,7 +77,7 @@ def check(got: dict, want: dict) -> None:
         np.testing.assert_allclose([s for _, s in got[u]], [s for _, s in recs], rtol=1e-4, atol=1e-5)
 
 
-def test_recommend_ids_stdin_and_rows_file(model, tmp_path):
+def test_recommend_ids_stdin_and_rows_file(model, tmp_path, capsys):
     folder, rows = model[0], model[1]
     users = [str(u) for u in rows[[5, 0, 17]]]
     want = reference(model, users)
@@ -90,9 +90,9 @@ def test_recommend_ids_stdin_and_rows_file(model, tmp_path):
     check(parse(res.stdout), want)
     f = tmp_path / "ids.txt"
     f.write_text("\n".join(users) + "\n")
-    res = alsx("recommend", folder, "--rows-file", f, "-k", K, "--batch-size", 2)
-    assert res.returncode == 0, res.stderr
-    check(parse(res.stdout), want)
+    capsys.readouterr()
+    assert main(["recommend", str(folder), "--rows-file", str(f), "-k", str(K), "--batch-size", "2"]) == 0  # in-process
+    check(parse(capsys.readouterr().out), want)
 
 
 def _long_table(table) -> dict:
@@ -124,7 +124,7 @@ def test_recommend_sharded_over_two_devices_matches(model):
     check(parse(res.stdout), reference(model, users))
 
 
-def test_recommend_errors(model, tmp_path):
+def test_recommend_errors(model, tmp_path, capsys):
     folder = model[0]
     f = tmp_path / "ids.txt"
     f.write_text(f"{model[1][0]}\nnobody\n")
@@ -132,13 +132,14 @@ def test_recommend_errors(model, tmp_path):
     res = alsx("recommend", folder, "--rows-file", f, "--out", out, "--batch-size", 1)
     assert res.returncode == 2 and "'nobody' not in the model" in res.stderr, res.stderr
     assert not out.exists()  # no half-written table
-    res = alsx("recommend", folder, str(model[1][0]), "--all")
-    assert res.returncode == 2 and "give the rows one way" in res.stderr
-    res = alsx("recommend", folder, "--all", "--out", tmp_path / "recs.txt")
-    assert res.returncode == 2 and ".parquet or .csv" in res.stderr
+    # the flag mistakes in-process (the same main() the command runs)
+    assert main(["recommend", str(folder), str(model[1][0]), "--all"]) == 2
+    assert "give the rows one way" in capsys.readouterr().err
+    assert main(["recommend", str(folder), "--all", "--out", str(tmp_path / "recs.txt")]) == 2
+    assert ".parquet or .csv" in capsys.readouterr().err
 
 
-def test_similar_columns_and_rows(model):
+def test_similar_columns_and_rows(model, capsys):
     folder, rows, cols, w, h = model[:5]
     for flag, ids, table in (([], cols, h), (["--rows"], rows, w)):
         query = [str(ids[3]), str(ids[0])]
@@ -154,8 +155,9 @@ def test_similar_columns_and_rows(model):
             order = np.lexsort((np.arange(len(cos)), -cos))[:3]
             assert [e["id"] for e in r["similar"]] == [str(ids[o]) for o in order]
             np.testing.assert_allclose([e["score"] for e in r["similar"]], cos[order], atol=1e-5)
-    res = alsx("similar", folder, str(rows[0]))  # a row id is not a column id
-    assert res.returncode == 2 and "column id(s)" in res.stderr
+    capsys.readouterr()
+    assert main(["similar", str(folder), str(rows[0])]) == 2  # a row id is not a column id
+    assert "column id(s) 'u0' not in the model" in capsys.readouterr().err
 
 
 def test_export_ann_and_recommend_with_it(model, tmp_path):
