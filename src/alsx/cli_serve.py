@@ -91,8 +91,8 @@ def add_parser(subparsers) -> None:
                         "(default %(default)s)")
     e.add_argument("--layout", choices=LAYOUTS, default=LAYOUTS[0],
                    help="parquet: the vector as one fixed-size list column 'vector', or one float32 column per "
-                        "dimension v0..v{d-1} (the same size; pyarrow reads it up to 2x faster, "
-                        "benchmarks/results_export.md) (default %(default)s)")
+                        "dimension v0..v{d-1} (the same size and speed, benchmarks/results_export.md; "
+                        "default %(default)s)")
     e.add_argument("--ann", choices=["faiss"], default=None,
                    help="also build an inner-product HNSW index of the column table in DIR, for "
                         "'alsx recommend --ann DIR' (needs the ann extra: pip install 'alsx[ann]')")

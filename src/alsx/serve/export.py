@@ -12,9 +12,9 @@ vocabulary.  By default the vector is one fixed-size-list column (``layout="list
 column per embedding whatever d, read as an array per id by pandas, Spark or DuckDB, and
 as the [n, d] block by ``table["vector"].combine_chunks().flatten().to_numpy().reshape(n, d)``.
 ``layout="columns"`` (``alsx export --layout columns``) writes ``v0 .. v{d-1}`` instead.
-Measured on gowalla and cnr-2000 (benchmarks/results_export.md): the same size within 5 %
-and similar write times, while pyarrow reads the list column up to 2x slower (it decodes
-Parquet's list levels); the list stays the default for the schema.  Dictionary encoding is
+Measured on gowalla and cnr-2000 (benchmarks/results_export.md): the same size within 5 %,
+writes within 1.4x of each other and reads that went either way between runs, so the list,
+the simpler schema, is the default.  Dictionary encoding is
 off (unique ids, floats that rarely repeat: it only cost time).  Files are written in row
 groups of :data:`ROW_GROUP` rows, so memory stays bounded whatever the table size.
 
