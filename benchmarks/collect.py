@@ -28,6 +28,8 @@ FRAGMENTS = [  # in the order they appear in RESULTS.md
     "results_ingest_parts.md",
     "results_conformance.md",
     "results_ingest.md",
+    "results_ann.md",
+    "results_export.md",
 ]
 HEADER = """# Benchmark results
 

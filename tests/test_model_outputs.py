@@ -323,7 +323,7 @@ def test_recommend_ids_of_a_vocabulary(tmp_path, capsys):
     capsys.readouterr()
     user = str(10 * int(x.rows[0]) + 7)
     assert main(["recommend", str(folder), user, "-k", "3"]) == 0
-    assert json.loads(capsys.readouterr().out)["row"] == user
+    assert json.loads(capsys.readouterr().out)["row"] == int(user)  # the original id, a number stays a number
     with pytest.raises(UsageError, match=r"'8' not in the model"):
         main(["recommend", str(folder), user, "8"])
     with pytest.raises(UsageError, match=r"'abc': not integers"):

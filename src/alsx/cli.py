@@ -3,7 +3,9 @@
     alsx demo                                  built-in synthetic graph, end to end
     alsx train DATA --out DIR [options]        fit, evaluate, refit on all input, save
     alsx evaluate DIR DATA                     re-evaluate a --no-refit model on its split
-    alsx recommend DIR ROW [ROW ...] -k N      top-k unseen columns per row
+    alsx recommend DIR ROW [ROW ...] -k N      top-k unseen columns per row (--all, --out recs.parquet)
+    alsx similar DIR ID [ID ...]               most similar columns (or rows)
+    alsx export DIR --to OUT                   embeddings as Parquet / npy, an ANN index
     alsx webgraph {build,synth} ...            WebGraph data sets
 """
 
@@ -36,16 +38,18 @@ def _add_model_args(p: argparse.ArgumentParser, dim: int = DEFAULTS["dim"], epoc
                    help="frequency scaling of the regulariser: 0 plain, 1 Rendle et al. (default %(default)s)")
     g.add_argument("--solver", choices=["cg", "cholesky", "block"], default=DEFAULTS["solver"],
                    help="cg: matrix-free conjugate gradient; cholesky: exact; block: iALS++ subspace sweeps "
-                        "(for large --dim)")
-    g.add_argument("--cg-steps", type=int, default=DEFAULTS["cg_steps"])
+                        "(for large --dim; default %(default)s)")
+    g.add_argument("--cg-steps", type=int, default=DEFAULTS["cg_steps"],
+                   help="with --solver cg: conjugate-gradient steps per row solve, warm-started (default %(default)s)")
     g.add_argument("--block-size", type=int, default=0,
                    help="subspace size of --solver block (divides --dim); 0: 1 on the cpu backend, the largest "
                         "divisor of --dim up to 64 with jax (default %(default)s)")
-    g.add_argument("--dtype", choices=["float32", "bfloat16"], default=DEFAULTS["dtype"], help="table storage")
+    g.add_argument("--dtype", choices=["float32", "bfloat16"], default=DEFAULTS["dtype"],
+                   help="table storage (default %(default)s)")
     g.add_argument("--alpha", type=float, default=None,
                    help="confidence c = 1 + alpha * value from the value column (default: binary)")
     g.add_argument("--tied", action="store_true", help="one table for rows and columns (square graphs)")
-    g.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    g.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed of the initial tables (default %(default)s)")
     g.add_argument("--init", choices=["normal", "uniform"], default=DEFAULTS["init"],
                    help="start tables N(0, s^2) or U[0, 2s), s = init-scale / sqrt(dim) (default %(default)s)")
     g.add_argument("--init-scale", type=float, default=DEFAULTS["init_scale"], help="(default %(default)s)")
@@ -70,9 +74,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--value", default=None, help="value column (with --alpha gives confidences)")
     g.add_argument("--timestamp", default=None, help="timestamp column (for --split last)")
     g.add_argument("--ids", choices=["auto", "index", "map"], default="auto",
-                   help="'index': non-negative integer indices kept as given; 'map': arbitrary ids")
+                   help="'index': non-negative integer indices kept as given; 'map': arbitrary ids; auto: 'index' for "
+                        "integer ids, else 'map' (default %(default)s)")
     g.add_argument("--square", action="store_true", help="rows and columns share one vocabulary (graphs)")
-    g.add_argument("--duplicates", choices=["sum", "error", "first"], default="sum")
+    g.add_argument("--duplicates", choices=["sum", "error", "first"], default="sum",
+                   help="repeated (row, column) entries: add their values, stop with an error, or keep the first "
+                        "(default %(default)s)")
 
 
 def _add_split_args(p: argparse.ArgumentParser, default: str = "random") -> None:
@@ -80,11 +87,12 @@ def _add_split_args(p: argparse.ArgumentParser, default: str = "random") -> None
     g.add_argument("--split", choices=["none", "random", "heldout-rows", "last", "given"], default=default,
                    help="random: per-row holdout; heldout-rows: rows never trained, folded in at evaluation; "
                         "last: latest entries by timestamp; given: the input's is_test mask (default %(default)s)")
-    g.add_argument("--test-fraction", type=float, default=0.2, help="random: share of each row held out")
-    g.add_argument("--heldout-fraction", type=float, default=0.1, help="heldout-rows: share of rows held out")
-    g.add_argument("--history-fraction", type=float, default=0.8, help="heldout-rows: share folded in")
-    g.add_argument("--split-seed", type=int, default=0)
-    g.add_argument("--k", dest="ks", type=int, nargs="+", default=[20, 50], help="cut-offs for metrics")
+    g.add_argument("--test-fraction", type=float, default=0.2, help="random: share of each row held out (default %(default)s)")
+    g.add_argument("--heldout-fraction", type=float, default=0.1, help="heldout-rows: share of rows held out (default %(default)s)")
+    g.add_argument("--history-fraction", type=float, default=0.8, help="heldout-rows: share folded in (default %(default)s)")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the split (default %(default)s)")
+    g.add_argument("--k", dest="ks", type=int, nargs="+", default=[20, 50],
+                   help="cut-offs of the metrics (default %(default)s)")
 
 
 SPLIT_KEYS = ("split", "test_fraction", "heldout_fraction", "history_fraction", "split_seed")
@@ -150,21 +158,24 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    lossy = [h for h in history if "loss" in h]  # --loss-every N: not every epoch has one
     for part in ("total", "observed", "unobserved", "regularisation"):
-        ax1.plot(epochs, [h["loss"][part] for h in history], marker="o", label=part)
+        ax1.plot([h["epoch"] for h in lossy], [h["loss"][part] for h in lossy], marker="o", label=part)
     ax1.set_yscale("log")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.legend()
     ax1.set_title("training loss")
-    rec = [(h["epoch"], h["metrics"]["recall@20"]) for h in history if "metrics" in h]
+    scored = [h for h in history if "metrics" in h]
+    metric = min((m for h in scored for m in h["metrics"] if m.startswith("recall@")),
+                 key=lambda m: (m != "recall@20", int(m.split("@")[1])), default="recall@20")  # --k may lack 20
+    rec = [(h["epoch"], h["metrics"][metric]) for h in scored if metric in h["metrics"]]
     if rec:
         ax2.plot(*zip(*rec), marker="o", color="tab:green", label="alsx")
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("Recall@20")
-    ax2.set_title("held-out Recall@20")
+    ax2.set_ylabel(metric.capitalize())
+    ax2.set_title(f"held-out {metric.capitalize()}")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -345,6 +356,11 @@ def _write_outputs(a: argparse.Namespace, model, split, summary, results, second
     if tables and not refit:  # a refit model trained every row: nothing to fold in
         _fold_in_heldout(model, split)
         np.save(out / "row_embeddings.npy", model.row_embeddings_)
+    history = [dict(h) for h in (split_model or model).history_]  # the evaluated fit, its final scores last
+    if results is not None and history and "metrics" not in history[-1]:
+        history[-1]["metrics"] = results["model"]
+    if history:
+        plot_history(history, out / "training.png", f"alsx train: d={model.hparams.dim}, {Path(a.data).name}")
     what = "on all input" if split is None else "on the split's training part"
     again = f", then refit on all input in {refit_seconds:.1f}s" if refit else ""
     print(f"trained {model.epochs} epochs {what} in {seconds:.1f}s{again}; wrote {out}")
@@ -504,27 +520,6 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_recommend(a: argparse.Namespace) -> int:
-    from alsx.errors import UsageError
-    from alsx.model import ALS
-    from alsx.serve.ids import row_indices
-
-    if a.k < 1:
-        raise UsageError(f"-k must be >= 1, got {a.k}")
-    model = ALS.load(a.model)
-    rows = row_indices(a.rows, model.row_vocab_, model.row_embeddings_.shape[0], a.model)
-    ids, scores = model.recommend(rows, k=a.k, exclude_seen=not a.include_seen, ids="index")  # dense in and out
-    for r, row_ids, row_scores in zip(a.rows, ids, scores):
-        keep = row_ids >= 0
-        items = row_ids[keep]
-        if model.col_vocab_ is not None:
-            items = model.col_vocab_.decode(items)
-        recs = [{"id": (i.item() if hasattr(i, "item") else i), "score": round(float(s), 6)}
-                for i, s in zip(items, row_scores[keep])]
-        print(json.dumps({"row": r, "recommendations": recs}))
-    return 0
-
-
 def cmd_demo(a: argparse.Namespace) -> int:
     from alsx.data.split import heldout_rows_split
     from alsx.data.synthetic import community_graph
@@ -561,8 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train and evaluate on a built-in synthetic link graph")
     _add_model_args(d, dim=64, epochs=10)
-    d.add_argument("--nodes", type=int, default=40_000)
-    d.add_argument("--edges", type=int, default=400_000)
+    d.add_argument("--nodes", type=int, default=40_000, help="nodes of the graph (default %(default)s)")
+    d.add_argument("--edges", type=int, default=400_000, help="links of the graph (default %(default)s)")
     d.add_argument("--out", default=None, help="output folder (default: ./alsx-demo-TIMESTAMP)")
     _add_cpu_devices(d, default=1)
     d.set_defaults(func=cmd_demo)
@@ -574,20 +569,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(t)
     _add_data_args(t)
     _add_split_args(t)
-    t.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: only at the end)")
+    t.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: only at the end; default %(default)s)")
     t.add_argument("--no-refit", dest="refit", action="store_false",
                    help="with a split: save the model trained on the split's training part (default: after "
                         "evaluating it, train again on all input with the same settings and save that, so the "
                         "tables serve every row and entry)")
     t.add_argument("--loss-every", type=int, default=1,
-                   help="training loss every N epochs and after the last (0: never; non-finite tables still stop)")
+                   help="training loss every N epochs and after the last (0: never; non-finite tables still stop; "
+                        "default %(default)s)")
     t.add_argument("--profile", action="store_true",
                    help="after training, time each phase of both half-steps (gather, normal equations, solve, "
                         "scatter, Gramian) on one device; writes OUT/profile.json")
     g = t.add_argument_group("checkpoints")
     g.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
                    help="save a checkpoint (Orbax, sharded, atomic) every K epochs into OUT/checkpoints (with "
-                        "--resume: into the folder resumed from); rerunning the same command continues from there")
+                        "--resume: into the folder resumed from); rerunning the same command continues from there "
+                        "(default %(default)s: none unless --checkpoint-minutes or --resume asks for them)")
     g.add_argument("--checkpoint-minutes", type=float, default=None, metavar="M", help="also every M minutes")
     g.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the newest good checkpoint in DIR (an earlier --out or its checkpoints/); "
@@ -602,21 +599,20 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a saved model on its split")
     e.add_argument("model", help="folder written by 'alsx train'")
     e.add_argument("data", nargs="?", default=None, help="data file (default: the one it was trained on)")
-    e.add_argument("--split", choices=["random", "heldout-rows", "last", "given"], default=None)
-    e.add_argument("--split-seed", type=int, default=None)
-    e.add_argument("--k", dest="ks", type=int, nargs="+", default=[20, 50])
+    e.add_argument("--split", choices=["random", "heldout-rows", "last", "given"], default=None,
+                   help="the split to score (default: the one the model was trained with)")
+    e.add_argument("--split-seed", type=int, default=None, help="seed of the split (default: the training run's)")
+    e.add_argument("--k", dest="ks", type=int, nargs="+", default=[20, 50],
+                   help="cut-offs of the metrics (default %(default)s)")
     e.add_argument("--json", default=None, help="also write the metrics to this file")
     e.add_argument("--allow-overlap", action="store_true",
                    help="score a split whose test entries the model was trained on (refused otherwise: a model "
                         "refit on all input overlaps every split of it); the metrics are inflated")
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("recommend", help="top-k unseen columns for rows")
-    r.add_argument("model", help="folder written by 'alsx train'")
-    r.add_argument("rows", nargs="+", help="row ids (original ids when the model has a vocabulary)")
-    r.add_argument("-k", type=int, default=10)
-    r.add_argument("--include-seen", action="store_true")
-    r.set_defaults(func=cmd_recommend)
+    from alsx.cli_serve import add_parser as add_serve_commands  # servecli: recommend, similar, export
+
+    add_serve_commands(sub)
 
     try:
         from alsx.webgraph.cli import add_webgraph_commands

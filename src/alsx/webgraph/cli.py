@@ -32,12 +32,12 @@ def add_webgraph_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
     sub = wg.add_subparsers(dest="webgraph_command", required=True)
 
     def common_filter(p: argparse.ArgumentParser, heldout_default: float) -> None:
-        p.add_argument("--min-degree", type=int, default=0, help="K: kept nodes need >= K in- and out-links")
+        p.add_argument("--min-degree", type=int, default=0, help="K: kept nodes need >= K in- and out-links (default %(default)s)")
         p.add_argument("--fixed-point", action="store_true", help="iterate the degree filter until stable (ALX: one pass)")
         p.add_argument("--drop-self-links", action="store_true", help="remove links u -> u")
-        p.add_argument("--heldout-fraction", type=float, default=heldout_default, help="share of rows held out of training")
-        p.add_argument("--history-fraction", type=float, default=0.8, help="share of a held-out row given as history")
-        p.add_argument("--max-shard-nnz", type=_shard, default=1 << 30, help="entries per shard file")
+        p.add_argument("--heldout-fraction", type=float, default=heldout_default, help="share of rows held out of training (default %(default)s)")
+        p.add_argument("--history-fraction", type=float, default=0.8, help="share of a held-out row given as history (default %(default)s)")
+        p.add_argument("--max-shard-nnz", type=_shard, default=1 << 30, help="entries per shard file (default %(default)s)")
         p.add_argument("--sha256", action="store_true", help="record file checksums in the manifest")
         p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -47,30 +47,35 @@ def add_webgraph_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
     b.add_argument("--edges", nargs="+", required=True, help="edges files or globs (Common Crawl ids, or an edge list if no --vertices)")
     b.add_argument("--out", required=True, help="output dataset folder")
     b.add_argument("--tld", nargs="+", default=None, help="keep only these TLDs, e.g. --tld de or --tld in")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--chunk-edges", type=_shard, default=1 << 23)
+    b.add_argument("--seed", type=int, default=0, help="seed of the held-out rows (default %(default)s)")
+    b.add_argument("--chunk-edges", type=_shard, default=1 << 23, help="edges read per chunk (default %(default)s)")
     b.add_argument("--spark", action="store_true", help="run the PySpark job (local mode) instead of the NumPy pipeline")
     common_filter(b, heldout_default=0.1)
     b.set_defaults(func=_run_build)
 
     s = sub.add_parser("synth", help="seeded power-law web graph, streamed to a dataset")
-    s.add_argument("--nodes", type=_shard, required=True)
+    s.add_argument("--nodes", type=_shard, required=True, help="nodes of the graph")
     s.add_argument("--edges", type=_shard, required=True, help="arcs to generate (before dedupe)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--hosts", type=_shard, default=None)
-    s.add_argument("--locality", type=float, default=0.8)
-    s.add_argument("--reciprocity", type=float, default=0.27)
-    s.add_argument("--self-link-fraction", type=float, default=0.027)
-    s.add_argument("--alpha-out", type=float, default=2.6)
-    s.add_argument("--alpha-in", type=float, default=2.1)
-    s.add_argument("--dangling-fraction", type=float, default=0.2)
-    s.add_argument("--chunk-edges", type=_shard, default=1 << 23)
+    s.add_argument("--out", required=True, help="output dataset folder")
+    s.add_argument("--seed", type=int, default=0, help="seed of the graph (default %(default)s)")
+    s.add_argument("--hosts", type=_shard, default=None,
+                   help="hosts (contiguous id ranges; default: nodes // max(50, 4 x mean degree))")
+    for flag, default, what in (
+        ("--locality", 0.8, "probability that an arc stays in its source's host"),
+        ("--reciprocity", 0.27, "target share of arcs whose reverse exists"),
+        ("--self-link-fraction", 0.027, "target share of self-links among arcs"),
+        ("--alpha-out", 2.6, "power-law exponent of out-degrees, > 1"),
+        ("--alpha-in", 2.1, "power-law exponent of in-degrees, > 1"),
+        ("--dangling-fraction", 0.2, "share of nodes with no out-links"),
+    ):
+        s.add_argument(flag, type=float, default=default, help=f"{what} (default %(default)s)")
+    s.add_argument("--chunk-edges", type=_shard, default=1 << 23,
+                   help="arcs per chunk, about 60 bytes each in memory (default %(default)s)")
     common_filter(s, heldout_default=0.0)
     s.set_defaults(func=_run_synth)
 
     t = sub.add_parser("stats", help="degree / reciprocity / self-link summary of a dataset (JSON)")
-    t.add_argument("dataset")
+    t.add_argument("dataset", help="dataset folder written by 'alsx webgraph build' or 'synth'")
     t.set_defaults(func=_run_stats)
     return wg
 
