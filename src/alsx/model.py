@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from alsx.callbacks import StopTraining
 from alsx.config import HParams, Packing
 from alsx.data.matrix import CSR, Interactions
 from alsx.data.split import Split
@@ -245,17 +246,30 @@ class ALS:
             bar.refresh()
             clock[0] = time.perf_counter()  # the first resumed epoch's seconds exclude the restore
 
+        # --- StopTraining (minimal handling for early stopping; the engine helper owns the final one)
+        self.engine_, last, stopped = engine, [None], None  # callbacks may read engine_ (to_numpy)
+        user_callback = callback
+        if user_callback is not None:
+            def callback(record: dict, st) -> None:
+                last[0] = st
+                user_callback(record, st)
         try:
             st = run_epochs(engine, self.epochs, self.seed, checkpointer, step_timeout_s=step_timeout_s,
                             on_epoch=on_epoch, extra=lambda: {"history": self.history_}, on_resume=on_resume)
+        except StopTraining as e:  # ends after that epoch; the model keeps its tables, or the ones e carries
+            st, stopped = last[0], e
+            self.history_[-1]["stopped"] = {"reason": e.reason, "kept_epoch": e.epoch if e.tables else st.epoch}
         finally:
             bar.close()
+        # --- end StopTraining
         self.state_, self.engine_ = st, engine
         release = getattr(engine, "release_scratch", None)  # epoch buffers, not needed any more
         if release is not None:
             release()
         if gather_tables:
             self.row_embeddings_, self.col_embeddings_ = engine.to_numpy(st)
+            if stopped is not None and stopped.tables is not None:
+                self.row_embeddings_, self.col_embeddings_ = (np.asarray(t, np.float32) for t in stopped.tables)
         self.eval_topk_ = sharded_eval_topk(engine, st)
         return self
 
