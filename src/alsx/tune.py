@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
+import types
 from typing import Any
 
 import numpy as np
@@ -296,3 +298,14 @@ def trial_rows(study, metric: str) -> list[dict]:
         row.update({f"epoch_{e}": curve.get(e, float("nan")) for e in epochs})
         out.append(row)
     return out
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``alsx.tune(...)`` call :func:`tune` while ``alsx.tune`` stays this module
+    (``import alsx.tune as t``, ``from alsx.tune import EarlyStopping`` keep working)."""
+
+    def __call__(self, *args, **kwargs) -> TuneResult:
+        return tune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
