@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
-from alsx.cli import (DATA_KEYS, SPLIT_KEYS, _add_cpu_devices, _add_data_args, _add_model_args, _add_split_args,
-                      _load, cmd_train, make_split)
+from alsx.cli import (
+    DATA_KEYS,
+    SPLIT_KEYS,
+    _add_cpu_devices,
+    _add_data_args,
+    _add_model_args,
+    _add_split_args,
+    _load,
+    cmd_train,
+    make_split,
+)
 from alsx.errors import UsageError
 
 CONFIG_ABOUT = "about"  # the one key of a --config file that is not a flag: where it came from (ignored)
@@ -121,8 +131,9 @@ def add_parser(subparsers) -> None:
                         help="search for M minutes (the trial running then finishes)")
     g.add_argument("--metric", default=METRIC, help="validation metric to maximise (default %(default)s)")
     g.add_argument("--max-dim", type=int, default=None, help="also search --dim, 2x, 4x, ... up to this")
-    g.add_argument("--eval-every", type=int, default=1,
-                   help="evaluate (and let the pruner stop a trial) every N epochs (default %(default)s)")
+    g.add_argument("--eval-every", type=int, default=0,
+                   help="evaluate (and let the pruner stop a trial) every N epochs and after the last; 0: about "
+                        "5 times per trial (default %(default)s)")
     g.add_argument("--validation-fraction", type=float, default=VALIDATION_FRACTION,
                    help="share of each training row held out for validation (default %(default)s)")
     g.add_argument("--pruner", choices=PRUNERS, default="hyperband",
@@ -232,7 +243,7 @@ def plot_trials(rows: list[dict], metric: str, best: int, path: Path) -> Path:
             ax1.scatter(*zip(*pts), color=color, label=state, s=18)
     so_far, top = [], -float("inf")
     for r in rows:
-        if r["state"] == "complete" and r[metric] == r[metric]:
+        if r["state"] == "complete" and math.isfinite(r[metric]):
             top = max(top, r[metric])
         so_far.append(top if top > -float("inf") else float("nan"))
     ax1.step([r["trial"] for r in rows], so_far, where="post", color="tab:green", label="best so far")
@@ -240,7 +251,8 @@ def plot_trials(rows: list[dict], metric: str, best: int, path: Path) -> Path:
     ax1.set_ylabel(f"validation {metric}")
     ax1.legend()
     row = next(r for r in rows if r["trial"] == best)
-    curve = sorted((int(k.removeprefix("epoch_")), v) for k, v in row.items() if k.startswith("epoch_") and v == v)
+    curve = sorted((int(k.removeprefix("epoch_")), v) for k, v in row.items()
+                   if k.startswith("epoch_") and math.isfinite(v))
     ax2.plot(*zip(*curve), marker="o", color="tab:green")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel(f"validation {metric}")
