@@ -67,7 +67,8 @@ def run_tune(ds: str, dim: int, epochs: int, minutes: float, out: Path) -> dict:
         return {"error": proc.stderr[-1500:], "command": " ".join(cmd[1:])}
     best = json.loads((out / "best.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())["model"]
-    return {"best": best, "metrics": metrics, "wall_s": wall, "command": "alsx " + " ".join(cmd[4:]),
+    shown = [str(Path(c).relative_to(C.ROOT)) if c.startswith(str(C.ROOT)) else c for c in cmd[3:]]
+    return {"best": best, "metrics": metrics, "wall_s": wall, "command": "alsx " + " ".join(shown),
             "search_s": best["about"]["search_seconds"], "trials": best["about"]["trials"]}
 
 
@@ -140,6 +141,8 @@ def write_report() -> None:
             b = r["best"]
             cfg = (f"λ={b['reg']:.3g}, α0={b['unobserved_weight']:.3g}, ν={b['nu']:.2f}, init {b['init_scale']:.2g}, "
                    f"CG {b['cg_steps']}, {b['epochs']} epochs ({r['trials']} trials in {r['minutes']} min)")
+            if r.get("note"):
+                cfg += f"; {r['note']}"
             lines.append(_row("alsx tune", cfg, r["metrics"], f"{r['wall_s']:.0f} (search {r['search_s']:.0f})", ref))
         pts = len(runs) - 1
         lines.append(_row("implicit best", f"{compare._cfg(best_imp['config'])} (best of {pts} grid points)",

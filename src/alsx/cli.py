@@ -237,6 +237,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     if is_dataset(a.data) or topo.process_count > 1:
         # A WebGraph dataset directory (streamed from disk), or one input file of which each
         # process parses only its part.
+        if a.early_stopping:  # tune: early stopping runs in the one-process, in-memory path only
+            raise UsageError("--early-stopping works with one process on an input file, not with a dataset "
+                             "folder or several processes")
         from alsx.distributed import fail_fast, leave_on_error
 
         with leave_on_error("training"), fail_fast("training"):

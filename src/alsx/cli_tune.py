@@ -17,17 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from alsx.cli import (
-    DATA_KEYS,
-    SPLIT_KEYS,
-    _add_cpu_devices,
-    _add_data_args,
-    _add_model_args,
-    _add_split_args,
-    _load,
-    cmd_train,
-    make_split,
-)
+from alsx.cli import (DATA_KEYS, SPLIT_KEYS, _add_cpu_devices, _add_data_args, _add_model_args, _add_split_args, _load,
+                      cmd_train, make_split)
 from alsx.errors import UsageError
 
 CONFIG_ABOUT = "about"  # the one key of a --config file that is not a flag: where it came from (ignored)

@@ -34,6 +34,8 @@ VALIDATION_FRACTION = 0.2  # share of each training row held out for validation
 METRIC = "recall@20"
 METRICS = ("recall", "recall_gt", "ndcg", "hr", "map")  # names of alsx.eval.metrics.ranking_metrics
 DEFAULT_TRIALS = 20
+# The first trials: alsx's defaults, and plain (nu = 0) regularisation, the other regime of the space.
+STARTS = (HParams(), HParams(nu=0.0, reg=1.0, unobserved_weight=0.1))
 EVALUATIONS = 5  # validation evaluations per trial when eval_every is 0 (auto)
 PRUNERS = ("hyperband", "halving", "none")
 TUNED = ("reg", "unobserved_weight", "nu", "init_scale", "cg_steps")  # searched; dim too with max_dim
@@ -122,7 +124,9 @@ class EarlyStopping:
 class SearchSpace:
     """Ranges searched: (low, high); reg, unobserved_weight and init_scale on log scales."""
 
-    reg: tuple[float, float] = (1e-5, 1e-1)
+    # reg spans both regimes of nu: lambda_u = reg * (|I_u| + alpha0 n)^nu needs reg ~ 1e-3 at nu = 1
+    # and ~1-10 at nu = 0 (implicit's optimum on ml1m, reg=30 alpha=3, is nu=0, reg=7.5, alpha0=0.25 here)
+    reg: tuple[float, float] = (1e-5, 30.0)
     unobserved_weight: tuple[float, float] = (1e-4, 1.0)
     nu: tuple[float, float] = (0.0, 1.0)
     init_scale: tuple[float, float] = (0.01, 1.0)
@@ -224,10 +228,12 @@ def tune(data: Any, *, dim: int = 64, epochs: int = 15, trials: int | None = Non
     engines: dict[int, Any] = {}
 
     def engine_for(hp: HParams):
-        if hp.dim not in engines:
-            engines[hp.dim] = make_engine(rows, cols, hp, Packing(), backend=backend)
-        engine = engines[hp.dim]
-        engine.set_hparams(hp)
+        engine = engines.get(hp.dim)
+        if engine is not None and hasattr(engine, "set_hparams"):
+            engine.set_hparams(hp)
+            return engine
+        # the first trial at this dim, or an engine without set_hparams (ShardedEngine today): a new one
+        engines[hp.dim] = engine = make_engine(rows, cols, hp, Packing(), backend=backend)
         return engine
 
     def objective(trial) -> float:
@@ -260,8 +266,8 @@ def tune(data: Any, *, dim: int = 64, epochs: int = 15, trials: int | None = Non
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=make_pruner(pruner, eval_every, epochs))
-    defaults = HParams()  # trial 0: alsx's defaults, so the search never returns worse on validation
-    study.enqueue_trial({k: getattr(defaults, k) for k in TUNED} | ({"dim": dim} if len(dims) > 1 else {}))
+    for start in STARTS:  # trial 0: alsx's defaults (the search never returns worse on validation); 1: nu = 0
+        study.enqueue_trial({k: getattr(start, k) for k in TUNED} | ({"dim": dim} if len(dims) > 1 else {}))
     bar = tqdm(total=trials, desc="alsx tune", unit="trial", disable=not progress)
 
     def on_trial(study, trial) -> None:
