@@ -64,11 +64,11 @@ def run_tune(ds: str, dim: int, epochs: int, minutes: float, out: Path) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode:
-        return {"error": proc.stderr[-1500:], "command": " ".join(cmd[1:])}
+        return {"error": proc.stderr[-1500:], "alsx_command": " ".join(cmd[1:])}
     best = json.loads((out / "best.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())["model"]
     shown = [str(Path(c).relative_to(C.ROOT)) if c.startswith(str(C.ROOT)) else c for c in cmd[3:]]
-    return {"best": best, "metrics": metrics, "wall_s": wall, "command": "alsx " + " ".join(shown),
+    return {"best": best, "metrics": metrics, "wall_s": wall, "alsx_command": "alsx " + " ".join(shown),
             "search_s": best["about"]["search_seconds"], "trials": best["about"]["trials"]}
 
 
@@ -104,7 +104,7 @@ def measure_tune(a, base: dict, out: Path) -> None:
     if "best" in tuned and a.save_config:
         CONFIGS.mkdir(exist_ok=True)
         best = tuned["best"]
-        best["about"].update({"test": {k: tuned["metrics"][k] for k in METRICS}, "command": tuned["command"],
+        best["about"].update({"test": {k: tuned["metrics"][k] for k in METRICS}, "command": tuned["alsx_command"],
                               "data": C.FILES[ds], "date": C.now()})
         (CONFIGS / f"{ds}-d{dim}.json").write_text(json.dumps(best, indent=2) + "\n")
 
@@ -128,10 +128,11 @@ def write_report() -> None:
     for ds, dim, epochs in cases:
         mine = [r for r in records if (r["dataset"], r["dim"], r["epochs"]) == (ds, dim, epochs) and "error" not in r]
         last = {r["run"]: r for r in mine}
-        imp = last.get("implicit")
-        if imp is None:
+        imps = [r for r in mine if r["run"] == "implicit"]
+        if not imps:
             continue
-        runs = imp["runs"]
+        # every implicit record's first run is its defaults; the grid points of all records are merged
+        runs = [imps[-1]["runs"][0]] + [p for r in imps for p in r["runs"][1:]]
         best_imp = max(runs[1:], key=lambda r: r["metrics"]["recall@20"])
         ref = best_imp["metrics"]["recall@20"]
         lines += [f"### {ds}, d={dim}, {epochs} epochs", "",
@@ -145,14 +146,17 @@ def write_report() -> None:
                 cfg += f"; {r['note']}"
             lines.append(_row("alsx tune", cfg, r["metrics"], f"{r['wall_s']:.0f} (search {r['search_s']:.0f})", ref))
         pts = len(runs) - 1
-        lines.append(_row("implicit best", f"{compare._cfg(best_imp['config'])} (best of {pts} grid points)",
+        edge = [k for k, v in best_imp["config"].items()
+                if v in (min(r["config"][k] for r in runs[1:]), max(r["config"][k] for r in runs[1:]))]
+        where = f"; at the grid's edge in {', '.join(edge)}" if edge else ""
+        lines.append(_row("implicit best", f"{compare._cfg(best_imp['config'])} (best of {pts} grid points{where})",
                           best_imp["metrics"], f"{best_imp['fit_wall_s']:.1f} fit", ref))
         if "alsx defaults" in last:
             d = last["alsx defaults"]["runs"][0]
             lines.append(_row("alsx defaults", "HParams() defaults", d["metrics"], f"{d['fit_wall_s']:.1f} fit", ref))
         lines.append(_row("implicit defaults", compare._cfg(implicit_defaults()), runs[0]["metrics"],
                           f"{runs[0]['fit_wall_s']:.1f} fit", ref))
-        cmds = sorted({r["command"] for r in mine})
+        cmds = sorted({r["command"] for r in mine}) + [r["alsx_command"] for r in mine if "alsx_command" in r]
         lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in cmds), ""]
     MD.write_text("\n".join(lines) + "\n")
     print(f"wrote {MD}")

@@ -28,6 +28,7 @@ from alsx.callbacks import StopTraining
 from alsx.config import HParams, Packing
 from alsx.data.matrix import Interactions
 from alsx.data.split import Split, random_holdout
+from alsx.errors import DivergenceError
 from alsx.model import ALS, as_interactions
 
 VALIDATION_FRACTION = 0.2  # share of each training row held out for validation
@@ -257,7 +258,7 @@ def tune(data: Any, *, dim: int = 64, epochs: int = 15, trials: int | None = Non
 
         try:
             run_epochs(engine, epochs, seed, on_epoch=on_epoch)
-        except FloatingPointError:  # diverged: a failed trial (NaN), the search goes on
+        except (FloatingPointError, DivergenceError):  # diverged: a failed trial (NaN), the search goes on
             return float("nan")
         best_epoch, best = max(curve, key=lambda ev: ev[1])
         trial.set_user_attr("best_epoch", best_epoch)
