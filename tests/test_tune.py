@@ -27,12 +27,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def _keys(x: Interactions) -> set[tuple[int, int]]:
-    return set(zip(x.rows.tolist(), x.cols.tolist()))
+    return set(zip(x.rows.tolist(), x.cols.tolist(), strict=True))
 
 
 def _csr_keys(csr) -> set[tuple[int, int]]:
     rows = np.repeat(np.arange(csr.n_rows), np.diff(csr.indptr))
-    return set(zip(rows.tolist(), np.asarray(csr.indices).tolist()))
+    return set(zip(rows.tolist(), np.asarray(csr.indices).tolist(), strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,9 @@ def data_file(data, tmp_path_factory) -> Path:
 def _alsx(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("XLA_FLAGS", None)
-    return subprocess.run([sys.executable, "-m", "alsx.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "alsx.cli", *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def _main(argv: list[str]) -> int:
@@ -75,8 +76,9 @@ def test_validation_split_partitions_the_training_part_only(data):
     lengths = np.bincount(split.train.rows, minlength=data.shape[0])
     n_held = np.bincount(val.test.rows, minlength=data.shape[0])
     assert np.all(n_held[lengths >= 2] >= 1) and np.all(n_held[lengths < 2] == 0)
-    assert np.array_equal(n_held[lengths >= 2], np.clip(np.floor(0.25 * lengths[lengths >= 2] + 0.5), 1,
-                                                        lengths[lengths >= 2] - 1))
+    assert np.array_equal(
+        n_held[lengths >= 2], np.clip(np.floor(0.25 * lengths[lengths >= 2] + 0.5), 1, lengths[lengths >= 2] - 1)
+    )
     assert _keys(validation_split(split.train, 0.25, seed=4).test) == held  # seeded
 
 
@@ -155,8 +157,9 @@ def test_set_hparams_swaps_the_objective_and_refuses_a_new_shape(data):
 # ------------------------------------------------------------------ alsx tune, as a user runs it
 def test_alsx_tune_writes_trials_best_config_plots_and_the_refit_model(data, data_file, tmp_path):
     out = tmp_path / "tuned"
-    res = _alsx("tune", str(data_file), "--out", str(out), "--dim", "4", "--epochs", "3", "--trials", "3",
-                "--split", "given")
+    res = _alsx(
+        "tune", str(data_file), "--out", str(out), "--dim", "4", "--epochs", "3", "--trials", "3", "--split", "given"
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"the {given_split(data).test.nnz} test entries are not read" in res.stderr.replace(",", "")
     best = json.loads((out / "best.json").read_text())
@@ -177,8 +180,10 @@ def test_alsx_tune_writes_trials_best_config_plots_and_the_refit_model(data, dat
     assert "model" in json.loads((out / "metrics.json").read_text())  # scored on the given test part
 
     again = tmp_path / "again"  # best.json is a --config of alsx train
-    assert _main(["train", str(data_file), "--out", str(again), "--config", str(out / "best.json"),
-                  "--split", "none"]) == 0
+    assert (
+        _main(["train", str(data_file), "--out", str(again), "--config", str(out / "best.json"), "--split", "none"])
+        == 0
+    )
     cfg2 = json.loads((again / "config.json").read_text())
     assert cfg2["hparams"] == cfg["hparams"] and cfg2["epochs"] == cfg["epochs"]
 

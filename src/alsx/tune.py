@@ -55,13 +55,15 @@ def parse_metric(metric: str) -> int:
     """The cut-off k of 'recall@20' / 'ndcg@20' / ... (ValueError naming the accepted forms)."""
     name, _, k = metric.partition("@")
     if name not in METRICS or not k.isdigit() or int(k) < 1:
-        raise ValueError(f"metric must be one of {', '.join(m + '@K' for m in METRICS)} (e.g. recall@20), "
-                         f"got {metric!r}")
+        raise ValueError(
+            f"metric must be one of {', '.join(m + '@K' for m in METRICS)} (e.g. recall@20), got {metric!r}"
+        )
     return int(k)
 
 
-def validation_metric(w: np.ndarray, h: np.ndarray, val: Split, hp: HParams, metric: str = METRIC,
-                      alpha: float | None = None) -> float:
+def validation_metric(
+    w: np.ndarray, h: np.ndarray, val: Split, hp: HParams, metric: str = METRIC, alpha: float | None = None
+) -> float:
     """``metric`` of tables w [n_rows, d], h [n_cols, d] on ``val`` (alsx.eval.protocol.evaluate);
     NaN when a table is not finite (a diverged trial)."""
     from alsx.eval.protocol import evaluate
@@ -114,11 +116,18 @@ class EarlyStopping:
         if self.best_tables is None:
             return
         if self.bad >= self.patience:
-            raise StopTraining(f"no better validation {self.metric} for {self.bad} evaluations after epoch "
-                               f"{self.best_epoch} ({self.best:.4f})", tables=self.best_tables, epoch=self.best_epoch)
+            raise StopTraining(
+                f"no better validation {self.metric} for {self.bad} evaluations after epoch "
+                f"{self.best_epoch} ({self.best:.4f})",
+                tables=self.best_tables,
+                epoch=self.best_epoch,
+            )
         if last and self.best_epoch != st.epoch:
-            raise StopTraining(f"last epoch; the best validation {self.metric} was epoch {self.best_epoch} "
-                               f"({self.best:.4f})", tables=self.best_tables, epoch=self.best_epoch)
+            raise StopTraining(
+                f"last epoch; the best validation {self.metric} was epoch {self.best_epoch} ({self.best:.4f})",
+                tables=self.best_tables,
+                epoch=self.best_epoch,
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,12 +144,14 @@ class SearchSpace:
 
     def suggest(self, trial, dims: tuple[int, ...]) -> dict:
         """One point: HParams fields (dim from ``dims`` when there is a choice)."""
-        return {"dim": trial.suggest_categorical("dim", list(dims)) if len(dims) > 1 else dims[0],
-                "reg": trial.suggest_float("reg", *self.reg, log=True),
-                "unobserved_weight": trial.suggest_float("unobserved_weight", *self.unobserved_weight, log=True),
-                "nu": trial.suggest_float("nu", *self.nu),
-                "init_scale": trial.suggest_float("init_scale", *self.init_scale, log=True),
-                "cg_steps": trial.suggest_int("cg_steps", *self.cg_steps)}
+        return {
+            "dim": trial.suggest_categorical("dim", list(dims)) if len(dims) > 1 else dims[0],
+            "reg": trial.suggest_float("reg", *self.reg, log=True),
+            "unobserved_weight": trial.suggest_float("unobserved_weight", *self.unobserved_weight, log=True),
+            "nu": trial.suggest_float("nu", *self.nu),
+            "init_scale": trial.suggest_float("init_scale", *self.init_scale, log=True),
+            "cg_steps": trial.suggest_int("cg_steps", *self.cg_steps),
+        }
 
 
 def dims_up_to(dim: int, max_dim: int | None) -> tuple[int, ...]:
@@ -188,11 +199,26 @@ class TuneResult:
     model: ALS | None = None
 
 
-def tune(data: Any, *, dim: int = 64, epochs: int = 15, trials: int | None = None, minutes: float | None = None,
-         metric: str = METRIC, max_dim: int | None = None, solver: str = "cg", eval_every: int = 0,
-         validation_fraction: float = VALIDATION_FRACTION, seed: int = 0, pruner: str = "hyperband",
-         backend: str = "auto", alpha: float | None = None, space: SearchSpace = SearchSpace(),
-         refit: bool = False, progress: bool = True) -> TuneResult:
+def tune(
+    data: Any,
+    *,
+    dim: int = 64,
+    epochs: int = 15,
+    trials: int | None = None,
+    minutes: float | None = None,
+    metric: str = METRIC,
+    max_dim: int | None = None,
+    solver: str = "cg",
+    eval_every: int = 0,
+    validation_fraction: float = VALIDATION_FRACTION,
+    seed: int = 0,
+    pruner: str = "hyperband",
+    backend: str = "auto",
+    alpha: float | None = None,
+    space: SearchSpace = SearchSpace(),
+    refit: bool = False,
+    progress: bool = True,
+) -> TuneResult:
     """Searches iALS hyper-parameters on a validation split carved from ``data``.
 
     Args:
@@ -265,8 +291,11 @@ def tune(data: Any, *, dim: int = 64, epochs: int = 15, trials: int | None = Non
         return best
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=make_pruner(pruner, eval_every, epochs))
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=make_pruner(pruner, eval_every, epochs),
+    )
     for start in STARTS:  # trial 0: alsx's defaults (the search never returns worse on validation); 1: nu = 0
         study.enqueue_trial({k: getattr(start, k) for k in TUNED} | ({"dim": dim} if len(dims) > 1 else {}))
     bar = tqdm(total=trials, desc="alsx tune", unit="trial", disable=not progress)
@@ -279,19 +308,32 @@ def tune(data: Any, *, dim: int = 64, epochs: int = 15, trials: int | None = Non
 
     t0 = time.perf_counter()
     try:
-        study.optimize(objective, n_trials=trials, timeout=None if minutes is None else 60.0 * minutes,
-                       callbacks=[on_trial])
+        study.optimize(
+            objective, n_trials=trials, timeout=None if minutes is None else 60.0 * minutes, callbacks=[on_trial]
+        )
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
     best = study.best_trial  # ValueError when no trial completed
-    params = {**dataclasses.asdict(HParams(solver=solver, **{"dim": dim, **best.params})),
-              "epochs": int(best.user_attrs["best_epoch"]), "alpha": alpha, "seed": seed}
+    params = {
+        **dataclasses.asdict(HParams(solver=solver, **{"dim": dim, **best.params})),
+        "epochs": int(best.user_attrs["best_epoch"]),
+        "alpha": alpha,
+        "seed": seed,
+    }
     model = None
     if refit:
         model = ALS(**params, backend=backend, progress=progress).fit(x)
-    return TuneResult(params=params, value=float(best.value), metric=metric, best_trial=best.number,
-                      trials=trial_rows(study, metric), study=study, seconds=seconds, model=model)
+    return TuneResult(
+        params=params,
+        value=float(best.value),
+        metric=metric,
+        best_trial=best.number,
+        trials=trial_rows(study, metric),
+        study=study,
+        seconds=seconds,
+        model=model,
+    )
 
 
 def trial_rows(study, metric: str) -> list[dict]:
@@ -302,10 +344,14 @@ def trial_rows(study, metric: str) -> list[dict]:
     out = []
     for t in study.trials:
         curve = dict(t.user_attrs.get("curve", []))
-        row = {"trial": t.number, "state": t.state.name.lower(),
-               metric: max(curve.values()) if curve else float("nan"),
-               "best_epoch": t.user_attrs.get("best_epoch", max(curve, key=curve.get) if curve else None),
-               "seconds": t.user_attrs.get("seconds", float("nan")), **t.params}
+        row = {
+            "trial": t.number,
+            "state": t.state.name.lower(),
+            metric: max(curve.values()) if curve else float("nan"),
+            "best_epoch": t.user_attrs.get("best_epoch", max(curve, key=curve.get) if curve else None),
+            "seconds": t.user_attrs.get("seconds", float("nan")),
+            **t.params,
+        }
         row.update({f"epoch_{e}": curve.get(e, float("nan")) for e in epochs})
         out.append(row)
     return out
