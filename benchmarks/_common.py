@@ -32,6 +32,7 @@ FILES = {
     "gowalla": "gowalla_lightgcn.npz",
     "ml1m": "ml1m_implicit.npz",
     "cnr": "web_cnr2000.npz",
+    "citeulike_a": "citeulike_a.npz",  # no shipped split: a per-row 20 % holdout (seed 0)
 }
 # Protocol per data set: the split shipped with the data, or held-out rows (strong generalisation).
 PROTOCOL = {
@@ -40,6 +41,7 @@ PROTOCOL = {
     "cnr": "heldout_rows",
     "synth10m": "heldout_rows",
     "synth100m": "heldout_rows",
+    "citeulike_a": "random",
 }
 SYNTH = {"n_rows": 1_000_000, "n_cols": 200_000, "nnz": 10_000_000, "seed": 0}
 SYNTH100M = {"n_rows": 10_000_000, "n_cols": 2_000_000, "nnz": 100_000_000, "seed": 0}  # SYNTH x 10
@@ -141,6 +143,10 @@ def split_of(name: str, x):
 
     if PROTOCOL[name] == "given":
         return given_split(x)
+    if PROTOCOL[name] == "random":  # as `alsx train --split random` (--test-fraction 0.2 --split-seed 0)
+        from alsx.data.split import random_holdout
+
+        return random_holdout(x, fraction=0.2, seed=0)
     split = heldout_rows_split(x, row_fraction=0.1, history_fraction=0.8, seed=0)
     if name not in EVAL_SAMPLE:
         return split

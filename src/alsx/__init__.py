@@ -10,7 +10,8 @@ _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from alsx.config import HParams
 from alsx.config import Packing
 from alsx.model import ALS
+import alsx.tune as tune  # a module you can call: alsx.tune(data, dim=64, minutes=5) is alsx.tune.tune(...)
 
 __version__ = "0.1.0"
 
-__all__ = ["ALS", "HParams", "Packing", "__version__"]
+__all__ = ["ALS", "HParams", "Packing", "tune", "__version__"]

@@ -248,6 +248,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     if is_dataset(a.data) or topo.process_count > 1:
         # A WebGraph dataset directory (streamed from disk), or one input file of which each
         # process parses only its part.
+        if a.early_stopping:  # tune: early stopping runs in the one-process, in-memory path only
+            raise UsageError("--early-stopping works with one process on an input file, not with a dataset "
+                             "folder or several processes")
         from alsx.distributed import fail_fast, leave_on_error
 
         with leave_on_error("training"), fail_fast("training"):
@@ -265,9 +268,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     check_split(split, a)  # nothing to train on or to evaluate on: say so now, not after training
     train = data if split is None else split.train
     model = _model(a, progress=topo.process_index == 0)
+    from alsx.cli_tune import make_early_stopping  # tune: --early-stopping (validation carved from `train`)
+
+    stop = make_early_stopping(a, train, model)
     t = time.perf_counter()
-    model.fit(train, split=split, eval_every=a.eval_every if split is not None else 0, eval_ks=tuple(a.ks),
-              checkpointer=_checkpointer(a), step_timeout_s=topo.options.step_timeout_s)
+    model.fit(train if stop is None else stop.train, split=split, eval_every=a.eval_every if split is not None else 0,
+              eval_ks=tuple(a.ks), checkpointer=_checkpointer(a), step_timeout_s=topo.options.step_timeout_s,
+              callback=stop)
     seconds = time.perf_counter() - t
     results = None
     if split is not None:  # on several devices each scores its own column shard
@@ -275,10 +282,12 @@ def cmd_train(a: argparse.Namespace) -> int:
             results = evaluate(model.row_embeddings_, model.col_embeddings_, split, model.hparams, tuple(a.ks),
                                a.alpha, topk=model.eval_topk_)
     split_model, refit_seconds = None, 0.0
-    if split is not None and a.refit:  # the saved tables serve every row and every entry of the input
+    if (split is not None or stop is not None) and a.refit:  # the saved tables serve every row and entry
         print(f"refit: training again on all {data.nnz:,} input entries with the same settings, the model to save "
               "(--no-refit keeps the split-trained one)", file=sys.stderr)
         split_model, model = model, _model(a, progress=topo.process_index == 0)
+        if stop is not None:  # tune: the refit trains for the best validation epoch count
+            model.epochs = stop.best_epoch
         t = time.perf_counter()
         model.fit(data, step_timeout_s=topo.options.step_timeout_s)
         refit_seconds = time.perf_counter() - t
@@ -570,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(t)
     _add_split_args(t)
     t.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: only at the end; default %(default)s)")
+    from alsx.cli_tune import add_parser as add_tune_parser, add_train_options  # tune: --config, --early-stopping
+
+    add_train_options(t)
     t.add_argument("--no-refit", dest="refit", action="store_false",
                    help="with a split: save the model trained on the split's training part (default: after "
                         "evaluating it, train again on all input with the same settings and save that, so the "
@@ -613,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     from alsx.cli_serve import add_parser as add_serve_commands  # servecli: recommend, similar, export
 
     add_serve_commands(sub)
+    add_tune_parser(sub)  # tune: `alsx tune` (cli/tune.py after the CLI split)
 
     try:
         from alsx.webgraph.cli import add_webgraph_commands
@@ -658,6 +671,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # a usage error exits 2 here (argparse)
     debug = getattr(args, "debug", False) or os.environ.get("ALSX_DEBUG", "") not in ("", "0")
     try:
+        from alsx.cli_tune import apply_config  # tune: --config FILE, command-line flags win
+
+        args = apply_config(parser, args, argv)
         if args.command != "webgraph":
             check_args(args)  # before any data is read or JAX is imported
         _configure(args)

@@ -245,6 +245,7 @@ class ALS(Params, Serving):
         self.row_vocab_, self.col_vocab_ = train.row_vocab, train.col_vocab
         self.shape_ = train.shape
         self.engine_name_ = type(engine).__name__
+        self.engine_ = engine  # callbacks turn states into tables with engine_.to_numpy (early stopping)
         self.pack_stats_ = getattr(engine, "stats", None)
         self.history_ = []
         # -- StopTraining (estimator): remember the last finished epoch's state for the except below.
@@ -304,6 +305,8 @@ class ALS(Params, Serving):
         except StopTraining as stop:  # estimator: a callback ended the run; keep its last epoch
             st = last[0]
             self.stopped_ = {"epoch": st.epoch, "reason": stop.reason, "tables_from_epoch": stop.epoch}
+            self.history_[-1]["stopped"] = {"reason": stop.reason,
+                                            "kept_epoch": stop.epoch if stop.tables is not None else st.epoch}
             kept_tables = stop.tables
         finally:
             bar.close()

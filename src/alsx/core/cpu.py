@@ -414,6 +414,14 @@ class CpuEngine:
         hp = self.hp
         return np.asarray(row_regularisation(side.lengths(), n_other, hp.reg, hp.unobserved_weight, hp.nu))
 
+    def set_hparams(self, hp: HParams) -> None:
+        """Swaps reg, unobserved_weight, nu, cg_steps, init, init_scale; recomputes the per-row lambdas."""
+        from alsx.core.engine import check_swappable
+
+        self.hp = check_swappable(self.hp, hp)
+        self._lam = (self._lambdas(self.rows, self.n_cols), self._lambdas(self.cols, self.n_rows))
+        self._residuals_of = None  # the block solver's hand-off belongs to the old objective
+
     def init_state(self, seed: int) -> ALSState:
         """The same start as the JAX engines (same seed, same tables)."""
         hp = self.hp

@@ -35,6 +35,21 @@ class Engine(Protocol):
     def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+# --- set_hparams (minimal version for `alsx tune`; the engine helper owns the final one) -------------
+REPACK_FIELDS = ("dim", "solver", "dtype", "block_size")
+
+
+def check_swappable(old: HParams, new: HParams) -> HParams:
+    """``new`` if an engine built for ``old`` can train it as is, else ValueError naming the fields
+    whose change needs a new engine (re-packing or new table shapes): dim, solver, dtype, block_size."""
+    changed = [f for f in REPACK_FIELDS if getattr(old, f) != getattr(new, f)]
+    if changed:
+        raise ValueError(f"set_hparams cannot change {', '.join(changed)} (needs a new engine): "
+                         + ", ".join(f"{f} {getattr(old, f)!r} -> {getattr(new, f)!r}" for f in changed))
+    return new
+# --- end set_hparams -------------------------------------------------------------------------------
+
+
 @dataclasses.dataclass
 class PackStats:
     """What packing cost: fill ratios and seconds, for logs and benchmarks."""
@@ -98,6 +113,10 @@ class LocalEngine:
     def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]:
         w = np.array(state.w.astype(jnp.float32))
         return w, (w if self.tied else np.array(state.h.astype(jnp.float32)))
+
+    def set_hparams(self, hp: HParams) -> None:
+        """Swaps reg, unobserved_weight, nu, cg_steps, init, init_scale (the packed blocks stay)."""
+        self.hp = check_swappable(self.hp, hp)
 
 
 BACKENDS = ("auto", "cpu", "jax")

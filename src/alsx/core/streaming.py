@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alsx.config import HParams, Packing
-from alsx.core.engine import PackStats
+from alsx.core.engine import PackStats, check_swappable
 from alsx.core.objective import Loss, regularisation_term, row_regularisation, unobserved_term
 from alsx.core.state import ALSState, init_state
 from alsx.core.step import observed_loss, prologue, solve_block, solve_long, take_rows
@@ -343,3 +343,7 @@ class StreamingEngine:
     def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]:
         w = np.asarray(state.w.astype(jnp.float32))
         return w, (w if self.tied else np.asarray(state.h.astype(jnp.float32)))
+
+    def set_hparams(self, hp: HParams) -> None:
+        """Swaps reg, unobserved_weight, nu, cg_steps, init, init_scale (the layouts stay)."""
+        self.hp = check_swappable(self.hp, hp)

@@ -1,0 +1,325 @@
+"""``alsx tune`` and the options it gives ``alsx train`` (``--config FILE``, ``--early-stopping``).
+
+    alsx tune DATA --out DIR --dim D --epochs E [--trials N | --minutes M] [--metric recall@20]
+
+writes DIR/trials.parquet (or .csv without pandas/pyarrow), DIR/best.json (``alsx train
+--config DIR/best.json`` trains it), DIR/tune.png, and in DIR the model ``alsx train`` writes
+with the best configuration: evaluated on the test part of the split when there is one,
+then refit on all of DATA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from alsx.cli import (
+    DATA_KEYS,
+    SPLIT_KEYS,
+    _add_cpu_devices,
+    _add_data_args,
+    _add_model_args,
+    _add_split_args,
+    _load,
+    cmd_train,
+    make_split,
+)
+from alsx.errors import UsageError
+
+CONFIG_ABOUT = "about"  # the one key of a --config file that is not a flag: where it came from (ignored)
+
+
+# ---------------------------------------------------------------------------- alsx train --config / --early-stopping
+def config_keys() -> tuple[str, ...]:
+    """The flags a --config file may set: the model flags' names (``unobserved_weight`` for
+    --unobserved-weight)."""
+    p = argparse.ArgumentParser(add_help=False)
+    _add_model_args(p)
+    return tuple(vars(p.parse_args([])))
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """--config FILE and --early-stopping PATIENCE (with --validation-fraction, --metric) for ``alsx train``."""
+    from alsx.tune import METRIC, VALIDATION_FRACTION
+
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="JSON of model flags, e.g. the best.json of 'alsx tune' ({\"reg\": 0.01, ...}); flags "
+        "given on the command line override it",
+    )
+    g = p.add_argument_group("early stopping")
+    g.add_argument(
+        "--early-stopping",
+        type=int,
+        default=0,
+        metavar="PATIENCE",
+        help="stop after PATIENCE evaluations (every --eval-every epochs) without a better "
+        "validation metric and keep the best epoch's tables; the validation entries are "
+        "--validation-fraction of each row of the training part (never the test part); the "
+        "refit on all input trains for the best epoch count (default: off)",
+    )
+    g.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=VALIDATION_FRACTION,
+        help="share of each training row held out for validation (default %(default)s)",
+    )
+    g.add_argument("--metric", default=METRIC, help="validation metric to maximise (default %(default)s)")
+    p.set_defaults(config_parser=p)
+
+
+def read_config(path: str) -> dict:
+    """The flags of a --config file (UsageError naming the file, or the unknown keys and the known ones)."""
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UsageError(f"--config {path}: cannot read it ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--config {path}: not JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(cfg, dict):
+        raise UsageError(f'--config {path}: must be a JSON object of flags, e.g. {{"reg": 0.01}}')
+    known = config_keys()
+    unknown = sorted(set(cfg) - set(known) - {CONFIG_ABOUT})
+    if unknown:
+        raise UsageError(
+            f"--config {path}: unknown keys {', '.join(unknown)} (known: {', '.join(known)}, "
+            f"and '{CONFIG_ABOUT}' for notes)"
+        )
+    bad = [k for k, v in cfg.items() if k != CONFIG_ABOUT and not isinstance(v, (int, float, str, bool, type(None)))]
+    if bad:
+        raise UsageError(f"--config {path}: {', '.join(bad)} must be numbers, strings, booleans or null")
+    cfg.pop(CONFIG_ABOUT, None)
+    return cfg
+
+
+def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None):
+    """``args`` with a --config file's values wherever the command line did not give the flag.
+
+    The file's values become the sub-command's defaults and ``argv`` is parsed again, so a flag
+    given explicitly (even at its default value) wins over the file.
+    """
+    path = getattr(args, "config", None)
+    if not path:
+        return args
+    args.config_parser.set_defaults(**read_config(path))
+    return parser.parse_args(argv)
+
+
+def make_early_stopping(a: argparse.Namespace, train, model):
+    """The EarlyStopping callback of --early-stopping (None without it), its validation
+    entries carved from ``train`` (the training part); fit the model on its ``.train``."""
+    if not getattr(a, "early_stopping", 0):
+        return None
+    from alsx.tune import EarlyStopping, parse_metric, validation_split
+
+    if a.early_stopping < 0:
+        raise UsageError(f"--early-stopping must be >= 0 (0: off), got {a.early_stopping}")
+    if not 0.0 < a.validation_fraction < 1.0:
+        raise UsageError(f"--validation-fraction must be strictly between 0 and 1, got {a.validation_fraction}")
+    try:
+        parse_metric(a.metric)
+    except ValueError as e:
+        raise UsageError(f"--metric: {e}") from None
+    val = validation_split(train, a.validation_fraction, a.split_seed)
+    print(
+        f"early stopping: validation {val.test.nnz:,} of the {train.nnz:,} training entries, patience "
+        f"{a.early_stopping} evaluations of {a.metric}",
+        file=sys.stderr,
+    )
+    return EarlyStopping(model, val, a.early_stopping, a.metric, every=max(1, a.eval_every))
+
+
+# ---------------------------------------------------------------------------- alsx tune
+def add_parser(subparsers) -> None:
+    from alsx.tune import DEFAULT_TRIALS, METRIC, PRUNERS, VALIDATION_FRACTION
+
+    p = subparsers.add_parser("tune", help="search hyper-parameters on a validation split, then train the best")
+    p.add_argument("data", help="data file, as for alsx train")
+    p.add_argument("--out", required=True, help="output folder")
+    g = p.add_argument_group("search")
+    budget = g.add_mutually_exclusive_group()
+    budget.add_argument("--trials", type=int, default=None, help=f"trials (default {DEFAULT_TRIALS})")
+    budget.add_argument(
+        "--minutes", type=float, default=None, help="search for M minutes (the trial running then finishes)"
+    )
+    g.add_argument("--metric", default=METRIC, help="validation metric to maximise (default %(default)s)")
+    g.add_argument("--max-dim", type=int, default=None, help="also search --dim, 2x, 4x, ... up to this")
+    g.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="evaluate (and let the pruner stop a trial) every N epochs and after the last; 0: about "
+        "5 times per trial (default %(default)s)",
+    )
+    g.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=VALIDATION_FRACTION,
+        help="share of each training row held out for validation (default %(default)s)",
+    )
+    g.add_argument(
+        "--pruner", choices=PRUNERS, default="hyperband", help="stop bad trials early by epoch (default %(default)s)"
+    )
+    m = p.add_argument_group("model (the rest is searched; trial 0 is alsx's defaults)")
+    m.add_argument(
+        "--dim", type=int, default=64, help="embedding dimension (the smallest with --max-dim; default %(default)s)"
+    )
+    m.add_argument("--epochs", type=int, default=15, help="most epochs per trial (default %(default)s)")
+    m.add_argument("--solver", choices=["cg", "block"], default="cg", help="(default %(default)s)")
+    m.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="confidence c = 1 + alpha * value from the value column (default: binary)",
+    )
+    m.add_argument("--seed", type=int, default=0, help="seeds the split, the tables and the search")
+    m.add_argument("--backend", choices=["auto", "cpu", "jax"], default="auto", help="as for alsx train")
+    _add_data_args(p)
+    _add_split_args(p, default="none")
+    p.add_argument(
+        "--no-refit",
+        dest="refit",
+        action="store_false",
+        help="with a split: save the best configuration trained on the split's training part",
+    )
+    _add_cpu_devices(p, default=1)
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(a: argparse.Namespace) -> int:
+    from alsx.cli_guard import check_split, check_split_input
+    from alsx.tune import parse_metric, tune
+
+    try:
+        parse_metric(a.metric)
+    except ValueError as e:
+        raise UsageError(f"--metric: {e}") from None
+    if a.trials is not None and a.trials < 1:
+        raise UsageError(f"--trials must be >= 1, got {a.trials}")
+    if a.minutes is not None and not a.minutes > 0:
+        raise UsageError(f"--minutes must be > 0, got {a.minutes}")
+    data, _ = _load(a.data, a)
+    check_split_input(data, a)
+    split = make_split(data, a)
+    check_split(split, a)
+    train = data if split is None else split.train  # the search never sees the test part
+    print(
+        f"tune: searching on {train.nnz:,} training entries ({a.validation_fraction:.0%} of each row for "
+        f"validation){'' if split is None else f'; the {split.test.nnz:,} test entries are not read'}",
+        file=sys.stderr,
+    )
+    t = time.perf_counter()
+    result = tune(
+        train,
+        dim=a.dim,
+        epochs=a.epochs,
+        trials=a.trials,
+        minutes=a.minutes,
+        metric=a.metric,
+        max_dim=a.max_dim,
+        solver=a.solver,
+        eval_every=a.eval_every,
+        validation_fraction=a.validation_fraction,
+        seed=a.seed,
+        pruner=a.pruner,
+        backend=a.backend,
+        alpha=a.alpha,
+    )
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = write_trials(result.trials, out)
+    best = {
+        k: result.params[k]
+        for k in ("dim", "epochs", "reg", "unobserved_weight", "nu", "init_scale", "cg_steps", "solver", "init", "seed")
+    }
+    best[CONFIG_ABOUT] = {
+        "tool": "alsx tune",
+        "data": str(Path(a.data).resolve()),
+        "split": a.split,
+        f"validation {a.metric}": result.value,
+        "trial": result.best_trial,
+        "trials": len(result.trials),
+        "search_seconds": round(time.perf_counter() - t, 1),
+    }
+    (out / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+    png = plot_trials(result.trials, a.metric, result.best_trial, out / "tune.png")
+    print(
+        f"tune: best validation {a.metric} {result.value:.4f} (trial {result.best_trial} of {len(result.trials)}, "
+        f"epoch {result.params['epochs']}) in {result.seconds:.0f}s; wrote {table.name}, best.json, {png.name}",
+        file=sys.stderr,
+    )
+    return cmd_train(train_args(a, out / "best.json"))
+
+
+def train_args(a: argparse.Namespace, config: Path) -> argparse.Namespace:
+    """``alsx train DATA --out DIR --config best.json`` with tune's data and split flags."""
+    from alsx.cli import build_parser
+
+    parser = build_parser()
+    argv = ["train", a.data, "--out", a.out, "--config", str(config), "--cpu-devices", str(a.cpu_devices)]
+    args = apply_config(parser, parser.parse_args(argv), argv)
+    for k in (*DATA_KEYS, *SPLIT_KEYS, "ks", "alpha", "backend", "refit"):
+        setattr(args, k, getattr(a, k))
+    return args
+
+
+def write_trials(rows: list[dict], out: Path) -> Path:
+    """DIR/trials.parquet (pandas + pyarrow), else DIR/trials.csv."""
+    try:
+        import pandas as pd
+
+        path = out / "trials.parquet"
+        pd.DataFrame(rows).to_parquet(path, index=False)
+        return path
+    except ImportError:
+        import csv
+
+        path = out / "trials.csv"
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, keys)
+            w.writeheader()
+            w.writerows(rows)
+        return path
+
+
+def plot_trials(rows: list[dict], metric: str, best: int, path: Path) -> Path:
+    """Left: each trial's best validation metric (pruned grey) and the best so far; right: the best
+    trial's metric per evaluated epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for state, color in (("complete", "tab:blue"), ("pruned", "tab:gray")):
+        pts = [(r["trial"], r[metric]) for r in rows if r["state"] == state]
+        if pts:
+            ax1.scatter(*zip(*pts, strict=True), color=color, label=state, s=18)
+    so_far, top = [], -float("inf")
+    for r in rows:
+        if r["state"] == "complete" and math.isfinite(r[metric]):
+            top = max(top, r[metric])
+        so_far.append(top if top > -float("inf") else float("nan"))
+    ax1.step([r["trial"] for r in rows], so_far, where="post", color="tab:green", label="best so far")
+    ax1.set_xlabel("trial")
+    ax1.set_ylabel(f"validation {metric}")
+    ax1.legend()
+    row = next(r for r in rows if r["trial"] == best)
+    curve = sorted(
+        (int(k.removeprefix("epoch_")), v) for k, v in row.items() if k.startswith("epoch_") and math.isfinite(v)
+    )
+    ax2.plot(*zip(*curve, strict=True), marker="o", color="tab:green")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel(f"validation {metric}")
+    ax2.set_title(f"best trial ({best})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
