@@ -52,7 +52,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("ALSX_DATA", ROOT.parent / "shared" / "data"))
+DATA = Path(os.environ.get("ALSX_DATA") or next(
+    (p for p in (ROOT.parent / "shared" / "data", ROOT / "shared" / "data") if p.is_dir()), ROOT.parent / "shared" / "data"))
 
 # Peak copy bandwidth (bytes/s), float32 and bfloat16 matrix FLOP/s by device kind (substring
 # of jax's device_kind, first match wins). H200/H100 SXM: published HBM bandwidth x ~0.9 for a
