@@ -140,7 +140,7 @@ def main() -> None:
              "Each row is a fresh interpreter. compile = epoch 1 - median(epochs 2, 3); programs = XLA "
              "compilations logged (bucket programs, prologues, init); start = interpreter start to the end of "
              "epoch 1 (imports, packing, compiles).", "",
-             "| n_buckets | widths (rows, cols) | fill (rows, cols) | cache | programs compiled | compile (s) | "
+             "| n_buckets | widths (rows, cols) | fill (rows, cols) | cache | XLA programs (compiled or loaded) | compile (s) | "
              "start to epoch 1 done (s) | s/epoch |",
              "|---|---|---|---|---:|---:|---:|---:|"]
 
