@@ -213,9 +213,11 @@ def gib(x: float) -> str:
 
 def report(recs: list[dict], args) -> str:
     lines = ["# Cost model: the sharded JAX engine from cnr-2000 to WebGraph-sparse", "",
-             "Commands (the second adds to the first's saved measurements): " + "; ".join(
-                 f"`PYTHONPATH=src python benchmarks/cost_model.py --devices 1 2 4 8 --synth-edges {e} --resume`"
-                 for e in sorted({int(r["graph"][5:-1]) * 10**6 for r in recs if r["graph"].startswith("synth")})),
+             "Commands (each later one adds to the saved measurements): " + "; ".join(
+                 f"`PYTHONPATH=src python benchmarks/cost_model.py --devices "
+                 f"{' '.join(str(r['P']) for r in recs if r['graph'] == g)} --graphs "
+                 f"{'cnr synth' if g == 'synth10M' else 'synth'} --synth-edges {int(g[5:-1]) * 10**6} --resume`"
+                 for g in dict.fromkeys(r["graph"] for r in recs if r["graph"].startswith("synth"))),
              "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other engineers' jobs, Python "
              f"{platform.python_version()}, jax {__import__('jax').__version__}; P devices emulated with "
@@ -244,11 +246,11 @@ def report(recs: list[dict], args) -> str:
                      f"{gib(a2a)} | {100 * errs[1]:+.1f} % | {gib(alx_m)} | {gib(alx)} | {100 * errs[2]:+.1f} % |")
     lines += ["", f"Largest |error| (all-to-all at P = 1 is the calibration point, not counted): {100 * worst:.1f} %.",
               "", "Graphs: cnr-2000 (LAW, 325,557 nodes); synthN M: `alsx.webgraph.synthetic` with N M arcs on "
-              "N/20 M nodes (SynthSpec defaults, seed 0, duplicates removed). Issue 19 asks for a 50M-edge "
-              "synthetic graph: each (graph, P) here took 1-5 min on this shared 2-core machine (load 8-15 "
-              "during the runs) for 10M arcs, about 5x that at 50M, so the 10M-arc graph is the largest that "
-              "fitted this session; a graph listed without a P = 1 row is predicted from the largest synthetic "
-              "graph's P = 1 parameters (out of sample).", ""]
+              "N/20 M nodes (SynthSpec defaults, seed 0, duplicates removed). Each (graph, P) took 1-5 min on "
+              "this shared 2-core machine for 10M arcs (load 8-15 during the runs) and 9 min for 50M arcs at "
+              "P = 8, so the 50M-arc graph (issue 19's size) was measured at P = 8 only: it has no P = 1 row, "
+              "and its row is predicted from synth10M's P = 1 parameters, out of sample (nothing of the 50M "
+              "graph enters the model).", ""]
     lines += project(recs)
     return "\n".join(lines) + "\n"
 
@@ -268,6 +270,7 @@ def project(recs: list[dict]) -> list[str]:
            "| variant | nodes | edges | device | N | GiB/device | fits | a2a GiB/device/epoch (u=1) | ALX "
            "GiB/device/epoch | compute s | a2a s | ALX comm s | smallest N that fits, f32 (bf16 tables) |",
            "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    ratios, facts = [], {}
     for name, (n, e) in WEBGRAPH.items():
         for dk, dev in DEVICES.items():
             smallest = [next((p for p in [2**k for k in range(14)]
@@ -277,6 +280,9 @@ def project(recs: list[dict]) -> list[str]:
                 mem = memory_model(n, n, e, p, gp["fill"], gp["beta"])
                 t = epoch_time(dev, e, n, p, gp["fill"], gp["u"], gp["rho"], gp["entries"])
                 a2a1 = a2a_model(e, p, gp["fill"], 1.0, gp["entries"])
+                ratios.append(t["alx_bytes"] / t["a2a_bytes"])
+                if name == "sparse" and p == 256:
+                    facts[dk] = (t, 3 * 2 * math.ceil(n / p) * DIM * 4 / mem)
                 out.append(f"| {name} | {n / 1e6:.1f}M | {e / 1e9:.2f}B | {dk} | {p} | {gib(mem)} | "
                            f"{'yes' if mem <= 0.9 * dev['mem'] else 'no'} | {gib(a2a1)} | {gib(t['alx_bytes'])} | "
                            f"{t['compute']:.2f} | {t['a2a']:.2f} | {t['alx']:.2f} | {smallest[0]} ({smallest[1]}) |")
@@ -286,17 +292,19 @@ def project(recs: list[dict]) -> list[str]:
             "- Memory per device is 3 table sets + the packed batches: the compiled epoch aliases none of its "
             "inputs (alias 0 in every run above), so it holds the old tables, the new ones and the update being "
             "built. Donating w and h to the epoch program would cut the table part by a third: the largest "
-            "saving left for WebGraph-sparse (tables are ~60 % of its bytes per device at d = 128).",
+            f"saving left for WebGraph-sparse (the 3 table sets are {100 * facts['H200'][1]:.0f} % of its bytes "
+            "per device at d = 128, N = 256).",
             "- alsx's all-to-all moves each batch's distinct rows once, so its bytes per device fall as 1/P "
-            "(x 1.02-1.06 for the busiest owner's padding at P = 2..8, as measured); ALX's all-gather + psum "
-            "moves every padded entry's row in float32 to every device, flat in P: 20-500x more at N = 8-256.",
+            "(times a few % for the busiest owner's padding, as measured at P = 2..8); ALX's all-gather + psum "
+            "moves every padded entry's row in float32 to every device, flat in P: "
+            f"{min(ratios):.0f}-{max(ratios):.0f}x the all-to-all's crossing bytes over the rows above.",
             "- The smallest device counts are in the last column (bfloat16 tables halve the table part); for "
             "WebGraph-sparse compare them with ALX's 256 TPU-v3 cores. Compute per epoch at 30 % of the roofline is seconds; "
             "the exchange is the part that decides the epoch time once the graph spans nodes (InfiniBand).",
-            "- ALX reports ~20 min per epoch on 256 TPU-v3 cores; the ALX-scheme column above gives ~90 min "
-            "under a 25 GB/s per-core ICI assumption, so either the real ICI all-gather runs ~4x faster than "
-            "assumed or ALX's exchange moves fewer bytes (bfloat16, its dense batches). The all-to-all volume "
-            "does not depend on that assumption."]
+            "- ALX reports ~20 min per epoch on 256 TPU-v3 cores; the ALX-scheme column above gives "
+            f"{facts['TPU-v3 core'][0]['alx'] / 60:.0f} min under a 25 GB/s per-core ICI assumption, so either "
+            "the real ICI all-gather runs faster than assumed or ALX's exchange moves fewer bytes (bfloat16, its "
+            "own batch shapes). The all-to-all volumes do not depend on that assumption; their seconds do."]
     return out
 
 
