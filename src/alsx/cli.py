@@ -638,14 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def enable_compile_cache() -> None:
     """Keeps XLA programs across runs (a half-step compiles in seconds; reruns then start at once)."""
-    import os
+    from alsx.compile_cache import enable_compile_cache as enable
 
-    import jax
-
-    path = os.environ.get("ALSX_CACHE_DIR", str(Path.home() / ".cache" / "alsx" / "xla"))
-    if path:
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    enable()
 
 
 def _configure(args: argparse.Namespace) -> None:

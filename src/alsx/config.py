@@ -85,7 +85,10 @@ class Packing:
       batch_entries: target padded entries per block (rows x width); sized so that the
         gathered block (batch_entries x dim floats) stays near the L2 cache.
       n_buckets: at most this many block widths, chosen from the row-length histogram
-        to minimise padding (each width is one compiled program per side).
+        to minimise padding (each width is one compiled program per side); 0 (auto):
+        up to ``max_buckets``, each width kept only if it saves ``bucket_saving``
+        padded entries (on small inputs a compile costs more than the padding it saves).
+      max_buckets, bucket_saving: the auto choice (see ``alsx.data.packing.side_widths``).
       min_width: narrowest block width (shorter rows are padded to it).
       max_width: rows longer than this are "long": their normal equations are summed
         over sub-rows of this width (any length works, no "row too long" error).
@@ -93,7 +96,9 @@ class Packing:
     """
 
     batch_entries: int = 0  # 0 = chosen from dim
-    n_buckets: int = 10
+    n_buckets: int = 0
+    max_buckets: int = 10
+    bucket_saving: int = 200_000
     min_width: int = 1
     max_width: int = 1024
     max_dense_bytes: int = 64 << 20

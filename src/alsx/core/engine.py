@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alsx.compile_cache import enable_compile_cache
 from alsx.config import HParams, Packing
 from alsx.core.objective import Loss, regularisation_term, row_regularisation, unobserved_term
 from alsx.core.state import ALSState, init_state
@@ -152,6 +153,7 @@ def make_engine(rows: CSR, cols: CSR, hp: HParams, packing: Packing = Packing(),
         from alsx.core.cpu import CpuEngine
 
         return CpuEngine(rows, cols, hp, packing, tied)
+    enable_compile_cache()  # before the first compile: reruns on the same shapes load the programs
     if jax.device_count() == 1:
         return LocalEngine(rows, cols, hp, packing, tied)
     from alsx.core.sharded import ShardedEngine, engine_layouts

@@ -10,7 +10,7 @@ solvers as ``alsx.core.step``.
 Shapes are kept fixed so each width compiles once, not once per chunk:
 
 * the bucket widths are chosen once per side from the global row-length histogram
-  (:func:`alsx.data.packing.bucket_widths`), exactly as :func:`pack` would;
+  (:func:`alsx.data.packing.side_widths`), exactly as :func:`pack` would;
 * rows per batch depend on the width only;
 * a bucket's batches go to the device in calls of ``batches_per_call`` batches; the
   last call of a bucket is padded with empty rows (row id = ``n_rows``, dropped on
@@ -41,7 +41,7 @@ from alsx.core.objective import Loss, regularisation_term, row_regularisation, u
 from alsx.core.state import ALSState, init_state
 from alsx.core.step import observed_loss, prologue, solve_block, solve_long, take_rows
 from alsx.data.matrix import CSR, row_ranges
-from alsx.data.packing import bucket_widths
+from alsx.data.packing import side_widths
 
 #: Default nonzeros per streamed row range (~130 MB of int32 ids + float32 confidences packed).
 DEFAULT_CHUNK_ENTRIES = 1 << 24
@@ -112,8 +112,7 @@ def side_layout(csr: CSR, dim: int, cfg: Packing, dense_rows: bool, chunk_entrie
     indptr = np.asarray(csr.indptr)
     lengths = np.diff(indptr)
     # Same width choice as alsx.data.packing.pack, on the global histogram.
-    widths = bucket_widths(np.maximum(lengths, min(cfg.min_width, cfg.max_width)) * (lengths > 0),
-                           cfg.n_buckets, cfg.max_width)
+    widths = side_widths(lengths, cfg)
     entries = cfg.entries_for(dim)
     row_cap = max(1, cfg.max_dense_bytes // (4 * dim * dim)) if dense_rows else None
     per_batch = np.array([max(1, entries // int(wd)) for wd in widths], dtype=np.int64)

@@ -86,11 +86,13 @@ class PackedSide:
         return {"blocks": blocks, "long": long, "counts": self.counts}
 
 
-def bucket_widths(lengths: np.ndarray, n_buckets: int, max_width: int) -> np.ndarray:
+def bucket_widths(lengths: np.ndarray, n_buckets: int, max_width: int, saving: int = 0) -> np.ndarray:
     """int64 [<= n_buckets] block widths that minimise padding for these row lengths.
 
     Exact dynamic programme over the distinct lengths v <= max_width (O(n_buckets * V^2)):
     a bucket (a, b] padded to width b wastes sum_{a < v <= b} count_v * (b - v).
+    ``saving`` > 0 charges each width that many padded entries (it is one more compiled
+    program): the result minimises padding + saving * (number of widths).
     """
     lengths = np.asarray(lengths)
     vals, counts = np.unique(lengths[(lengths > 0) & (lengths <= max_width)], return_counts=True)
@@ -106,6 +108,7 @@ def bucket_widths(lengths: np.ndarray, n_buckets: int, max_width: int) -> np.nda
     cost = np.where(i[:, None] < j[None, :], cost, np.inf)
     best = cost[0].copy()  # best[j-1]: cheapest cover of vals[:j] with the buckets so far
     back = []  # back[m][j-1]: start of the last bucket with m+2 buckets, -1 when fewer were better
+    best_by_count = [best[-1]]  # [m]: least padding of all lengths with at most m + 1 buckets
     for _ in range(1, k):
         total = best[:-1][:, None] + cost[1:]  # previous buckets cover vals[:i], i >= 1
         arg = np.argmin(total, axis=0)
@@ -113,6 +116,9 @@ def bucket_widths(lengths: np.ndarray, n_buckets: int, max_width: int) -> np.nda
         better = new < best
         back.append(np.where(better, arg + 1, -1))
         best = np.where(better, new, best)
+        best_by_count.append(best[-1])
+    if saving > 0:  # the bucket count with least padding + saving per width (the fewest on ties)
+        back = back[:int(np.argmin(np.asarray(best_by_count) + saving * np.arange(1, k + 1)))]
     widths, end, m = [], len(vals), len(back)
     while True:
         if m > 0 and back[m - 1][end - 1] < 0:
@@ -124,6 +130,21 @@ def bucket_widths(lengths: np.ndarray, n_buckets: int, max_width: int) -> np.nda
         end = int(back[m - 1][end - 1])
         m -= 1
     return np.asarray(sorted(widths), dtype=np.int64)
+
+
+def side_widths(lengths: np.ndarray, cfg: Packing) -> np.ndarray:
+    """The block widths of one side for ``cfg`` (what pack, the streaming and sharded layouts use).
+
+    Rows shorter than ``min_width`` count as ``min_width`` long.  ``cfg.n_buckets`` > 0 asks for
+    at most that many widths with least padding; 0 (auto) allows up to ``cfg.max_buckets``,
+    each kept only if it saves ``cfg.bucket_saving`` padded entries, so a small input compiles
+    a few programs instead of ten (benchmarks/results_compile.md) and a large one keeps all.
+    """
+    lengths = np.asarray(lengths)
+    eff = np.maximum(lengths, min(cfg.min_width, cfg.max_width)) * (lengths > 0)
+    if cfg.n_buckets > 0:
+        return bucket_widths(eff, cfg.n_buckets, cfg.max_width)
+    return bucket_widths(eff, cfg.max_buckets, cfg.max_width, saving=cfg.bucket_saving)
 
 
 def _gather_rows(csr: CSR, starts: np.ndarray, lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -157,8 +178,7 @@ def pack(csr: CSR, dim: int, cfg: Packing = Packing(), dense_rows: bool = False)
     n_rows = csr.n_rows
     entries = cfg.entries_for(dim)
     row_cap = max(1, cfg.max_dense_bytes // (4 * dim * dim)) if dense_rows else None
-    widths = bucket_widths(np.maximum(lengths, min(cfg.min_width, cfg.max_width)) * (lengths > 0),
-                           cfg.n_buckets, cfg.max_width)
+    widths = side_widths(lengths, cfg)
     indptr = np.asarray(csr.indptr)
 
     blocks = []

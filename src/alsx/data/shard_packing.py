@@ -31,7 +31,7 @@ import numpy as np
 from alsx.config import Packing
 from alsx.data.layout import RowLayout
 from alsx.data.matrix import CSR
-from alsx.data.packing import bucket_widths
+from alsx.data.packing import side_widths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,8 +153,7 @@ def side_shape(counts: np.ndarray, layout: RowLayout, dim: int, cfg: Packing, de
     entries = cfg.entries_for(dim)
     row_cap = max(1, cfg.max_dense_bytes // (4 * dim * dim)) if dense_rows else None
     # The widths LocalEngine's pack() picks for the whole side, so rows land in the same buckets.
-    widths = bucket_widths(np.maximum(counts, min(cfg.min_width, cfg.max_width)) * (counts > 0),
-                           cfg.n_buckets, cfg.max_width)
+    widths = side_widths(counts, cfg)
     shard_of = layout.position // layout.n_local
     P = layout.n_shards
     short = (counts > 0) & (counts <= cfg.max_width)
