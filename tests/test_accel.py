@@ -70,6 +70,7 @@ def test_fit_writes_and_reuses_the_compilation_cache(tmp_path):
             "ALS(dim=8, epochs=1, backend='jax').fit(x)\n"
             "print(jax.config.jax_compilation_cache_dir)\n")
     env = dict(os.environ, ALSX_CACHE_DIR=str(tmp_path), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)  # one device: an in-process `alsx --cpu-devices N` earlier in the run sets it
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH", "")]))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert p.returncode == 0, p.stderr[-2000:]

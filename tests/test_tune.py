@@ -120,7 +120,7 @@ def test_tune_trains_and_scores_only_the_training_part(data, monkeypatch):
     assert len(seen) == 1  # one engine for both trials (same dim): set_hparams swapped the rest
     assert len(result.trials) == 2 and result.trials[0]["reg"] == 0.003  # trial 0: the defaults
     assert result.value == max(r["recall@20"] for r in result.trials if r["state"] == "complete")
-    assert ALS(**result.params, progress=False).hparams.reg == result.params["reg"]
+    assert ALS(**result.params, progress=False).checked_hparams().reg == result.params["reg"]
 
 
 def test_set_hparams_swaps_the_objective_and_refuses_a_new_shape(data):
