@@ -453,7 +453,7 @@ def _train_args(**kw):
 
 
 def test_checkpointer_flags_are_checked(tmp_path):
-    from alsx.cli import _checkpointer
+    from alsx.cli.common import checkpointer_from_args as _checkpointer
 
     assert _checkpointer(_train_args()) is None
     with pytest.raises(UsageError, match=r"--resume .*missing: no such folder"):

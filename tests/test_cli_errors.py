@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from alsx import cli
-from alsx.cli_guard import EXIT_INTERRUPTED, check_args, describe
+from alsx.cli.guard import EXIT_INTERRUPTED, check_args, describe
 from alsx.errors import DataError, ModelError, TrainingError, UsageError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from alsx.config import HParams, Packing
+from alsx.config import DEFAULTS, HParams, Packing
 from alsx.data.matrix import CSR, Interactions
 from alsx.data.split import Split
-from alsx.errors import DivergenceError
 
 FORMAT_VERSION = 1
 
@@ -33,42 +28,6 @@ def as_interactions(x: Any) -> Interactions:
 
     data, _ = load_interactions(x)
     return data
-
-
-def sharded_eval_topk(engine, state):
-    """For a ShardedEngine: the evaluation scorer that ranks against its column shards in
-    place (``alsx.eval.protocol.sharded_scorer``); None for one-device engines."""
-    from alsx.core.sharded import ShardedEngine
-
-    if not isinstance(engine, ShardedEngine):
-        return None
-    from alsx.eval.protocol import sharded_scorer
-    from alsx.serve.sharded_topk import ShardedTable
-
-    return sharded_scorer(ShardedTable.from_engine(engine, state))
-
-
-def _check_finite(table: np.ndarray, name: str, epoch: int, counts: np.ndarray, hp: HParams) -> None:
-    """Raises DivergenceError naming how much of ``table`` [n, d] is non-finite and where it starts.
-
-    counts: [n] stored entries per row of that side (the first bad row's count hints at the cause).
-    A remedy is named only where one is measured: with reg = 0 and unobserved_weight = 0 a row
-    with fewer than d entries has a singular system (tests/test_cli.py diverges there at epoch 1
-    and trains with any reg > 0).  Otherwise none is known (the one cause seen at real settings,
-    CG in float32 subnormals, is fixed at its root: ``alsx.core.solvers.RESIDUAL_FLOOR``).
-    """
-    bad = ~np.isfinite(table)
-    if not bad.any():
-        return
-    rows = np.flatnonzero(bad.any(axis=1))
-    first = int(rows[0])
-    raise DivergenceError(
-        f"training diverged at epoch {epoch}: {int(bad.sum()):,} non-finite values in {len(rows):,} of "
-        f"{len(table):,} rows of the {name} table (first: row {first}, which has {int(counts[first]):,} stored "
-        f"entries); the tables after epoch {epoch - 1} were finite. "
-        + ("With --reg 0 and --unobserved-weight 0 a row with fewer than --dim entries has no unique "
-           "solution: give --reg > 0" if hp.reg == 0 and hp.unobserved_weight == 0 else
-           "This is not expected: please report it with the command and the output of --debug"))
 
 
 class ALS:
@@ -103,25 +62,25 @@ class ALS:
 
     def __init__(
         self,
-        dim: int = 128,
-        reg: float = 0.003,
-        unobserved_weight: float = 0.03,
-        nu: float = 1.0,
-        solver: str = "cg",
-        cg_steps: int = 3,
-        block_size: int = 0,
-        epochs: int = 16,
-        dtype: str = "float32",
+        dim: int = DEFAULTS["dim"],
+        reg: float = DEFAULTS["reg"],
+        unobserved_weight: float = DEFAULTS["unobserved_weight"],
+        nu: float = DEFAULTS["nu"],
+        solver: str = DEFAULTS["solver"],
+        cg_steps: int = DEFAULTS["cg_steps"],
+        block_size: int = DEFAULTS["block_size"],
+        epochs: int = DEFAULTS["epochs"],
+        dtype: str = DEFAULTS["dtype"],
         alpha: float | None = None,
         tied: bool = False,
-        init_scale: float = 0.1,
-        init: str = "normal",
-        seed: int = 0,
+        init_scale: float = DEFAULTS["init_scale"],
+        init: str = DEFAULTS["init"],
+        seed: int = DEFAULTS["seed"],
         packing: Packing = Packing(),
         engine_factory: Callable | None = None,
         progress: bool = True,
-        loss_every: int = 1,
-        backend: str = "auto",
+        loss_every: int = DEFAULTS["loss_every"],
+        backend: str = DEFAULTS["backend"],
     ):
         self.hparams = HParams(dim=dim, reg=reg, unobserved_weight=unobserved_weight, nu=nu, solver=solver,
                                cg_steps=cg_steps, block_size=block_size, dtype=dtype, init_scale=init_scale,
@@ -130,7 +89,7 @@ class ALS:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
         if loss_every < 0:
             raise ValueError(f"loss_every must be >= 0, got {loss_every}")
-        from alsx.core.engine import BACKENDS
+        from alsx.config import BACKENDS
 
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -153,7 +112,7 @@ class ALS:
 
     # ------------------------------------------------------------------ training
     def _engine(self, train: Interactions):
-        from alsx.core.engine import make_engine
+        from alsx.core.backends import make_engine
 
         rows, cols = train.csr(self.alpha), train.csc(self.alpha)
         if self.engine_factory is not None:
@@ -187,8 +146,9 @@ class ALS:
             ``col_embeddings_``); False keeps them on the devices only (``state_`` and
             ``engine_``), for tables larger than one host.
         """
-        from alsx.checkpoint import train as run_epochs
-        from alsx.eval.protocol import evaluate
+        # Imported here, not at the top: alsx.train loads JAX, which must wait until the CLI has set
+        # XLA_FLAGS (--cpu-devices), and `import alsx` stays light.
+        from alsx.train import run, sharded_eval_topk
 
         train = as_interactions(x)
         engine, rows_csr = self._engine(train)
@@ -196,65 +156,20 @@ class ALS:
         self.row_vocab_, self.col_vocab_ = train.row_vocab, train.col_vocab
         self.shape_ = train.shape
         self.engine_name_ = type(engine).__name__
-        self.pack_stats_ = getattr(engine, "stats", None)
+        self.pack_stats_ = engine.stats
         self.history_ = []
-        bar = tqdm(total=self.epochs, desc="alsx", unit="epoch", disable=not self.progress)
-        clock = [time.perf_counter()]
-
-        def on_epoch(st) -> None:
-            seconds = time.perf_counter() - clock[0]
-            t1 = time.perf_counter()
-            record: dict[str, Any] = {"epoch": st.epoch, "seconds": seconds}
-            every = self.loss_every
-            if every and (st.epoch % every == 0 or st.epoch == self.epochs):
-                loss = engine.loss(st)
-                record.update(loss=loss.to_dict(), loss_seconds=time.perf_counter() - t1)
-                finite = math.isfinite(loss.total)
-            else:  # one pass over the tables instead of the loss
-                import jax.numpy as jnp
-
-                finite = bool(jnp.isfinite(st.w).all() & jnp.isfinite(st.h).all())
-                record["check_seconds"] = time.perf_counter() - t1
-            if not finite:
-                w, h = engine.to_numpy(st)
-                _check_finite(w, "row", st.epoch, rows_csr.lengths(), self.hparams)
-                _check_finite(h, "column", st.epoch,
-                              np.bincount(rows_csr.indices, minlength=rows_csr.n_cols), self.hparams)
-                raise DivergenceError(f"training diverged at epoch {st.epoch}: loss is "
-                                      f"{record.get('loss', {}).get('total', 'not finite')}")
-            if split is not None and eval_every and (st.epoch % eval_every == 0 or st.epoch == self.epochs):
-                w, h = engine.to_numpy(st)
-                record["metrics"] = evaluate(w, h, split, self.hparams, eval_ks, self.alpha, baseline=False,
-                                             topk=sharded_eval_topk(engine, st))["model"]
-            self.history_.append(record)
-            bar.n = st.epoch
-            if "loss" in record:
-                bar.set_postfix(loss=f"{record['loss']['total']:.5g}", s=f"{seconds:.2f}")
-            else:
-                bar.set_postfix(s=f"{seconds:.2f}")
-            if callback is not None:
-                callback(record, st)
-            clock[0] = time.perf_counter()
-
-        def on_resume(found) -> None:
-            if "history" not in found.extra and self.progress:
-                tqdm.write(f"alsx: warning: the checkpoint of epoch {found.epoch} holds no history (saved by an "
-                           f"older alsx): history.json starts at epoch {found.epoch + 1}", file=sys.stderr)
-            self.history_ = [r for r in found.extra.get("history", []) if r["epoch"] <= found.epoch]
-            bar.n = found.epoch
-            bar.refresh()
-            clock[0] = time.perf_counter()  # the first resumed epoch's seconds exclude the restore
-
-        try:
-            st = run_epochs(engine, self.epochs, self.seed, checkpointer, step_timeout_s=step_timeout_s,
-                            on_epoch=on_epoch, extra=lambda: {"history": self.history_}, on_resume=on_resume)
-        finally:
-            bar.close()
+        result = run(engine, self.epochs, self.seed, split=split, alpha=self.alpha, eval_every=eval_every,
+                     eval_ks=eval_ks, callbacks=[callback] if callback is not None else [],
+                     checkpointer=checkpointer, step_timeout_s=step_timeout_s, loss_every=self.loss_every,
+                     progress=self.progress,
+                     counts=lambda: (rows_csr.lengths(), np.bincount(rows_csr.indices, minlength=rows_csr.n_cols)))
+        st = result.state
+        self.history_, self.stopped_ = result.history, result.stopped
         self.state_, self.engine_ = st, engine
-        release = getattr(engine, "release_scratch", None)  # epoch buffers, not needed any more
-        if release is not None:
-            release()
-        if gather_tables:
+        engine.release()  # epoch buffers, not needed any more
+        if result.tables is not None:  # a callback stopped training and handed back its epoch's tables
+            self.row_embeddings_, self.col_embeddings_ = result.tables
+        elif gather_tables:
             self.row_embeddings_, self.col_embeddings_ = engine.to_numpy(st)
         self.eval_topk_ = sharded_eval_topk(engine, st)
         return self

@@ -29,9 +29,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alsx import distributed as dist
+from alsx import collectives as dist
+from alsx.collectives import pack_fields, unpack_fields
 from alsx.data import guards
 from alsx.data import ingest as ig
+from alsx.data.layout import group_ranges, process_groups_of, table_layouts
 from alsx.data.matrix import CSR, Interactions, coo_to_csr
 from alsx.data.vocab import Vocab
 
@@ -125,22 +127,6 @@ def _global_max(x: np.ndarray) -> int:
     return int(max(int(v[0]) for v in dist.allgather_bytes(np.array([x.max() if x.size else -1], np.int64))))
 
 
-# ---------------------------------------------------------------------------- payload
-def _pack(fields: list[np.ndarray]) -> np.ndarray:
-    """int32 [n, F]: each field's 4-byte words side by side (int64 as two words)."""
-    cols = [np.ascontiguousarray(f).view(np.int32).reshape(len(f), max(1, f.dtype.itemsize // 4)) for f in fields]
-    return np.concatenate(cols, axis=1) if cols else np.zeros((0, 0), np.int32)
-
-
-def _unpack(payload: np.ndarray, dtypes: list[np.dtype]) -> list[np.ndarray]:
-    out, at = [], 0
-    for dt in dtypes:
-        words = max(1, np.dtype(dt).itemsize // 4)
-        out.append(np.ascontiguousarray(payload[:, at: at + words]).view(dt).reshape(-1))
-        at += words
-    return out
-
-
 # ---------------------------------------------------------------------------- load
 def load_partitioned(
     path: str,
@@ -225,17 +211,15 @@ def load_partitioned(
 
     # Route every entry to the owner of its row; the owner merges duplicates in file order.
     counts = dist.allreduce_sum(np.bincount(rows, minlength=n_rows))
-    from alsx.core.sharding import group_ranges
-
     cuts = group_ranges(counts, n_proc)
     fields = [rows.astype(np.int32), cols.astype(np.int32), key]
     extras = [x for x in (values, None if ts is None else ts.astype(np.int64),
                           None if test is None else test.astype(np.int32)) if x is not None]
     dtypes = [np.int32, np.int32, np.int64] + [x.dtype for x in extras]
     has = (values is not None, ts is not None, test is not None)
-    payload = _pack(fields + extras)
+    payload = pack_fields(fields + extras)
     del fields, extras, rows, cols, key, values, ts, test  # only the packed copy travels on
-    got = _unpack(dist.route(payload, np.searchsorted(cuts, payload[:, 0], side="right") - 1), dtypes)
+    got = unpack_fields(dist.route(payload, np.searchsorted(cuts, payload[:, 0], side="right") - 1), dtypes)
     del payload
     phase("routed to row owners")
     rows, cols, key = got[:3]
@@ -293,19 +277,17 @@ def engine_inputs(train: Interactions, alpha: float | None, mesh, tied: bool) ->
     shards own its row in the engine's row layout, and to the one owning its column, so
     each process ends with exactly the rows and columns its devices solve.
     """
-    from alsx.core.sharded import engine_layouts
-
     n_rows, n_cols = train.shape
     rc = dist.allreduce_sum(np.bincount(train.rows, minlength=n_rows))
     cc = dist.allreduce_sum(np.bincount(train.cols, minlength=n_cols))
-    row_layout, col_layout = engine_layouts(rc, cc, mesh, tied)
     proc_of_shard = np.array([d.process_index for d in mesh.devices.reshape(-1)])
+    row_layout, col_layout = table_layouts(rc, cc, len(proc_of_shard), process_groups_of(proc_of_shard), tied)
     conf = train.confidence(alpha).astype(np.float32)
-    payload = _pack([train.rows.astype(np.int32), train.cols.astype(np.int32), conf])
+    payload = pack_fields([train.rows.astype(np.int32), train.cols.astype(np.int32), conf])
     dtypes = [np.int32, np.int32, np.float32]
 
     def to_owner(layout, ids, n, m, transpose) -> CSR:
-        r, c, v = _unpack(dist.route(payload, proc_of_shard[layout.owner(ids)[0]]), dtypes)
+        r, c, v = unpack_fields(dist.route(payload, proc_of_shard[layout.owner(ids)[0]]), dtypes)
         return coo_to_csr(c, r, v, m, n) if transpose else coo_to_csr(r, c, v, n, m)
 
     rows = to_owner(row_layout, train.rows, n_rows, n_cols, False)
@@ -320,11 +302,11 @@ def gather_to_lead(x: Interactions) -> Interactions | None:
     """
     import jax
 
-    payload = _pack([x.rows.astype(np.int32), x.cols.astype(np.int32), x.values.astype(np.float32)])
+    payload = pack_fields([x.rows.astype(np.int32), x.cols.astype(np.int32), x.values.astype(np.float32)])
     got = dist.route(payload, np.zeros(x.nnz, np.int64))
     if jax.process_index() != 0:
         return None
-    r, c, v = _unpack(got, [np.int32, np.int32, np.float32])
+    r, c, v = unpack_fields(got, [np.int32, np.int32, np.float32])
     order = np.lexsort((c, r))
     return Interactions(rows=r[order], cols=c[order], values=v[order], shape=x.shape, row_vocab=x.row_vocab,
                         col_vocab=x.col_vocab)

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from alsx.config import Packing
-from alsx.core.sharding import RowLayout
+from alsx.data.layout import RowLayout
 from alsx.data.matrix import CSR
 from alsx.data.packing import bucket_widths
 
