@@ -43,7 +43,7 @@ def trained_on(a: argparse.Namespace, split, refit: bool, nnz: int) -> dict:
 
 
 def write_outputs(a: argparse.Namespace, model, split, summary, results, seconds: float, train,
-                   tables: bool = True, seen=None, split_model=None, trained=None, refit_seconds: float = 0.0) -> None:
+                  tables: bool = True, seen=None, split_model=None, trained=None, refit_seconds: float = 0.0) -> None:
     """What ``alsx train`` leaves in OUT (process 0 of a multi-process run; ``tables=False``:
     the tables were written already, shard by shard).
 

@@ -91,9 +91,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         with leave_on_error("training"), fail_fast("training"):
             code = train_dataset(a) if is_dataset(a.data) else train_partitioned(a, topo)
         if topo.process_count > 1:  # the others wait here (no deadline) while process 0 writes,
-            from jax.experimental import (
-                multihost_utils,  # not at JAX's shutdown barrier (which has one)
-            )
+            from jax.experimental import multihost_utils  # not at JAX's shutdown barrier (which has one)
 
             multihost_utils.sync_global_devices("alsx-train-written")
         return code
@@ -123,7 +121,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         model.fit(data, step_timeout_s=topo.options.step_timeout_s)
         refit_seconds = time.perf_counter() - t
     write_outputs(a, model, split, summary, results, seconds, data if split_model is not None else train,
-                   seen=data, split_model=split_model, refit_seconds=refit_seconds)
+                  seen=data, split_model=split_model, refit_seconds=refit_seconds)
     return 0
 
 

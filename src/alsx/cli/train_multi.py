@@ -121,5 +121,5 @@ def train_partitioned(a: argparse.Namespace, topo) -> int:
         print("note: --profile times one device and is skipped in a multi-process run", file=sys.stderr)
         a.profile = False
     write_outputs(a, model, split, part.summary, results, seconds, everything, tables=False, seen=everything,
-                   split_model=split_model, trained=kept.csr(a.alpha), refit_seconds=refit_seconds)
+                  split_model=split_model, trained=kept.csr(a.alpha), refit_seconds=refit_seconds)
     return 0

@@ -81,6 +81,8 @@ class Engine(abc.ABC):
       keeps_basis: True when states hold tables rotated by ``state.basis`` and checkpoints
         keep that basis (the CPU engine); others rotate restored tables back.
       kind: short name for config files and logs ('local', 'streaming', 'sharded', 'cpu').
+      host_views: ``to_numpy`` may return read-only views instead of copies (tables too large
+        to copy twice).
     """
 
     hp: HParams
@@ -90,6 +92,7 @@ class Engine(abc.ABC):
     stats: Any
     keeps_basis: bool = False
     kind: str = ""
+    host_views: bool = False
 
     # ---- training ---------------------------------------------------------------------------
     def init_state(self, seed: int) -> ALSState:
@@ -129,9 +132,11 @@ class Engine(abc.ABC):
 
     # ---- tables out and in --------------------------------------------------------------------
     def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]:
-        """float32 host tables [n_rows, d], [n_cols, d] in external row order and original basis."""
-        w = np.asarray(state.w.astype(jnp.float32))
-        return w, (w if self.tied else np.asarray(state.h.astype(jnp.float32)))
+        """float32 host tables [n_rows, d], [n_cols, d] in external row order and original basis
+        (writable copies, or read-only views where :attr:`host_views`)."""
+        host = np.asarray if self.host_views else np.array
+        w = host(state.w.astype(jnp.float32))
+        return w, (w if self.tied else host(state.h.astype(jnp.float32)))
 
     @property
     def mesh(self) -> Mesh:

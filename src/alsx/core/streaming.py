@@ -247,6 +247,7 @@ class StreamingEngine(DeviceEngine):
     """
 
     kind = "streaming"
+    host_views = True
 
     def __init__(self, rows: CSR, cols: CSR, hp: HParams, packing: Packing = Packing(), tied: bool = False,
                  chunk_entries: int = DEFAULT_CHUNK_ENTRIES, call_entries: int = 1 << 20,
