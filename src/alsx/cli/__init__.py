@@ -8,7 +8,9 @@
 
 One module per command (``alsx.cli.train``, ``.evaluate``, ``.demo``, ``.serve``), each with
 ``add_parser(subparsers)`` and its ``cmd_*``; shared flags in ``alsx.cli.common``; error
-handling in ``alsx.cli.guard``.
+handling in ``alsx.cli.guard``.  Heavy modules (JAX, the data readers, the model) are imported
+inside the commands, in every command module: JAX must not load before main() has set XLA_FLAGS
+(--cpu-devices), and a wrong flag is reported at once.
 """
 
 from __future__ import annotations
@@ -23,9 +25,6 @@ from alsx.cli.guard import add_debug_flag, check_args, describe, leave
 from alsx.cli.train import cmd_train  # noqa: F401 - `alsx.cli.cmd_train`, as before the split
 from alsx.config import DEFAULTS  # noqa: F401 - benchmarks read the CLI's defaults from here
 from alsx.webgraph.cli import add_webgraph_commands
-
-# Heavy modules (JAX, the data readers, the model) are imported inside the commands: JAX must
-# not load before main() has set XLA_FLAGS (--cpu-devices), and a wrong flag is reported at once.
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,9 +9,6 @@ from pathlib import Path
 
 from alsx.config import BACKENDS, DEFAULTS
 
-# Heavy modules (JAX, the data readers, the model) are imported inside the commands: JAX must
-# not load before main() has set XLA_FLAGS (--cpu-devices), and a wrong flag is reported at once.
-
 SPLIT_KEYS = ("split", "test_fraction", "heldout_fraction", "history_fraction", "split_seed")
 DATA_KEYS = ("fmt", "row", "col", "value", "timestamp", "ids", "square", "duplicates")
 

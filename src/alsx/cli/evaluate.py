@@ -9,9 +9,6 @@ from pathlib import Path
 
 from alsx.cli.common import DATA_KEYS, SPLIT_KEYS, format_table, load_data, make_split
 
-# Heavy modules (JAX, the data readers, the model) are imported inside the commands: JAX must
-# not load before main() has set XLA_FLAGS (--cpu-devices), and a wrong flag is reported at once.
-
 
 def add_parser(sub) -> None:
     """``alsx evaluate DIR [DATA]``: re-evaluate a saved model on its split."""

@@ -11,9 +11,6 @@ import numpy as np
 
 from alsx.cli.common import DATA_KEYS, SPLIT_KEYS, fold_in_heldout, format_table
 
-# Heavy modules (JAX, the model) are imported inside the functions: JAX must not load before
-# main() has set XLA_FLAGS (--cpu-devices).
-
 
 def print_profile(model, train) -> dict:
     """Per-phase seconds of the row and column half-steps at the trained tables (one device), printed."""

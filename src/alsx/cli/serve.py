@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-# Heavy modules (JAX, the data readers, the model) are imported inside the commands: JAX must
-# not load before main() has set XLA_FLAGS (--cpu-devices), and a wrong flag is reported at once.
-
 
 def add_parser(sub) -> None:
     """``alsx recommend DIR ROW [ROW ...] -k N``: top-k unseen columns per row."""

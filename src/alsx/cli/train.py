@@ -28,9 +28,6 @@ from alsx.cli.train_multi import train_partitioned
 from alsx.config import DEFAULTS
 from alsx.distributed import add_distributed_arguments
 
-# Heavy modules (JAX, the data readers, the model) are imported inside the commands: JAX must
-# not load before main() has set XLA_FLAGS (--cpu-devices), and a wrong flag is reported at once.
-
 
 def add_parser(sub) -> None:
     """``alsx train DATA --out DIR``: fit, evaluate, refit on all input, save."""

@@ -13,9 +13,6 @@ import numpy as np
 from alsx.cli.common import checkpointer_from_args, model_from_args, split_options
 from alsx.cli.outputs import write_outputs
 
-# Heavy modules (JAX, the data readers, the model) are imported inside the commands: JAX must
-# not load before main() has set XLA_FLAGS (--cpu-devices), and a wrong flag is reported at once.
-
 
 def train_partitioned(a: argparse.Namespace, topo) -> int:
     """``alsx train FILE`` over several processes: each parses only its part of FILE.
