@@ -40,7 +40,8 @@ def test_alternate_is_the_tied_and_untied_epoch():
         calls.append((side, x, other))
         return x + 1, other * 10
 
-    assert alternate(half, 1, 2, tied=False) == (10, 21)  # rows: 1 -> 2 (h -> 20); cols: 20 -> 21 (w -> 20)
+    # rows: w 1 -> 2 against h 2 (handed back as 20); cols: h 20 -> 21 against w 2 (handed back as 20)
+    assert alternate(half, 1, 2, tied=False) == (20, 21)
     assert calls == [("rows", 1, 2), ("cols", 20, 2)]
     calls.clear()
     assert alternate(half, 1, 1, tied=True) == (3, 3)  # one table solved twice
