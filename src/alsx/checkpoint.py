@@ -34,6 +34,7 @@ step, so a run that resumed below one could never pass it) and says so.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -129,8 +130,6 @@ def table_checksum(table: jax.Array) -> jax.Array:
 
 
 def _sha256(a: np.ndarray) -> str:
-    import hashlib
-
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 

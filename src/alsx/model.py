@@ -50,7 +50,7 @@ class ALS:
       init: 'normal' or 'uniform' (all-positive entries, the start implicit uses).
       seed: seeds the initial tables.
       packing: block layout of the sparse rows.
-      backend: 'auto', 'cpu' or 'jax' (see ``alsx.core.engine.make_engine``): 'auto' trains
+      backend: 'auto', 'cpu' or 'jax' (see ``alsx.core.backends.make_engine``): 'auto' trains
         with the fused CPU kernels on a CPU-only host (CG or block, float32, one process) and with
         JAX (one device or sharded over all) otherwise.
       engine_factory: builds the training engine instead of ``make_engine`` (tests, custom meshes).

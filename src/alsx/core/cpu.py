@@ -194,6 +194,11 @@ class CpuEngine(Engine):
     def describe(self) -> str:
         return f"CPU kernels on {numba_threads()} threads"
 
+    def kernel_args(self, side: str) -> tuple[CSR, np.ndarray, np.ndarray, RowThreads, dict]:
+        """(CSR, lambda [n], row cuts, BLAS threads, block solver options) of ``side``'s kernels (profilers)."""
+        i = SIDES.index(side)
+        return (self.rows, self.cols)[i], self._lam[i], self._starts[i], self._threads, dict(self._solve)
+
     def init_state(self, seed: int) -> ALSState:
         """The same start as the JAX engines (same seed, same tables)."""
         hp = self.hp

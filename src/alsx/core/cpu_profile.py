@@ -25,9 +25,8 @@ def profile_half_step(engine, state: ALSState, side: str = "rows", repeat: int =
     """
     hp = engine.hp
     i = 0 if side == "rows" else 1
-    csr, lam, starts = (engine.rows, engine.cols)[i], engine._lam[i], engine._starts[i]
+    csr, lam, starts, threads, solve = engine.kernel_args(side)
     w, h = (state.w, state.h) if i == 0 else (state.h, state.w)
-    threads = engine._threads
     out = np.empty_like(w)
 
     def best(fn) -> float:
@@ -39,7 +38,7 @@ def profile_half_step(engine, state: ALSState, side: str = "rows", repeat: int =
         rotate = best(lambda: (threads.matmul(h, q32), threads.matmul(w, q32)))
     shared = np.ones(hp.dim, np.float32) * hp.unobserved_weight
 
-    bs, sweeps = engine._solve["block_size"], engine._solve["sweeps"]
+    bs, sweeps = solve["block_size"], solve["sweeps"]
     if bs:
         residual = best(lambda: block_rows(csr, starts, w, h, shared, lam, bs, 0, out))
         handed = np.full(csr.nnz, 0.5, np.float32)  # their values do not change the work
