@@ -126,7 +126,7 @@ def multi_process() -> None:
                                   init_timeout_s=60))
     from alsx.core.engine import LocalEngine
     from alsx.core.sharded import ShardedEngine
-    from alsx.core.sharding import engine_layouts
+    from alsx.data.layout import engine_layouts
     from alsx.core.sharding import local_shards, make_mesh, process_groups
     from alsx.data.shard_packing import local_part
 

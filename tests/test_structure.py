@@ -25,7 +25,7 @@ MAX_LINES = 400
 LAYERS = {
     "config": 0, "collectives": 0, "distributed": 0,
     "data": 1, "webgraph": 1,
-    "core": 2, "plan": 2, "checkpoint": 2, "checkpoint_files": 2, "distributed": 2,
+    "core": 2, "plan": 2, "checkpoint": 2, "checkpoint_files": 2,
     "eval": 3, "serve": 3, "folder": 3,
     "train": 4, "model": 4,
     "cli": 5, "cli_guard": 5, "cli_serve": 5, "cli_tune": 5, "tune": 5,

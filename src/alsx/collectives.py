@@ -1,4 +1,4 @@
-"""Small host-side collectives between the processes of a run, and the payload layout they move.
+"""Small host-side collectives between the processes of a run.
 
 Built on JAX's own (``process_allgather`` and an all_to_all under shard_map over one device
 per process), used to assemble an input file that every process read a part of and to fetch
@@ -13,27 +13,10 @@ import functools
 import numpy as np
 
 
-def pack_fields(fields: list[np.ndarray]) -> np.ndarray:
-    """int32 [n, F]: each field's 4-byte words side by side (int64 as two words), for :func:`route`."""
-    cols = [np.ascontiguousarray(f).view(np.int32).reshape(len(f), max(1, f.dtype.itemsize // 4)) for f in fields]
-    return np.concatenate(cols, axis=1) if cols else np.zeros((0, 0), np.int32)
-
-
-def unpack_fields(payload: np.ndarray, dtypes: list[np.dtype]) -> list[np.ndarray]:
-    """Inverse of :func:`pack_fields`: the fields of ``payload`` [n, F] as 1-D arrays of ``dtypes``."""
-    out, at = [], 0
-    for dt in dtypes:
-        words = max(1, np.dtype(dt).itemsize // 4)
-        out.append(np.ascontiguousarray(payload[:, at: at + words]).view(dt).reshape(-1))
-        at += words
-    return out
-
-
 @functools.lru_cache(maxsize=None)
 def _process_mesh():
     """A 1-D mesh ("proc") holding the lowest-id device of every process."""
     import jax
-    import numpy as np
     from jax.sharding import Mesh
 
     first: dict[int, jax.Device] = {}
@@ -69,7 +52,6 @@ def allgather_bytes(a):
     Sent as raw bytes, so int64 and float64 survive without jax_enable_x64.
     """
     import jax
-    import numpy as np
     from jax.experimental import multihost_utils
 
     a = np.ascontiguousarray(a)
@@ -89,7 +71,6 @@ def allreduce_sum(a):
     Summed as int32 on the devices: each process's counts and the total must stay below 2**31.
     """
     import jax
-    import numpy as np
 
     a = np.asarray(a)
     if jax.process_count() == 1:
@@ -119,7 +100,6 @@ def route(payload, dest, budget_bytes: int = 64 << 20):
     ``budget_bytes`` per process.
     """
     import jax
-    import numpy as np
 
     payload = np.ascontiguousarray(payload, np.int32)
     n_proc, me = jax.process_count(), jax.process_index()

@@ -8,8 +8,9 @@ from alsx.config import BACKENDS, HParams, Packing
 from alsx.core.cpu import CpuEngine, cpu_backend_reason
 from alsx.core.engine import Engine, LocalEngine
 from alsx.core.sharded import ShardedEngine
-from alsx.core.sharding import engine_layouts, local_shards, make_mesh
+from alsx.core.sharding import local_shards, make_mesh
 from alsx.core.streaming import StreamingEngine
+from alsx.data.layout import engine_layouts
 from alsx.data.matrix import CSR
 from alsx.data.shard_packing import local_part
 

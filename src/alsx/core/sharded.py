@@ -43,7 +43,6 @@ from alsx.core.sharding import (
     SHARD,
     STACKED,
     TABLE,
-    engine_layouts,
     local_shards,
     make_mesh,
     n_shards,
@@ -51,6 +50,7 @@ from alsx.core.sharding import (
 )
 from alsx.core.state import ALSState, init_state
 from alsx.core.step import observed_loss, solve_block, solve_long
+from alsx.data.layout import engine_layouts
 from alsx.data.matrix import CSR
 from alsx.data.shard_packing import ShardSide, SideShape, pack_shard, side_shape, stack
 from alsx.plan import check, plan_engine

@@ -15,7 +15,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from alsx.collectives import allgather_bytes, pack_fields, route, unpack_fields
+from alsx.collectives import allgather_bytes, route
 from alsx.core.exchange import permutation_plan, permute_local
 from alsx.core.sharding import (
     STACKED,
@@ -26,6 +26,7 @@ from alsx.core.sharding import (
     table_sharding,
 )
 from alsx.core.state import ALSState
+from alsx.data.partitioned import pack_fields, unpack_fields
 
 # As in alsx.core.sharded: the bodies reduce only with explicit collectives.
 _CHECK_VMA = False

@@ -25,13 +25,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alsx.data.layout import (  # noqa: F401 - the layouts are part of the sharding vocabulary
+from alsx.data.layout import (  # noqa: F401 -- row ownership lives in the data layer; re-exported here
     RowLayout,
     balanced_layout,
     contiguous_layout,
     group_ranges,
-    process_groups_of,
-    table_layouts,
+    process_groups,
 )
 
 SHARD = "shard"
@@ -73,14 +72,3 @@ def local_shards(mesh: Mesh) -> list[int]:
     """Shard indices whose device belongs to this process, in mesh order."""
     me = jax.process_index()
     return [s for s, d in enumerate(mesh.devices.reshape(-1)) if d.process_index == me]
-
-
-def process_groups(mesh: Mesh) -> int:
-    """:func:`alsx.data.layout.process_groups_of` the processes of ``mesh``'s devices."""
-    return process_groups_of(np.array([d.process_index for d in mesh.devices.reshape(-1)]))
-
-
-def engine_layouts(rc: np.ndarray, cc: np.ndarray, mesh: Mesh, tied: bool) -> tuple[RowLayout, RowLayout]:
-    """Row and column layouts of a ShardedEngine on ``mesh`` (global row / column entry counts):
-    :func:`alsx.data.layout.table_layouts` with this mesh's shard and process counts."""
-    return table_layouts(rc, cc, n_shards(mesh), process_groups(mesh), tied)

@@ -1,17 +1,25 @@
-"""Which shard owns each row: balanced row layouts (pure NumPy, no devices).
+"""Row ownership: which shard (device) holds each row of a table, and where (host-side, no JAX).
 
-A table of ``n`` rows is cut into ``n_shards`` shards of ``n_local`` slots each; row ``u``
-(its external index) lives in slot ``position[u]``.  Rows are assigned so stored entries per
-shard are balanced (web graphs are heavily skewed, see :func:`balanced_layout`); inside a
-shard, rows keep increasing external order.  ``alsx.core.sharding`` puts these layouts on a
-device mesh; the data layer (``alsx.data.shard_packing``, ``alsx.data.partitioned``) packs and
-routes rows by them without touching a device.
+Tables are sharded by rows over a 1-D mesh of every device of every process (see
+:mod:`alsx.core.sharding`, which re-exports these names).  Row ``u`` of a table (its
+external index) lives in slot ``position[u]`` of the device-side table, laid out as
+``n_shards`` contiguous blocks of ``n_local`` slots; ``external[slot]`` is the row in a
+slot (-1 for padding).  Rows are assigned to shards so stored entries per shard are
+balanced (web graphs are heavily skewed, see :func:`balanced_layout`); inside a shard,
+rows keep increasing external order, so local order agrees with external order (top-k
+tie breaks rely on this).
+
+The data layer routes entries to their owners with these layouts
+(:mod:`alsx.data.partitioned`, :mod:`alsx.data.shard_packing`); the engines place their
+tables by them.  A ``mesh`` here is anything with ``devices`` (an array of devices that
+have ``process_index``), e.g. a ``jax.sharding.Mesh``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +67,20 @@ class RowLayout:
         """max / mean shard load (1.0 is perfect)."""
         loads = self.loads(weights)
         return float(loads.max() / max(loads.mean(), 1e-300))
+
+
+def process_groups(mesh: Any) -> int:
+    """Number of processes when each owns an equal run of consecutive shards, else 1.
+
+    With G > 1 groups, :func:`balanced_layout` gives each process a contiguous range of
+    rows, so a process reading its part of an on-disk matrix reads one slice of it.
+    """
+    procs = shard_processes(mesh)
+    g = len(np.unique(procs))
+    if g == 1 or len(procs) % g:
+        return 1
+    runs = procs.reshape(g, -1)
+    return g if np.all(runs == runs[:, :1]) and len(np.unique(runs[:, 0])) == g else 1
 
 
 def group_ranges(weights: np.ndarray, n_groups: int) -> np.ndarray:
@@ -174,31 +196,19 @@ def contiguous_layout(n: int, n_shards: int) -> RowLayout:
     return RowLayout(n=n, n_shards=n_shards, n_local=n_local, position=position, external=external)
 
 
-def process_groups_of(procs: np.ndarray) -> int:
-    """Number of processes when each owns an equal run of consecutive shards, else 1.
+def shard_processes(mesh: Any) -> np.ndarray:
+    """int [P] the process index of each shard's device, in mesh order."""
+    return np.array([d.process_index for d in mesh.devices.reshape(-1)])
 
-    ``procs``: int [P] process of each shard's device, in mesh order.  With G > 1 groups,
-    :func:`balanced_layout` gives each process a contiguous range of rows, so a process
-    reading its part of an on-disk matrix reads one slice of it.
+
+def engine_layouts(rc: np.ndarray, cc: np.ndarray, mesh: Any, tied: bool) -> tuple[RowLayout, RowLayout]:
+    """Row and column layouts of a ShardedEngine on ``mesh`` (global row / column entry counts).
+
+    In a multi-process run each process owns one contiguous range of rows (and of
+    columns), balanced within it over its devices: see ``balanced_layout(n_groups=)``.
     """
-    procs = np.asarray(procs)
-    g = len(np.unique(procs))
-    if g == 1 or len(procs) % g:
-        return 1
-    runs = procs.reshape(g, -1)
-    return g if np.all(runs == runs[:, :1]) and len(np.unique(runs[:, 0])) == g else 1
-
-
-def table_layouts(row_counts: np.ndarray, col_counts: np.ndarray, n_shards: int, n_groups: int,
-                  tied: bool) -> tuple[RowLayout, RowLayout]:
-    """Row and column layouts of a sharded engine over ``n_shards`` shards in ``n_groups`` processes.
-
-    In a multi-process run each process owns one contiguous range of rows (and of columns),
-    balanced within it over its devices (``balanced_layout(n_groups=)``).  Tied: one layout
-    balanced on out + in entries.
-    """
+    P, groups = int(mesh.devices.size), process_groups(mesh)
     if tied:
-        lay = balanced_layout(row_counts + col_counts, n_shards, n_groups=n_groups)
+        lay = balanced_layout(rc + cc, P, n_groups=groups)
         return lay, lay
-    return (balanced_layout(row_counts, n_shards, n_groups=n_groups),
-            balanced_layout(col_counts, n_shards, n_groups=n_groups))
+    return balanced_layout(rc, P, n_groups=groups), balanced_layout(cc, P, n_groups=groups)

@@ -29,11 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alsx import collectives as dist
-from alsx.collectives import pack_fields, unpack_fields
+from alsx import distributed as dist
 from alsx.data import guards
 from alsx.data import ingest as ig
-from alsx.data.layout import group_ranges, process_groups_of, table_layouts
+from alsx.data.layout import engine_layouts, group_ranges
 from alsx.data.matrix import CSR, Interactions, coo_to_csr
 from alsx.data.vocab import Vocab
 
@@ -125,6 +124,22 @@ def _any_process(flag: bool) -> bool:
 def _global_max(x: np.ndarray) -> int:
     """max over every process's ``x`` (-1 where all are empty)."""
     return int(max(int(v[0]) for v in dist.allgather_bytes(np.array([x.max() if x.size else -1], np.int64))))
+
+
+# ---------------------------------------------------------------------------- payload
+def pack_fields(fields: list[np.ndarray]) -> np.ndarray:
+    """int32 [n, F]: each field's 4-byte words side by side (int64 as two words)."""
+    cols = [np.ascontiguousarray(f).view(np.int32).reshape(len(f), max(1, f.dtype.itemsize // 4)) for f in fields]
+    return np.concatenate(cols, axis=1) if cols else np.zeros((0, 0), np.int32)
+
+
+def unpack_fields(payload: np.ndarray, dtypes: list[np.dtype]) -> list[np.ndarray]:
+    out, at = [], 0
+    for dt in dtypes:
+        words = max(1, np.dtype(dt).itemsize // 4)
+        out.append(np.ascontiguousarray(payload[:, at: at + words]).view(dt).reshape(-1))
+        at += words
+    return out
 
 
 # ---------------------------------------------------------------------------- load
@@ -280,8 +295,8 @@ def engine_inputs(train: Interactions, alpha: float | None, mesh, tied: bool) ->
     n_rows, n_cols = train.shape
     rc = dist.allreduce_sum(np.bincount(train.rows, minlength=n_rows))
     cc = dist.allreduce_sum(np.bincount(train.cols, minlength=n_cols))
+    row_layout, col_layout = engine_layouts(rc, cc, mesh, tied)
     proc_of_shard = np.array([d.process_index for d in mesh.devices.reshape(-1)])
-    row_layout, col_layout = table_layouts(rc, cc, len(proc_of_shard), process_groups_of(proc_of_shard), tied)
     conf = train.confidence(alpha).astype(np.float32)
     payload = pack_fields([train.rows.astype(np.int32), train.cols.astype(np.int32), conf])
     dtypes = [np.int32, np.int32, np.float32]
