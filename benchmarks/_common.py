@@ -211,12 +211,12 @@ def to_scipy(part, n_rows: int | None = None):
 
 def eval_parts(split):
     """(rows evaluated, truth CSR, history CSR) exactly as alsx.eval.protocol.evaluate builds them."""
-    from alsx.eval.protocol import _compact_rows, eval_rows
+    from alsx.eval.protocol import compact_rows, eval_rows
 
     rows = eval_rows(split)
-    truth = _compact_rows(split.test, rows)
+    truth = compact_rows(split.test, rows)
     hist_src = split.foldin if split.foldin is not None else split.train
-    history = _compact_rows(hist_src, rows)
+    history = compact_rows(hist_src, rows)
     return rows, truth, history
 
 

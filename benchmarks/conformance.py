@@ -49,7 +49,7 @@ def train_one(cfg: dict) -> dict:
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={cfg['devices']}"
     import numpy as np
 
-    from alsx.cli import DEFAULTS
+    from alsx.config import DEFAULTS
     from alsx.data.ingest import load_interactions
     from alsx.model import ALS
 

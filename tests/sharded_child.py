@@ -5,7 +5,7 @@ Usage: python tests/sharded_child.py '<json config>'
 Config keys: mode ("compare" | "train" | "mp" | "stall" | "permute" | "evaluate"), devices, out, and per mode:
   compare: 3 epochs of LocalEngine per variant and of ShardedEngine per (variant, P) in
            ``runs``, the mesh being the first P of ``devices`` devices; saves all tables.
-  train:   alsx.checkpoint.train to ``epochs`` with checkpoints in ``ckpt`` every ``every``.
+  train:   alsx.train.run_epochs to ``epochs`` with checkpoints in ``ckpt`` every ``every``.
   mp:      one of ``nproc`` processes (``pid``, ``port``); ``epochs`` epochs or, with
            ``forever``, until killed, writing ``progress`` after each epoch.
   stall:   a Watchdog with ``timeout`` seconds around a wait that never ends.
@@ -102,7 +102,7 @@ def compare() -> None:
 
 def train() -> None:
     from alsx.checkpoint import Checkpointer, CheckpointOptions
-    from alsx.checkpoint import train as run
+    from alsx.train import run_epochs as run
     from alsx.core.sharded import ShardedEngine
 
     rows, cols = problem()
@@ -125,7 +125,8 @@ def multi_process() -> None:
                                   process_id=CFG["pid"], heartbeat_timeout_s=CFG.get("heartbeat", 10),
                                   init_timeout_s=60))
     from alsx.core.engine import LocalEngine
-    from alsx.core.sharded import ShardedEngine, engine_layouts
+    from alsx.core.sharded import ShardedEngine
+    from alsx.data.layout import engine_layouts
     from alsx.core.sharding import local_shards, make_mesh, process_groups
     from alsx.data.shard_packing import local_part
 

@@ -18,14 +18,14 @@ import time
 import numpy as np
 import pytest
 
-from alsx.checkpoint import (Checkpointer, CheckpointError, CheckpointMismatchError, CheckpointOptions,
-                             table_checksum, train)
+from alsx.checkpoint import Checkpointer, CheckpointError, CheckpointMismatchError, CheckpointOptions, table_checksum
 from alsx.checkpoint_files import DIGEST_NAME
 from alsx.errors import TrainingError, UsageError
 from alsx.config import HParams, Packing
 from alsx.core.engine import LocalEngine
 from alsx.core.sharded import ShardedEngine
 from alsx.data.matrix import coo_to_csr
+from alsx.train import run_epochs as train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
@@ -453,7 +453,7 @@ def _train_args(**kw):
 
 
 def test_checkpointer_flags_are_checked(tmp_path):
-    from alsx.cli import _checkpointer
+    from alsx.cli.common import checkpointer_from_args as _checkpointer
 
     assert _checkpointer(_train_args()) is None
     with pytest.raises(UsageError, match=r"--resume .*missing: no such folder"):

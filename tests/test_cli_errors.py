@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from alsx import cli
-from alsx.cli_guard import EXIT_INTERRUPTED, check_args, describe
+from alsx.cli.guard import EXIT_INTERRUPTED, check_args, describe
 from alsx.errors import DataError, ModelError, TrainingError, UsageError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -161,8 +161,8 @@ def test_main_maps_each_exception_to_one_line(monkeypatch, capsys, tmp_path, exc
     def fail(_args):
         raise exc
 
-    monkeypatch.setattr(cli, "cmd_demo", fail)
-    monkeypatch.setattr(cli, "_configure", lambda args: None)  # no XLA_FLAGS or JAX for this
+    monkeypatch.setattr(cli.demo, "cmd_demo", fail)
+    monkeypatch.setattr(cli, "configure", lambda args: None)  # no XLA_FLAGS or JAX for this
     monkeypatch.delenv("ALSX_DEBUG", raising=False)
     assert cli.main(["demo", "--out", str(tmp_path / "d")]) == code
     err = capsys.readouterr().err

@@ -9,10 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alsx.checkpoint import Checkpointer, CheckpointOptions, train
+from alsx.checkpoint import Checkpointer, CheckpointOptions
 from alsx.config import HParams
 from alsx.core import cpu, cpu_block
-from alsx.core.engine import LocalEngine, make_engine, resolve_backend
+from alsx.core.backends import make_engine, resolve_backend
+from alsx.core.engine import LocalEngine
+from alsx.train import run_epochs as train
 from alsx.data.matrix import coo_to_csr
 from reference import loss_parts, random_problem, solve_rows
 
@@ -264,7 +266,7 @@ def test_release_scratch_keeps_the_state_and_training_resumes():
     a, b = engines(conf, hp)
     sa, sb = a.epoch(a.init_state(0)), b.epoch(b.init_state(0))
     before = [t.copy() for t in a.to_numpy(sa)]
-    a.release_scratch()
+    a.release()
     assert a._buffers == {} and all(np.array_equal(t, u) for t, u in zip(a.to_numpy(sa), before))
     sa, sb = a.epoch(sa), b.epoch(sb)  # buffers come back on demand
     (wa, ha), (wb, hb) = a.to_numpy(sa), b.to_numpy(sb)

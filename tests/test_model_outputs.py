@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from alsx import cli
-from alsx.cli_guard import check_args
+from alsx.cli.guard import check_args
 from alsx.data.ingest import load_interactions
 from alsx.data.split import heldout_rows_split, random_holdout
 from alsx.data.synthetic import community_graph

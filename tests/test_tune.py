@@ -14,7 +14,7 @@ import pytest
 
 import alsx.tune as tune_mod
 from alsx import cli
-from alsx.cli_guard import check_args
+from alsx.cli.guard import check_args
 from alsx.cli_tune import apply_config
 from alsx.data.matrix import Interactions
 from alsx.data.split import given_split
@@ -96,7 +96,7 @@ def test_tune_trains_and_scores_only_the_training_part(data, monkeypatch):
     seen: list[set] = []
     make_engine = tune_mod.__dict__.get("make_engine")
     assert make_engine is None  # imported inside tune(): patch it where it lives
-    import alsx.core.engine as engine_mod
+    import alsx.core.backends as engine_mod
 
     real = engine_mod.make_engine
 

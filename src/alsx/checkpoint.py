@@ -26,7 +26,7 @@ Atomicity is Orbax's: a step is written under a temporary name and renamed
 when complete, so a run killed mid-save leaves no step that looks finished.  A
 finished step that fails to read back, or whose checksum disagrees with the
 one recorded at save time, is reported (``logging.warning`` and
-:attr:`Restored.skipped`) and the previous good step is used; :func:`train` then moves
+:attr:`Restored.skipped`) and the previous good step is used; the training loop (``alsx.train.run_epochs``) then moves
 the bad steps aside to ``<epoch>.corrupt`` (Orbax refuses to save over an existing
 step, so a run that resumed below one could never pass it) and says so.
 """
@@ -34,11 +34,10 @@ step, so a run that resumed below one could never pass it) and says so.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
-import sys
 import time
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -47,9 +46,9 @@ import orbax.checkpoint as ocp
 
 from alsx import checkpoint_files
 from alsx.checkpoint_files import describe_folder  # noqa: F401 - part of this module's interface
-from alsx.core.sharding import SHARD, make_mesh, table_sharding
+from alsx.core.engine import Engine
+from alsx.core.sharding import SHARD, table_sharding
 from alsx.core.state import ALSState
-from alsx.distributed import Watchdog, fail_fast
 from alsx.errors import TrainingError, UsageError
 
 log = logging.getLogger(__name__)
@@ -130,36 +129,7 @@ def table_checksum(table: jax.Array) -> jax.Array:
     return jnp.sum(bits * index, dtype=jnp.uint32)
 
 
-def _engine_mesh(engine: Any):
-    """The engine's mesh; a one-device mesh for ``LocalEngine``."""
-    mesh = getattr(engine, "mesh", None)
-    return mesh if mesh is not None else make_mesh(jax.devices()[:1])
-
-
-def _to_external(engine: Any, state: ALSState) -> tuple[jax.Array, jax.Array]:
-    if hasattr(engine, "to_external"):
-        return engine.to_external(state)
-    sharding = table_sharding(_engine_mesh(engine))  # LocalEngine: tables are already external
-    return jax.device_put(state.w, sharding), jax.device_put(state.h, sharding)
-
-
-def _from_external(engine: Any, w: jax.Array, h: jax.Array, epoch: int, basis: np.ndarray | None) -> ALSState:
-    if hasattr(engine, "from_external") and getattr(engine, "keeps_basis", False):
-        return engine.from_external(w, h, epoch, basis)
-    if basis is not None:  # an engine without rotated tables: back to the original basis
-        back = jnp.asarray(basis.T, jnp.float32)
-        w = jnp.matmul(w.astype(jnp.float32), back).astype(w.dtype)
-        h = w if engine.tied else jnp.matmul(h.astype(jnp.float32), back).astype(h.dtype)
-    if hasattr(engine, "from_external"):
-        return engine.from_external(w, h, epoch)
-    w = w[: engine.n_rows]
-    h = w if engine.tied else h[: engine.n_cols]
-    return ALSState(w=w, h=h, epoch=int(epoch), tied=engine.tied)
-
-
 def _sha256(a: np.ndarray) -> str:
-    import hashlib
-
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
@@ -173,7 +143,7 @@ def _same_on_all_processes(flag: bool) -> bool:
 
 
 class Checkpointer:
-    """Saves and restores the tables of a ``ShardedEngine`` or a ``LocalEngine`` through Orbax.
+    """Saves and restores the tables of any engine (``alsx.core.engine.Engine``) through Orbax.
 
     Args:
       options: where and how often.
@@ -202,22 +172,22 @@ class Checkpointer:
         by_time = o.every_minutes is not None and time.monotonic() - self._last_save >= 60 * o.every_minutes
         return _same_on_all_processes(by_count or by_time)
 
-    def maybe_save(self, engine: Any, state: ALSState, extra: dict | None = None) -> bool:
+    def maybe_save(self, engine: Engine, state: ALSState, extra: dict | None = None) -> bool:
         """Saves ``state`` (with ``extra``) if :meth:`due`; returns whether it saved."""
         if self.due(state.epoch):
             self.save(engine, state, extra)
             return True
         return False
 
-    def save(self, engine: Any, state: ALSState, extra: dict | None = None) -> None:
+    def save(self, engine: Engine, state: ALSState, extra: dict | None = None) -> None:
         """Writes ``state`` as step ``state.epoch`` (collective: every process calls it).
 
         ``extra``: JSON-serialisable data stored with the step and returned by :meth:`restore`
         as :attr:`Restored.extra`.
         """
-        w, h = _to_external(engine, state)
+        w, h = engine.to_external(state)
         tables = {"w": w} if state.tied else {"w": w, "h": h}
-        keep_basis = getattr(engine, "keeps_basis", False) and state.basis is not None
+        keep_basis = engine.keeps_basis and state.basis is not None
         meta = {
             "format": FORMAT_VERSION,
             "epoch": int(state.epoch),
@@ -250,7 +220,7 @@ class Checkpointer:
         self._manager.reload()
         return sorted(self._manager.all_steps(), reverse=True)
 
-    def restore(self, engine: Any) -> Restored | None:
+    def restore(self, engine: Engine) -> Restored | None:
         """The newest good checkpoint placed on ``engine``'s mesh, or None if there is none.
 
         Raises:
@@ -294,7 +264,7 @@ class Checkpointer:
         self._manager.reload()
         return dst
 
-    def _restore_step(self, engine: Any, epoch: int) -> tuple[ALSState, dict]:
+    def _restore_step(self, engine: Engine, epoch: int) -> tuple[ALSState, dict]:
         checkpoint_files.verify(self._step_dir(epoch))
         meta = self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         want = {"w": [engine.n_rows, engine.hp.dim]}
@@ -306,7 +276,7 @@ class Checkpointer:
                 f"checkpoint {self.options.directory}/{epoch} holds tables {meta['shapes']} {meta['dtype']} "
                 f"(tied={meta['tied']}) but the model needs {want} {dtype} (tied={engine.tied}); "
                 "use another checkpoint directory or the same dim/dtype/data")
-        sharding = table_sharding(_engine_mesh(engine))
+        sharding = table_sharding(engine.mesh)
         P = sharding.mesh.shape[SHARD]
         target = {k: jax.ShapeDtypeStruct((-(-n // P) * P, d), dtype, sharding=sharding) for k, (n, d) in want.items()}
         if "basis_sha256" in meta:
@@ -323,7 +293,7 @@ class Checkpointer:
             if got != int(meta["checksums"][k]):
                 raise ValueError(f"table {k!r} checksum {got} != saved {meta['checksums'][k]}")
         h = tables["w"] if engine.tied else tables["h"]
-        return _from_external(engine, tables["w"], h, int(meta["epoch"]), basis), dict(meta.get("extra") or {})
+        return engine.from_external(tables["w"], h, int(meta["epoch"]), basis), dict(meta.get("extra") or {})
 
     def close(self) -> None:
         self._manager.close()
@@ -333,81 +303,3 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _say(line: str) -> None:
-    """One line on stderr from process 0, above any progress bar."""
-    if jax.process_index() == 0:
-        from tqdm.auto import tqdm
-
-        tqdm.write(line, file=sys.stderr)
-
-
-def train(
-    engine: Any,
-    epochs: int,
-    seed: int = 0,
-    checkpointer: Checkpointer | None = None,
-    *,
-    step_timeout_s: float | None = None,
-    on_epoch: Callable[[ALSState], None] | None = None,
-    extra: Callable[[], dict] | None = None,
-    on_resume: Callable[[Restored], None] | None = None,
-) -> ALSState:
-    """Runs ``engine`` to ``epochs`` completed epochs, resuming from ``checkpointer`` if it holds one.
-
-    Saves when :meth:`Checkpointer.due` says so and always after the last epoch.  Resuming
-    below newer steps that failed to read back moves those aside (:meth:`Checkpointer.set_aside`,
-    reported on stderr and in the log), so that training can save those epochs again.  In a
-    multi-process run a failed peer ends this process with a clear message
-    (:func:`alsx.distributed.fail_fast`), and ``step_timeout_s`` bounds each epoch
-    (:class:`alsx.distributed.Watchdog`).
-
-    Args:
-      engine: a LocalEngine or ShardedEngine.
-      epochs: total epochs wanted (a resumed run does only the missing ones).
-      seed: initialisation seed for a fresh start.
-      checkpointer: where to resume from and save to (None: no checkpoints).
-      step_timeout_s: watchdog limit per epoch.
-      on_epoch: called with the state after each epoch (logging, progress markers).
-      extra: called at each save; its dict is stored with the step (e.g. the history so far).
-      on_resume: called with what was restored, before the first epoch of a resumed run.
-
-    Raises:
-      CheckpointMismatchError: the newest good checkpoint is past ``epochs``.
-    """
-    state = None
-    with fail_fast("training"), Watchdog(step_timeout_s) as watchdog:
-        if checkpointer is not None:
-            found = checkpointer.restore(engine)
-            if found is not None:
-                if found.epoch > epochs:
-                    raise CheckpointMismatchError(
-                        f"the newest good checkpoint in {checkpointer.options.directory} is at epoch "
-                        f"{found.epoch}, past the {epochs} epochs asked for: ask for --epochs {found.epoch} "
-                        "or more, or resume from another folder")
-                where = checkpointer.options.directory
-                for epoch, reason in found.skipped:
-                    moved = checkpointer.set_aside(epoch)
-                    log.info("moved unreadable checkpoint %s/%d to %s", where, epoch, moved)
-                    _say(f"alsx: warning: checkpoint {where}/{epoch} is unreadable ({reason}); moved it to {moved}")
-                state = found.state
-                log.info("resumed from epoch %d of %s", found.epoch, where)
-                _say(f"alsx: resumed from epoch {found.epoch} ({where})")
-                if on_resume is not None:
-                    on_resume(found)
-        if state is None:
-            state = engine.init_state(seed)
-        saved = None
-        while state.epoch < epochs:
-            state = engine.epoch(state)
-            jax.block_until_ready((state.w, state.h))
-            watchdog.beat()
-            if on_epoch is not None:
-                on_epoch(state)
-            if checkpointer is not None and checkpointer.maybe_save(engine, state, extra() if extra else None):
-                saved = state.epoch
-        if checkpointer is not None and saved != state.epoch and state.epoch > 0 \
-                and state.epoch not in checkpointer.epochs():
-            checkpointer.save(engine, state, extra() if extra else None)
-    return state

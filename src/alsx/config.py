@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 Solver = Literal["cg", "cholesky", "block"]
 DType = Literal["float32", "bfloat16"]
 Init = Literal["normal", "uniform"]
+
+#: Training backends (``alsx.core.backends.resolve_backend``).
+BACKENDS = ("auto", "cpu", "jax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,12 @@ class HParams:
         if self.init not in ("normal", "uniform"):
             raise ValueError(f"init must be 'normal' or 'uniform', got {self.init!r}")
 
+    @classmethod
+    def from_args(cls, args: Any) -> "HParams":
+        """The hyper-parameters named by the attributes of ``args`` (an argparse namespace, an
+        estimator): every field of HParams, read by its own name."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
     def block_width(self, backend: str) -> int:
         """Subspace size the 'block' solver uses on ``backend`` ('cpu' or 'jax'); 0 for the other solvers.
 
@@ -108,3 +117,11 @@ class Packing:
             return self.batch_entries
         # ~2 MiB of gathered float32 rows per block, at least one widest row.
         return max(self.max_width, (2 << 20) // (4 * dim))
+
+
+#: Training settings beside the hyper-parameters.
+TRAINING_DEFAULTS = {"epochs": 16, "seed": 0, "loss_every": 1, "backend": "auto"}
+
+#: Every default of a model, in one place: HParams' fields and TRAINING_DEFAULTS (measured: see
+#: README "Defaults" and benchmarks/RESULTS.md).  ALS's signature and the CLI's flags read them here.
+DEFAULTS = {**{f.name: f.default for f in dataclasses.fields(HParams)}, **TRAINING_DEFAULTS}

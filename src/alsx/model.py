@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from alsx.callbacks import StopTraining
-from alsx.config import HParams, Packing
+from alsx.config import DEFAULTS, HParams, Packing
 from alsx.data.matrix import Interactions
 from alsx.data.split import Split
-from alsx.errors import DivergenceError, UsageError
+from alsx.errors import UsageError
 from alsx.params import Params
 from alsx.serve.estimator import NotFittedError, Serving
 
@@ -41,52 +36,6 @@ def as_interactions(x: Any, **columns: Any) -> Interactions:
 
     data, _ = load_interactions(x, **columns)
     return data
-
-
-def _keeping_last(callback: Callable | None, last: list) -> Callable:
-    """``callback`` that first stores the epoch's state in ``last[0]`` (what fit keeps on StopTraining)."""
-    def keep(record: dict, st: Any) -> None:
-        last[0] = st
-        if callback is not None:
-            callback(record, st)
-
-    return keep
-
-
-def sharded_eval_topk(engine, state):
-    """For a ShardedEngine: the evaluation scorer that ranks against its column shards in
-    place (``alsx.eval.protocol.sharded_scorer``); None for one-device engines."""
-    from alsx.core.sharded import ShardedEngine
-
-    if not isinstance(engine, ShardedEngine):
-        return None
-    from alsx.eval.protocol import sharded_scorer
-    from alsx.serve.sharded_topk import ShardedTable
-
-    return sharded_scorer(ShardedTable.from_engine(engine, state))
-
-
-def _check_finite(table: np.ndarray, name: str, epoch: int, counts: np.ndarray, hp: HParams) -> None:
-    """Raises DivergenceError naming how much of ``table`` [n, d] is non-finite and where it starts.
-
-    counts: [n] stored entries per row of that side (the first bad row's count hints at the cause).
-    A remedy is named only where one is measured: with reg = 0 and unobserved_weight = 0 a row
-    with fewer than d entries has a singular system (tests/test_cli.py diverges there at epoch 1
-    and trains with any reg > 0).  Otherwise none is known (the one cause seen at real settings,
-    CG in float32 subnormals, is fixed at its root: ``alsx.core.solvers.RESIDUAL_FLOOR``).
-    """
-    bad = ~np.isfinite(table)
-    if not bad.any():
-        return
-    rows = np.flatnonzero(bad.any(axis=1))
-    first = int(rows[0])
-    raise DivergenceError(
-        f"training diverged at epoch {epoch}: {int(bad.sum()):,} non-finite values in {len(rows):,} of "
-        f"{len(table):,} rows of the {name} table (first: row {first}, which has {int(counts[first]):,} stored "
-        f"entries); the tables after epoch {epoch - 1} were finite. "
-        + ("With --reg 0 and --unobserved-weight 0 a row with fewer than --dim entries has no unique "
-           "solution: give --reg > 0" if hp.reg == 0 and hp.unobserved_weight == 0 else
-           "This is not expected: please report it with the command and the output of --debug"))
 
 
 class ALS(Params, Serving):
@@ -109,7 +58,7 @@ class ALS(Params, Serving):
       init: 'normal' or 'uniform' (all-positive entries, the start implicit uses).
       seed: seeds the initial tables.
       packing: block layout of the sparse rows.
-      backend: 'auto', 'cpu' or 'jax' (see ``alsx.core.engine.make_engine``): 'auto' trains
+      backend: 'auto', 'cpu' or 'jax' (see ``alsx.core.backends.make_engine``): 'auto' trains
         with the fused CPU kernels on a CPU-only host (CG or block, float32, one process) and with
         JAX (one device or sharded over all) otherwise.
       engine_factory: builds the training engine instead of ``make_engine`` (tests, custom meshes).
@@ -124,25 +73,25 @@ class ALS(Params, Serving):
 
     def __init__(
         self,
-        dim: int = HParams.dim,
-        reg: float = HParams.reg,
-        unobserved_weight: float = HParams.unobserved_weight,
-        nu: float = HParams.nu,
-        solver: str = HParams.solver,
-        cg_steps: int = HParams.cg_steps,
-        block_size: int = HParams.block_size,
-        epochs: int = 16,
-        dtype: str = HParams.dtype,
+        dim: int = DEFAULTS["dim"],
+        reg: float = DEFAULTS["reg"],
+        unobserved_weight: float = DEFAULTS["unobserved_weight"],
+        nu: float = DEFAULTS["nu"],
+        solver: str = DEFAULTS["solver"],
+        cg_steps: int = DEFAULTS["cg_steps"],
+        block_size: int = DEFAULTS["block_size"],
+        epochs: int = DEFAULTS["epochs"],
+        dtype: str = DEFAULTS["dtype"],
         alpha: float | None = None,
         tied: bool = False,
-        init_scale: float = HParams.init_scale,
-        init: str = HParams.init,
-        seed: int = 0,
+        init_scale: float = DEFAULTS["init_scale"],
+        init: str = DEFAULTS["init"],
+        seed: int = DEFAULTS["seed"],
         packing: Packing = Packing(),
         engine_factory: Callable | None = None,
         progress: bool = True,
-        loss_every: int = 1,
-        backend: str = "auto",
+        loss_every: int = DEFAULTS["loss_every"],
+        backend: str = DEFAULTS["backend"],
     ):
         # scikit-learn's contract: store the arguments as given; fit checks them (get_params, clone).
         self.dim = dim
@@ -188,7 +137,7 @@ class ALS(Params, Serving):
 
     # ------------------------------------------------------------------ training
     def _engine(self, train: Interactions):
-        from alsx.core.engine import make_engine
+        from alsx.core.backends import make_engine
 
         rows, cols = train.csr(self.alpha), train.csc(self.alpha)
         if self.engine_factory is not None:
@@ -231,8 +180,9 @@ class ALS(Params, Serving):
             ``col_embeddings_``); False keeps them on the devices only (``state_`` and
             ``engine_``), for tables larger than one host.
         """
-        from alsx.checkpoint import train as run_epochs
-        from alsx.eval.protocol import evaluate
+        # Imported here, not at the top: alsx.train loads JAX, which must wait until the CLI has set
+        # XLA_FLAGS (--cpu-devices), and `import alsx` stays light.
+        from alsx.train import run, sharded_eval_topk
 
         self.hparams_ = self.checked_hparams()
         if value is not None and self.alpha is None:
@@ -246,80 +196,25 @@ class ALS(Params, Serving):
         self.shape_ = train.shape
         self.engine_name_ = type(engine).__name__
         self.engine_ = engine  # callbacks turn states into tables with engine_.to_numpy (early stopping)
-        self.pack_stats_ = getattr(engine, "stats", None)
+        self.pack_stats_ = engine.stats
         self.history_ = []
-        # -- StopTraining (estimator): remember the last finished epoch's state for the except below.
-        last, self.stopped_ = [None], None
-        callback = _keeping_last(callback, last)
-        bar = tqdm(total=self.epochs, desc="alsx", unit="epoch", disable=not self.progress)
-        clock = [time.perf_counter()]
-
-        def on_epoch(st) -> None:
-            seconds = time.perf_counter() - clock[0]
-            t1 = time.perf_counter()
-            record: dict[str, Any] = {"epoch": st.epoch, "seconds": seconds}
-            every = self.loss_every
-            if every and (st.epoch % every == 0 or st.epoch == self.epochs):
-                loss = engine.loss(st)
-                record.update(loss=loss.to_dict(), loss_seconds=time.perf_counter() - t1)
-                finite = math.isfinite(loss.total)
-            else:  # one pass over the tables instead of the loss
-                import jax.numpy as jnp
-
-                finite = bool(jnp.isfinite(st.w).all() & jnp.isfinite(st.h).all())
-                record["check_seconds"] = time.perf_counter() - t1
-            if not finite:
-                w, h = engine.to_numpy(st)
-                _check_finite(w, "row", st.epoch, rows_csr.lengths(), self.hparams)
-                _check_finite(h, "column", st.epoch,
-                              np.bincount(rows_csr.indices, minlength=rows_csr.n_cols), self.hparams)
-                raise DivergenceError(f"training diverged at epoch {st.epoch}: loss is "
-                                      f"{record.get('loss', {}).get('total', 'not finite')}")
-            if split is not None and eval_every and (st.epoch % eval_every == 0 or st.epoch == self.epochs):
-                w, h = engine.to_numpy(st)
-                record["metrics"] = evaluate(w, h, split, self.hparams, eval_ks, self.alpha, baseline=False,
-                                             topk=sharded_eval_topk(engine, st))["model"]
-            self.history_.append(record)
-            bar.n = st.epoch
-            if "loss" in record:
-                bar.set_postfix(loss=f"{record['loss']['total']:.5g}", s=f"{seconds:.2f}")
-            else:
-                bar.set_postfix(s=f"{seconds:.2f}")
-            if callback is not None:
-                callback(record, st)
-            clock[0] = time.perf_counter()
-
-        def on_resume(found) -> None:
-            if "history" not in found.extra and self.progress:
-                tqdm.write(f"alsx: warning: the checkpoint of epoch {found.epoch} holds no history (saved by an "
-                           f"older alsx): history.json starts at epoch {found.epoch + 1}", file=sys.stderr)
-            self.history_ = [r for r in found.extra.get("history", []) if r["epoch"] <= found.epoch]
-            bar.n = found.epoch
-            bar.refresh()
-            clock[0] = time.perf_counter()  # the first resumed epoch's seconds exclude the restore
-
-        kept_tables = None
-        try:
-            st = run_epochs(engine, self.epochs, self.seed, checkpointer, step_timeout_s=step_timeout_s,
-                            on_epoch=on_epoch, extra=lambda: {"history": self.history_}, on_resume=on_resume)
-        except StopTraining as stop:  # estimator: a callback ended the run; keep its last epoch
-            st = last[0]
-            self.stopped_ = {"epoch": st.epoch, "reason": stop.reason, "tables_from_epoch": stop.epoch}
-            self.history_[-1]["stopped"] = {"reason": stop.reason,
-                                            "kept_epoch": stop.epoch if stop.tables is not None else st.epoch}
-            kept_tables = stop.tables
-        finally:
-            bar.close()
+        result = run(engine, self.epochs, self.seed, split=split, alpha=self.alpha, eval_every=eval_every,
+                     eval_ks=eval_ks, callbacks=[callback] if callback is not None else [],
+                     checkpointer=checkpointer, step_timeout_s=step_timeout_s, loss_every=self.loss_every,
+                     progress=self.progress,
+                     counts=lambda: (rows_csr.lengths(), np.bincount(rows_csr.indices, minlength=rows_csr.n_cols)))
+        st = result.state
+        self.history_ = result.history
+        self.stopped_ = None if result.stopped is None else {  # a callback raised StopTraining
+            "epoch": st.epoch, "reason": result.stopped, "tables_from_epoch": result.tables_epoch}
         self.state_, self.engine_ = st, engine
-        release = getattr(engine, "release_scratch", None)  # epoch buffers, not needed any more
-        if release is not None:
-            release()
-        if gather_tables:
+        engine.release()  # epoch buffers, not needed any more
+        if result.tables is not None:  # a callback stopped training and handed back its epoch's tables
+            self.row_embeddings_, self.col_embeddings_ = result.tables
+        elif gather_tables:
             self.row_embeddings_, self.col_embeddings_ = engine.to_numpy(st)
         else:
             self.row_embeddings_ = self.col_embeddings_ = None
-        if kept_tables is not None:  # the callback's tables (e.g. its best epoch's) replace the last epoch's
-            self.row_embeddings_, self.col_embeddings_ = (np.asarray(t, np.float32) for t in kept_tables)
         self.eval_topk_ = sharded_eval_topk(engine, st)
         return self
 

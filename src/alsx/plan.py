@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from alsx.config import HParams, Packing
+from alsx.units import human
 
 GiB = float(1 << 30)
 
@@ -73,14 +74,6 @@ class MemoryPlan:
     def describe(self) -> str:
         parts = ", ".join(f"{k} {human(v)}" for k, v in sorted(self.components.items(), key=lambda kv: -kv[1]))
         return f"{human(self.total)} per device on {self.n_devices} device(s) ({parts}; x{_SLACK} slack)"
-
-
-def human(n: float) -> str:
-    """Bytes as B / KiB / MiB / GiB with 3 significant digits."""
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{int(n)} B"
 
 
 def device_budget(device: Any | None = None) -> int:

@@ -239,8 +239,8 @@ def tune(
     """
     import optuna
 
-    from alsx.checkpoint import train as run_epochs
-    from alsx.core.engine import make_engine
+    from alsx.core.backends import make_engine
+    from alsx.train import run_epochs
 
     parse_metric(metric)
     if eval_every < 0 or epochs < 1:
@@ -256,10 +256,9 @@ def tune(
 
     def engine_for(hp: HParams):
         engine = engines.get(hp.dim)
-        if engine is not None and hasattr(engine, "set_hparams"):
+        if engine is not None:  # same shapes: swap the objective, keep the packed input and programs
             engine.set_hparams(hp)
             return engine
-        # the first trial at this dim, or an engine without set_hparams (ShardedEngine today): a new one
         engines[hp.dim] = engine = make_engine(rows, cols, hp, Packing(), backend=backend)
         return engine
 

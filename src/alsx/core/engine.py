@@ -1,54 +1,52 @@
-"""Training engines: own the packed data on device and run epochs.
+"""The engine contract, written once, and ``LocalEngine``.
 
-An engine turns (row CSR, column CSR, hyper-parameters) into device arrays once,
-then ``epoch`` maps an :class:`ALSState` to the next one.  ``LocalEngine`` runs on
-one device; the sharded engine (``alsx.core.sharding``) offers the same methods.
+An engine turns (row CSR, column CSR, hyper-parameters) into its own layout once (packed
+blocks on a device, streamed row ranges, shards over a mesh, CSRs for Numba kernels), then
+``epoch`` maps an :class:`ALSState` to the next one.  :class:`Engine` names every method the
+rest of alsx calls on an engine (training, checkpoints, the estimator); what is the same for
+every engine is written here once:
+
+* the epoch: rows against the fixed column table, then columns against the new rows, one
+  table for both when tied (:func:`alternate`);
+* the loss, assembled from its parts (:meth:`Engine.loss_parts`);
+* checkpoint export and import in external row order on a one-device mesh, rotating a CPU
+  engine's eigenbasis back (:meth:`Engine.to_external`, :meth:`Engine.from_external`);
+* swapping hyper-parameters that need no re-packing (:meth:`Engine.set_hparams`).
+
+Each engine implements how one half-step (:meth:`Engine.half_step`) and the loss parts run on
+its hardware.  The engines: ``LocalEngine`` (here, one device), ``StreamingEngine``
+(``alsx.core.streaming``, out of core), ``ShardedEngine`` (``alsx.core.sharded``, a mesh of
+devices and processes), ``CpuEngine`` (``alsx.core.cpu``, Numba kernels).  The factory that
+picks one is ``alsx.core.backends.make_engine``.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import time
-from typing import Protocol
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from alsx.compile_cache import enable_compile_cache
 from alsx.config import HParams, Packing
-from alsx.core.objective import Loss, regularisation_term, row_regularisation, unobserved_term
+from alsx.core.normal_eq import gramian
+from alsx.core.objective import Loss, regularisation_term, row_regularisation
+from alsx.core.sharding import make_mesh, table_sharding
 from alsx.core.state import ALSState, init_state
 from alsx.core.step import half_step, observed_loss
 from alsx.data.matrix import CSR
 from alsx.data.packing import PackedSide, pack
 
-
-class Engine(Protocol):
-    hp: HParams
-
-    def init_state(self, seed: int) -> ALSState: ...
-
-    def epoch(self, state: ALSState) -> ALSState: ...
-
-    def loss(self, state: ALSState) -> Loss: ...
-
-    def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]: ...
+#: The sides of the matrix a half-step solves: its rows (table w) or its columns (table h).
+SIDES = ("rows", "cols")
+#: HParams fields an existing engine can take without re-packing (see Engine.set_hparams).
+SWAPPABLE = ("reg", "unobserved_weight", "nu", "cg_steps", "init", "init_scale")
 
 
-# --- set_hparams (minimal version for `alsx tune`; the engine helper owns the final one) -------------
-REPACK_FIELDS = ("dim", "solver", "dtype", "block_size")
-
-
-def check_swappable(old: HParams, new: HParams) -> HParams:
-    """``new`` if an engine built for ``old`` can train it as is, else ValueError naming the fields
-    whose change needs a new engine (re-packing or new table shapes): dim, solver, dtype, block_size."""
-    changed = [f for f in REPACK_FIELDS if getattr(old, f) != getattr(new, f)]
-    if changed:
-        raise ValueError(f"set_hparams cannot change {', '.join(changed)} (needs a new engine): "
-                         + ", ".join(f"{f} {getattr(old, f)!r} -> {getattr(new, f)!r}" for f in changed))
-    return new
-# --- end set_hparams -------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -60,8 +58,167 @@ class PackStats:
     seconds: float
 
 
-class LocalEngine:
-    """iALS on the default device.
+def alternate(half: Callable, w: Any, h: Any, tied: bool) -> tuple[Any, Any]:
+    """One epoch from two half-steps: rows of ``w`` against ``h``, then columns against the new ``w``.
+
+    ``half(x, other, side) -> (new x, other)`` re-solves the rows of ``side`` ('rows' or 'cols');
+    it hands ``other`` back as the next half-step must read it (the CPU engine rotates it into
+    its new basis; the others return it as given).  Tied: one table, solved twice.  Works on
+    device arrays, host arrays and inside ``shard_map``.
+    """
+    w, h_next = half(w, h, "rows")
+    h = w if tied else h_next
+    h, w_next = half(h, w, "cols")
+    return (h, h) if tied else (w_next, h)
+
+
+class Engine(abc.ABC):
+    """What every training engine offers (one contract, documented here once).
+
+    Attributes:
+      hp: hyper-parameters (replace through :meth:`set_hparams`).
+      tied: one table for rows and columns.
+      n_rows, n_cols: the training matrix's shape.
+      stats: packing facts for logs and benchmarks (``PackStats``; ``ShardStats`` when sharded).
+      keeps_basis: True when states hold tables rotated by ``state.basis`` and checkpoints
+        keep that basis (the CPU engine); others rotate restored tables back.
+      kind: short name for config files and logs ('local', 'streaming', 'sharded', 'cpu').
+      host_views: ``to_numpy`` may return read-only views instead of copies (tables too large
+        to copy twice).
+    """
+
+    hp: HParams
+    tied: bool
+    n_rows: int
+    n_cols: int
+    stats: Any
+    keeps_basis: bool = False
+    kind: str = ""
+    host_views: bool = False
+
+    # ---- training ---------------------------------------------------------------------------
+    def init_state(self, seed: int) -> ALSState:
+        """Fresh tables (the same for every engine and seed), in this engine's layout."""
+        return init_state(seed, self.n_rows, self.n_cols, self.hp, self.tied)
+
+    @abc.abstractmethod
+    def half_step(self, x: Any, other: Any, side: str) -> tuple[Any, Any]:
+        """Re-solves every row of ``side``: x [n, d] against the fixed ``other`` [m, d].
+
+        Returns (new x, ``other`` as the next half-step reads it): see :func:`alternate`.
+        """
+
+    def epoch(self, state: ALSState) -> ALSState:
+        """The next state: both half-steps (:func:`alternate`)."""
+        w, h = alternate(self.half_step, state.w, state.h, self.tied)
+        return ALSState(w=w, h=h, epoch=state.epoch + 1, tied=self.tied)
+
+    def describe(self) -> str:
+        """One line for logs: how this engine runs (its plan)."""
+        return type(self).__name__
+
+    def epoch_record(self) -> dict:
+        """Engine facts for the history record of the epoch just run ({} by default)."""
+        return {}
+
+    # ---- the objective ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def loss_parts(self, state: ALSState) -> tuple[Any, Any, Any, Any]:
+        """(observed loss, Gramian of w [d, d], Gramian of h [d, d], regularisation), scalars and
+        arrays of this engine's kind: the parts :meth:`loss` assembles."""
+
+    def loss(self, state: ALSState) -> Loss:
+        """The iALS objective (``alsx.core.objective``) at ``state``."""
+        obs, gw, gh, reg = self.loss_parts(state)
+        return Loss(float(obs), float(self.hp.unobserved_weight * (gw * gh).sum()), float(reg))
+
+    # ---- tables out and in --------------------------------------------------------------------
+    def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]:
+        """float32 host tables [n_rows, d], [n_cols, d] in external row order and original basis
+        (writable copies, or read-only views where :attr:`host_views`)."""
+        host = np.asarray if self.host_views else np.array
+        w = host(state.w.astype(jnp.float32))
+        return w, (w if self.tied else host(state.h.astype(jnp.float32)))
+
+    @property
+    def mesh(self) -> Mesh:
+        """The devices the tables live on (checkpoints restore onto it): one device by default."""
+        return make_mesh(jax.devices()[:1])
+
+    def to_external(self, state: ALSState) -> tuple[jax.Array, jax.Array]:
+        """Tables in external row order sharded by rows over :attr:`mesh` (what checkpoints store)."""
+        sharding = table_sharding(self.mesh)
+        return jax.device_put(state.w, sharding), jax.device_put(state.h, sharding)
+
+    def from_external(self, w: jax.Array, h: jax.Array, epoch: int, basis: np.ndarray | None = None) -> ALSState:
+        """Inverse of :meth:`to_external`: tables whose first n rows are in external order (stored
+        @ ``basis``^T gives the original tables) -> a state of this engine."""
+        if basis is not None:  # tables rotated by a CPU engine: back to the original basis
+            back = jnp.asarray(basis.T, jnp.float32)
+            w = jnp.matmul(w.astype(jnp.float32), back).astype(w.dtype)
+            h = w if self.tied else jnp.matmul(h.astype(jnp.float32), back).astype(h.dtype)
+        return self.place_external(w, h, epoch)
+
+    def place_external(self, w: jax.Array, h: jax.Array, epoch: int) -> ALSState:
+        """Tables in external order and original basis -> state (one device: the first n rows)."""
+        w = w[: self.n_rows]
+        h = w if self.tied else h[: self.n_cols]
+        return ALSState(w=w, h=h, epoch=int(epoch), tied=self.tied)
+
+    # ---- life cycle -------------------------------------------------------------------------
+    def set_hparams(self, hp: HParams) -> None:
+        """Swaps the fields of ``hp`` that need no re-packing (:data:`SWAPPABLE`) on this engine,
+        keeping the packed input and compiled kernels (``alsx tune`` trials).
+
+        Raises:
+          ValueError: ``hp`` changes anything else (dim, solver, block_size, dtype).
+        """
+        fixed = [f.name for f in dataclasses.fields(HParams) if f.name not in SWAPPABLE
+                 and getattr(hp, f.name) != getattr(self.hp, f.name)]
+        if fixed:
+            raise ValueError(f"set_hparams cannot change {', '.join(fixed)} (they need re-packing): "
+                             "build a new engine")
+        self.hp = hp
+        self.hparams_changed()
+
+    def hparams_changed(self) -> None:  # noqa: B027 - an optional hook: most engines derive nothing from hp
+        """Hook after :meth:`set_hparams`: refresh whatever was derived from ``self.hp``."""
+
+    def release(self) -> None:  # noqa: B027 - optional: only engines with scratch buffers override it
+        """Gives back scratch memory kept between epochs (once training is over; live states stay)."""
+
+
+def check_shapes(rows: CSR, cols: CSR, tied: bool) -> None:
+    """The checks every engine makes on its input."""
+    if tied and rows.n_rows != rows.n_cols:
+        raise ValueError(f"tied embeddings need a square matrix, got {rows.n_rows} x {rows.n_cols}")
+    if cols.n_rows != rows.n_cols or cols.n_cols != rows.n_rows:
+        raise ValueError(f"cols must be the transpose of rows: {rows.n_rows} x {rows.n_cols} vs "
+                         f"{cols.n_rows} x {cols.n_cols}")
+
+
+class DeviceEngine(Engine):
+    """What the one-device JAX engines share: per-row entry counts on the device, and the
+    unobserved and regularisation parts of the loss from them."""
+
+    def counts(self, side: str) -> jax.Array:
+        """float32 [n] stored entries per row of ``side``."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def observed(self, state: ALSState) -> Any:
+        """sum over stored entries of c_ui (<w_u, h_i> - 1)^2."""
+
+    def loss_parts(self, state: ALSState) -> tuple[Any, Any, Any, Any]:
+        hp = self.hp
+        lam_w = row_regularisation(self.counts("rows"), self.n_cols, hp.reg, hp.unobserved_weight, hp.nu)
+        lam_h = row_regularisation(self.counts("cols"), self.n_rows, hp.reg, hp.unobserved_weight, hp.nu)
+        reg = regularisation_term(state.w, lam_w) + regularisation_term(state.h, lam_h)
+        return self.observed(state), gramian(state.w), gramian(state.h), reg
+
+
+class LocalEngine(DeviceEngine):
+    """iALS on the default device, every packed block kept there.
 
     Args:
       rows: CSR of the training matrix (rows of W against columns of H).
@@ -71,9 +228,10 @@ class LocalEngine:
       tied: one table for rows and columns (square matrices only).
     """
 
+    kind = "local"
+
     def __init__(self, rows: CSR, cols: CSR, hp: HParams, packing: Packing = Packing(), tied: bool = False):
-        if tied and rows.n_rows != rows.n_cols:
-            raise ValueError(f"tied embeddings need a square matrix, got {rows.n_rows} x {rows.n_cols}")
+        check_shapes(rows, cols, tied)
         t = time.perf_counter()
         dense = hp.solver == "cholesky"
         self.hp = hp
@@ -82,92 +240,15 @@ class LocalEngine:
         row_side: PackedSide = pack(rows, hp.dim, packing, dense_rows=dense)
         col_side: PackedSide = pack(cols, hp.dim, packing, dense_rows=dense)
         self.stats = PackStats(row_side.fill_ratio, col_side.fill_ratio, time.perf_counter() - t)
-        self._rows = jax.device_put(row_side.arrays())
-        self._cols = jax.device_put(col_side.arrays())
+        self._sides = {"rows": jax.device_put(row_side.arrays()), "cols": jax.device_put(col_side.arrays())}
 
-    def init_state(self, seed: int) -> ALSState:
+    def half_step(self, x, other, side):
         hp = self.hp
-        return init_state(seed, self.n_rows, self.n_cols, hp, self.tied)
+        return half_step(x, other, self._sides[side], hp.reg, hp.unobserved_weight, hp.nu, solver=hp.solver,
+                         cg_steps=hp.cg_steps, block_size=hp.block_width("jax")), other
 
-    def _half(self, w, h, side):
-        hp = self.hp
-        return half_step(w, h, side, hp.reg, hp.unobserved_weight, hp.nu, solver=hp.solver, cg_steps=hp.cg_steps,
-                         block_size=hp.block_width("jax"))
+    def counts(self, side: str) -> jax.Array:
+        return self._sides[side]["counts"]
 
-    def epoch(self, state: ALSState) -> ALSState:
-        w = self._half(state.w, state.h, self._rows)
-        h = w if self.tied else state.h
-        h = self._half(h, w, self._cols)
-        if self.tied:
-            w = h
-        return ALSState(w=w, h=h, epoch=state.epoch + 1, tied=self.tied)
-
-    def loss(self, state: ALSState) -> Loss:
-        hp = self.hp
-        lam_w = row_regularisation(self._rows["counts"], self.n_cols, hp.reg, hp.unobserved_weight, hp.nu)
-        lam_h = row_regularisation(self._cols["counts"], self.n_rows, hp.reg, hp.unobserved_weight, hp.nu)
-        obs = observed_loss(state.w, state.h, self._rows)
-        unobs = unobserved_term(state.w, state.h, hp.unobserved_weight)
-        reg = regularisation_term(state.w, lam_w) + regularisation_term(state.h, lam_h)
-        return Loss(float(obs), float(unobs), float(reg))
-
-    def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]:
-        w = np.array(state.w.astype(jnp.float32))
-        return w, (w if self.tied else np.array(state.h.astype(jnp.float32)))
-
-    def set_hparams(self, hp: HParams) -> None:
-        """Swaps reg, unobserved_weight, nu, cg_steps, init, init_scale (the packed blocks stay)."""
-        self.hp = check_swappable(self.hp, hp)
-
-
-BACKENDS = ("auto", "cpu", "jax")
-
-
-def resolve_backend(backend: str, hp: HParams) -> str:
-    """'cpu' or 'jax' for ``backend`` ('auto': the CPU kernel wherever it applies)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "jax":
-        return "jax"
-    from alsx.core.cpu import cpu_backend_reason
-
-    why_not = cpu_backend_reason(hp)
-    if backend == "cpu" and why_not is not None:
-        raise ValueError(f"backend='cpu' cannot train this model: {why_not}; use backend='jax'")
-    return "jax" if why_not else "cpu"
-
-
-def make_engine(rows: CSR, cols: CSR, hp: HParams, packing: Packing = Packing(), tied: bool = False,
-                backend: str = "auto") -> Engine:
-    """The training engine for this machine and model.
-
-    backend 'cpu' (what 'auto' picks on a CPU-only host, one process, CG or block on float32 tables):
-    ``CpuEngine``, fused Numba kernels on all cores.  Otherwise (backend 'jax'): LocalEngine
-    on one device, or a ShardedEngine over every device of every process.
-
-    In a multi-process run each process keeps only the rows its shards own (plus the
-    global row lengths), so host memory per process shrinks with the process count;
-    with memory-mapped CSRs it also reads only those rows.
-    """
-    if resolve_backend(backend, hp) == "cpu":
-        from alsx.core.cpu import CpuEngine
-
-        return CpuEngine(rows, cols, hp, packing, tied)
-    enable_compile_cache()  # before the first compile: reruns on the same shapes load the programs
-    if jax.device_count() == 1:
-        return LocalEngine(rows, cols, hp, packing, tied)
-    from alsx.core.sharded import ShardedEngine, engine_layouts
-    from alsx.core.sharding import local_shards, make_mesh
-    from alsx.data.shard_packing import local_part
-
-    mesh = make_mesh()
-    if jax.process_count() == 1:
-        return ShardedEngine(rows, cols, hp, packing, tied=tied, mesh=mesh)
-    # Each process owns a contiguous range of rows and of columns: from memory-mapped CSRs
-    # (a WebGraph dataset) it reads just those slices.
-    rc, cc = rows.lengths(), cols.lengths()
-    mine = local_shards(mesh)
-    row_layout, col_layout = engine_layouts(rc, cc, mesh, tied)
-    my_rows = local_part(rows, row_layout, mine)
-    my_cols = local_part(cols, col_layout, mine)
-    return ShardedEngine(my_rows, my_cols, hp, packing, tied=tied, mesh=mesh, row_counts=rc, col_counts=cc)
+    def observed(self, state: ALSState):
+        return observed_loss(state.w, state.h, self._sides["rows"])

@@ -13,7 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from alsx.core.normal_eq import HIGHEST, gramian
+from alsx.core.normal_eq import gramian
 
 
 def row_regularisation(counts: jax.Array, n_other: int, reg: float, alpha0: float, nu: float) -> jax.Array:

@@ -10,27 +10,25 @@ FLOP rate is set against a float32 matrix product measured in the same process.
 from __future__ import annotations
 
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
 
 from alsx.config import HParams
+from alsx.core import cpu
 from alsx.core import normal_eq as ne
-from alsx.core.step import SideArrays, block_update, prologue, solve_rows, take_rows
-
-
-def _timed(fn, *args, repeat: int = 2, fresh_first: bool = False) -> float:
-    """Best wall time of ``fn(*args)``; ``fresh_first`` copies a donated first argument each run."""
-    def call():
-        a = (jnp.array(args[0], copy=True),) + args[1:] if fresh_first else args
-        jax.block_until_ready(a[0])
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*a))
-        return time.perf_counter() - t
-
-    call()  # compile and warm up
-    return min(call() for _ in range(repeat))
+from alsx.core.cpu_profile import profile_half_step as cpu_profile_half_step
+from alsx.core.state import ALSState
+from alsx.core.step import (
+    SideArrays,
+    block_update,
+    long_update,
+    prologue,
+    solve_rows,
+    take_rows,
+)
+from alsx.core.timing import sgemm_rate, timed
+from alsx.data.packing import pack
 
 
 @functools.partial(jax.jit, static_argnames=("stage",))
@@ -68,28 +66,21 @@ def solve_flops(entries: int, rows: int, dim: int, hp: HParams) -> float:
     return entries * (d // b) * (2 * d + 2 * b * b + 2 * b) + rows * (d // b) * (b ** 3 / 3 + 2 * d * b)
 
 
-def sgemm_rate(n: int = 2048) -> float:
-    """Measured float32 FLOP/s of an n x n matrix product on the default device."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    return 2 * n ** 3 / _timed(f, a, repeat=3)
-
-
 def profile_half_step(w: jax.Array, h: jax.Array, side: SideArrays, hp: HParams) -> dict[str, float]:
     """Seconds per phase of one half-step (short-row buckets; long rows timed as one phase)."""
     alpha0, block_size = hp.unobserved_weight, hp.block_width("jax")
     gram, lam = prologue(h, side["counts"], hp.reg, alpha0, hp.nu, h.shape[0])
-    out = {"gramian": _timed(prologue, h, side["counts"], hp.reg, alpha0, hp.nu, h.shape[0]),
+    out = {"gramian": timed(prologue, h, side["counts"], hp.reg, alpha0, hp.nu, h.shape[0]),
            "gather": 0.0, "normal_equations": 0.0, "solve": 0.0, "scatter": 0.0, "long_rows": 0.0}
     entries = rows = 0
     zeros = jnp.zeros_like(w)
     for block in side["blocks"]:
-        g = _timed(_partial_block, w, h, gram, block, lam, alpha0, "gather")
-        n = _timed(_partial_block, w, h, gram, block, lam, alpha0, "normal")
-        full = _timed(block_update, zeros, w, h, gram, block, lam, alpha0, hp.solver, hp.cg_steps, take_rows,
+        g = timed(_partial_block, w, h, gram, block, lam, alpha0, "gather")
+        n = timed(_partial_block, w, h, gram, block, lam, alpha0, "normal")
+        full = timed(block_update, zeros, w, h, gram, block, lam, alpha0, hp.solver, hp.cg_steps, take_rows,
                       block_size, fresh_first=True)
         x = jnp.zeros(block[2].shape + (w.shape[1],), w.dtype)
-        s = _timed(_scatter, zeros, block[2], x, fresh_first=True)
+        s = timed(_scatter, zeros, block[2], x, fresh_first=True)
         out["gather"] += g
         out["normal_equations"] += max(n - g, 0.0)
         out["solve"] += max(full - n - s, 0.0)
@@ -97,9 +88,7 @@ def profile_half_step(w: jax.Array, h: jax.Array, side: SideArrays, hp: HParams)
         entries += block[0].size
         rows += block[2].size
     if side["long"] is not None:
-        from alsx.core.step import long_update
-
-        out["long_rows"] = _timed(long_update, zeros, w, h, gram, side["long"], lam, alpha0, hp.solver,
+        out["long_rows"] = timed(long_update, zeros, w, h, gram, side["long"], lam, alpha0, hp.solver,
                                   hp.cg_steps, take_rows, block_size, fresh_first=True)
     out["total"] = sum(out.values())
     out["solve_gflops"] = solve_flops(entries, rows, w.shape[1], hp) / max(out["solve"] + out["normal_equations"],
@@ -114,15 +103,10 @@ def profile_model(model, train) -> dict[str, dict[str, float]]:
 
     ``train``: the ``Interactions`` it was fitted on.
     """
-    from alsx.data.packing import pack
-
     if getattr(model, "engine_name_", None) == "CpuEngine":
-        from alsx.core import cpu
-        from alsx.core.state import ALSState
-
         eng = cpu.CpuEngine(train.csr(model.alpha), train.csc(model.alpha), model.hparams, tied=model.tied)
         st = ALSState(w=model.row_embeddings_, h=model.col_embeddings_, tied=model.tied)
-        return {side: cpu.profile_half_step(eng, st, side) for side in ("rows", "cols")}
+        return {side: cpu_profile_half_step(eng, st, side) for side in ("rows", "cols")}
     dev = jax.devices()[0]
     w, h = jax.device_put(model.row_embeddings_, dev), jax.device_put(model.col_embeddings_, dev)
     dense = model.hparams.solver == "cholesky"

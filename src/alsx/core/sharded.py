@@ -29,25 +29,31 @@ from jax.sharding import Mesh
 
 from alsx.config import HParams, Packing
 from alsx.core import normal_eq as ne
-from alsx.core.exchange import fetch_rows, permutation_plan, permute_local, serve_lists
-from alsx.core.objective import Loss, regularisation_term, row_regularisation
+from alsx.core.engine import Engine, alternate, check_shapes
+from alsx.core.exchange import fetch_rows, serve_lists
+from alsx.core.objective import regularisation_term, row_regularisation
+from alsx.core.sharded_host import (  # noqa: F401
+    HostAccess,
+    gather_host,
+    permute_program,
+    permute_rows,
+)
 from alsx.core.sharding import (
     REPLICATED,
     SHARD,
     STACKED,
     TABLE,
-    RowLayout,
     local_shards,
     make_mesh,
     n_shards,
     stacked_sharding,
-    table_sharding,
 )
 from alsx.core.state import ALSState, init_state
 from alsx.core.step import observed_loss, solve_block, solve_long
 from alsx.data.layout import engine_layouts
 from alsx.data.matrix import CSR
 from alsx.data.shard_packing import ShardSide, SideShape, pack_shard, side_shape, stack
+from alsx.plan import check, plan_engine
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +112,7 @@ def _squeeze(tree):
     return jax.tree.map(lambda a: a[0], tree)
 
 
-class ShardedEngine:
+class ShardedEngine(HostAccess, Engine):
     """iALS with both tables sharded by rows over ``mesh`` (same methods as ``LocalEngine``).
 
     Args:
@@ -126,6 +132,8 @@ class ShardedEngine:
         copying anything to the devices if the plan does not fit (False skips it).
     """
 
+    kind = "sharded"
+
     def __init__(
         self,
         rows: CSR,
@@ -140,15 +148,11 @@ class ShardedEngine:
         memory_budget: int | None = None,
         check_memory: bool = True,
     ):
-        if tied and rows.n_rows != rows.n_cols:
-            raise ValueError(f"tied embeddings need a square matrix, got {rows.n_rows} x {rows.n_cols}")
-        if cols.n_rows != rows.n_cols or cols.n_cols != rows.n_rows:
-            raise ValueError(f"cols must be the transpose of rows: {rows.n_rows} x {rows.n_cols} vs "
-                             f"{cols.n_rows} x {cols.n_cols}")
+        check_shapes(rows, cols, tied)
         t = time.perf_counter()
         self.hp = hp
         self.tied = tied
-        self.mesh = make_mesh() if mesh is None else mesh
+        self._mesh = make_mesh() if mesh is None else mesh
         self.n_rows, self.n_cols = rows.n_rows, rows.n_cols
         P = n_shards(self.mesh)
         rc = np.asarray(rows.lengths() if row_counts is None else row_counts, np.int64)
@@ -173,14 +177,11 @@ class ShardedEngine:
             seconds=time.perf_counter() - t,
         )
         if check_memory:
-            from alsx.plan import check, plan_engine  # plan imports this module's types only lazily
-
             check(plan_engine(self, r_sides, c_sides), memory_budget)
         self._rows = self._setup_exchange(self._put_stacked(stack(r_sides)))
         self._cols = self._setup_exchange(self._put_stacked(stack(c_sides)))
         del r_sides, c_sides
-        self._epoch = self._compile_epoch()
-        self._loss = self._compile_loss()
+        self.hparams_changed()
         log.info("sharded engine: P=%d, nnz per shard max/mean rows %.3f cols %.3f, packed in %.1fs",
                  P, *self.stats.imbalance(), self.stats.seconds)
 
@@ -245,16 +246,21 @@ class ShardedEngine:
 
         def body(w, h, rside, cside):
             # w [n_local_rows, d], h [n_local_cols, d]; sides are this shard's packed arrays.
-            rside, cside = _squeeze(rside), _squeeze(cside)
-            w = self._half(w, h, rside, n_cols)
-            h = w if tied else h
-            h = self._half(h, w, cside, n_rows)
-            w = h if tied else w
-            return w, h
+            sides = {"rows": (_squeeze(rside), n_cols), "cols": (_squeeze(cside), n_rows)}
+            return alternate(lambda x, other, side: (self._half(x, other, *sides[side]), other), w, h, tied)
 
         fn = jax.shard_map(body, mesh=self.mesh, in_specs=(TABLE, TABLE, STACKED, STACKED),
                            out_specs=(TABLE, TABLE), check_vma=_CHECK_VMA)
         return jax.jit(fn)
+
+    def _compile_half(self, side: str):
+        n_other = self.n_cols if side == "rows" else self.n_rows
+
+        def body(x, other, packed):
+            return self._half(x, other, _squeeze(packed), n_other)
+
+        return jax.jit(jax.shard_map(body, mesh=self.mesh, in_specs=(TABLE, TABLE, STACKED), out_specs=TABLE,
+                                     check_vma=_CHECK_VMA))
 
     def _compile_loss(self):
         hp, n_rows, n_cols = self.hp, self.n_rows, self.n_cols
@@ -264,14 +270,13 @@ class ShardedEngine:
             obs = jax.lax.psum(observed_loss(w, h, rside, gather=fetch_rows), SHARD)
             gw = jax.lax.psum(ne.gramian(w), SHARD)
             gh = jax.lax.psum(ne.gramian(h), SHARD)
-            unobs = hp.unobserved_weight * jnp.sum(gw * gh)
             lam_w = row_regularisation(rside["counts"], n_cols, hp.reg, hp.unobserved_weight, hp.nu)
             lam_h = row_regularisation(cside["counts"], n_rows, hp.reg, hp.unobserved_weight, hp.nu)
             reg = jax.lax.psum(regularisation_term(w, lam_w) + regularisation_term(h, lam_h), SHARD)
-            return obs, unobs, reg
+            return obs, gw, gh, reg
 
         fn = jax.shard_map(body, mesh=self.mesh, in_specs=(TABLE, TABLE, STACKED, STACKED),
-                           out_specs=(REPLICATED, REPLICATED, REPLICATED), check_vma=_CHECK_VMA)
+                           out_specs=(REPLICATED,) * 4, check_vma=_CHECK_VMA)
         return jax.jit(fn)
 
     def traffic(self) -> dict[str, int]:
@@ -306,7 +311,20 @@ class ShardedEngine:
         """The lowered epoch program (for HLO inspection and byte counts in benchmarks)."""
         return self._epoch.lower(state.w, state.h, self._rows, self._cols)
 
-    # ---- Engine protocol --------------------------------------------------------------------
+    # ---- the engine contract -------------------------------------------------------------------
+
+    @property
+    def mesh(self) -> Mesh:
+        return self._mesh
+
+    def describe(self) -> str:
+        return f"{jax.process_count()} processes, {jax.device_count()} devices"
+
+    def hparams_changed(self) -> None:
+        """The programs close over ``hp``: compile them again (the packed sides stay)."""
+        self._epoch = self._compile_epoch()
+        self._loss = self._compile_loss()
+        self._halves: dict = {}
 
     def init_state(self, seed: int) -> ALSState:
         """The tables ``LocalEngine.init_state(seed)`` gives, placed in the sharded layout."""
@@ -319,167 +337,25 @@ class ShardedEngine:
         h = w if self.tied else self.place(h_host, self.col_layout)
         return ALSState(w=w, h=h, epoch=0, tied=self.tied)
 
+    def half_step(self, x: jax.Array, other: jax.Array, side: str) -> tuple[jax.Array, jax.Array]:
+        """One half-step as its own program (:meth:`epoch` runs both in one)."""
+        if side not in self._halves:
+            self._halves[side] = self._compile_half(side)
+        return self._halves[side](x, other, self._rows if side == "rows" else self._cols), other
+
     def epoch(self, state: ALSState) -> ALSState:
+        """Both half-steps (:func:`alternate`) in one compiled program."""
         w, h = self._epoch(state.w, state.h, self._rows, self._cols)
         if self.tied:
             h = w
         return ALSState(w=w, h=h, epoch=state.epoch + 1, tied=self.tied)
 
-    def loss(self, state: ALSState) -> Loss:
-        obs, unobs, reg = self._loss(state.w, state.h, self._rows, self._cols)
-        return Loss(float(obs), float(unobs), float(reg))
+    def loss_parts(self, state: ALSState):
+        return self._loss(state.w, state.h, self._rows, self._cols)
 
     def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]:
         """float32 host tables [n_rows, d], [n_cols, d] in external row order (on every process)."""
-        w = _gather_host(state.w)[self.row_layout.position].astype(np.float32)
+        w = gather_host(state.w)[self.row_layout.position].astype(np.float32)
         if self.tied:
             return w, w
-        return w, _gather_host(state.h)[self.col_layout.position].astype(np.float32)
-
-    # ---- host access without gathering a table ------------------------------------------------
-    # Each is a collective across processes: every process calls it (with its own ids).
-
-    def _local_slots(self, state: ALSState, side: str) -> tuple[RowLayout, dict[int, np.ndarray]]:
-        """(layout, {shard: float32 [n_local, d] rows this process holds}) of table ``side``."""
-        table, layout = (state.w, self.row_layout) if side == "w" or self.tied else (state.h, self.col_layout)
-        n_local = layout.n_local
-        return layout, {int(sh.index[0].start or 0) // n_local: np.asarray(sh.data, np.float32)
-                        for sh in table.addressable_shards}
-
-    def host_rows(self, state: ALSState, side: str, ids: np.ndarray) -> np.ndarray:
-        """float32 [len(ids), d] rows ``ids`` (external) of table ``side`` ("w" or "h") on this host.
-
-        Each process asks the owners for its own ids; owners send back only those rows (two
-        all-to-alls of the requests and the rows), so nothing near a whole table moves.
-        """
-        from alsx.data.partitioned import pack_fields as _pack
-        from alsx.data.partitioned import unpack_fields as _unpack
-        from alsx.distributed import route
-
-        layout, mine = self._local_slots(state, side)
-        d = self.hp.dim
-        ids = np.asarray(ids, np.int64)
-        shard, slot = layout.owner(ids)
-        proc_of = np.array([dev.process_index for dev in self.mesh.devices.reshape(-1)])
-        me = np.full(len(ids), jax.process_index(), np.int32)
-        asked = _unpack(route(_pack([np.arange(len(ids), dtype=np.int32), shard.astype(np.int32),
-                                     slot.astype(np.int32), me]), proc_of[shard]),
-                        [np.int32, np.int32, np.int32, np.int32])
-        pos, sh, sl, who = asked
-        rows = np.zeros((len(pos), d), np.float32)
-        for s in np.unique(sh):
-            pick = sh == s
-            rows[pick] = mine[int(s)][sl[pick]]
-        back = route(np.concatenate([pos[:, None], rows.view(np.int32)], axis=1), who)
-        out = np.zeros((len(ids), d), np.float32)
-        out[back[:, 0]] = np.ascontiguousarray(back[:, 1:]).view(np.float32)
-        return out
-
-    def host_gramian(self, state: ALSState, side: str) -> np.ndarray:
-        """float64 [d, d] Gramian of table ``side`` summed over every shard of every process."""
-        from alsx.distributed import allgather_bytes
-
-        _, mine = self._local_slots(state, side)
-        d = self.hp.dim
-        g = sum((x.astype(np.float64).T @ x.astype(np.float64) for x in mine.values()), np.zeros((d, d)))
-        return np.sum([x.reshape(d, d) for x in allgather_bytes(g.reshape(-1))], axis=0)
-
-    def write_tables(self, state: ALSState, out) -> None:
-        """Writes row_embeddings.npy / col_embeddings.npy (float32, external order) into ``out``,
-        each process its own rows through a memory map: no process holds a whole table.
-
-        ``out`` must be one folder that every process sees (as for checkpoints).
-        """
-        from pathlib import Path
-
-        from jax.experimental import multihost_utils
-
-        out = Path(out)
-        names = (("w", "row_embeddings.npy", self.n_rows), ("h", "col_embeddings.npy", self.n_cols))
-        if jax.process_index() == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            for _, name, n in names:
-                np.lib.format.open_memmap(out / name, mode="w+", dtype=np.float32, shape=(n, self.hp.dim)).flush()
-        multihost_utils.sync_global_devices("alsx-write-tables-created")
-        for side, name, _ in names:
-            layout, mine = self._local_slots(state, side)
-            mm = np.lib.format.open_memmap(out / name, mode="r+")
-            for s, rows in mine.items():
-                ext = layout.shard_rows(s)
-                mm[ext[ext >= 0]] = rows[ext >= 0]
-            mm.flush()
-            del mm
-        multihost_utils.sync_global_devices("alsx-write-tables-done")
-
-    # ---- layout conversions -----------------------------------------------------------------
-
-    def place(self, table: np.ndarray, layout: RowLayout) -> jax.Array:
-        """Host table [n, d] in external order (the same on every process) -> sharded internal table."""
-        d = table.shape[1]
-
-        def piece(index):
-            ext = layout.external[index[0]]  # the slots this device holds
-            out = np.zeros((len(ext), d), dtype=table.dtype)
-            out[ext >= 0] = table[ext[ext >= 0]]
-            return out
-
-        return jax.make_array_from_callback((layout.n_slots, d), table_sharding(self.mesh), piece)
-
-    def to_external(self, state: ALSState) -> tuple[jax.Array, jax.Array]:
-        """Device tables in external row order, sharded by rows: [n_rows', d], [n_cols', d].
-
-        n' is n rounded up to a multiple of P (zero rows at the end: jax shardings must
-        divide evenly).  These are what checkpoints store, so any mesh can restore them.
-        """
-        w = self._permute(state.w, self._padded(self.row_layout.position))
-        h = w if self.tied else self._permute(state.h, self._padded(self.col_layout.position))
-        return w, h
-
-    def from_external(self, w: jax.Array, h: jax.Array, epoch: int) -> ALSState:
-        """Inverse of :meth:`to_external`: tables whose first n rows are in external order
-        (any sharding, any number of trailing rows) -> state in this engine's layout."""
-        wi = self._permute(w, self.row_layout.external)
-        hi = wi if self.tied else self._permute(h, self.col_layout.external)
-        return ALSState(w=wi, h=hi, epoch=int(epoch), tied=self.tied)
-
-    def _padded(self, index: np.ndarray) -> np.ndarray:
-        """``index`` followed by -1 up to a multiple of P."""
-        P = n_shards(self.mesh)
-        out = np.full(-(-len(index) // P) * P, -1, np.int64)
-        out[: len(index)] = index
-        return out
-
-    def _permute(self, table: jax.Array, index: np.ndarray) -> jax.Array:
-        return permute_rows(table, index, self.mesh)
-
-
-def permute_rows(table: jax.Array, index: np.ndarray, mesh: Mesh) -> jax.Array:
-    """[len(index), d] rows table[index] (zeros where index < 0), both sharded by rows over ``mesh``.
-
-    An all-to-all exchange (:func:`alsx.core.exchange.permute_local`): each device
-    sends and receives only its own rows, so saving or restoring a checkpoint never
-    holds a whole table on one device.  ``len(index)`` and the table's rows are
-    multiples of the shard count.
-    """
-    fn, args = permute_program(table, index, mesh)
-    return fn(*args)
-
-
-def permute_program(table: jax.Array, index: np.ndarray, mesh: Mesh):
-    """(jitted program, its arguments) of :func:`permute_rows` (tests read its collectives)."""
-    request, positions = permutation_plan(np.asarray(index, np.int64), table.shape[0], n_shards(mesh))
-    stacked = stacked_sharding(mesh)
-    put = lambda a: jax.make_array_from_callback(a.shape, stacked, lambda i: a[i])  # noqa: E731
-    body = lambda t, r, q: permute_local(t, r[0], q[0])  # noqa: E731
-    fn = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(TABLE, STACKED, STACKED), out_specs=TABLE,
-                               check_vma=_CHECK_VMA))
-    return fn, (table, put(request), put(positions))
-
-
-def _gather_host(x: jax.Array) -> np.ndarray:
-    """The whole global array on this host."""
-    if x.is_fully_addressable:
-        return np.asarray(x)
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return w, gather_host(state.h)[self.col_layout.position].astype(np.float32)

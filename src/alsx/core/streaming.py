@@ -36,9 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from alsx.config import HParams, Packing
-from alsx.core.engine import PackStats, check_swappable
-from alsx.core.objective import Loss, regularisation_term, row_regularisation, unobserved_term
-from alsx.core.state import ALSState, init_state
+from alsx.core.engine import DeviceEngine, PackStats, check_shapes
+from alsx.core.state import ALSState
 from alsx.core.step import observed_loss, prologue, solve_block, solve_long, take_rows
 from alsx.data.matrix import CSR, row_ranges
 from alsx.data.packing import side_widths
@@ -212,7 +211,7 @@ def pack_range(csr: CSR, r0: int, r1: int, layout: SideLayout, cfg: Packing,
     return PackedChunk(blocks=blocks, longs=longs, nnz=int(lengths.sum()), padded=padded)
 
 
-class StreamingEngine:
+class StreamingEngine(DeviceEngine):
     """iALS on the default device with the sparse data streamed from (memory-mapped) CSRs.
 
     Host memory: the tables (and one output table) plus at most two packed row ranges,
@@ -230,12 +229,14 @@ class StreamingEngine:
       cache: keep packed ranges in memory when a side fits in one range (small graphs).
     """
 
+    kind = "streaming"
+    host_views = True
+
     def __init__(self, rows: CSR, cols: CSR, hp: HParams, packing: Packing = Packing(), tied: bool = False,
                  chunk_entries: int = DEFAULT_CHUNK_ENTRIES, call_entries: int = 1 << 20,
                  prefetch: bool = True, cache: bool = True):
-        if tied and rows.n_rows != rows.n_cols:
-            raise ValueError(f"tied embeddings need a square matrix, got {rows.n_rows} x {rows.n_cols}")
-        if rows.n_rows != cols.n_cols or rows.n_cols != cols.n_rows or rows.nnz != cols.nnz:
+        check_shapes(rows, cols, tied)
+        if rows.nnz != cols.nnz:
             raise ValueError("cols must be the transpose of rows")
         t = time.perf_counter()
         self.hp, self.tied, self.packing = hp, tied, packing
@@ -288,14 +289,13 @@ class StreamingEngine:
             self._cached[side] = done
             self._fill[side] = done[0].nnz / max(done[0].padded, 1)
 
-    # ------------------------------------------------------------------ engine protocol
-    def init_state(self, seed: int) -> ALSState:
-        hp = self.hp
-        return init_state(seed, self.n_rows, self.n_cols, hp, self.tied)
+    # ------------------------------------------------------------------ the engine contract
+    def describe(self) -> str:
+        return f"{len(self._layout['rows'].ranges)} + {len(self._layout['cols'].ranges)} row ranges per epoch"
 
-    def half_step(self, w: jax.Array, h: jax.Array, side: str) -> jax.Array:
-        """New [n, d] table for ``side``'s rows against the fixed ``h`` (as step.half_step)."""
-        hp = self.hp
+    def half_step(self, x: jax.Array, other: jax.Array, side: str) -> tuple[jax.Array, jax.Array]:
+        """New [n, d] table for ``side``'s rows against the fixed ``other`` (as step.half_step)."""
+        hp, w, h = self.hp, x, other
         gram, lam = prologue(h, self._counts[side], hp.reg, hp.unobserved_weight, hp.nu, h.shape[0])
         bs = hp.block_width("jax")
         out = jnp.zeros_like(w)
@@ -311,15 +311,15 @@ class StreamingEngine:
             nnz, padded = nnz + chunk.nnz, padded + chunk.padded
         self._fill[side] = nnz / max(padded, 1)
         self.stats = PackStats(self._fill["rows"], self._fill["cols"], self.stats.seconds)
-        return out
+        return out, other
 
-    def epoch(self, state: ALSState) -> ALSState:
-        w = self.half_step(state.w, state.h, "rows")
-        h = w if self.tied else state.h
-        h = self.half_step(h, w, "cols")
-        if self.tied:
-            w = h
-        return ALSState(w=w, h=h, epoch=state.epoch + 1, tied=self.tied)
+    def epoch_record(self) -> dict:
+        """Host-side packing seconds since the last record (overlapped with solving when prefetching)."""
+        seconds, self.pack_seconds = self.pack_seconds, 0.0
+        return {"pack_seconds": seconds}
+
+    def counts(self, side: str) -> jax.Array:
+        return self._counts[side]
 
     def observed(self, state: ALSState) -> float:
         """sum over stored entries of c_ui (<w_u, h_i> - 1)^2, streamed over the row side."""
@@ -330,19 +330,3 @@ class StreamingEngine:
             for long in chunk.longs:
                 total += float(observed_loss(state.w, state.h, {"blocks": (), "long": long}))
         return total
-
-    def loss(self, state: ALSState) -> Loss:
-        hp = self.hp
-        lam_w = row_regularisation(self._counts["rows"], self.n_cols, hp.reg, hp.unobserved_weight, hp.nu)
-        lam_h = row_regularisation(self._counts["cols"], self.n_rows, hp.reg, hp.unobserved_weight, hp.nu)
-        unobs = unobserved_term(state.w, state.h, hp.unobserved_weight)
-        reg = regularisation_term(state.w, lam_w) + regularisation_term(state.h, lam_h)
-        return Loss(self.observed(state), float(unobs), float(reg))
-
-    def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]:
-        w = np.asarray(state.w.astype(jnp.float32))
-        return w, (w if self.tied else np.asarray(state.h.astype(jnp.float32)))
-
-    def set_hparams(self, hp: HParams) -> None:
-        """Swaps reg, unobserved_weight, nu, cg_steps, init, init_scale (the layouts stay)."""
-        self.hp = check_swappable(self.hp, hp)

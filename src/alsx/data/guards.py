@@ -38,7 +38,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alsx.plan import human
+from alsx.units import human
 
 BYTES_PER_INDEX = 16  # CSR offsets + counts (int64 each) that consumers allocate per row and per column
 SPARSE_MIN = 1 << 20  # below this an index range is cheap whatever its share of empty rows

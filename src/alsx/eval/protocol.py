@@ -23,7 +23,7 @@ from alsx.serve.topk import topk_scores
 TopK = Callable[[np.ndarray, int, CSR], np.ndarray]
 
 
-def _compact_rows(x: Interactions, rows: np.ndarray, alpha: float | None = None) -> CSR:
+def compact_rows(x: Interactions, rows: np.ndarray, alpha: float | None = None) -> CSR:
     """CSR whose row j holds x's entries of row ``rows[j]`` (rows sorted)."""
     pos = np.searchsorted(rows, x.rows)
     keep = (pos < len(rows)) & (rows[np.minimum(pos, len(rows) - 1)] == x.rows)
@@ -69,8 +69,8 @@ def evaluate(
       {"model": metrics, "popularity": metrics} (see ``ranking_metrics``).
     """
     rows = eval_rows(split)
-    truth = _compact_rows(split.test, rows)
-    history = _compact_rows(split.train if split.foldin is None else split.foldin, rows, alpha)
+    truth = compact_rows(split.test, rows)
+    history = compact_rows(split.train if split.foldin is None else split.foldin, rows, alpha)
     if queries is not None:
         query = queries(rows, history)
     elif split.foldin is not None:

@@ -189,7 +189,9 @@ class _Table:
         if suffix not in (".parquet", ".pq", ".csv"):
             raise UsageError(f"--out {path}: the name must end in .parquet or .csv (or leave --out out for JSON "
                              "lines on stdout)")
-        kind = lambda v: pa.string() if v is not None and v.kind == "str" else pa.int64()
+        def kind(vocab):
+            return pa.string() if vocab is not None and vocab.kind == "str" else pa.int64()
+
         self.schema = pa.schema([("row", kind(model.row_vocab_)), ("rank", pa.int32()), ("id", kind(model.col_vocab_)),
                                  ("score", pa.float32())])
         self.path, self.model, self.csv, self.writer = Path(path), model, suffix == ".csv", None
@@ -200,7 +202,9 @@ class _Table:
         keep = ids >= 0  # [b, k]
         rank = np.broadcast_to(np.arange(1, ids.shape[1] + 1, dtype=np.int32), ids.shape)[keep]
         row_idx = np.broadcast_to(rows[:, None], ids.shape)[keep]
-        ext = lambda v, i: i.astype(np.int64) if v is None else v.decode(i)
+        def ext(vocab, index):
+            return index.astype(np.int64) if vocab is None else vocab.decode(index)
+
         batch = pa.record_batch([pa.array(ext(self.model.row_vocab_, row_idx), self.schema.field("row").type),
                                  pa.array(rank), pa.array(ext(self.model.col_vocab_, ids[keep]),
                                                           self.schema.field("id").type),
@@ -309,7 +313,7 @@ def cmd_similar(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     import time
 
-    from alsx.cli_guard import check_writable_folder
+    from alsx.cli.guard import check_writable_folder
     from alsx.model import ALS
     from alsx.serve.export import export_model
 
