@@ -46,7 +46,7 @@ def child(n_buckets: int, entries: int, dim: int) -> dict:
     import jax
 
     from alsx.config import HParams, Packing
-    from alsx.core.engine import make_engine
+    from alsx.core.backends import make_engine
 
     compiles = []
 

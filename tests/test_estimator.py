@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from alsx import ALS, HParams
 from alsx.callbacks import StopTraining
-from alsx.core.engine import make_engine
+from alsx.core.backends import make_engine
 from alsx.data.ingest import load_interactions
 from alsx.errors import UsageError
 from alsx.serve.estimator import NotFittedError

@@ -15,7 +15,7 @@ import pytest
 import alsx.tune as tune_mod
 from alsx import cli
 from alsx.cli.guard import check_args
-from alsx.cli_tune import apply_config
+from alsx.cli.train_options import apply_config
 from alsx.data.matrix import Interactions
 from alsx.data.split import given_split
 from alsx.data.synthetic import community_graph

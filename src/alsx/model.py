@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from alsx.config import DEFAULTS, HParams, Packing
+from alsx.config import BACKENDS, DEFAULTS, HParams, Packing
 from alsx.data.matrix import Interactions
 from alsx.data.split import Split
 from alsx.errors import UsageError
@@ -117,8 +117,6 @@ class ALS(Params, Serving):
     # ------------------------------------------------------------------ hyper-parameters
     def checked_hparams(self) -> HParams:
         """The HParams of the current arguments, every argument checked (ValueError naming it)."""
-        from alsx.core.engine import BACKENDS
-
         if self.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.loss_every < 0:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alsx.cli.common import DATA_KEYS, SPLIT_KEYS, fold_in_heldout, format_table
+from alsx.cli.common import DATA_KEYS, SPLIT_KEYS, fold_in_heldout, format_table, plot_history
 
 
 def print_profile(model, train) -> dict:
@@ -83,6 +83,11 @@ def write_outputs(a: argparse.Namespace, model, split, summary, results, seconds
     if tables and not refit:  # a refit model trained every row: nothing to fold in
         fold_in_heldout(model, split)
         np.save(out / "row_embeddings.npy", model.row_embeddings_)
+    history = [dict(h) for h in (split_model or model).history_]  # the evaluated fit, its final scores last
+    if results is not None and history and "metrics" not in history[-1]:
+        history[-1]["metrics"] = results["model"]
+    if history:
+        plot_history(history, out / "training.png", f"alsx train: d={model.hparams.dim}, {Path(a.data).name}")
     what = "on all input" if split is None else "on the split's training part"
     again = f", then refit on all input in {refit_seconds:.1f}s" if refit else ""
     print(f"trained {model.epochs} epochs {what} in {seconds:.1f}s{again}; wrote {out}")

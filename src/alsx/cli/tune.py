@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from alsx.cli import train
+from alsx.cli import train as train_command
 from alsx.cli.common import (
     DATA_KEYS,
     SPLIT_KEYS,
@@ -149,13 +149,13 @@ def cmd_tune(a: argparse.Namespace) -> int:
         f"epoch {result.params['epochs']}) in {result.seconds:.0f}s; wrote {table.name}, best.json, {png.name}",
         file=sys.stderr,
     )
-    return train.cmd_train(train_args(a, out / "best.json"))
+    return train_command.cmd_train(train_args(a, out / "best.json"))
 
 
 def train_args(a: argparse.Namespace, config: Path) -> argparse.Namespace:
     """``alsx train DATA --out DIR --config best.json`` with tune's data and split flags."""
     parser = argparse.ArgumentParser(prog="alsx")
-    train.add_parser(parser.add_subparsers(dest="command", required=True))
+    train_command.add_parser(parser.add_subparsers(dest="command", required=True))
     argv = ["train", a.data, "--out", a.out, "--config", str(config), "--cpu-devices", str(a.cpu_devices)]
     args = apply_config(parser, parser.parse_args(argv), argv)
     for k in (*DATA_KEYS, *SPLIT_KEYS, "ks", "alpha", "backend", "refit"):

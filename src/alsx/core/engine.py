@@ -176,8 +176,9 @@ class Engine(abc.ABC):
         fixed = [f.name for f in dataclasses.fields(HParams) if f.name not in SWAPPABLE
                  and getattr(hp, f.name) != getattr(self.hp, f.name)]
         if fixed:
-            raise ValueError(f"set_hparams cannot change {', '.join(fixed)} (they need re-packing): "
-                             "build a new engine")
+            raise ValueError(f"set_hparams cannot change {', '.join(fixed)} (they need re-packing; build a new "
+                             "engine): " + ", ".join(f"{f} {getattr(self.hp, f)!r} -> {getattr(hp, f)!r}"
+                                                     for f in fixed))
         self.hp = hp
         self.hparams_changed()
 
