@@ -36,8 +36,12 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 FILES = {"gowalla": "gowalla_lightgcn.npz", "cnr": "web_cnr2000.npz"}
-KNOBS = {"faiss-hnsw": [16, 32, 64, 128, 256], "faiss-ivf": [1, 4, 16, 64],
-         "hnswlib": [16, 32, 64, 128, 256], "usearch": [16, 32, 64, 128, 256]}
+KNOBS = {
+    "faiss-hnsw": [16, 32, 64, 128, 256],
+    "faiss-ivf": [1, 4, 16, 64],
+    "hnswlib": [16, 32, 64, 128, 256],
+    "usearch": [16, 32, 64, 128, 256],
+}
 M, EF_BUILD, K = 32, 128, 10
 
 
@@ -108,8 +112,21 @@ def build(name: str, table: np.ndarray, threads: int):
 def model_folder(args, dataset: str, dim: int) -> Path:
     out = Path(args.work) / f"{dataset}_d{dim}"
     if not (out / "col_embeddings.npy").exists():
-        cmd = [sys.executable, "-m", "alsx.cli", "train", str(Path(args.data) / FILES[dataset]), "--out", str(out),
-               "--split", "none", "--epochs", "10", "--dim", str(dim)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "alsx.cli",
+            "train",
+            str(Path(args.data) / FILES[dataset]),
+            "--out",
+            str(out),
+            "--split",
+            "none",
+            "--epochs",
+            "10",
+            "--dim",
+            str(dim),
+        ]
         print("+", " ".join(cmd), file=sys.stderr)
         subprocess.run(cmd, check=True)
     return out
@@ -152,12 +169,30 @@ def measure(args, dataset: str, dim: int) -> list[dict]:
     truth_scores, truth = topk_scores(q, dev, K)
     kth = truth_scores[:, K - 1].astype(np.float64)
     ties = float(np.mean(np.isclose(truth_scores[:, K - 1], topk_scores(q, dev, K + 1)[0][:, K], rtol=1e-6)))
-    base = {"dataset": dataset, "dim": dim, "m": len(table), "queries": args.queries, "threads": args.threads,
-            "ties_at_10": ties, "machine": f"{platform.node()} ({os.cpu_count()} cores, shared)", "date": time.strftime("%Y-%m-%d %H:%M")}
+    base = {
+        "dataset": dataset,
+        "dim": dim,
+        "m": len(table),
+        "queries": args.queries,
+        "threads": args.threads,
+        "ties_at_10": ties,
+        "machine": f"{platform.node()} ({os.cpu_count()} cores, shared)",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     exact_batch = qps(lambda: topk_scores(q, dev, K), len(q))
     exact_single = qps(lambda: [topk_scores(x[None], dev, K) for x in one], len(one))
-    records = [{**base, "library": "exact", "knob": None, "recall": 1.0, "tie_recall": 1.0, "build_s": 0.0,
-                "qps_batch": exact_batch, "qps_single": exact_single}]
+    records = [
+        {
+            **base,
+            "library": "exact",
+            "knob": None,
+            "recall": 1.0,
+            "tie_recall": 1.0,
+            "build_s": 0.0,
+            "qps_batch": exact_batch,
+            "qps_single": exact_single,
+        }
+    ]
     print(json.dumps(records[0]), file=sys.stderr)
     for name in [] if args.exact_only else args.libraries:
         t = time.perf_counter()
@@ -166,10 +201,16 @@ def measure(args, dataset: str, dim: int) -> list[dict]:
         for knob in KNOBS[name]:
             index.set(knob)
             got = index.search(q, K, args.threads)
-            rec = {**base, "library": name, "knob": knob, "recall": recall(got, truth),
-                   "tie_recall": tie_recall(got, q, table, kth), "build_s": build_s,
-                   "qps_batch": qps(lambda ix=index: ix.search(q, K, args.threads), len(q)),
-                   "qps_single": qps(lambda ix=index: [ix.search(x[None], K, 1) for x in one], len(one))}
+            rec = {
+                **base,
+                "library": name,
+                "knob": knob,
+                "recall": recall(got, truth),
+                "tie_recall": tie_recall(got, q, table, kth),
+                "build_s": build_s,
+                "qps_batch": qps(lambda ix=index: ix.search(q, K, args.threads), len(q)),
+                "qps_single": qps(lambda ix=index: [ix.search(x[None], K, 1) for x in one], len(one)),
+            }
             rec["speedup_batch"] = rec["qps_batch"] / exact_batch
             rec["speedup_single"] = rec["qps_single"] / exact_single
             print(json.dumps(rec), file=sys.stderr)
@@ -189,33 +230,46 @@ def replace_exact(jsonl: Path, exact: dict) -> list[dict]:
             if r["library"] == "exact":
                 r = {**exact, "ties_at_10": r["ties_at_10"]}
             else:
-                r = {**r, "speedup_batch": r["qps_batch"] / exact["qps_batch"],
-                     "speedup_single": r["qps_single"] / exact["qps_single"]}
+                r = {
+                    **r,
+                    "speedup_batch": r["qps_batch"] / exact["qps_batch"],
+                    "speedup_single": r["qps_single"] / exact["qps_single"],
+                }
         out.append(r)
     return out
 
 
 def report(jsonl: Path, md: Path, command: str) -> None:
     recs = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    lines = ["# ANN top-10 against exact top-k", "",
-             "Written by `benchmarks/ann.py` (its docstring: protocol, build settings). Commands:", "",
-             *[f"    {c}" for c in dict.fromkeys(r.get("command", command) for r in recs)], "",
-             (f"Machine: {recs[-1]['machine'] if recs else '?'}. **Timings are under contention**: 2 cores shared "
-              "with other engineers working at the same time (load average 10-16 during the run); the lead may "
-              "re-run. ties@10: share of queries whose exact 10th and 11th scores are equal (cnr-2000 has many "
-              "identical columns: 75,842 distinct vectors among 325,557 at d=64), where plain recall@10 (ANN "
-              "top-10 ∩ exact top-10) counts a tied column as a miss; tie-aware: share of the ANN top-10 whose "
-              "exact score reaches the exact 10th score (ann-benchmarks' rule). batch: all queries in one call on "
-              "every thread; single: one query per call, one thread; x exact: queries/s over the exact search's "
-              "(alsx.serve.topk.topk_scores, JAX on the CPU), same mode."), "",
-             "| data | d | m | ties@10 | library | knob | recall@10 | tie-aware | build s | batch q/s | x exact | single q/s | x exact |",
-             "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# ANN top-10 against exact top-k",
+        "",
+        "Written by `benchmarks/ann.py` (its docstring: protocol, build settings). Commands:",
+        "",
+        *[f"    {c}" for c in dict.fromkeys(r.get("command", command) for r in recs)],
+        "",
+        (
+            f"Machine: {recs[-1]['machine'] if recs else '?'}. **Timings are under contention**: 2 cores shared "
+            "with other engineers working at the same time (load average 10-16 during the run); the lead may "
+            "re-run. ties@10: share of queries whose exact 10th and 11th scores are equal (cnr-2000 has many "
+            "identical columns: 75,842 distinct vectors among 325,557 at d=64), where plain recall@10 (ANN "
+            "top-10 ∩ exact top-10) counts a tied column as a miss; tie-aware: share of the ANN top-10 whose "
+            "exact score reaches the exact 10th score (ann-benchmarks' rule). batch: all queries in one call on "
+            "every thread; single: one query per call, one thread; x exact: queries/s over the exact search's "
+            "(alsx.serve.topk.topk_scores, JAX on the CPU), same mode."
+        ),
+        "",
+        "| data | d | m | ties@10 | library | knob | recall@10 | tie-aware | build s | batch q/s | x exact | single q/s | x exact |",
+        "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in recs:
         knob = "" if r["knob"] is None else f"{KNOB_NAME[r['library']]}={r['knob']}"
-        lines.append(f"| {r['dataset']} | {r['dim']} | {r['m']:,} | {r['ties_at_10']:.2f} | {r['library']} | {knob} | "
-                     f"{r['recall']:.3f} | {r['tie_recall']:.3f} | "
-                     f"{r['build_s']:.1f} | {r['qps_batch']:,.0f} | {r.get('speedup_batch', 1.0):.1f} | "
-                     f"{r['qps_single']:,.0f} | {r.get('speedup_single', 1.0):.1f} |")
+        lines.append(
+            f"| {r['dataset']} | {r['dim']} | {r['m']:,} | {r['ties_at_10']:.2f} | {r['library']} | {knob} | "
+            f"{r['recall']:.3f} | {r['tie_recall']:.3f} | "
+            f"{r['build_s']:.1f} | {r['qps_batch']:,.0f} | {r.get('speedup_batch', 1.0):.1f} | "
+            f"{r['qps_single']:,.0f} | {r.get('speedup_single', 1.0):.1f} |"
+        )
     md.write_text("\n".join(lines) + "\n")
 
 
@@ -227,13 +281,19 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=2000, help="query rows (default %(default)s)")
     p.add_argument("--single", type=int, default=200, help="of them, timed one by one (default %(default)s)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of a batched search (default: all)")
-    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"),
-                   help="folder of the .npz data sets (default %(default)s)")
+    p.add_argument(
+        "--data",
+        default=str(HERE.parent.parent / "shared" / "data"),
+        help="folder of the .npz data sets (default %(default)s)",
+    )
     p.add_argument("--work", default=str(HERE / "out" / "ann"), help="trained models (default %(default)s)")
     p.add_argument("--jsonl", default=str(HERE / "results_ann.jsonl"), help="records (default %(default)s)")
     p.add_argument("--report", action="store_true", help="only rebuild results_ann.md from the records")
-    p.add_argument("--exact-only", action="store_true",
-                   help="measure the exact search again and redo the speed-ups of the stored ANN records")
+    p.add_argument(
+        "--exact-only",
+        action="store_true",
+        help="measure the exact search again and redo the speed-ups of the stored ANN records",
+    )
     args = p.parse_args()
     args.libraries = args.libraries.split(",")
     jsonl = Path(args.jsonl)

@@ -70,10 +70,16 @@ def child(n_buckets: int, entries: int, dim: int) -> dict:
         if len(times) == 1:
             first_done = time.perf_counter() - t0
     later = float(np.median(times[1:]))
-    return {"n_buckets": n_buckets, "widths": [len(eng._rows["blocks"]), len(eng._cols["blocks"])],
-            "fill": [eng.stats.row_fill, eng.stats.col_fill], "epochs": times, "compile_s": times[0] - later,
-            "s_per_epoch": later, "to_first_epoch_s": first_done,
-            "programs": sum("Compiling" in c for c in compiles)}
+    return {
+        "n_buckets": n_buckets,
+        "widths": [len(eng._rows["blocks"]), len(eng._cols["blocks"])],
+        "fill": [eng.stats.row_fill, eng.stats.col_fill],
+        "epochs": times,
+        "compile_s": times[0] - later,
+        "s_per_epoch": later,
+        "to_first_epoch_s": first_done,
+        "programs": sum("Compiling" in c for c in compiles),
+    }
 
 
 def run_child(n_buckets: int, entries: int, dim: int, cache: str) -> dict:
@@ -103,8 +109,12 @@ def cnr_epochs(epochs: int, dim: int) -> dict:
             if i:
                 times[k].append(time.perf_counter() - t)
     for k, e in engines.items():
-        out[k] = {"widths": [len(e._rows["blocks"]), len(e._cols["blocks"])], "fill": [e.stats.row_fill, e.stats.col_fill],
-                  "s_per_epoch": float(np.median(times[k])), "epochs": times[k]}
+        out[k] = {
+            "widths": [len(e._rows["blocks"]), len(e._cols["blocks"])],
+            "fill": [e.stats.row_fill, e.stats.col_fill],
+            "s_per_epoch": float(np.median(times[k])),
+            "epochs": times[k],
+        }
     w10, w0 = engines[10].to_numpy(states[10])[0], engines[0].to_numpy(states[0])[0]
     out["max_abs_diff"] = float(np.abs(w10 - w0).max())
     return out
@@ -130,38 +140,56 @@ def main() -> None:
     off = run_child(0, a.entries, a.dim, "")
     cnr = cnr_epochs(a.cnr_epochs, a.dim)
     load_avg = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    lines = ["# JAX engine start-up on a small input: compile seconds by bucket count", "",
-             f"Command: `PYTHONPATH=src python benchmarks/compile_time.py --entries {a.entries} --dim {a.dim} "
-             f"--cnr-epochs {a.cnr_epochs}`", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other engineers' jobs (load "
-             f"average at the end {load_avg}: every number here is under contention), Python "
-             f"{platform.python_version()}, jax {__import__('jax').__version__}, backend 'jax' on the CPU.", "",
-             f"Input: the first {a.entries:,} entries of citeulike-a (5,551 x 16,980), d = {a.dim}, CG 3 steps. "
-             "Each row is a fresh interpreter. compile = epoch 1 - median(epochs 2, 3); programs = XLA "
-             "compilations logged (bucket programs, prologues, init); start = interpreter start to the end of "
-             "epoch 1 (imports, packing, compiles).", "",
-             "| n_buckets | widths (rows, cols) | fill (rows, cols) | cache | XLA programs (compiled or loaded) | compile (s) | "
-             "start to epoch 1 done (s) | s/epoch |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "# JAX engine start-up on a small input: compile seconds by bucket count",
+        "",
+        f"Command: `PYTHONPATH=src python benchmarks/compile_time.py --entries {a.entries} --dim {a.dim} "
+        f"--cnr-epochs {a.cnr_epochs}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other engineers' jobs (load "
+        f"average at the end {load_avg}: every number here is under contention), Python "
+        f"{platform.python_version()}, jax {__import__('jax').__version__}, backend 'jax' on the CPU.",
+        "",
+        f"Input: the first {a.entries:,} entries of citeulike-a (5,551 x 16,980), d = {a.dim}, CG 3 steps. "
+        "Each row is a fresh interpreter. compile = epoch 1 - median(epochs 2, 3); programs = XLA "
+        "compilations logged (bucket programs, prologues, init); start = interpreter start to the end of "
+        "epoch 1 (imports, packing, compiles).",
+        "",
+        "| n_buckets | widths (rows, cols) | fill (rows, cols) | cache | XLA programs (compiled or loaded) | compile (s) | "
+        "start to epoch 1 done (s) | s/epoch |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
 
     def line(nb, r, cache):
         label = "auto (0)" if nb == 0 else str(nb)
-        return (f"| {label} | {r['widths'][0]}, {r['widths'][1]} | {r['fill'][0]:.2f}, {r['fill'][1]:.2f} | {cache} | "
-                f"{r['programs']} | {r['compile_s']:.2f} | {r['to_first_epoch_s']:.2f} | {r['s_per_epoch']:.3f} |")
+        return (
+            f"| {label} | {r['widths'][0]}, {r['widths'][1]} | {r['fill'][0]:.2f}, {r['fill'][1]:.2f} | {cache} | "
+            f"{r['programs']} | {r['compile_s']:.2f} | {r['to_first_epoch_s']:.2f} | {r['s_per_epoch']:.3f} |"
+        )
 
     for nb, cold, warm in rows:
         lines += [line(nb, cold, "cold (empty folder)"), line(nb, warm, "warm (same folder)")]
     lines.append(line(0, off, "off (ALSX_CACHE_DIR='')"))
-    lines += ["", f"## cnr-2000 (3,216,152 entries), d = {a.dim}: s/epoch before (10 buckets) and after (auto)", "",
-              "Both engines in one process, epochs alternated (one compile round, then "
-              f"{a.cnr_epochs} rounds), median:", "",
-              "| n_buckets | widths (rows, cols) | fill (rows, cols) | s/epoch | epochs (s) |", "|---|---|---|---:|---|"]
+    lines += [
+        "",
+        f"## cnr-2000 (3,216,152 entries), d = {a.dim}: s/epoch before (10 buckets) and after (auto)",
+        "",
+        f"Both engines in one process, epochs alternated (one compile round, then {a.cnr_epochs} rounds), median:",
+        "",
+        "| n_buckets | widths (rows, cols) | fill (rows, cols) | s/epoch | epochs (s) |",
+        "|---|---|---|---:|---|",
+    ]
     for k in (10, 0):
         c = cnr[k]
-        lines.append(f"| {'auto (0)' if k == 0 else k} | {c['widths'][0]}, {c['widths'][1]} | {c['fill'][0]:.3f}, "
-                     f"{c['fill'][1]:.3f} | {c['s_per_epoch']:.3f} | {', '.join(f'{t:.2f}' for t in c['epochs'])} |")
-    lines += ["", f"Tables after {a.cnr_epochs + 1} epochs differ by at most {cnr['max_abs_diff']:.1e} (same maths, "
-              "different padding: float32 summation order)."]
+        lines.append(
+            f"| {'auto (0)' if k == 0 else k} | {c['widths'][0]}, {c['widths'][1]} | {c['fill'][0]:.3f}, "
+            f"{c['fill'][1]:.3f} | {c['s_per_epoch']:.3f} | {', '.join(f'{t:.2f}' for t in c['epochs'])} |"
+        )
+    lines += [
+        "",
+        f"Tables after {a.cnr_epochs + 1} epochs differ by at most {cnr['max_abs_diff']:.1e} (same maths, "
+        "different padding: float32 summation order).",
+    ]
     OUT.write_text("\n".join(lines) + "\n")
     print(OUT.read_text())
 

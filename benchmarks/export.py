@@ -51,9 +51,17 @@ def measure(name: str, folder: str, repeat: int) -> list[dict]:
             finally:
                 shutil.rmtree(tmp)
             if best is None or write_s < best["write_s"]:
-                best = {"model": name, "n_rows": len(model.row_embeddings_), "n_cols": len(model.col_embeddings_),
-                        "dim": model.row_embeddings_.shape[1], "format": fmt, "layout": layout or "",
-                        "mb": size / 1e6, "write_s": write_s, "read_s": read_s}
+                best = {
+                    "model": name,
+                    "n_rows": len(model.row_embeddings_),
+                    "n_cols": len(model.col_embeddings_),
+                    "dim": model.row_embeddings_.shape[1],
+                    "format": fmt,
+                    "layout": layout or "",
+                    "mb": size / 1e6,
+                    "write_s": write_s,
+                    "read_s": read_s,
+                }
         print(best, file=sys.stderr)
         out.append(best)
     return out
@@ -66,15 +74,27 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "results_export.md"), help="table (default %(default)s)")
     args = p.parse_args()
     rows = [r for item in args.models.split(",") for r in measure(*item.split("=", 1), args.repeat)]
-    lines = ["# alsx export: sizes and seconds", "", "Written by `benchmarks/export.py`. Command:", "",
-             "    python benchmarks/export.py " + " ".join(sys.argv[1:]), "",
-             (f"Machine: {platform.node()} ({os.cpu_count()} cores). **Timings are under contention** from other "
-              "engineers on the same 2 cores; the lead may re-run. Both tables (rows and columns) per line; "
-              f"Parquet with snappy compression, no dictionary, row groups of 65,536; best of {args.repeat}."), "",
-             "| model | rows | cols | d | format | layout | MB | write s | read s |",
-             "|---|---:|---:|---:|---|---|---:|---:|---:|"]
-    lines += [f"| {r['model']} | {r['n_rows']:,} | {r['n_cols']:,} | {r['dim']} | {r['format']} | {r['layout']} | "
-              f"{r['mb']:.1f} | {r['write_s']:.2f} | {r['read_s']:.2f} |" for r in rows]
+    lines = [
+        "# alsx export: sizes and seconds",
+        "",
+        "Written by `benchmarks/export.py`. Command:",
+        "",
+        "    python benchmarks/export.py " + " ".join(sys.argv[1:]),
+        "",
+        (
+            f"Machine: {platform.node()} ({os.cpu_count()} cores). **Timings are under contention** from other "
+            "engineers on the same 2 cores; the lead may re-run. Both tables (rows and columns) per line; "
+            f"Parquet with snappy compression, no dictionary, row groups of 65,536; best of {args.repeat}."
+        ),
+        "",
+        "| model | rows | cols | d | format | layout | MB | write s | read s |",
+        "|---|---:|---:|---:|---|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['n_rows']:,} | {r['n_cols']:,} | {r['dim']} | {r['format']} | {r['layout']} | "
+        f"{r['mb']:.1f} | {r['write_s']:.2f} | {r['read_s']:.2f} |"
+        for r in rows
+    ]
     Path(args.out).write_text("\n".join(lines) + "\n")
 
 

@@ -54,8 +54,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("ALSX_DATA") or next(
-    (p for p in (ROOT.parent / "shared" / "data", ROOT / "shared" / "data") if p.is_dir()), ROOT.parent / "shared" / "data"))
+DATA = Path(
+    os.environ.get("ALSX_DATA")
+    or next(
+        (p for p in (ROOT.parent / "shared" / "data", ROOT / "shared" / "data") if p.is_dir()),
+        ROOT.parent / "shared" / "data",
+    )
+)
 
 # Peak copy bandwidth (bytes/s), float32 and bfloat16 matrix FLOP/s by device kind (substring
 # of jax's device_kind, first match wins). H200/H100 SXM: published HBM bandwidth x ~0.9 for a
@@ -79,14 +84,23 @@ TINY = {
 def plan_runs(tiny: bool, datasets: list[str]) -> list[dict]:
     """Runs in priority order: (data, tied, dim, dtype, solver)."""
     if tiny:  # every code path once, at toy sizes
-        runs = [("ml20m", False, 16, "float32", "cg"), ("web100m", False, 16, "float32", "cg"),
-                ("web100m", True, 16, "float32", "cg"), ("ml20m", False, 16, "bfloat16", "block"),
-                ("ml20m", False, 8, "float32", "cholesky")]
+        runs = [
+            ("ml20m", False, 16, "float32", "cg"),
+            ("web100m", False, 16, "float32", "cg"),
+            ("web100m", True, 16, "float32", "cg"),
+            ("ml20m", False, 16, "bfloat16", "block"),
+            ("ml20m", False, 8, "float32", "cholesky"),
+        ]
     else:
-        runs = [("ml20m", False, 128, "float32", "cg"), ("web100m", False, 128, "float32", "cg"),
-                ("web100m", True, 128, "float32", "cg"), ("ml20m", False, 128, "bfloat16", "cg"),
-                ("web100m", False, 128, "bfloat16", "cg"), ("ml20m", False, 128, "float32", "block"),
-                ("ml20m", False, 128, "float32", "cholesky")]
+        runs = [
+            ("ml20m", False, 128, "float32", "cg"),
+            ("web100m", False, 128, "float32", "cg"),
+            ("web100m", True, 128, "float32", "cg"),
+            ("ml20m", False, 128, "bfloat16", "cg"),
+            ("web100m", False, 128, "bfloat16", "cg"),
+            ("ml20m", False, 128, "float32", "block"),
+            ("ml20m", False, 128, "float32", "cholesky"),
+        ]
         for d in (64, 256, 1024):
             runs += [("ml20m", False, d, "float32", "cg"), ("ml20m", False, d, "bfloat16", "cg")]
         runs += [("ml20m", False, d, "float32", s) for d in (64, 256) for s in ("block", "cholesky")]
@@ -137,17 +151,23 @@ def write_data(name: str, spec: dict | None, folder: Path) -> Path:
     r, c = keys // m, keys % m
     t = np.sort(c * n + r)
     path = folder / f"{name}.npz"
-    np.savez(path, shape=np.array([n, m]), row_ptr=np.searchsorted(r, np.arange(n + 1)).astype(np.int64),
-             row_idx=c.astype(np.int32), col_ptr=np.searchsorted(t // n, np.arange(m + 1)).astype(np.int64),
-             col_idx=(t % n).astype(np.int32))
+    np.savez(
+        path,
+        shape=np.array([n, m]),
+        row_ptr=np.searchsorted(r, np.arange(n + 1)).astype(np.int64),
+        row_idx=c.astype(np.int32),
+        col_ptr=np.searchsorted(t // n, np.arange(m + 1)).astype(np.int64),
+        col_idx=(t % n).astype(np.int32),
+    )
     return path
 
 
 # ---------------------------------------------------------------------------- cost formulas
 
 
-def side_cost(padded: int, n_rows: int, n_fixed: int, d: int, isz: int, solver: str, cg_steps: int,
-              block: int) -> tuple[float, float]:
+def side_cost(
+    padded: int, n_rows: int, n_fixed: int, d: int, isz: int, solver: str, cg_steps: int, block: int
+) -> tuple[float, float]:
     """(bytes, FLOPs) one half-step must move / do (the formulas of the module docstring)."""
     p, r, c = float(padded), float(n_rows), float(n_fixed)
     nbytes = p * (d * isz + 8) + 2 * r * d * isz + c * d * isz
@@ -155,9 +175,9 @@ def side_cost(padded: int, n_rows: int, n_fixed: int, d: int, isz: int, solver: 
     if solver == "cg":
         flops = 4 * p * d * (cg_steps + 1) + 2 * r * d * d * (cg_steps + 1) + gram
     elif solver == "cholesky":
-        flops = 2 * p * d * d + 2 * p * d + r * (d ** 3 / 3 + 3 * d * d) + gram
+        flops = 2 * p * d * d + 2 * p * d + r * (d**3 / 3 + 3 * d * d) + gram
     else:
-        flops = (d / block) * (2 * p * d + 2 * p * block ** 2 + 2 * p * block + r * (block ** 3 / 3 + 2 * d * block)) + gram
+        flops = (d / block) * (2 * p * d + 2 * p * block**2 + 2 * p * block + r * (block**3 / 3 + 2 * d * block)) + gram
     return nbytes, flops
 
 
@@ -200,15 +220,27 @@ def child(run: dict, path: str, epochs: int) -> dict:
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
     isz = 2 if hp.dtype == "bfloat16" else 4
     bs = hp.block_width("jax")
-    cost = [side_cost(padded_entries(eng._rows), n, m, hp.dim, isz, hp.solver, 3, bs),
-            side_cost(padded_entries(eng._cols), m, n, hp.dim, isz, hp.solver, 3, bs)]
+    cost = [
+        side_cost(padded_entries(eng._rows), n, m, hp.dim, isz, hp.solver, 3, bs),
+        side_cost(padded_entries(eng._cols), m, n, hp.dim, isz, hp.solver, 3, bs),
+    ]
     later = float(np.median(times[1:]))
-    return {**run, "n_rows": n, "n_cols": m, "nnz": int(rows.nnz), "device": dev.device_kind,
-            "platform": dev.platform, "pack_s": pack_s, "epoch_s": times, "s_per_epoch": later,
-            "compile_s": max(times[0] - later, 0.0),
-            "fill": [eng.stats.row_fill, eng.stats.col_fill],
-            "peak_bytes": None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None,
-            "bytes": sum(c[0] for c in cost), "flops": sum(c[1] for c in cost)}
+    return {
+        **run,
+        "n_rows": n,
+        "n_cols": m,
+        "nnz": int(rows.nnz),
+        "device": dev.device_kind,
+        "platform": dev.platform,
+        "pack_s": pack_s,
+        "epoch_s": times,
+        "s_per_epoch": later,
+        "compile_s": max(times[0] - later, 0.0),
+        "fill": [eng.stats.row_fill, eng.stats.col_fill],
+        "peak_bytes": None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None,
+        "bytes": sum(c[0] for c in cost),
+        "flops": sum(c[1] for c in cost),
+    }
 
 
 # ---------------------------------------------------------------------------- parent
@@ -218,8 +250,12 @@ def rates(rec: dict) -> dict:
     """Achieved bytes/s and FLOP/s and their fractions of the device's peaks (None when unknown)."""
     peak = next((v for k, v in PEAKS.items() if k in rec.get("device", "")), None)
     bw, fl = rec["bytes"] / rec["s_per_epoch"], rec["flops"] / rec["s_per_epoch"]
-    return {"bytes_s": bw, "flop_s": fl, "frac_bytes": bw / peak["bytes_s"] if peak else None,
-            "frac_flops": fl / peak["f32_flop_s"] if peak else None}
+    return {
+        "bytes_s": bw,
+        "flop_s": fl,
+        "frac_bytes": bw / peak["bytes_s"] if peak else None,
+        "frac_flops": fl / peak["f32_flop_s"] if peak else None,
+    }
 
 
 def run_one(run: dict, path: Path, epochs: int, timeout: float, in_process: bool = False) -> dict:
@@ -251,28 +287,47 @@ def fmt(x, spec: str = ".3g") -> str:
 
 def write_tables(out: Path, recs: list[dict], meta: dict) -> None:
     (out / "gpu_results.json").write_text(json.dumps({"meta": meta, "runs": recs}, indent=1))
-    lines = [f"# JAX engine on {meta['device']}", "", f"Command: `{meta['command']}`", "",
-             f"Machine: {meta['machine']}; jax {meta['jax']}; budget {meta['budget_s']:.0f} s, "
-             f"used {meta['elapsed_s']:.0f} s; data generation {meta['data_s']:.1f} s.", "",
-             "| data | tied | d | dtype | solver | nnz | compile (s) | s/epoch | peak mem (GiB) | GB/epoch | "
-             "GFLOP/epoch | GB/s | GFLOP/s | % peak bytes/s | % peak f32 FLOP/s | status |",
-             "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"# JAX engine on {meta['device']}",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {meta['machine']}; jax {meta['jax']}; budget {meta['budget_s']:.0f} s, "
+        f"used {meta['elapsed_s']:.0f} s; data generation {meta['data_s']:.1f} s.",
+        "",
+        "| data | tied | d | dtype | solver | nnz | compile (s) | s/epoch | peak mem (GiB) | GB/epoch | "
+        "GFLOP/epoch | GB/s | GFLOP/s | % peak bytes/s | % peak f32 FLOP/s | status |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in recs:
         ok = r["status"] == "ok"
         pb = r.get("peak_bytes")
-        cells = [r["data"], "yes" if r["tied"] else "no", str(r["dim"]), r["dtype"], r["solver"],
-                 f"{r['nnz']:,}" if ok else "", fmt(r.get("compile_s")) if ok else "",
-                 fmt(r.get("s_per_epoch"), ".4g") if ok else "", fmt(pb / 2**30 if pb else None) if ok else "",
-                 fmt(r["bytes"] / 1e9) if ok else "", fmt(r["flops"] / 1e9) if ok else "",
-                 fmt(r["bytes_s"] / 1e9) if ok else "", fmt(r["flop_s"] / 1e9) if ok else "",
-                 fmt(100 * r["frac_bytes"] if ok and r["frac_bytes"] is not None else None, ".1f") if ok else "",
-                 fmt(100 * r["frac_flops"] if ok and r["frac_flops"] is not None else None, ".1f") if ok else "",
-                 r["status"]]
+        cells = [
+            r["data"],
+            "yes" if r["tied"] else "no",
+            str(r["dim"]),
+            r["dtype"],
+            r["solver"],
+            f"{r['nnz']:,}" if ok else "",
+            fmt(r.get("compile_s")) if ok else "",
+            fmt(r.get("s_per_epoch"), ".4g") if ok else "",
+            fmt(pb / 2**30 if pb else None) if ok else "",
+            fmt(r["bytes"] / 1e9) if ok else "",
+            fmt(r["flops"] / 1e9) if ok else "",
+            fmt(r["bytes_s"] / 1e9) if ok else "",
+            fmt(r["flop_s"] / 1e9) if ok else "",
+            fmt(100 * r["frac_bytes"] if ok and r["frac_bytes"] is not None else None, ".1f") if ok else "",
+            fmt(100 * r["frac_flops"] if ok and r["frac_flops"] is not None else None, ".1f") if ok else "",
+            r["status"],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "compile = epoch 1 - median(epochs 2..E), cold persistent cache; s/epoch = median of epochs "
-              "2..E; bytes and FLOPs per epoch from the packed shapes (formulas in benchmarks/gpu.py); "
-              "fractions of the device's peak copy bandwidth and float32 FLOP/s (the normal equations are "
-              "float32 for bfloat16 tables too); n/a where the device has no entry in PEAKS or no memory_stats."]
+    lines += [
+        "",
+        "compile = epoch 1 - median(epochs 2..E), cold persistent cache; s/epoch = median of epochs "
+        "2..E; bytes and FLOPs per epoch from the packed shapes (formulas in benchmarks/gpu.py); "
+        "fractions of the device's peak copy bandwidth and float32 FLOP/s (the normal equations are "
+        "float32 for bfloat16 tables too); n/a where the device has no entry in PEAKS or no memory_stats.",
+    ]
     (out / "gpu_results.md").write_text("\n".join(lines) + "\n")
 
 
@@ -318,10 +373,16 @@ def main() -> None:
     from importlib.metadata import version
 
     device = next((r["device"] for r in recs if r.get("device")), "unknown device (no run finished)")
-    meta = {"command": "python benchmarks/gpu.py " + " ".join(sys.argv[1:]), "device": device,
-            "jax": version("jax"), "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, Python "
-            f"{platform.python_version()}", "budget_s": budget, "elapsed_s": time.perf_counter() - t0,
-            "data_s": data_s, "missing": [n for n in a.data if n not in names]}
+    meta = {
+        "command": "python benchmarks/gpu.py " + " ".join(sys.argv[1:]),
+        "device": device,
+        "jax": version("jax"),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+        "budget_s": budget,
+        "elapsed_s": time.perf_counter() - t0,
+        "data_s": data_s,
+        "missing": [n for n in a.data if n not in names],
+    }
     write_tables(out, recs, meta)
     for p in paths.values():
         p.unlink()

@@ -49,8 +49,7 @@ def train_matrix(path: Path) -> sp.csr_matrix:
     with np.load(path, allow_pickle=False) as z:
         keep = ~z["is_test"] if "is_test" in z.files else np.ones(len(z["rows"]), bool)
         shape = tuple(int(s) for s in z["shape"])
-        return sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (z["rows"][keep], z["cols"][keep])),
-                             shape=shape)
+        return sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (z["rows"][keep], z["cols"][keep])), shape=shape)
 
 
 def timed(call, users: np.ndarray) -> dict:
@@ -61,8 +60,12 @@ def timed(call, users: np.ndarray) -> dict:
         call(int(u))
         times.append((time.perf_counter() - t0) * 1e3)
     rest = np.array(times[1:])
-    return {"first": times[0], "p50": float(np.median(rest)), "p99": float(np.percentile(rest, 99)),
-            "max": float(rest.max())}
+    return {
+        "first": times[0],
+        "p50": float(np.median(rest)),
+        "p99": float(np.percentile(rest, 99)),
+        "max": float(rest.max()),
+    }
 
 
 def implicit_model(w: np.ndarray, h: np.ndarray):
@@ -84,8 +87,11 @@ def measure(name: str, x: sp.csr_matrix, dim: int, calls: int, epochs: int, seed
 
     def row(library, path, t):
         out.append({"data": name, "dim": dim, "library": library, "path": path, **t})
-        print(f"{name} d={dim} {library:8} {path:9} first {t['first']:8.2f} ms  p50 {t['p50']:.3f}  "
-              f"p99 {t['p99']:.3f}  max {t['max']:.3f}", file=sys.stderr)
+        print(
+            f"{name} d={dim} {library:8} {path:9} first {t['first']:8.2f} ms  p50 {t['p50']:.3f}  "
+            f"p99 {t['p99']:.3f}  max {t['max']:.3f}",
+            file=sys.stderr,
+        )
 
     with threadpool_limits(1, "blas"):  # both libraries alike: one BLAS thread per call
         row("alsx", "recommend", timed(lambda u: model.recommend([u], k=10), users))
@@ -97,8 +103,18 @@ def measure(name: str, x: sp.csr_matrix, dim: int, calls: int, epochs: int, seed
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = (
+        next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
     system = f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
     return f"{cpu}, {os.cpu_count()} cores, {system}"
 
@@ -123,15 +139,22 @@ def report(rows: list[dict], command: str, load: str) -> str:
         "| data | d | library | path | first ms | p50 ms | p99 ms | max ms |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['data']} | {r['dim']} | {r['library']} | {r['path']} | {r['first']:.2f} | {r['p50']:.3f} | "
-              f"{r['p99']:.3f} | {r['max']:.3f} |" for r in rows]
+    lines += [
+        f"| {r['data']} | {r['dim']} | {r['library']} | {r['path']} | {r['first']:.2f} | {r['p50']:.3f} | "
+        f"{r['p99']:.3f} | {r['max']:.3f} |"
+        for r in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=Path(os.environ.get("ALSX_DATA", ROOT.parent / "shared" / "data")),
-                   help="folder holding the .npz data sets (default: $ALSX_DATA or ../shared/data)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("ALSX_DATA", ROOT.parent / "shared" / "data")),
+        help="folder holding the .npz data sets (default: $ALSX_DATA or ../shared/data)",
+    )
     p.add_argument("--sets", default="ml1m,gowalla", help="comma-separated data sets: ml1m, gowalla")
     p.add_argument("--dims", default="64,128", help="comma-separated embedding dimensions")
     p.add_argument("--calls", type=int, default=1000, help="single-user calls per path (the first is cold)")

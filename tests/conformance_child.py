@@ -21,10 +21,9 @@ if __name__ == "__main__":
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={cfg['devices']}"
     import jax
 
+    import conformance_inputs as ci
     from alsx.core.sharded import ShardedEngine
     from alsx.core.sharding import make_mesh
-
-    import conformance_inputs as ci
 
     assert len(jax.devices()) == cfg["devices"], jax.devices()
     out = {}

@@ -123,6 +123,11 @@ def problems() -> list[Problem]:
     ur, uc = user_item()
     return [
         Problem("web", wr, wc, HParams(dim=16, reg=0.1, unobserved_weight=0.03, nu=1.0, cg_steps=3), iso),
-        Problem("useritem", ur, uc, HParams(dim=16, reg=0.01, unobserved_weight=0.05, nu=1.0, cg_steps=3),
-                np.empty(0, np.int64)),
+        Problem(
+            "useritem",
+            ur,
+            uc,
+            HParams(dim=16, reg=0.01, unobserved_weight=0.05, nu=1.0, cg_steps=3),
+            np.empty(0, np.int64),
+        ),
     ]

@@ -31,9 +31,11 @@ def loss_parts(conf: np.ndarray, w: np.ndarray, h: np.ndarray, reg: float, alpha
     h = h.astype(np.float64)
     s = w @ h.T
     obs = float(np.sum(np.where(conf > 0, conf * (s - 1.0) ** 2, 0.0)))
-    unobs = float(alpha0 * np.sum(s ** 2))
-    reg_part = float(np.sum(row_lambdas(conf, reg, alpha0, nu) * (w ** 2).sum(1))
-                     + np.sum(row_lambdas(conf.T, reg, alpha0, nu) * (h ** 2).sum(1)))
+    unobs = float(alpha0 * np.sum(s**2))
+    reg_part = float(
+        np.sum(row_lambdas(conf, reg, alpha0, nu) * (w**2).sum(1))
+        + np.sum(row_lambdas(conf.T, reg, alpha0, nu) * (h**2).sum(1))
+    )
     return {"observed": obs, "unobserved": unobs, "regularisation": reg_part}
 
 

@@ -51,8 +51,7 @@ def problem(square: bool = False):
 def settings(solver: str = "cholesky", dtype: str = "float32"):
     from alsx.config import HParams, Packing
 
-    hp = HParams(dim=8, reg=0.05, unobserved_weight=0.1, nu=1.0, solver=solver, cg_steps=3, dtype=dtype,
-                 block_size=4)
+    hp = HParams(dim=8, reg=0.05, unobserved_weight=0.1, nu=1.0, solver=solver, cg_steps=3, dtype=dtype, block_size=4)
     return hp, Packing(min_width=4, max_width=16, batch_entries=64, n_buckets=3)  # few blocks: quick to compile
 
 
@@ -102,8 +101,8 @@ def compare() -> None:
 
 def train() -> None:
     from alsx.checkpoint import Checkpointer, CheckpointOptions
-    from alsx.train import run_epochs as run
     from alsx.core.sharded import ShardedEngine
+    from alsx.train import run_epochs as run
 
     rows, cols = problem()
     hp, pk = settings()
@@ -121,13 +120,19 @@ def multi_process() -> None:
 
     from alsx.distributed import DistributedOptions, Watchdog, fail_fast, initialize
 
-    initialize(DistributedOptions(coordinator=f"127.0.0.1:{CFG['port']}", num_processes=CFG["nproc"],
-                                  process_id=CFG["pid"], heartbeat_timeout_s=CFG.get("heartbeat", 10),
-                                  init_timeout_s=60))
+    initialize(
+        DistributedOptions(
+            coordinator=f"127.0.0.1:{CFG['port']}",
+            num_processes=CFG["nproc"],
+            process_id=CFG["pid"],
+            heartbeat_timeout_s=CFG.get("heartbeat", 10),
+            init_timeout_s=60,
+        )
+    )
     from alsx.core.engine import LocalEngine
     from alsx.core.sharded import ShardedEngine
-    from alsx.data.layout import engine_layouts
     from alsx.core.sharding import local_shards, make_mesh, process_groups
+    from alsx.data.layout import engine_layouts
     from alsx.data.shard_packing import local_part
 
     rows, cols = problem()
@@ -201,8 +206,13 @@ def permute() -> None:
     ref = np.where((index >= 0)[:, None], src[np.maximum(index, 0)], 0.0)
     fn, args = permute_program(table, index, mesh)
     text = fn.lower(*args).compile().as_text()
-    np.savez(CFG["out"], got=got, ref=ref, k=args[1].shape[-1],
-             **{k.replace("-", "_"): v for k, v in collective_bytes(text).items()})
+    np.savez(
+        CFG["out"],
+        got=got,
+        ref=ref,
+        k=args[1].shape[-1],
+        **{k.replace("-", "_"): v for k, v in collective_bytes(text).items()},
+    )
 
 
 def evaluate_many() -> None:
@@ -254,5 +264,11 @@ def stall() -> None:
 if __name__ == "__main__":
     CFG.update(json.loads(sys.argv[1]))
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={CFG.get('devices', 1)}"
-    {"compare": compare, "train": train, "mp": multi_process, "stall": stall, "permute": permute,
-     "evaluate": evaluate_many}[CFG["mode"]]()
+    {
+        "compare": compare,
+        "train": train,
+        "mp": multi_process,
+        "stall": stall,
+        "permute": permute,
+        "evaluate": evaluate_many,
+    }[CFG["mode"]]()

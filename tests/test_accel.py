@@ -63,12 +63,14 @@ def test_cache_folder_from_the_environment(monkeypatch, tmp_path):
 
 def test_fit_writes_and_reuses_the_compilation_cache(tmp_path):
     """ALS.fit with backend 'jax' (the library path, no CLI) stores its programs in ALSX_CACHE_DIR."""
-    code = ("import numpy as np, jax; from alsx.model import ALS; from alsx.data.matrix import Interactions\n"
-            "rng = np.random.default_rng(0); k = np.unique(rng.integers(0, 200 * 150, 3000))\n"
-            "x = Interactions(rows=(k // 150).astype(np.int32), cols=(k % 150).astype(np.int32),"
-            " values=np.ones(len(k), np.float32), shape=(200, 150))\n"
-            "ALS(dim=8, epochs=1, backend='jax').fit(x)\n"
-            "print(jax.config.jax_compilation_cache_dir)\n")
+    code = (
+        "import numpy as np, jax; from alsx.model import ALS; from alsx.data.matrix import Interactions\n"
+        "rng = np.random.default_rng(0); k = np.unique(rng.integers(0, 200 * 150, 3000))\n"
+        "x = Interactions(rows=(k // 150).astype(np.int32), cols=(k % 150).astype(np.int32),"
+        " values=np.ones(len(k), np.float32), shape=(200, 150))\n"
+        "ALS(dim=8, epochs=1, backend='jax').fit(x)\n"
+        "print(jax.config.jax_compilation_cache_dir)\n"
+    )
     env = dict(os.environ, ALSX_CACHE_DIR=str(tmp_path), JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)  # one device: an in-process `alsx --cpu-devices N` earlier in the run sets it
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH", "")]))

@@ -119,7 +119,14 @@ def test_missing_npz_key_lists_available(tmp_path):
 
 def test_missing_dataframe_column():
     pd = pytest.importorskip("pandas")
-    raises("DataFrame", "'item'", "['user', 'movie']", source=pd.DataFrame({"user": [1], "movie": [2]}), row="user", col="item")
+    raises(
+        "DataFrame",
+        "'item'",
+        "['user', 'movie']",
+        source=pd.DataFrame({"user": [1], "movie": [2]}),
+        row="user",
+        col="item",
+    )
 
 
 # ------------------------------------------------------------------ values
@@ -258,8 +265,16 @@ def test_all_zero_values_dropped(tmp_path):
 
 def test_duplicate_error_names_pair_and_both_lines(tmp_path):
     p = write(tmp_path / "d.csv", "user,item\nalice,x\nbob,y\nbob,x\nalice,x\n")
-    raises("d.csv", "(row 'alice', col 'x')", "line 2 ('alice,x')", "line 5 ('alice,x')", "--duplicates error",
-           "--duplicates sum", source=p, duplicates="error")
+    raises(
+        "d.csv",
+        "(row 'alice', col 'x')",
+        "line 2 ('alice,x')",
+        "line 5 ('alice,x')",
+        "--duplicates error",
+        "--duplicates sum",
+        source=p,
+        duplicates="error",
+    )
 
 
 def test_duplicate_error_after_dropping_zeros_keeps_line_numbers(tmp_path):
@@ -311,8 +326,16 @@ def test_name_missing_from_header_lists_the_columns(tmp_path):
 
 def test_names_on_a_file_without_header(tmp_path):
     p = write(tmp_path / "t.csv", TS_CSV.split("\n", 1)[1])
-    raises("t.csv", "line 1 ('1600000000,1,2')", "--row 'user'", "not a header", "'1600000000'", source=p,
-           row="user", col="item")
+    raises(
+        "t.csv",
+        "line 1 ('1600000000,1,2')",
+        "--row 'user'",
+        "not a header",
+        "'1600000000'",
+        source=p,
+        row="user",
+        col="item",
+    )
 
 
 def test_defaults_refused_when_a_header_column_would_be_unused(tmp_path):
@@ -353,8 +376,13 @@ def test_parquet_defaults_refused(tmp_path):
 
 def test_dataframe_defaults_refused():
     pd = pytest.importorskip("pandas")
-    raises("DataFrame", "row=0 ('ts')", "row= and col=", "df[[",
-           source=pd.DataFrame({"ts": [1600000000], "user": [1], "item": [2]}))
+    raises(
+        "DataFrame",
+        "row=0 ('ts')",
+        "row= and col=",
+        "df[[",
+        source=pd.DataFrame({"ts": [1600000000], "user": [1], "item": [2]}),
+    )
 
 
 # ------------------------------------------------------------------ allocations sized by input values
@@ -366,8 +394,15 @@ TS_IDS = "".join(f"{1600000000 + 7 * i},{i % 5}\n" for i in range(30))
 def test_timestamp_as_index_is_refused_before_allocating(tmp_path):
     p = write(tmp_path / "ts.csv", TS_IDS)
     for ids in ("auto", "index"):
-        raises("ts.csv", "line 30 ('1600000203,4')", "row index 1,600,000,203", "1,600,000,204 rows for 30 entries",
-               "--ids map", source=p, ids=ids)
+        raises(
+            "ts.csv",
+            "line 30 ('1600000203,4')",
+            "row index 1,600,000,203",
+            "1,600,000,204 rows for 30 entries",
+            "--ids map",
+            source=p,
+            ids=ids,
+        )
     inter, _ = load_interactions(p, ids="map")  # what the message suggests works
     assert inter.shape == (30, 5)
     np.testing.assert_array_equal(inter.row_vocab.ids, 1600000000 + 7 * np.arange(30))
@@ -383,7 +418,10 @@ def test_dense_rule_threshold():
     """An extent up to SPARSE_MIN, or up to SPARSE_RATIO x the entries, is accepted."""
     ok = lambda size, n: guards.index_space_problem(  # noqa: E731
         [guards.Extent("row", size, True, "c", lambda: None), guards.Extent("col", 1, True, "c", lambda: None)],
-        n, "", available=1 << 40)
+        n,
+        "",
+        available=1 << 40,
+    )
     ok(guards.SPARSE_MIN, 1)
     ok(guards.SPARSE_RATIO * 100_000, 100_000)
     with pytest.raises(guards.Refused):
@@ -393,16 +431,22 @@ def test_dense_rule_threshold():
 def test_index_range_over_available_ram(tmp_path, monkeypatch):
     monkeypatch.setattr(guards, "available_ram", lambda: 1000)  # 16 B x (100 + 2) indices do not fit
     p = write(tmp_path / "m.csv", "0,0\n99,1\n")
-    raises("m.csv", "line 2 ('99,1')", "a 100 x 2 matrix needs at least 1.59 KiB", "1000 B of RAM", "--ids map",
-           source=p)
+    raises(
+        "m.csv", "line 2 ('99,1')", "a 100 x 2 matrix needs at least 1.59 KiB", "1000 B of RAM", "--ids map", source=p
+    )
 
 
 def test_declared_npz_shape_over_available_ram(tmp_path, monkeypatch):
     p = tmp_path / "s.npz"
     np.savez(p, rows=np.array([0, 1]), cols=np.array([0, 1]), shape=np.array([2_000_000_000, 2_000_000_000]))
     monkeypatch.setattr(guards, "available_ram", lambda: 8 << 30)
-    raises("s.npz", "2,000,000,000 x 2,000,000,000 matrix needs at least 59.6 GiB", "8 GiB of RAM",
-           "declared by the 'shape' of", source=p)
+    raises(
+        "s.npz",
+        "2,000,000,000 x 2,000,000,000 matrix needs at least 59.6 GiB",
+        "8 GiB of RAM",
+        "declared by the 'shape' of",
+        source=p,
+    )
 
 
 def _npz_member(path: Path, name: str, header_shape: tuple, dtype: str, data: bytes) -> None:
@@ -433,8 +477,9 @@ def test_index_beyond_int32_suggests_map(tmp_path):
 
 
 def test_negative_index_suggests_map(tmp_path):
-    raises("n.csv", "line 1", "negative row index -3", "--ids map", source=write(tmp_path / "n.csv", "-3,0\n"),
-           ids="index")
+    raises(
+        "n.csv", "line 1", "negative row index -3", "--ids map", source=write(tmp_path / "n.csv", "-3,0\n"), ids="index"
+    )
 
 
 # ------------------------------------------------------------------ --ids auto on mostly-integer columns
@@ -442,8 +487,15 @@ def test_negative_index_suggests_map(tmp_path):
 
 def test_one_letter_in_an_integer_column(tmp_path):
     p = write(tmp_path / "o.csv", "".join(f"{i},{i % 7}\n" for i in range(50)) + "1O,3\n")
-    raises("o.csv", "line 51 ('1O,3')", "row id '1O' in column 0 is not an integer", "50 of the column's 51",
-           "--ids auto", "--ids map", source=p)
+    raises(
+        "o.csv",
+        "line 51 ('1O,3')",
+        "row id '1O' in column 0 is not an integer",
+        "50 of the column's 51",
+        "--ids auto",
+        "--ids map",
+        source=p,
+    )
     inter, _ = load_interactions(p, ids="map")  # the ids really are strings: every line kept
     assert inter.row_vocab.kind == "str" and inter.nnz == 51 and "1O" in set(inter.row_vocab.ids)
 
@@ -459,8 +511,9 @@ def test_mixed_column_in_a_late_block_names_the_line(tmp_path, monkeypatch):
     lines[280] = "280 y"
     p = write(tmp_path / "g.el", "# comment\n" + "\n".join(lines) + "\n")
     monkeypatch.setattr(text_blocks, "BLOCK_BYTES", 128)
-    raises("g.el", "line 262 ('260 x7')", "column id 'x7' in column 1", "298 of the column's 300", "(2 are not)",
-           source=p)
+    raises(
+        "g.el", "line 262 ('260 x7')", "column id 'x7' in column 1", "298 of the column's 300", "(2 are not)", source=p
+    )
 
 
 def test_string_columns_with_some_integers_stay_strings(tmp_path, monkeypatch):
@@ -575,16 +628,21 @@ def test_missing_file_names_the_path(tmp_path):
 def _alsx(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``alsx`` in a child process that imports the alsx under test."""
     env = dict(os.environ, PYTHONPATH=str(Path(alsx.__file__).resolve().parents[1]), JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "alsx.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "alsx.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize("case", ["timestamp-as-row", "one-letter-id", "defaults-on-header"])
 def test_cli_train_on_bad_file(tmp_path, case):
     name, text, extra, wants = {
         "timestamp-as-row": ("ts.csv", TS_IDS, [], ["ts.csv", "line 30", "1,600,000,203", "--ids map"]),
-        "one-letter-id": ("o.csv", "".join(f"{i},{i % 7}\n" for i in range(50)) + "1O,3\n", [],
-                          ["o.csv", "line 51", "'1O'", "--ids map"]),
+        "one-letter-id": (
+            "o.csv",
+            "".join(f"{i},{i % 7}\n" for i in range(50)) + "1O,3\n",
+            [],
+            ["o.csv", "line 51", "'1O'", "--ids map"],
+        ),
         "defaults-on-header": ("t.csv", TS_CSV, [], ["t.csv", "line 1", "'ts'", "--row", "--col"]),
     }[case]
     write(tmp_path / name, text)

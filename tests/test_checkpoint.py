@@ -20,11 +20,11 @@ import pytest
 
 from alsx.checkpoint import Checkpointer, CheckpointError, CheckpointMismatchError, CheckpointOptions, table_checksum
 from alsx.checkpoint_files import DIGEST_NAME
-from alsx.errors import TrainingError, UsageError
 from alsx.config import HParams, Packing
 from alsx.core.engine import LocalEngine
 from alsx.core.sharded import ShardedEngine
 from alsx.data.matrix import coo_to_csr
+from alsx.errors import TrainingError, UsageError
 from alsx.train import run_epochs as train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -140,8 +140,9 @@ def test_changed_file_is_named_before_orbax_reads_it(engine, tmp_path, capfd):
     with Checkpointer(CheckpointOptions(str(tmp_path))) as ck:
         got = ck.restore(engine)
     assert got.epoch == 1
-    assert got.skipped[0][1].startswith("ValueError: file ") and ("bytes" in got.skipped[0][1]
-                                                                 or "CRC-32" in got.skipped[0][1])
+    assert got.skipped[0][1].startswith("ValueError: file ") and (
+        "bytes" in got.skipped[0][1] or "CRC-32" in got.skipped[0][1]
+    )
     # Orbax never saw the garbled step: none of its stray tracebacks
     assert "Traceback" not in capfd.readouterr().err
 
@@ -251,9 +252,22 @@ def _kill_once(victim: subprocess.Popen, ready, timeout: float = 180) -> None:
 def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
     epochs = 40  # few enough that 1e-5 holds across device counts, enough to kill mid-run
     ckpt = str(tmp_path / "ckpt")
-    victim = subprocess.Popen(_child({"mode": "train", "devices": 2, "epochs": epochs, "ckpt": ckpt,
-                                      "every": 1, "out": str(tmp_path / "never.npz")}),
-                              env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(
+        _child(
+            {
+                "mode": "train",
+                "devices": 2,
+                "epochs": epochs,
+                "ckpt": ckpt,
+                "every": 1,
+                "out": str(tmp_path / "never.npz"),
+            }
+        ),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _kill_once(victim, lambda: max(_finished_steps(ckpt), default=0) >= 3)  # the 3rd finished checkpoint
     assert not (tmp_path / "never.npz").exists()  # it really died mid-run
     killed_at = max(_finished_steps(ckpt))
@@ -262,14 +276,30 @@ def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
     shutil.copytree(ckpt, other_count)
 
     ref = _run({"mode": "train", "devices": 2, "epochs": epochs, "out": str(tmp_path / "ref.npz")})
-    resumed = _run({"mode": "train", "devices": 2, "epochs": epochs, "ckpt": ckpt, "every": 1000,
-                    "out": str(tmp_path / "resumed.npz")})
+    resumed = _run(
+        {
+            "mode": "train",
+            "devices": 2,
+            "epochs": epochs,
+            "ckpt": ckpt,
+            "every": 1000,
+            "out": str(tmp_path / "resumed.npz"),
+        }
+    )
     assert int(resumed["epoch"]) == epochs
     assert np.array_equal(resumed["w"], ref["w"]) and np.array_equal(resumed["h"], ref["h"])
 
     # The same checkpoint resumed on 3 devices (another layout and padding).
-    moved = _run({"mode": "train", "devices": 3, "epochs": epochs, "ckpt": other_count, "every": 1000,
-                  "out": str(tmp_path / "moved.npz")})
+    moved = _run(
+        {
+            "mode": "train",
+            "devices": 3,
+            "epochs": epochs,
+            "ckpt": other_count,
+            "every": 1000,
+            "out": str(tmp_path / "moved.npz"),
+        }
+    )
     for t in "wh":
         err = np.abs(moved[t] - ref[t]).max() / np.abs(ref[t]).max()
         assert err <= 1e-5, f"{t}: {err}"
@@ -391,17 +421,32 @@ def test_cli_kill_corrupt_resume_equals_uninterrupted(tmp_path, backend):
     data = _synthetic_npz(tmp_path / "d.npz")
     flags = TRAIN + ("--backend", backend, "--cpu-devices", str(jax.local_device_count()))
     first, ckpt = tmp_path / "first", str(tmp_path / "first" / "checkpoints")
-    victim = subprocess.Popen(_alsx("train", data, "--out", str(first), "--epochs", "100000",
-                                    "--checkpoint-every", "1", *flags),
-                              env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(
+        _alsx("train", data, "--out", str(first), "--epochs", "100000", "--checkpoint-every", "1", *flags),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _kill_once(victim, lambda: _newest_step_with_digest(ckpt) >= 3)  # a fallback below the newest
     assert not (first / "row_embeddings.npy").exists()  # it really died mid-run
     newest = max(_finished_steps(ckpt))
     _truncate_largest_table_file(os.path.join(ckpt, str(newest)))
     epochs = str(newest + 3)
 
-    resumed = _alsx_run("train", data, "--out", str(tmp_path / "resumed"), "--epochs", epochs,
-                        "--resume", str(first), "--checkpoint-every", "1", *flags)
+    resumed = _alsx_run(
+        "train",
+        data,
+        "--out",
+        str(tmp_path / "resumed"),
+        "--epochs",
+        epochs,
+        "--resume",
+        str(first),
+        "--checkpoint-every",
+        "1",
+        *flags,
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     fallback = newest - 1
     assert f"alsx: resumed from epoch {fallback} ({ckpt})" in resumed.stderr
@@ -433,13 +478,14 @@ def test_cli_resume_without_a_checkpoint_is_an_error(tmp_path):
     empty = tmp_path / "nothing-here"
     empty.mkdir()
     (empty / "3.orbax-checkpoint-tmp-1234").mkdir()  # what a run killed during its first save leaves
-    proc = _alsx_run("train", data, "--out", str(tmp_path / "out"), "--epochs", "2", "--resume", str(empty),
-                     *TRAIN)
+    proc = _alsx_run("train", data, "--out", str(tmp_path / "out"), "--epochs", "2", "--resume", str(empty), *TRAIN)
     assert proc.returncode != 0
     if "alsx: error:" in proc.stderr:  # the CLI's one-line report (exit code of a UsageError)
         assert proc.returncode == 2
-    assert (f"--resume {empty}: no finished checkpoint in {empty} (found 1 unfinished save(s) of a killed run: "
-            "3.orbax-checkpoint-tmp-1234); drop --resume to train from epoch 1") in proc.stderr
+    assert (
+        f"--resume {empty}: no finished checkpoint in {empty} (found 1 unfinished save(s) of a killed run: "
+        "3.orbax-checkpoint-tmp-1234); drop --resume to train from epoch 1"
+    ) in proc.stderr
     assert not (tmp_path / "out" / "row_embeddings.npy").exists()  # nothing trained
 
 
@@ -481,8 +527,9 @@ def test_dataset_dir_resume_keeps_the_whole_history(tmp_path, capsys):
     ds = str(synth_webgraph(tmp_path / "wg", 300, 3000, seed=1).path)  # no held-out rows: no evaluation
     flags = ["--dim", "8", "--seed", "2"]
     assert main(["train", ds, "--out", str(tmp_path / "a"), "--epochs", "2", "--checkpoint-every", "1", *flags]) == 0
-    assert main(["train", ds, "--out", str(tmp_path / "b"), "--epochs", "3", "--resume", str(tmp_path / "a"),
-                 *flags]) == 0
+    assert (
+        main(["train", ds, "--out", str(tmp_path / "b"), "--epochs", "3", "--resume", str(tmp_path / "a"), *flags]) == 0
+    )
     assert f"alsx: resumed from epoch 2 ({tmp_path / 'a' / 'checkpoints'})" in capsys.readouterr().err
     first = json.loads((tmp_path / "a" / "history.json").read_text())
     hist = json.loads((tmp_path / "b" / "history.json").read_text())

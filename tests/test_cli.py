@@ -26,8 +26,29 @@ def csv_file(tmp_path_factory):
 def test_train_writes_tables_vocab_and_metrics(tmp_path, csv_file):
     path, x = csv_file
     out = tmp_path / "model"
-    assert main(["train", str(path), "--row", "user", "--col", "item", "--out", str(out), "--dim", "8",
-                 "--epochs", "3", "--split", "random", "--solver", "cholesky"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(path),
+                "--row",
+                "user",
+                "--col",
+                "item",
+                "--out",
+                str(out),
+                "--dim",
+                "8",
+                "--epochs",
+                "3",
+                "--split",
+                "random",
+                "--solver",
+                "cholesky",
+            ]
+        )
+        == 0
+    )
     w = np.load(out / "row_embeddings.npy")
     h = np.load(out / "col_embeddings.npy")
     assert w.dtype == np.float32 and w.shape == (len(np.unique(x.rows)), 8)
@@ -51,8 +72,24 @@ def test_train_writes_tables_vocab_and_metrics(tmp_path, csv_file):
 def test_recommend_maps_ids_and_excludes_seen(tmp_path, csv_file, capsys):
     path, x = csv_file
     out = tmp_path / "model"
-    main(["train", str(path), "--row", "user", "--col", "item", "--out", str(out), "--dim", "8", "--epochs", "2",
-          "--split", "none"])
+    main(
+        [
+            "train",
+            str(path),
+            "--row",
+            "user",
+            "--col",
+            "item",
+            "--out",
+            str(out),
+            "--dim",
+            "8",
+            "--epochs",
+            "2",
+            "--split",
+            "none",
+        ]
+    )
     capsys.readouterr()
     user = f"u{x.rows[0]}"
     assert main(["recommend", str(out), user, "-k", "5"]) == 0
@@ -69,8 +106,27 @@ def test_evaluate_reproduces_training_metrics(tmp_path, csv_file, capsys):
     path, _ = csv_file
     out = tmp_path / "model"
     # --no-refit: the default refit on all input overlaps every split (evaluate refuses it: test_model_outputs)
-    main(["train", str(path), "--row", "user", "--col", "item", "--out", str(out), "--dim", "8", "--epochs", "2",
-          "--split", "random", "--split-seed", "4", "--no-refit"])
+    main(
+        [
+            "train",
+            str(path),
+            "--row",
+            "user",
+            "--col",
+            "item",
+            "--out",
+            str(out),
+            "--dim",
+            "8",
+            "--epochs",
+            "2",
+            "--split",
+            "random",
+            "--split-seed",
+            "4",
+            "--no-refit",
+        ]
+    )
     js = tmp_path / "m.json"
     assert main(["evaluate", str(out), "--json", str(js)]) == 0
     again = json.loads(js.read_text())
@@ -92,8 +148,7 @@ def test_npz_indices_are_kept_as_given(tmp_path):
 
 def test_demo_beats_popularity_and_writes_plot(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--nodes", "2000", "--edges", "20000", "--epochs", "3", "--dim", "16",
-                 "--out", str(out)]) == 0
+    assert main(["demo", "--nodes", "2000", "--edges", "20000", "--epochs", "3", "--dim", "16", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"]["recall@20"] > 2 * metrics["popularity"]["recall@20"]
     png = (out / "training.png").read_bytes()
@@ -126,7 +181,6 @@ def test_loss_every_skips_the_loss_but_not_training_or_divergence_checks(csv_fil
     never = ALS(loss_every=0, **kw).fit(x)
     assert not any("loss" in r for r in never.history_)
     with pytest.raises(FloatingPointError, match="epoch 1"):  # found from the tables alone
-        ALS(dim=32, reg=0.0, unobserved_weight=0.0, solver="cholesky", epochs=3, progress=False,
-            loss_every=0).fit(x)
+        ALS(dim=32, reg=0.0, unobserved_weight=0.0, solver="cholesky", epochs=3, progress=False, loss_every=0).fit(x)
     with pytest.raises(ValueError, match="loss_every"):  # checked by fit (scikit-learn: __init__ only stores)
         ALS(loss_every=-1).fit(x)

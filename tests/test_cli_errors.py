@@ -31,8 +31,13 @@ def _env(**extra: str) -> dict:
 
 
 def alsx(*args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alsx.cli", *map(str, args)], env=_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "alsx.cli", *map(str, args)],
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def error_line(res: subprocess.CompletedProcess, code: int, *needles: str) -> str:
@@ -62,23 +67,26 @@ def data(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------- flags (no data read)
-@pytest.mark.parametrize("flags, needles", [
-    (["--alpha", "-1"], ["--alpha", "-1"]),
-    (["--alpha", "nan"], ["--alpha", "nan"]),
-    (["--value", "n"], ["--value n", "--alpha A"]),
-    (["--test-fraction", "1.5", "--split", "none"], ["--test-fraction", "1.5"]),
-    (["--heldout-fraction", "0"], ["--heldout-fraction", "0"]),
-    (["--epochs", "0"], ["--epochs", "0"]),
-    (["--dim", "0"], ["--dim", "0"]),
-    (["--reg", "-0.1"], ["--reg", "-0.1"]),
-    (["--unobserved-weight", "inf"], ["--unobserved-weight", "inf"]),
-    (["--nu", "-1"], ["--nu", "-1"]),
-    (["--cg-steps", "0"], ["--cg-steps", "0"]),
-    (["--eval-every", "-1"], ["--eval-every", "-1"]),
-    (["--loss-every", "-2"], ["--loss-every", "-2"]),
-    (["--k", "20", "0"], ["--k", "0"]),
-    (["--solver", "block", "--dim", "10", "--block-size", "4"], ["--block-size 4", "--dim 10"]),
-])
+@pytest.mark.parametrize(
+    "flags, needles",
+    [
+        (["--alpha", "-1"], ["--alpha", "-1"]),
+        (["--alpha", "nan"], ["--alpha", "nan"]),
+        (["--value", "n"], ["--value n", "--alpha A"]),
+        (["--test-fraction", "1.5", "--split", "none"], ["--test-fraction", "1.5"]),
+        (["--heldout-fraction", "0"], ["--heldout-fraction", "0"]),
+        (["--epochs", "0"], ["--epochs", "0"]),
+        (["--dim", "0"], ["--dim", "0"]),
+        (["--reg", "-0.1"], ["--reg", "-0.1"]),
+        (["--unobserved-weight", "inf"], ["--unobserved-weight", "inf"]),
+        (["--nu", "-1"], ["--nu", "-1"]),
+        (["--cg-steps", "0"], ["--cg-steps", "0"]),
+        (["--eval-every", "-1"], ["--eval-every", "-1"]),
+        (["--loss-every", "-2"], ["--loss-every", "-2"]),
+        (["--k", "20", "0"], ["--k", "0"]),
+        (["--solver", "block", "--dim", "10", "--block-size", "4"], ["--block-size 4", "--dim 10"]),
+    ],
+)
 def test_bad_flags_are_usage_errors_before_any_work(tmp_path, data, capsys, flags, needles):
     out = tmp_path / "never"
     assert cli.main(["train", str(data / "ok.csv"), "--out", str(out), *flags]) == 2
@@ -94,8 +102,12 @@ def test_every_flag_error_in_a_subprocess(tmp_path, data):
     error_line(alsx("train", ok, "--out", data / "a_file" / "sub"), 2, "--out", "cannot write")
     error_line(alsx("train", ok, "--out", tmp_path / "o", "--alpha", "-1"), 2, "--alpha must be", "-1")
     error_line(alsx("train", ok, "--out", tmp_path / "o", "--value", "n"), 2, "--value n", "--alpha A")
-    error_line(alsx("train", ok, "--out", tmp_path / "o", "--test-fraction", "2", "--split", "none"), 2,
-               "--test-fraction", "2.0")
+    error_line(
+        alsx("train", ok, "--out", tmp_path / "o", "--test-fraction", "2", "--split", "none"),
+        2,
+        "--test-fraction",
+        "2.0",
+    )
     error_line(alsx("train", ok, "--out", tmp_path / "o", "--epochs", "0"), 2, "--epochs must be >= 1, got 0")
     error_line(alsx("train", tmp_path / "missing.csv", "--out", tmp_path / "o"), 3, "missing.csv", "no such file")
     error_line(alsx("recommend", tmp_path / "nomodel", "1"), 4, "nomodel", "no such model folder")
@@ -108,8 +120,10 @@ def test_argparse_usage_errors_exit_2(data, tmp_path):
 
 
 def test_debug_shows_the_traceback(data, tmp_path):
-    for res in (alsx("--debug", "train", data / "ok.csv", "--out", tmp_path / "o", "--alpha", "-1"),
-                alsx("train", data / "ok.csv", "--out", tmp_path / "o", "--alpha", "-1", ALSX_DEBUG="1")):
+    for res in (
+        alsx("--debug", "train", data / "ok.csv", "--out", tmp_path / "o", "--alpha", "-1"),
+        alsx("train", data / "ok.csv", "--out", tmp_path / "o", "--alpha", "-1", ALSX_DEBUG="1"),
+    ):
         assert res.returncode == 2
         assert "Traceback (most recent call last)" in res.stderr and "UsageError" in res.stderr
         assert res.stderr.strip().splitlines()[-1].startswith("alsx: error: --alpha")
@@ -120,16 +134,29 @@ def test_debug_shows_the_traceback(data, tmp_path):
 # ---------------------------------------------------------------------------- data and split, before training
 def test_split_problems_stop_before_training(tmp_path, data):
     out = tmp_path / "o"
-    error_line(alsx("train", data / "all_test.npz", "--split", "given", "--out", out), 3,
-               "all_test.npz", "is_test marks all", "entries as test", "nothing is left to train on")
-    error_line(alsx("train", data / "no_test.npz", "--split", "given", "--out", out), 3,
-               "no_test.npz", "is_test marks no entry as test")
+    error_line(
+        alsx("train", data / "all_test.npz", "--split", "given", "--out", out),
+        3,
+        "all_test.npz",
+        "is_test marks all",
+        "entries as test",
+        "nothing is left to train on",
+    )
+    error_line(
+        alsx("train", data / "no_test.npz", "--split", "given", "--out", out),
+        3,
+        "no_test.npz",
+        "is_test marks no entry as test",
+    )
     res = alsx("train", data / "singles.npz", "--split", "random", "--out", out)
     error_line(res, 2, "--split random leaves no entry to evaluate on", "--split none")
     assert "epoch" not in res.stderr  # stopped before training started
     assert not (out / "row_embeddings.npy").exists()
-    error_line(alsx("train", data / "ok.csv", "--row", "user", "--col", "item", "--split", "last", "--out", out), 2,
-               "--split last needs timestamps")
+    error_line(
+        alsx("train", data / "ok.csv", "--row", "user", "--col", "item", "--split", "last", "--out", out),
+        2,
+        "--split last needs timestamps",
+    )
     error_line(alsx("train", data / "garbage.npz", "--out", out), 3, "garbage.npz")
 
 
@@ -142,21 +169,28 @@ def test_damaged_model_folder_is_one_line(tmp_path, data):
 
 
 # ---------------------------------------------------------------------------- the mapping, in-process
-@pytest.mark.parametrize("exc, code, needle", [
-    (UsageError("--dim must be >= 1, got 0"), 2, "--dim"),
-    (DataError("f.csv: line 3: bad"), 3, "f.csv: line 3"),
-    (ModelError("m: missing"), 4, "m: missing"),
-    (TrainingError("peer lost"), 5, "peer lost"),
-    (FloatingPointError("training diverged at epoch 3"), 5, "epoch 3"),
-    (FileNotFoundError(2, "No such file or directory", "/x/y.csv"), 3, "/x/y.csv: No such file"),
-    (IsADirectoryError(21, "Is a directory", "/x"), 3, "/x: Is a directory"),
-    (PermissionError(13, "Permission denied", "/root/z"), 3, "/root/z: Permission denied"),
-    (FileNotFoundError("/x/z.csv"), 3, "/x/z.csv: no such file or folder"),
-    (FileNotFoundError("/d/manifest.json not found: not a dataset"), 3, "error: /d/manifest.json not found: not a da"),
-    (json.JSONDecodeError("Expecting value", "{", 1), 3, "not valid JSON"),
-    (KeyboardInterrupt(), EXIT_INTERRUPTED, "interrupted"),
-    (RuntimeError("boom\nsecond line"), 1, "internal error: RuntimeError: boom second line"),
-])
+@pytest.mark.parametrize(
+    "exc, code, needle",
+    [
+        (UsageError("--dim must be >= 1, got 0"), 2, "--dim"),
+        (DataError("f.csv: line 3: bad"), 3, "f.csv: line 3"),
+        (ModelError("m: missing"), 4, "m: missing"),
+        (TrainingError("peer lost"), 5, "peer lost"),
+        (FloatingPointError("training diverged at epoch 3"), 5, "epoch 3"),
+        (FileNotFoundError(2, "No such file or directory", "/x/y.csv"), 3, "/x/y.csv: No such file"),
+        (IsADirectoryError(21, "Is a directory", "/x"), 3, "/x: Is a directory"),
+        (PermissionError(13, "Permission denied", "/root/z"), 3, "/root/z: Permission denied"),
+        (FileNotFoundError("/x/z.csv"), 3, "/x/z.csv: no such file or folder"),
+        (
+            FileNotFoundError("/d/manifest.json not found: not a dataset"),
+            3,
+            "error: /d/manifest.json not found: not a da",
+        ),
+        (json.JSONDecodeError("Expecting value", "{", 1), 3, "not valid JSON"),
+        (KeyboardInterrupt(), EXIT_INTERRUPTED, "interrupted"),
+        (RuntimeError("boom\nsecond line"), 1, "internal error: RuntimeError: boom second line"),
+    ],
+)
 def test_main_maps_each_exception_to_one_line(monkeypatch, capsys, tmp_path, exc, code, needle):
     def fail(_args):
         raise exc
@@ -176,7 +210,9 @@ def test_planner_and_checkpoint_errors(monkeypatch):
     from alsx.plan import MemoryPlanError
 
     assert describe(MemoryPlanError("training needs 9 GiB ... To fit, use: --dtype bfloat16.")) == (
-        2, "training needs 9 GiB ... To fit, use: --dtype bfloat16.")
+        2,
+        "training needs 9 GiB ... To fit, use: --dtype bfloat16.",
+    )
     code, line = describe(CheckpointError("no usable checkpoint in /c"))
     assert code == 5 and "no usable checkpoint in /c" in line
     assert describe(json.JSONDecodeError("Expecting value", "", 0), "evaluate")[0] == 4
@@ -213,8 +249,23 @@ def test_an_error_after_training_keeps_the_trained_tables(data, tmp_path, monkey
     monkeypatch.setattr("alsx.eval.protocol.evaluate", broken)
     out = tmp_path / "kept"
     with pytest.raises(RuntimeError, match="evaluation broke"):
-        cli_module.cmd_train(cli_module.build_parser().parse_args(
-            ["train", str(data / "ok.csv"), "--row", "user", "--col", "item", "--out", str(out), "--dim", "4",
-             "--epochs", "2"]))
+        cli_module.cmd_train(
+            cli_module.build_parser().parse_args(
+                [
+                    "train",
+                    str(data / "ok.csv"),
+                    "--row",
+                    "user",
+                    "--col",
+                    "item",
+                    "--out",
+                    str(out),
+                    "--dim",
+                    "4",
+                    "--epochs",
+                    "2",
+                ]
+            )
+        )
     w = np.load(out / "row_embeddings.npy")
     assert w.shape == (40, 4) and np.isfinite(w).all() and np.abs(w).max() > 0

@@ -249,8 +249,12 @@ def test_uniform_init_survives_save_and_load(tmp_path):
     from alsx.data.matrix import Interactions
     from alsx.model import ALS
 
-    x = Interactions(rows=np.array([0, 1, 2, 2], np.int32), cols=np.array([1, 0, 2, 1], np.int32),
-                     values=np.ones(4, np.float32), shape=(3, 3))
+    x = Interactions(
+        rows=np.array([0, 1, 2, 2], np.int32),
+        cols=np.array([1, 0, 2, 1], np.int32),
+        values=np.ones(4, np.float32),
+        shape=(3, 3),
+    )
     m = ALS(dim=4, epochs=1, init="uniform", progress=False, backend="jax").fit(x)
     assert ALS.load(m.save(tmp_path / "m")).hparams.init == "uniform"
 

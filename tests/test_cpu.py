@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -14,8 +13,8 @@ from alsx.config import HParams
 from alsx.core import cpu, cpu_block
 from alsx.core.backends import make_engine, resolve_backend
 from alsx.core.engine import LocalEngine
-from alsx.train import run_epochs as train
 from alsx.data.matrix import coo_to_csr
+from alsx.train import run_epochs as train
 from reference import loss_parts, random_problem, solve_rows
 
 REG, ALPHA0 = 0.05, 0.2
@@ -236,8 +235,9 @@ def test_block_sweep_with_many_chunks_and_partial_tiles_equals_the_reference(blo
     ref = block_sweep_reference(conf, w, h, shared.astype(np.float64), lam, block)
     # one chunk of all d; chunks of lcm(8, b) coordinates; of 16 (a buffer wider than the budget)
     for budget, min_chunk in ((cpu_block.BUFFER_FLOATS, cpu_block.MIN_CHUNK), (64, 8), (64, 16)):
-        out = cpu_block.block_rows(eng.rows, eng._starts[0], w, h, shared, lam, block, 1, np.empty_like(w), budget,
-                                   min_chunk)
+        out = cpu_block.block_rows(
+            eng.rows, eng._starts[0], w, h, shared, lam, block, 1, np.empty_like(w), budget, min_chunk
+        )
         assert rel_err(out, ref) < 1e-5
     assert np.abs(ref - w).max() > 1e-2 and np.all(out[2] == 0.0)
 
@@ -299,12 +299,14 @@ def test_block_sweeps_converge_to_the_exact_solve(block, nu):
     conf, w, h = random_problem(11, d=8)
     eng = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), HParams(dim=8, reg=REG, unobserved_weight=ALPHA0, nu=nu))
     sweeps = 1 if block == 8 else 60
-    out, _, q = cpu.half_step(w, h, eng.rows, eng._lam[0], ALPHA0, 3, eng._starts[0], cpu.RowThreads(2),
-                              block_size=block, sweeps=sweeps)
+    out, _, q = cpu.half_step(
+        w, h, eng.rows, eng._lam[0], ALPHA0, 3, eng._starts[0], cpu.RowThreads(2), block_size=block, sweeps=sweeps
+    )
     exact = solve_rows(conf, h, REG, ALPHA0, nu)
     assert rel_err(out @ q.T, exact) < 1e-5
-    one, _, q = cpu.half_step(w, h, eng.rows, eng._lam[0], ALPHA0, 3, eng._starts[0], cpu.RowThreads(2),
-                              block_size=block, sweeps=1)
+    one, _, q = cpu.half_step(
+        w, h, eng.rows, eng._lam[0], ALPHA0, 3, eng._starts[0], cpu.RowThreads(2), block_size=block, sweeps=1
+    )
     if block < 8:
         assert rel_err(one @ q.T, exact) > 1e-3  # one sweep of small blocks is not yet exact: the test can fail
 
@@ -389,8 +391,11 @@ def test_block_engine_defaults_to_blocks_of_one():
     conf, _, _ = random_problem(19, n=30, m=20, d=8)
     tables = []
     for b in (0, 1, 2):
-        eng = cpu.CpuEngine(to_csr(conf), to_csr(conf.T), HParams(dim=8, reg=REG, unobserved_weight=ALPHA0,
-                                                                  solver="block", block_size=b))
+        eng = cpu.CpuEngine(
+            to_csr(conf),
+            to_csr(conf.T),
+            HParams(dim=8, reg=REG, unobserved_weight=ALPHA0, solver="block", block_size=b),
+        )
         tables.append(eng.to_numpy(eng.epoch(eng.epoch(eng.init_state(0))))[0])
     assert np.array_equal(tables[0], tables[1])
     assert not np.allclose(tables[0], tables[2], atol=1e-6)  # the size matters, so the check can fail

@@ -40,8 +40,13 @@ def _env() -> dict:
 
 
 def _spawn(cfg: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, os.path.join(HERE, "sharded_child.py"), json.dumps(cfg)],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "sharded_child.py"), json.dumps(cfg)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str]]:
@@ -72,8 +77,22 @@ def test_flags_win_over_environment(monkeypatch):
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "envhost:1")
     monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
     monkeypatch.setenv("JAX_PROCESS_ID", "3")
-    opts = options_from_args(_parse(["--coordinator", "h:123", "--num-processes", "2", "--process-id", "1",
-                                     "--heartbeat-timeout", "7", "--step-timeout", "60"]))
+    opts = options_from_args(
+        _parse(
+            [
+                "--coordinator",
+                "h:123",
+                "--num-processes",
+                "2",
+                "--process-id",
+                "1",
+                "--heartbeat-timeout",
+                "7",
+                "--step-timeout",
+                "60",
+            ]
+        )
+    )
     assert (opts.coordinator, opts.num_processes, opts.process_id) == ("h:123", 2, 1)
     assert opts.heartbeat_timeout_s == 7 and opts.step_timeout_s == 60
     env_only = options_from_args(_parse([]))
@@ -87,12 +106,15 @@ def test_single_process_default(monkeypatch):
     assert not opts.multi_process and opts.num_processes == 1
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"num_processes": 2}, "coordinator"),
-    ({"num_processes": 2, "process_id": 2, "coordinator": "h:1"}, "process-id"),
-    ({"coordinator": "nohostport"}, "HOST:PORT"),
-    ({"num_processes": 0}, "num-processes"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"num_processes": 2}, "coordinator"),
+        ({"num_processes": 2, "process_id": 2, "coordinator": "h:1"}, "process-id"),
+        ({"coordinator": "nohostport"}, "HOST:PORT"),
+        ({"num_processes": 0}, "num-processes"),
+    ],
+)
 def test_bad_options_are_explained(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DistributedOptions(**kwargs)
@@ -105,8 +127,10 @@ def test_two_processes_match_one(tmp_path):
     port = _free_port()
     out = str(tmp_path / "mp.npz")
     ckpt = str(tmp_path / "ckpt")
-    procs = [_spawn({"mode": "mp", "devices": 2, "nproc": 2, "pid": i, "port": port, "epochs": 3, "out": out,
-                     "ckpt": ckpt}) for i in range(2)]
+    procs = [
+        _spawn({"mode": "mp", "devices": 2, "nproc": 2, "pid": i, "port": port, "epochs": 3, "out": out, "ckpt": ckpt})
+        for i in range(2)
+    ]
     results = _finish(procs, timeout=180)
     for code, err in results:
         assert code == 0, err[-4000:]
@@ -118,7 +142,6 @@ def test_two_processes_match_one(tmp_path):
     # Sharded top-k across the two processes equals the single-device top-k of the same tables.
     sys.path.insert(0, HERE)
     import sharded_child
-
     from alsx.serve.topk import topk_scores
 
     rows, cols = sharded_child.problem()
@@ -143,8 +166,17 @@ def test_two_processes_match_one(tmp_path):
 def test_dead_peer_stops_the_other_process(tmp_path, victim):
     port = _free_port()
     progress = str(tmp_path / "progress")
-    cfg = {"mode": "mp", "devices": 1, "nproc": 2, "port": port, "epochs": 3, "forever": True,
-           "progress": progress, "heartbeat": 5, "out": str(tmp_path / "never.npz")}
+    cfg = {
+        "mode": "mp",
+        "devices": 1,
+        "nproc": 2,
+        "port": port,
+        "epochs": 3,
+        "forever": True,
+        "progress": progress,
+        "heartbeat": 5,
+        "out": str(tmp_path / "never.npz"),
+    }
     procs = [_spawn(dict(cfg, pid=i)) for i in range(2)]
     try:
         deadline = time.monotonic() + 120
@@ -184,15 +216,49 @@ def test_two_processes_train_a_dataset_dir_like_one(tmp_path):
     from alsx.webgraph.synthetic import synth_webgraph
 
     ds = synth_webgraph(tmp_path / "wg", 300, 3000, seed=2, heldout_fraction=0.1)
-    common = ["--dim", "8", "--epochs", "2", "--solver", "cholesky", "--reg", "0.05", "--unobserved-weight", "0.1",
-              "--eval-every", "1"]  # a mid-run evaluation: to_numpy is a collective for all processes
+    common = [
+        "--dim",
+        "8",
+        "--epochs",
+        "2",
+        "--solver",
+        "cholesky",
+        "--reg",
+        "0.05",
+        "--unobserved-weight",
+        "0.1",
+        "--eval-every",
+        "1",
+    ]  # a mid-run evaluation: to_numpy is a collective for all processes
     assert main(["train", str(ds.path), "--out", str(tmp_path / "one")] + common) == 0
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "alsx.cli", "train", str(ds.path), "--out", str(tmp_path / "mp"),
-                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
-                               "--cpu-devices", "2"] + common,
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "alsx.cli",
+                "train",
+                str(ds.path),
+                "--out",
+                str(tmp_path / "mp"),
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+                "--cpu-devices",
+                "2",
+            ]
+            + common,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     results = _finish(procs, timeout=240)
     for code, err in results:
         assert code == 0, err[-4000:]

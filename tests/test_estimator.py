@@ -42,16 +42,30 @@ def test_init_stores_its_arguments_and_nothing_else():
     assert model.get_params() == {n: getattr(model, n) for n in names}
     assert model.dim == 0 and model.solver == "nonsense"
     # the defaults are config.py's (HParams), whatever they are
-    for field in ("dim", "reg", "unobserved_weight", "nu", "solver", "cg_steps", "block_size", "dtype",
-                  "init_scale", "init"):
+    for field in (
+        "dim",
+        "reg",
+        "unobserved_weight",
+        "nu",
+        "solver",
+        "cg_steps",
+        "block_size",
+        "dtype",
+        "init_scale",
+        "init",
+    ):
         assert getattr(ALS(), field) == getattr(HParams(), field), field
     with pytest.raises(SklearnNotFitted):
         check_is_fitted(ALS())
 
 
 def test_validation_happens_in_fit(matrix):
-    for bad, word in (({"dim": 0}, "dim"), ({"solver": "nonsense"}, "solver"), ({"epochs": -1}, "epochs"),
-                      ({"backend": "tpu9"}, "backend")):
+    for bad, word in (
+        ({"dim": 0}, "dim"),
+        ({"solver": "nonsense"}, "solver"),
+        ({"epochs": -1}, "epochs"),
+        ({"backend": "tpu9"}, "backend"),
+    ):
         with pytest.raises(ValueError, match=word):
             ALS(**{**SMALL, **bad}).fit(matrix)
 
@@ -94,8 +108,14 @@ def test_a_fitted_model_pickles_without_its_engine(fitted, matrix):
 # ------------------------------------------------------------------ inputs
 def test_fit_reads_a_dataframe_by_column_name():
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"ts": np.arange(300), "item": rng.integers(100, 130, 300), "user": [f"u{i}" for i in
-                       rng.integers(0, 40, 300)], "rating": rng.integers(1, 6, 300).astype(float)})
+    df = pd.DataFrame(
+        {
+            "ts": np.arange(300),
+            "item": rng.integers(100, 130, 300),
+            "user": [f"u{i}" for i in rng.integers(0, 40, 300)],
+            "rating": rng.integers(1, 6, 300).astype(float),
+        }
+    )
     df = df.drop_duplicates(["user", "item"])
     model = ALS(**SMALL, alpha=1.0).fit(df, row="user", col="item", value="rating")
     assert model.row_vocab_.kind == "str" and set(model.row_vocab_.ids) == set(df.user)

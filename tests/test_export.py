@@ -32,16 +32,43 @@ def folder(tmp_path_factory):
     csv = tmp / "events.csv"
     csv.write_text("user,item\n" + "".join(f"u{r},{c * 7}\n" for r, c in zip(x.rows, x.cols)))  # str rows, int cols
     out = tmp / "model"
-    assert main(["train", str(csv), "--row", "user", "--col", "item", "--ids", "map", "--out", str(out), "--dim", "5",
-                 "--epochs", "2", "--split", "none"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(csv),
+                "--row",
+                "user",
+                "--col",
+                "item",
+                "--ids",
+                "map",
+                "--out",
+                str(out),
+                "--dim",
+                "5",
+                "--epochs",
+                "2",
+                "--split",
+                "none",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def _alsx(*args) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("ALSX_DEBUG", "XLA_FLAGS")}
     env.update(PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "alsx.cli", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "alsx.cli", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_export_parquet_round_trip_is_exact(folder, tmp_path):
@@ -103,10 +130,11 @@ def test_search_excluding_over_fetches_past_seen_columns():
     # row r has seen its own best 3 r columns: the answer must skip them all
     seen = [exact[r, : 3 * r] for r in range(6)]
     indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen])]).astype(np.int64)
-    exclude = CSR(indptr=indptr, indices=np.concatenate(seen).astype(np.int32),
-                  values=np.ones(indptr[-1], np.float32), n_cols=200)
+    exclude = CSR(
+        indptr=indptr, indices=np.concatenate(seen).astype(np.int32), values=np.ones(indptr[-1], np.float32), n_cols=200
+    )
     scores, ids = search_excluding(ann, query, 5, exclude, np.arange(6))
     for r in range(6):
         assert not set(ids[r]) & set(seen[r])
-        np.testing.assert_array_equal(ids[r], exact[r, 3 * r: 3 * r + 5])  # HNSW at this beam is exact here
+        np.testing.assert_array_equal(ids[r], exact[r, 3 * r : 3 * r + 5])  # HNSW at this beam is exact here
         np.testing.assert_allclose(scores[r], query[r] @ table[ids[r]].T, rtol=1e-5)

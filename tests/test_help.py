@@ -31,8 +31,12 @@ def _actions(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("alsx",))
 
 def _needs_default(action: argparse.Action) -> bool:
     """Options whose default a user must know: a value is taken and there is one."""
-    return (bool(action.option_strings) and action.nargs != 0 and not action.required
-            and action.default not in (None, argparse.SUPPRESS))
+    return (
+        bool(action.option_strings)
+        and action.nargs != 0
+        and not action.required
+        and action.default not in (None, argparse.SUPPRESS)
+    )
 
 
 def test_every_option_has_help_and_shows_its_default():
@@ -41,8 +45,9 @@ def test_every_option_has_help_and_shows_its_default():
     assert {"alsx train", "alsx recommend", "alsx similar", "alsx export", "alsx evaluate"} <= commands
     no_help = [f"{c} {a.option_strings or a.dest}" for c, a in actions if not (a.help or "").strip()]
     assert not no_help, f"options without help: {no_help}"
-    hidden = [f"{c} {a.option_strings}" for c, a in actions
-              if _needs_default(a) and not any(s in a.help for s in SHOWN)]
+    hidden = [
+        f"{c} {a.option_strings}" for c, a in actions if _needs_default(a) and not any(s in a.help for s in SHOWN)
+    ]
     assert not hidden, f"options whose help does not show the default: {hidden}"
 
 
@@ -50,7 +55,7 @@ def test_the_walk_would_catch_a_bare_option():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers()
     sub.add_parser("x").add_argument("--bare", type=int, default=3, help="a number")
-    (_, a), = list(_actions(p))
+    ((_, a),) = list(_actions(p))
     assert _needs_default(a) and not any(s in a.help for s in SHOWN)
 
 
@@ -61,8 +66,14 @@ def _env() -> dict:
 
 
 def test_recommend_help_documents_json_lines():
-    res = subprocess.run([sys.executable, "-m", "alsx.cli", "recommend", "--help"], env=_env(), capture_output=True,
-                         text=True, timeout=60, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "alsx.cli", "recommend", "--help"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert res.returncode == 0
     assert '{"row": ROW_ID, "recommendations": [{"id": COLUMN_ID, "score": S}' in res.stdout
     assert "--rows-file" in res.stdout and "--all" in res.stdout
@@ -77,9 +88,31 @@ def test_train_writes_training_png(tmp_path):
     data = tmp_path / "edges.csv"
     data.write_text("src,dst\n" + "".join(f"{r},{c}\n" for r, c in zip(x.rows, x.cols)))
     out = tmp_path / "model"
-    res = subprocess.run([sys.executable, "-m", "alsx.cli", "train", str(data), "--out", str(out), "--dim", "4",
-                          "--epochs", "2", "--eval-every", "1", "--k", "5", "--no-refit"], env=_env(),
-                         capture_output=True, text=True, timeout=120, check=False)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alsx.cli",
+            "train",
+            str(data),
+            "--out",
+            str(out),
+            "--dim",
+            "4",
+            "--epochs",
+            "2",
+            "--eval-every",
+            "1",
+            "--k",
+            "5",
+            "--no-refit",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     png = out / "training.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

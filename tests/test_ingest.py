@@ -215,7 +215,9 @@ def test_parquet_matches_reference(tmp_path, coo):
     assert_canonical(inter)
     r_ids = np.array([int(s[4:]) for s in inter.row_vocab.decode(inter.rows)])
     c_ids = inter.col_vocab.decode(inter.cols)  # ints mapped too: the row column forced ids='map'
-    np.testing.assert_array_equal(reference(r_ids, c_ids, inter.values, (20, 15)), reference(rows, cols, values, (20, 15)))
+    np.testing.assert_array_equal(
+        reference(r_ids, c_ids, inter.values, (20, 15)), reference(rows, cols, values, (20, 15))
+    )
     assert inter.timestamps.dtype == np.int64 and inter.timestamps.max() == len(rows) - 1  # ms -> seconds
 
 
@@ -227,7 +229,9 @@ def test_dataframe_matches_reference(coo):
     assert summary.source == "DataFrame"
     c_ids = np.array([int(s[1:]) for s in inter.col_vocab.decode(inter.cols)])
     r_ids = inter.row_vocab.decode(inter.rows)  # ids='auto' maps both once any id is a string
-    np.testing.assert_array_equal(reference(r_ids, c_ids, inter.values, (20, 15)), reference(rows, cols, values, (20, 15)))
+    np.testing.assert_array_equal(
+        reference(r_ids, c_ids, inter.values, (20, 15)), reference(rows, cols, values, (20, 15))
+    )
 
 
 @pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "lil"])

@@ -21,7 +21,7 @@ import pytest
 from alsx import cli
 from alsx.cli.guard import check_args
 from alsx.data.ingest import load_interactions
-from alsx.data.split import heldout_rows_split, random_holdout
+from alsx.data.split import random_holdout
 from alsx.data.synthetic import community_graph
 from alsx.errors import ModelError, UsageError
 from alsx.model import ALS
@@ -44,8 +44,9 @@ def _alsx(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The `alsx` command as a user runs it, on the package under test."""
     env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("XLA_FLAGS", None)
-    return subprocess.run([sys.executable, "-m", "alsx.cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "alsx.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def _entries(csr) -> set[tuple[int, int]]:
@@ -67,8 +68,12 @@ def models(graph, tmp_path_factory):
     """{'refit', 'kept', 'held-refit', 'held-kept'} -> model folders trained in-process on ``graph``."""
     path, _ = graph
     root = tmp_path_factory.mktemp("models")
-    flags = {"refit": [], "kept": ["--no-refit"], "held-refit": ["--split", "heldout-rows"],
-             "held-kept": ["--split", "heldout-rows", "--no-refit"]}
+    flags = {
+        "refit": [],
+        "kept": ["--no-refit"],
+        "held-refit": ["--split", "heldout-rows"],
+        "held-kept": ["--split", "heldout-rows", "--no-refit"],
+    }
     for name, extra in flags.items():
         assert main(["train", str(path), "--out", str(root / name), *SMALL, *extra]) == 0
     return root
@@ -110,8 +115,13 @@ def test_seen_entries_are_the_whole_input_and_trained_entries_the_split(graph, m
         assert _entries(ALS.load(models / name).train_) == everything, name
     kept = models / "kept"
     on = _cfg(kept)["trained_on"]
-    assert on == {"part": "the split's training part", "nnz": split.train.nnz, "refit": False,
-                  "split": _cfg(kept)["split"], "entries": "trained.npz"}
+    assert on == {
+        "part": "the split's training part",
+        "nnz": split.train.nnz,
+        "refit": False,
+        "split": _cfg(kept)["split"],
+        "entries": "trained.npz",
+    }
     with np.load(kept / "trained.npz") as z:
         assert int(z["indptr"][-1]) == split.train.nnz
 
@@ -194,8 +204,10 @@ def _damage(folder: Path, case: str) -> str:
         (folder / "config.json").write_text("[1, 2]")
         return "config.json"
     if case == "wrong-dim":
-        np.save(folder / "col_embeddings.npy", np.zeros((np.load(folder / "col_embeddings.npy").shape[0], d + 1),
-                                                        np.float32))
+        np.save(
+            folder / "col_embeddings.npy",
+            np.zeros((np.load(folder / "col_embeddings.npy").shape[0], d + 1), np.float32),
+        )
         return "col_embeddings.npy"
     if case == "wrong-rows":
         w = np.load(folder / "row_embeddings.npy")
@@ -212,14 +224,29 @@ def _damage(folder: Path, case: str) -> str:
         return "train.npz"
     if case == "wrong-shape-train":
         with np.load(folder / "train.npz") as z:
-            np.savez(folder / "train.npz", indptr=z["indptr"][:-5], indices=z["indices"], values=z["values"],
-                     n_cols=z["n_cols"])
+            np.savez(
+                folder / "train.npz",
+                indptr=z["indptr"][:-5],
+                indices=z["indices"],
+                values=z["values"],
+                n_cols=z["n_cols"],
+            )
         return "train.npz"
     raise AssertionError(case)
 
 
-DAMAGES = ["missing-row-table", "garbage-config", "empty-config", "config-not-object", "wrong-dim", "wrong-rows",
-           "garbage-table", "missing-train", "garbage-train", "wrong-shape-train"]
+DAMAGES = [
+    "missing-row-table",
+    "garbage-config",
+    "empty-config",
+    "config-not-object",
+    "wrong-dim",
+    "wrong-rows",
+    "garbage-table",
+    "missing-train",
+    "garbage-train",
+    "wrong-shape-train",
+]
 
 
 @pytest.mark.parametrize("case", DAMAGES)
@@ -289,12 +316,17 @@ def test_count_overlap_against_sets():
 
     rng = np.random.default_rng(0)
     keys = np.unique(rng.integers(0, 40 * 30, 500))
-    x = Interactions(rows=(keys // 30).astype(np.int32), cols=(keys % 30).astype(np.int32),
-                     values=np.ones(len(keys), np.float32), shape=(40, 30))
+    x = Interactions(
+        rows=(keys // 30).astype(np.int32),
+        cols=(keys % 30).astype(np.int32),
+        values=np.ones(len(keys), np.float32),
+        shape=(40, 30),
+    )
     trained = x.select(rng.random(x.nnz) < 0.6)
     test = x.select(rng.random(x.nnz) < 0.3)
-    want = len(set(zip(trained.rows.tolist(), trained.cols.tolist())) & set(zip(test.rows.tolist(),
-                                                                                  test.cols.tolist())))
+    want = len(
+        set(zip(trained.rows.tolist(), trained.cols.tolist())) & set(zip(test.rows.tolist(), test.cols.tolist()))
+    )
     assert 0 < count_overlap(trained.csr(), test) == want
     assert count_overlap(trained.csr(), test.select(np.zeros(test.nnz, bool))) == 0
 
@@ -317,8 +349,26 @@ def test_recommend_ids_of_a_vocabulary(tmp_path, capsys):
     csv = tmp_path / "e.csv"
     csv.write_text("u,i\n" + "".join(f"{10 * r + 7},i{c}\n" for r, c in zip(x.rows, x.cols)))  # int ids, mapped
     folder = tmp_path / "m"
-    assert main(["train", str(csv), "--row", "u", "--col", "i", "--ids", "map", "--out", str(folder), *SMALL,
-                 "--split", "none"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(csv),
+                "--row",
+                "u",
+                "--col",
+                "i",
+                "--ids",
+                "map",
+                "--out",
+                str(folder),
+                *SMALL,
+                "--split",
+                "none",
+            ]
+        )
+        == 0
+    )
     assert ALS.load(folder).row_vocab_.kind == "int"
     capsys.readouterr()
     user = str(10 * int(x.rows[0]) + 7)
@@ -356,8 +406,11 @@ def test_ml100k_saved_model_serves_all_input(tmp_path, capsys):
     assert w.shape == wk.shape and np.abs(w - wk).max() > 0.1 * np.abs(w).max()
     capsys.readouterr()
     assert main(["recommend", str(kept), *map(str, range(50)), "-k", "10"]) == 0
-    recs = [(int(r["row"]), e["id"]) for r in map(json.loads, capsys.readouterr().out.splitlines())
-            for e in r["recommendations"]]
+    recs = [
+        (int(r["row"]), e["id"])
+        for r in map(json.loads, capsys.readouterr().out.splitlines())
+        for e in r["recommendations"]
+    ]
     assert len(recs) == 500 and not had & set(recs)
     with pytest.raises(UsageError, match="--split-seed 1"):  # main scored this at Recall@20 0.618, no warning
         main(["evaluate", str(kept), "--split-seed", "1"])

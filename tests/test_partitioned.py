@@ -23,10 +23,16 @@ HERE = os.path.dirname(__file__)
 
 
 def _read(path, part=None, **kw):
-    refs = {"row": kw.pop("row", None), "col": kw.pop("col", None), "value": kw.pop("value", None),
-            "timestamp": None, "is_test": None}
-    return ig.read_source(path, fmt=kw.pop("fmt", None), refs=refs, sep=None, header="infer", ids="auto",
-                           square=False, part=part, **kw)
+    refs = {
+        "row": kw.pop("row", None),
+        "col": kw.pop("col", None),
+        "value": kw.pop("value", None),
+        "timestamp": None,
+        "is_test": None,
+    }
+    return ig.read_source(
+        path, fmt=kw.pop("fmt", None), refs=refs, sep=None, header="infer", ids="auto", square=False, part=part, **kw
+    )
 
 
 def _as_list(c):
@@ -114,8 +120,7 @@ def test_compressed_text_is_refused_with_the_reason(tmp_path):
 def test_parquet_parts_are_runs_of_row_groups(tmp_path):
     rng = np.random.default_rng(2)
     n = 1000
-    table = pa.table({"u": [f"u{k}" for k in rng.integers(0, 90, n)], "i": rng.integers(0, 70, n),
-                      "w": rng.random(n)})
+    table = pa.table({"u": [f"u{k}" for k in rng.integers(0, 90, n)], "i": rng.integers(0, 70, n), "w": rng.random(n)})
     path = tmp_path / "x.parquet"
     pq.write_table(table, path, row_group_size=130)  # 8 row groups
     whole = _read(str(path), value="w")
@@ -130,8 +135,12 @@ def test_parquet_parts_are_runs_of_row_groups(tmp_path):
 def test_npz_parts_are_slices(tmp_path, compressed):
     rng = np.random.default_rng(3)
     n = 777
-    arrays = {"rows": rng.integers(0, 50, n).astype(np.int32), "cols": rng.integers(0, 30, n).astype(np.int32),
-              "values": rng.random(n).astype(np.float32), "shape": np.array([50, 30], np.int64)}
+    arrays = {
+        "rows": rng.integers(0, 50, n).astype(np.int32),
+        "cols": rng.integers(0, 30, n).astype(np.int32),
+        "values": rng.random(n).astype(np.float32),
+        "shape": np.array([50, 30], np.int64),
+    }
     path = tmp_path / "x.npz"
     (np.savez_compressed if compressed else np.savez)(path, **arrays)
     parts = [_read(str(path), part=(i, 4)) for i in range(4)]
@@ -156,11 +165,15 @@ def test_splits_of_row_ranges_are_the_split_of_the_whole(kind):
     lengths = np.bincount(x.rows, minlength=x.shape[0])
     whole = sp.by_name(kind, x, seed=5)
     cuts = [0, 23, 24, 61, x.shape[0]]
-    pieces = [sp.by_name(kind, x.select((x.rows >= a) & (x.rows < b)), seed=5, row_lengths=lengths)
-              for a, b in zip(cuts, cuts[1:])]
+    pieces = [
+        sp.by_name(kind, x.select((x.rows >= a) & (x.rows < b)), seed=5, row_lengths=lengths)
+        for a, b in zip(cuts, cuts[1:])
+    ]
 
     def pairs(parts):
-        return sorted(zip(np.concatenate([p.rows for p in parts]).tolist(), np.concatenate([p.cols for p in parts]).tolist()))
+        return sorted(
+            zip(np.concatenate([p.rows for p in parts]).tolist(), np.concatenate([p.cols for p in parts]).tolist())
+        )
 
     for attr in ("train", "test") + (("foldin",) if kind == "heldout-rows" else ()):
         assert pairs([getattr(p, attr) for p in pieces]) == pairs([getattr(whole, attr)]), attr
@@ -190,10 +203,27 @@ def _two_processes(argv: list[str], timeout: float = 300) -> list[str]:
     from test_distributed import _finish, _free_port
 
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "alsx.cli"] + argv +
-                              ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
-                               "--cpu-devices", "2"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "alsx.cli"]
+            + argv
+            + [
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+                "--cpu-devices",
+                "2",
+            ],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     results = _finish(procs, timeout)
     for code, err in results:
         assert code == 0, err[-4000:]
@@ -225,9 +255,29 @@ def test_two_processes_reading_parts_train_like_one_reading_all(tmp_path, case):
     else:
         data = tmp_path / "ratings.parquet"
         pq.write_table(pa.table({"u": users, "i": items, "r": ratings.astype(np.float64)}), data, row_group_size=400)
-    common = [str(data), "--row", "u", "--col", "i", "--value", "r", "--alpha", "0.5", "--dim", "8",
-              "--epochs", "2", "--solver", "cholesky", "--reg", "0.05", "--unobserved-weight", "0.1",
-              "--backend", "jax"] + extra
+    common = [
+        str(data),
+        "--row",
+        "u",
+        "--col",
+        "i",
+        "--value",
+        "r",
+        "--alpha",
+        "0.5",
+        "--dim",
+        "8",
+        "--epochs",
+        "2",
+        "--solver",
+        "cholesky",
+        "--reg",
+        "0.05",
+        "--unobserved-weight",
+        "0.1",
+        "--backend",
+        "jax",
+    ] + extra
     whole, summary = load_interactions(str(data), row="u", col="i", value="r")
     assert summary.merged_duplicates > 0
     assert main(["train", "--out", str(tmp_path / "one")] + common) == 0
@@ -294,8 +344,9 @@ def test_evaluation_on_several_devices_scores_column_shards_like_one_device(tmp_
     written tables read from the shards equal the gathered tables."""
     env = _env()
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=3"
-    res = subprocess.run([sys.executable, "-c", SHARDED_EVAL, str(tmp_path)], env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", SHARDED_EVAL, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     for kind, (sharded, host, during) in json.loads(res.stdout.strip().splitlines()[-1]).items():
         assert sharded["model"]["n_eval_rows"] > 0
@@ -354,15 +405,46 @@ def test_bad_line_in_one_part_is_named_and_the_other_process_stops(tmp_path):
     data = tmp_path / "bad.csv"
     data.write_text("\n".join(lines) + "\n")
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "alsx.cli", "train", str(data), "--out", str(tmp_path / "o"),
-                               "--value", "rating", "--alpha", "1", "--dim", "4", "--epochs", "1",
-                               "--backend", "jax",
-                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
-                               "--heartbeat-timeout", "10"],
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "alsx.cli",
+                "train",
+                str(data),
+                "--out",
+                str(tmp_path / "o"),
+                "--value",
+                "rating",
+                "--alpha",
+                "1",
+                "--dim",
+                "4",
+                "--epochs",
+                "1",
+                "--backend",
+                "jax",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+                "--heartbeat-timeout",
+                "10",
+            ],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     (code0, err0), (code1, err1) = _finish(procs, timeout=240)
     assert code1 == 1, err1[-3000:]
     assert "bad.csv: line 1701 ('u7,i3,oops'): value 'oops' in column 'rating' is not a number" in err1
     # Stopped by alsx's own check (a failed collective) or, first, by JAX's heartbeat monitor.
-    assert (code0 == EXIT_PEER_LOST and "another process failed" in err0) or \
-        (code0 == -6 and "another task died" in err0), (code0, err0[-3000:])
+    assert (code0 == EXIT_PEER_LOST and "another process failed" in err0) or (
+        code0 == -6 and "another task died" in err0
+    ), (code0, err0[-3000:])

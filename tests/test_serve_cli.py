@@ -27,10 +27,20 @@ K = 4
 
 def alsx(*args: str, stdin: str | None = None, devices: int = 1) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("ALSX_DEBUG", "XLA_FLAGS")}
-    env.update(PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    return subprocess.run([sys.executable, "-m", "alsx.cli", *map(str, args)], env=env, input=stdin,
-                          capture_output=True, text=True, timeout=120, check=False)
+    env.update(
+        PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "alsx.cli", *map(str, args)],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +51,27 @@ def model(tmp_path_factory):
     csv = tmp / "events.csv"
     csv.write_text("user,item\n" + "".join(f"u{r},i{c}\n" for r, c in zip(x.rows, x.cols)))
     out = tmp / "model"
-    assert main(["train", str(csv), "--row", "user", "--col", "item", "--out", str(out), "--dim", "6",
-                 "--epochs", "3", "--split", "none"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(csv),
+                "--row",
+                "user",
+                "--col",
+                "item",
+                "--out",
+                str(out),
+                "--dim",
+                "6",
+                "--epochs",
+                "3",
+                "--split",
+                "none",
+            ]
+        )
+        == 0
+    )
     rows = np.load(out / "row_vocab.npz")["ids"]
     cols = np.load(out / "col_vocab.npz")["ids"]
     seen: dict[str, set[str]] = {}
@@ -166,7 +195,9 @@ def test_export_ann_and_recommend_with_it(model, tmp_path):
     out = tmp_path / "export"
     res = alsx("export", folder, "--ann", "faiss", "--to", out, "--ef-search", 200)
     assert res.returncode == 0, res.stderr
-    assert {"rows.parquet", "cols.parquet", "export.json", "ann.json", "columns.faiss"} <= {p.name for p in out.iterdir()}
+    assert {"rows.parquet", "cols.parquet", "export.json", "ann.json", "columns.faiss"} <= {
+        p.name for p in out.iterdir()
+    }
     users = [str(u) for u in rows]
     res = alsx("recommend", folder, *users, "-k", K, "--ann", out)
     assert res.returncode == 0, res.stderr

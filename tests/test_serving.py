@@ -27,8 +27,14 @@ HP = dict(dim=8, epochs=3, reg=0.05, unobserved_weight=0.1, nu=1.0, alpha=ALPHA,
 def frame() -> pd.DataFrame:
     rng = np.random.default_rng(3)
     u, i = rng.integers(0, N_USERS, 900), rng.integers(0, N_ITEMS, 900)
-    df = pd.DataFrame({"item": [f"m{x}" for x in i], "when": np.arange(900), "user": [f"u{x}" for x in u],
-                       "plays": rng.integers(1, 4, 900).astype(float)})
+    df = pd.DataFrame(
+        {
+            "item": [f"m{x}" for x in i],
+            "when": np.arange(900),
+            "user": [f"u{x}" for x in u],
+            "plays": rng.integers(1, 4, 900).astype(float),
+        }
+    )
     return df.drop_duplicates(["user", "item"])
 
 
@@ -115,8 +121,12 @@ def test_recommend_new_is_the_exact_fold_in(model):
     x = sp.csr_matrix((list(vals.values()), ([0, 0], _col(model, list(vals)))), shape=(1, N_ITEMS))
     ids2, scores2 = model.recommend_new(x, k=6)
     w2 = solve_rows(_conf(model, [vals]), model.col_embeddings_, 0.05, 0.1, 1.0)
-    np.testing.assert_allclose(scores2[0], np.sort(np.delete(w2 @ model.col_embeddings_.T, _col(model, list(vals)),
-                                                            axis=1)[0])[::-1][:6], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        scores2[0],
+        np.sort(np.delete(w2 @ model.col_embeddings_.T, _col(model, list(vals)), axis=1)[0])[::-1][:6],
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 def test_recalculate_user_folds_known_rows_in_from_fresh_history(model):
@@ -150,8 +160,9 @@ def test_partial_fit_users_adds_and_updates_rows_in_place(model, tmp_path):
 def test_partial_fit_items_adds_a_column(model):
     m = _fresh(model)
     users = ["u1", "u2", "u9"]
-    m.partial_fit_items(["m-new"], sp.csr_matrix(([1.0, 1.0, 1.0], ([0, 0, 0], m.row_vocab_.encode(users))),
-                                                 shape=(1, N_USERS)))
+    m.partial_fit_items(
+        ["m-new"], sp.csr_matrix(([1.0, 1.0, 1.0], ([0, 0, 0], m.row_vocab_.encode(users))), shape=(1, N_USERS))
+    )
     conf = np.zeros((1, N_USERS))
     conf[0, m.row_vocab_.encode(users)] = 1.0 + ALPHA
     h = solve_rows(conf, model.row_embeddings_, 0.05, 0.1, 1.0)
@@ -172,7 +183,7 @@ def test_filter_items_and_items_restrict_the_candidates(model):
     seen = set(model.train_.row(int(u))[0].tolist())
     cand = [c for c in _col(model, allowed) if c not in seen]
     s = model.row_embeddings_[u] @ model.col_embeddings_[cand].T
-    assert only[0][:min(3, len(cand))].tolist() == model.col_vocab_.decode(np.array(cand)[np.argsort(-s)[:3]]).tolist()
+    assert only[0][: min(3, len(cand))].tolist() == model.col_vocab_.decode(np.array(cand)[np.argsort(-s)[:3]]).tolist()
     sim, _ = model.similar_items(["m5"], k=2, items=allowed)
     assert set(sim[0]) <= set(allowed)
 
@@ -216,8 +227,12 @@ def test_numpy_top_k_equals_the_jitted_one_ties_and_exclusions_included():
     q = rng.integers(-2, 3, (5, 4)).astype(np.float32)  # small integers: many exactly equal scores
     t = rng.integers(-2, 3, (60, 4)).astype(np.float32)
     hist = sp.random(5, 60, density=0.2, random_state=2, format="csr")
-    csr = CSR(indptr=hist.indptr.astype(np.int64), indices=hist.indices.astype(np.int32),
-              values=hist.data.astype(np.float32), n_cols=60)
+    csr = CSR(
+        indptr=hist.indptr.astype(np.int64),
+        indices=hist.indices.astype(np.int32),
+        values=hist.data.astype(np.float32),
+        n_cols=60,
+    )
     mask = np.zeros(60, np.float32)
     mask[[3, 7, 11]] = -np.inf
     for k in (1, 7, 60, 70):
@@ -229,6 +244,7 @@ def test_numpy_top_k_equals_the_jitted_one_ties_and_exclusions_included():
 
 def test_single_rows_take_the_numpy_path(model, monkeypatch):
     """One-row calls compile nothing: they never reach the jitted scorer (benchmarks/latency.py times them)."""
+
     def jitted(*a, **k):
         raise AssertionError("single-row recommend reached the jitted path")
 

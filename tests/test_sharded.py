@@ -28,8 +28,13 @@ CG_TOL = 1e-4  # 3 CG steps amplify summation-order differences slightly more
 def run_child(cfg: dict, timeout: float = 240) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_child.py"), json.dumps(cfg)],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "sharded_child.py"), json.dumps(cfg)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, f"child {cfg} failed:\n{proc.stderr[-4000:]}"
     return proc
 
@@ -136,8 +141,17 @@ def test_local_part_keeps_only_owned_rows():
 # ---- equality with LocalEngine on 1, 2, 4, 8 devices -------------------------------------------
 
 TOL = {"f32": 1e-5, "f32_tied": 1e-5, "bf16": BF16_TOL, "cg": CG_TOL, "block": CG_TOL}
-RUNS = [("f32", 1), ("f32", 2), ("f32", 4), ("f32", 8), ("bf16", 2), ("bf16", 8), ("f32_tied", 8), ("cg", 8),
-        ("block", 4)]
+RUNS = [
+    ("f32", 1),
+    ("f32", 2),
+    ("f32", 4),
+    ("f32", 8),
+    ("bf16", 2),
+    ("bf16", 8),
+    ("f32_tied", 8),
+    ("cg", 8),
+    ("block", 4),
+]
 
 
 @pytest.fixture(scope="module")
@@ -236,8 +250,10 @@ def test_eight_devices_evaluate_in_many_batches_like_one_device(tmp_path):
     batch was queued at once and, past 32 per device, XLA:CPU's rendezvous aborted the
     process ("Expected 8 threads to join ... only 5 arrived").  Results equal one device's."""
     out = tmp_path / "out.npz"
-    run_child({"mode": "evaluate", "devices": 8, "nodes": 3000, "edges": 30000, "epochs": 2, "batch": 16,
-               "out": str(out)}, timeout=600)
+    run_child(
+        {"mode": "evaluate", "devices": 8, "nodes": 3000, "edges": 30000, "epochs": 2, "batch": 16, "out": str(out)},
+        timeout=600,
+    )
     z = np.load(out)
     assert int(z["n_queries"]) > 64 * 16  # > 64 batches: twice the 32 the deadlock needed
     for t in "wh":

@@ -23,8 +23,7 @@ def _reference(query, table, k, excluded):
     top = np.take_along_axis(scores, ids, axis=1)
     ids = np.where(np.isneginf(top), -1, ids)
     pad = k - ids.shape[1]
-    return np.pad(top, ((0, 0), (0, pad)), constant_values=-np.inf), np.pad(ids, ((0, 0), (0, pad)),
-                                                                            constant_values=-1)
+    return np.pad(top, ((0, 0), (0, pad)), constant_values=-np.inf), np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
 
 
 def _case(seed, n, m, d, integer):

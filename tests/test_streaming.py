@@ -46,8 +46,7 @@ def test_layout_has_several_ranges_and_long_rows():
     assert sum(p.nnz for p in packed) == rows.nnz
     assert any(p.longs for p in packed)
     # every non-empty row lands in exactly one slot
-    ids = np.concatenate([b[2].ravel() for p in packed for b in p.blocks] +
-                         [lg[3] for p in packed for lg in p.longs])
+    ids = np.concatenate([b[2].ravel() for p in packed for b in p.blocks] + [lg[3] for p in packed for lg in p.longs])
     ids = ids[ids < rows.n_rows]
     assert np.array_equal(np.sort(ids), np.flatnonzero(np.diff(rows.indptr)))
 

@@ -23,12 +23,24 @@ MAX_LINES = 400
 # config.  SHARED modules (errors, callbacks, units) are importable by every layer and import
 # no other alsx module themselves (checked below).
 LAYERS = {
-    "config": 0, "collectives": 0, "distributed": 0, "compile_cache": 0,
-    "data": 1, "webgraph": 1,
-    "core": 2, "plan": 2, "checkpoint": 2, "checkpoint_files": 2,
-    "eval": 3, "serve": 3, "folder": 3,
-    "train": 4, "model": 4, "params": 4,
-    "cli": 5, "tune": 5,
+    "config": 0,
+    "collectives": 0,
+    "distributed": 0,
+    "compile_cache": 0,
+    "data": 1,
+    "webgraph": 1,
+    "core": 2,
+    "plan": 2,
+    "checkpoint": 2,
+    "checkpoint_files": 2,
+    "eval": 3,
+    "serve": 3,
+    "folder": 3,
+    "train": 4,
+    "model": 4,
+    "params": 4,
+    "cli": 5,
+    "tune": 5,
 }
 SHARED = {"errors", "callbacks", "units", "__init__"}
 # webgraph sits beside data, except its training front: webgraph/train.py trains and evaluates a
@@ -145,8 +157,12 @@ def test_module_size(mod):
 
 @pytest.mark.parametrize("mod", sorted(MODULES))
 def test_no_private_imports(mod):
-    bad = [f"line {line}: from {t} import {n}" for t, names, line in GRAPH[mod] for n in names
-           if n.startswith("_") and not n.startswith("__")]
+    bad = [
+        f"line {line}: from {t} import {n}"
+        for t, names, line in GRAPH[mod]
+        for n in names
+        if n.startswith("_") and not n.startswith("__")
+    ]
     assert not bad, f"{mod} imports private names of other modules: " + ", ".join(bad)
 
 

@@ -93,13 +93,28 @@ def test_defaults_live_in_config_only():
     from alsx.cli import build_parser
 
     sig = inspect.signature(ALS.__init__).parameters
-    for name in ("dim", "reg", "unobserved_weight", "nu", "solver", "cg_steps", "block_size", "epochs", "dtype",
-                 "init_scale", "init", "seed", "loss_every", "backend"):
+    for name in (
+        "dim",
+        "reg",
+        "unobserved_weight",
+        "nu",
+        "solver",
+        "cg_steps",
+        "block_size",
+        "epochs",
+        "dtype",
+        "init_scale",
+        "init",
+        "seed",
+        "loss_every",
+        "backend",
+    ):
         assert sig[name].default == DEFAULTS[name], name
     a = build_parser().parse_args(["train", "x", "--out", "y"])
     assert HParams.from_args(a) == HParams()
-    assert (a.epochs, a.seed, a.loss_every, a.backend) == tuple(DEFAULTS[k] for k in ("epochs", "seed", "loss_every",
-                                                                                      "backend"))
+    assert (a.epochs, a.seed, a.loss_every, a.backend) == tuple(
+        DEFAULTS[k] for k in ("epochs", "seed", "loss_every", "backend")
+    )
     with pytest.raises(AttributeError):
         HParams.from_args(argparse.Namespace(dim=4))  # every field is read by name: nothing silently defaulted
 
@@ -112,10 +127,29 @@ def test_alsx_train_dataset_folder_uses_init_and_backend(tmp_path):
     out = tmp_path / "m"
     env = {k: v for k, v in os.environ.items() if k not in ("ALSX_DEBUG", "XLA_FLAGS")}
     env["PYTHONPATH"] = SRC + os.pathsep + os.environ.get("PYTHONPATH", "")
-    args = ["train", str(ds.path), "--out", str(out), "--dim", "8", "--epochs", "2", "--init", "uniform",
-            "--init-scale", "0.2", "--backend", "cpu", "--seed", "3", "--max-eval-rows", "20"]
-    res = subprocess.run([sys.executable, "-m", "alsx.cli", *args], env=env, capture_output=True, text=True,
-                         timeout=300)
+    args = [
+        "train",
+        str(ds.path),
+        "--out",
+        str(out),
+        "--dim",
+        "8",
+        "--epochs",
+        "2",
+        "--init",
+        "uniform",
+        "--init-scale",
+        "0.2",
+        "--backend",
+        "cpu",
+        "--seed",
+        "3",
+        "--max-eval-rows",
+        "20",
+    ]
+    res = subprocess.run(
+        [sys.executable, "-m", "alsx.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["data"]["engine"] == "cpu" and "(cpu)" in res.stdout

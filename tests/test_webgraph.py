@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from alsx.webgraph.build import CCInputs, build_webgraph, history_counts, select_heldout
-from alsx.webgraph.dataset import ExternalCSRBuilder, SequentialCSRWriter, open_dataset
+from alsx.webgraph.dataset import ExternalCSRBuilder, SequentialCSRWriter
 
 # ---------------------------------------------------------------------------
 # fixtures
@@ -65,11 +65,15 @@ def random_cc(tmp: Path, n: int = 400, m: int = 6000, seed: int = 0, **kw) -> tu
 
 def dense(csr, n_rows: int | None = None) -> np.ndarray:
     n_rows = csr.n_rows if n_rows is None else n_rows
-    return sp.csr_matrix((np.ones(csr.nnz), np.asarray(csr.indices), np.asarray(csr.indptr)), shape=(n_rows, csr.n_cols)).toarray()
+    return sp.csr_matrix(
+        (np.ones(csr.nnz), np.asarray(csr.indices), np.asarray(csr.indptr)), shape=(n_rows, csr.n_cols)
+    ).toarray()
 
 
 def to_scipy(csr) -> sp.csr_matrix:
-    return sp.csr_matrix((np.ones(csr.nnz), np.asarray(csr.indices), np.asarray(csr.indptr)), shape=(csr.n_rows, csr.n_cols))
+    return sp.csr_matrix(
+        (np.ones(csr.nnz), np.asarray(csr.indices), np.asarray(csr.indptr)), shape=(csr.n_rows, csr.n_cols)
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -147,9 +151,14 @@ def test_self_link_flag(hand, tmp_path):
 
 
 def test_domain_graph_extra_columns_and_multiple_edge_files(tmp_path):
-    a = build_webgraph(write_cc(tmp_path / "a", HAND_VERTICES, HAND_EDGES), tmp_path / "oa", tld="de", heldout_fraction=0.0)
+    a = build_webgraph(
+        write_cc(tmp_path / "a", HAND_VERTICES, HAND_EDGES), tmp_path / "oa", tld="de", heldout_fraction=0.0
+    )
     b = build_webgraph(
-        write_cc(tmp_path / "b", HAND_VERTICES, HAND_EDGES, extra_cols=True, n_edge_files=3), tmp_path / "ob", tld="de", heldout_fraction=0.0
+        write_cc(tmp_path / "b", HAND_VERTICES, HAND_EDGES, extra_cols=True, n_edge_files=3),
+        tmp_path / "ob",
+        tld="de",
+        heldout_fraction=0.0,
     )
     assert len(b.manifest["params"]["inputs"]["edges"]) == 3
     assert a.manifest["counts"] == b.manifest["counts"]
@@ -265,7 +274,9 @@ def test_chunked_build_equals_unchunked(tmp_path):
     cc, _ = random_cc(tmp_path / "cc", n_edge_files=2)
     kw = dict(tld=["de", "in"], min_degree=3, heldout_fraction=0.1, seed=1)
     big = build_webgraph(cc, tmp_path / "big", **kw)
-    small = build_webgraph(cc, tmp_path / "small", chunk_edges=7, block_nnz=13, max_shard_nnz=50, fill_budget_nnz=20, **kw)
+    small = build_webgraph(
+        cc, tmp_path / "small", chunk_edges=7, block_nnz=13, max_shard_nnz=50, fill_budget_nnz=20, **kw
+    )
     assert len(small.shards("train_csr")) > 1
     assert big.manifest["counts"] == small.manifest["counts"]
     for name in ("train_csr", "train_csc", "foldin_csr", "truth_csr"):

@@ -23,8 +23,12 @@ def _java_ok() -> bool:
 
 
 pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("pyspark") is None, reason="pyspark is not installed (pip install pyspark)"),
-    pytest.mark.skipif(not _java_ok(), reason="no working `java` on PATH: Spark needs a JVM (apt-get install default-jre-headless)"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("pyspark") is None, reason="pyspark is not installed (pip install pyspark)"
+    ),
+    pytest.mark.skipif(
+        not _java_ok(), reason="no working `java` on PATH: Spark needs a JVM (apt-get install default-jre-headless)"
+    ),
     pytest.mark.filterwarnings("ignore::FutureWarning"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
@@ -50,7 +54,6 @@ def spark():
 )
 def test_spark_matches_numpy(spark, tmp_path, kw):
     from alsx.webgraph.spark_build import build_webgraph_spark
-
     from test_webgraph import random_cc
 
     cc, _ = random_cc(tmp_path / "cc", n=300, m=4000, n_edge_files=2)

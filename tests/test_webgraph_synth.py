@@ -106,7 +106,9 @@ def test_stats_reproduce_cnr2000_figures():
 
 def test_cli_synth_and_stats(tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = cli_main(["webgraph", "synth", "--nodes", "1000", "--edges", "1e4", "--out", str(out), "--seed", "3", "--no-progress"])
+    rc = cli_main(
+        ["webgraph", "synth", "--nodes", "1000", "--edges", "1e4", "--out", str(out), "--seed", "3", "--no-progress"]
+    )
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     ds = open_dataset(out)

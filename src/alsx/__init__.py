@@ -7,10 +7,9 @@ import os as _os
 # blamed on this came from jaxlib's batched kernels; see alsx.core.solvers.cholesky.)
 _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from alsx.config import HParams
-from alsx.config import Packing
-from alsx.model import ALS
 import alsx.tune as tune  # a module you can call: alsx.tune(data, dim=64, minutes=5) is alsx.tune.tune(...)
+from alsx.config import HParams, Packing
+from alsx.model import ALS
 
 __version__ = "0.1.0"
 

@@ -22,8 +22,12 @@ class StopTraining(Exception):
       epoch: the epoch ``tables`` come from (required with ``tables``).
     """
 
-    def __init__(self, reason: str = "stopped by a callback",
-                 tables: tuple[np.ndarray, np.ndarray] | None = None, epoch: int | None = None):
+    def __init__(
+        self,
+        reason: str = "stopped by a callback",
+        tables: tuple[np.ndarray, np.ndarray] | None = None,
+        epoch: int | None = None,
+    ):
         super().__init__(reason)
         if tables is not None and epoch is None:
             raise ValueError("StopTraining(tables=...) needs the epoch the tables come from")

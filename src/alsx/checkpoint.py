@@ -91,8 +91,9 @@ class CheckpointOptions:
         if self.every_minutes is not None and self.every_minutes <= 0:
             raise ValueError(f"every_minutes must be > 0 or None, got {self.every_minutes}")
         if self.max_to_keep < 2:
-            raise ValueError(f"max_to_keep must be >= 2 (a fallback for a corrupted newest step), "
-                             f"got {self.max_to_keep}")
+            raise ValueError(
+                f"max_to_keep must be >= 2 (a fallback for a corrupted newest step), got {self.max_to_keep}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,8 +125,11 @@ def table_checksum(table: jax.Array) -> jax.Array:
     else:  # 16-bit floats
         bits = jax.lax.bitcast_convert_type(table, jnp.uint16).astype(jnp.uint32)
     n, d = table.shape
-    index = (jnp.arange(n, dtype=jnp.uint32)[:, None] * jnp.uint32(d)
-             + jnp.arange(d, dtype=jnp.uint32)[None, :] + jnp.uint32(1))
+    index = (
+        jnp.arange(n, dtype=jnp.uint32)[:, None] * jnp.uint32(d)
+        + jnp.arange(d, dtype=jnp.uint32)[None, :]
+        + jnp.uint32(1)
+    )
     return jnp.sum(bits * index, dtype=jnp.uint32)
 
 
@@ -192,7 +196,8 @@ class Checkpointer:
             "format": FORMAT_VERSION,
             "epoch": int(state.epoch),
             "tied": bool(state.tied),
-            "shapes": {"w": [engine.n_rows, engine.hp.dim]} | ({} if state.tied else {"h": [engine.n_cols, engine.hp.dim]}),
+            "shapes": {"w": [engine.n_rows, engine.hp.dim]}
+            | ({} if state.tied else {"h": [engine.n_cols, engine.hp.dim]}),
             "dtype": str(w.dtype),
             "checksums": {k: int(table_checksum(v)) for k, v in tables.items()},
             "extra": extra or {},
@@ -235,15 +240,18 @@ class Checkpointer:
                 raise
             except Exception as e:  # noqa: BLE001 - any read failure means "corrupted"
                 reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-                log.warning("checkpoint %s/%d is unreadable (%s); trying an older one",
-                            self.options.directory, epoch, reason)
+                log.warning(
+                    "checkpoint %s/%d is unreadable (%s); trying an older one", self.options.directory, epoch, reason
+                )
                 skipped.append((epoch, reason))
                 continue
             return Restored(state=state, epoch=epoch, skipped=tuple(skipped), extra=extra)
         if skipped:
-            raise CheckpointError(f"no usable checkpoint in {self.options.directory}: "
-                                  + "; ".join(f"epoch {s}: {r}" for s, r in skipped)
-                                  + " (nothing was moved or deleted)")
+            raise CheckpointError(
+                f"no usable checkpoint in {self.options.directory}: "
+                + "; ".join(f"epoch {s}: {r}" for s, r in skipped)
+                + " (nothing was moved or deleted)"
+            )
         return None
 
     def set_aside(self, epoch: int) -> str:
@@ -275,14 +283,16 @@ class Checkpointer:
             raise CheckpointMismatchError(
                 f"checkpoint {self.options.directory}/{epoch} holds tables {meta['shapes']} {meta['dtype']} "
                 f"(tied={meta['tied']}) but the model needs {want} {dtype} (tied={engine.tied}); "
-                "use another checkpoint directory or the same dim/dtype/data")
+                "use another checkpoint directory or the same dim/dtype/data"
+            )
         sharding = table_sharding(engine.mesh)
         P = sharding.mesh.shape[SHARD]
         target = {k: jax.ShapeDtypeStruct((-(-n // P) * P, d), dtype, sharding=sharding) for k, (n, d) in want.items()}
         if "basis_sha256" in meta:
             target["basis"] = np.zeros((engine.hp.dim, engine.hp.dim), np.float64)
         tables = self._manager.restore(  # strict=False: the zero tail is padded / truncated to this mesh
-            epoch, args=ocp.args.Composite(tables=ocp.args.StandardRestore(target, strict=False)))["tables"]
+            epoch, args=ocp.args.Composite(tables=ocp.args.StandardRestore(target, strict=False))
+        )["tables"]
         basis = None
         if "basis_sha256" in meta:
             basis = np.asarray(tables.pop("basis"), np.float64)
@@ -298,7 +308,7 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.close()
 
-    def __enter__(self) -> "Checkpointer":
+    def __enter__(self) -> Checkpointer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -39,8 +39,10 @@ def _files(step_dir: str) -> list[str]:
 
 def write_digest(step_dir: str) -> None:
     """Lists the finished step's files with sizes and CRC-32s (atomically: temp file + rename)."""
-    digest = {rel: [os.path.getsize(os.path.join(step_dir, rel)), _crc32(os.path.join(step_dir, rel))]
-              for rel in _files(step_dir)}
+    digest = {
+        rel: [os.path.getsize(os.path.join(step_dir, rel)), _crc32(os.path.join(step_dir, rel))]
+        for rel in _files(step_dir)
+    }
     tmp = os.path.join(step_dir, DIGEST_NAME + ".tmp")
     with open(tmp, "w") as f:
         json.dump({"crc32": digest}, f)
@@ -92,6 +94,8 @@ def describe_folder(directory: str | os.PathLike) -> str:
     if corrupt:
         parts.append(f"{len(corrupt)} step(s) set aside as unreadable: {', '.join(corrupt[:3])}")
     if other:
-        parts.append(f"{len(other)} other entr{'y' if len(other) == 1 else 'ies'}: {', '.join(other[:5])}"
-                     + (", ..." if len(other) > 5 else ""))
+        parts.append(
+            f"{len(other)} other entr{'y' if len(other) == 1 else 'ies'}: {', '.join(other[:5])}"
+            + (", ..." if len(other) > 5 else "")
+        )
     return "found " + "; ".join(parts)

@@ -13,7 +13,7 @@ import functools
 import numpy as np
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _process_mesh():
     """A 1-D mesh ("proc") holding the lowest-id device of every process."""
     import jax
@@ -25,15 +25,21 @@ def _process_mesh():
     return Mesh(np.array([first[p] for p in range(jax.process_count())]), ("proc",))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _programs(mesh):
     """(psum, all_to_all) over the process mesh, jitted once (shapes are bucketed by the callers)."""
     import jax
     from jax.sharding import PartitionSpec as P
 
     psum = jax.jit(jax.shard_map(lambda x: jax.lax.psum(x, "proc"), mesh=mesh, in_specs=P("proc"), out_specs=P()))
-    swap = jax.jit(jax.shard_map(lambda x: jax.lax.all_to_all(x, "proc", 0, 0, tiled=True), mesh=mesh,
-                                 in_specs=P("proc"), out_specs=P("proc")))
+    swap = jax.jit(
+        jax.shard_map(
+            lambda x: jax.lax.all_to_all(x, "proc", 0, 0, tiled=True),
+            mesh=mesh,
+            in_specs=P("proc"),
+            out_specs=P("proc"),
+        )
+    )
     return psum, swap
 
 
@@ -84,8 +90,9 @@ def allreduce_sum(a):
     flat = np.zeros((1, _bucket(a.size)), np.int32)
     flat[0, : a.size] = a.reshape(-1)
     me = mesh.devices.reshape(-1)[jax.process_index()]
-    glob = jax.make_array_from_single_device_arrays((mesh.size, flat.shape[1]), NamedSharding(mesh, P("proc")),
-                                                    [jax.device_put(flat, me)])
+    glob = jax.make_array_from_single_device_arrays(
+        (mesh.size, flat.shape[1]), NamedSharding(mesh, P("proc")), [jax.device_put(flat, me)]
+    )
     total = _programs(mesh)[0](glob)
     return np.asarray(total.addressable_data(0)).reshape(-1)[: a.size].reshape(a.shape).astype(np.int64)
 
@@ -124,11 +131,13 @@ def route(payload, dest, budget_bytes: int = 64 << 20):
     for lo in range(0, k_max, cap):
         buf = np.zeros((n_proc, cap, F), np.int32)
         for p in range(n_proc):
-            take = order[starts[p] + lo: min(starts[p + 1], starts[p] + lo + cap)]
+            take = order[starts[p] + lo : min(starts[p + 1], starts[p] + lo + cap)]
             buf[p, : len(take)] = payload[take]
-        glob = jax.make_array_from_single_device_arrays((n_proc * n_proc, cap, F), sharding,
-                                                        [jax.device_put(buf.reshape(n_proc, cap, F), device)])
+        glob = jax.make_array_from_single_device_arrays(
+            (n_proc * n_proc, cap, F), sharding, [jax.device_put(buf.reshape(n_proc, cap, F), device)]
+        )
         out = np.asarray(swap(glob).addressable_data(0)).reshape(n_proc, cap, F)  # block s came from sender s
         got.append([out[s, : max(0, min(cap, int(table[s, me]) - lo))] for s in range(n_proc)])
-    return np.concatenate([blk for s in range(n_proc) for blk in (rnd[s] for rnd in got)] or
-                          [np.zeros((0, F), np.int32)]).reshape(-1, F)
+    return np.concatenate(
+        [blk for s in range(n_proc) for blk in (rnd[s] for rnd in got)] or [np.zeros((0, F), np.int32)]
+    ).reshape(-1, F)

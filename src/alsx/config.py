@@ -49,12 +49,15 @@ class HParams:
             raise ValueError(f"dim must be >= 1, got {self.dim}")
         if self.reg < 0 or self.unobserved_weight < 0 or self.nu < 0:
             raise ValueError(
-                f"reg, unobserved_weight and nu must be >= 0, got {self.reg}, {self.unobserved_weight}, {self.nu}")
+                f"reg, unobserved_weight and nu must be >= 0, got {self.reg}, {self.unobserved_weight}, {self.nu}"
+            )
         if self.solver not in ("cg", "cholesky", "block"):
             raise ValueError(f"solver must be 'cg', 'cholesky' or 'block', got {self.solver!r}")
         if self.block_size < 0 or (self.solver == "block" and self.block_size and self.dim % self.block_size):
-            raise ValueError(f"block_size must be 0 (backend's choice) or divide dim for the block solver, "
-                             f"got {self.block_size} and {self.dim}")
+            raise ValueError(
+                f"block_size must be 0 (backend's choice) or divide dim for the block solver, "
+                f"got {self.block_size} and {self.dim}"
+            )
         if self.cg_steps < 1:
             raise ValueError(f"cg_steps must be >= 1, got {self.cg_steps}")
         if self.dtype not in ("float32", "bfloat16"):
@@ -65,7 +68,7 @@ class HParams:
             raise ValueError(f"init must be 'normal' or 'uniform', got {self.init!r}")
 
     @classmethod
-    def from_args(cls, args: Any) -> "HParams":
+    def from_args(cls, args: Any) -> HParams:
         """The hyper-parameters named by the attributes of ``args`` (an argparse namespace, an
         estimator): every field of HParams, read by its own name."""
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})

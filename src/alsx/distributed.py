@@ -35,7 +35,7 @@ import os
 import sys
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from alsx.collectives import allgather_bytes, allreduce_sum, route  # noqa: F401 - host collectives, importable from here too
 
@@ -95,20 +95,49 @@ class DistributedOptions:
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the multi-process flags (see the module doc) to ``parser``."""
     g = parser.add_argument_group("multi-process training")
-    g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
-                   help="address of process 0's coordinator (env JAX_COORDINATOR_ADDRESS)")
-    g.add_argument("--num-processes", type=int, default=None, metavar="N",
-                   help="number of processes (env JAX_NUM_PROCESSES; default 1)")
-    g.add_argument("--process-id", type=int, default=None, metavar="I",
-                   help="index of this process, 0..N-1 (env JAX_PROCESS_ID)")
-    g.add_argument("--local-device-ids", default=None, metavar="IDS",
-                   help="comma-separated local devices for this process (env JAX_LOCAL_DEVICE_IDS)")
-    g.add_argument("--heartbeat-timeout", type=int, default=None, metavar="S",
-                   help="seconds of silence after which a process counts as dead (default 30)")
-    g.add_argument("--init-timeout", type=int, default=None, metavar="S",
-                   help="seconds to wait for every process to join (default 300)")
-    g.add_argument("--step-timeout", type=float, default=None, metavar="S",
-                   help="abort when an epoch takes longer than this (default: no limit)")
+    g.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        default=None,
+        help="address of process 0's coordinator (env JAX_COORDINATOR_ADDRESS)",
+    )
+    g.add_argument(
+        "--num-processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="number of processes (env JAX_NUM_PROCESSES; default 1)",
+    )
+    g.add_argument(
+        "--process-id", type=int, default=None, metavar="I", help="index of this process, 0..N-1 (env JAX_PROCESS_ID)"
+    )
+    g.add_argument(
+        "--local-device-ids",
+        default=None,
+        metavar="IDS",
+        help="comma-separated local devices for this process (env JAX_LOCAL_DEVICE_IDS)",
+    )
+    g.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        default=None,
+        metavar="S",
+        help="seconds of silence after which a process counts as dead (default 30)",
+    )
+    g.add_argument(
+        "--init-timeout",
+        type=int,
+        default=None,
+        metavar="S",
+        help="seconds to wait for every process to join (default 300)",
+    )
+    g.add_argument(
+        "--step-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="abort when an epoch takes longer than this (default: no limit)",
+    )
 
 
 def _env_int(name: str) -> int | None:
@@ -123,6 +152,7 @@ def _env_int(name: str) -> int | None:
 
 def options_from_args(args: argparse.Namespace) -> DistributedOptions:
     """Flags first, then the environment, then defaults."""
+
     def pick(flag, env, default):
         v = getattr(args, flag, None)
         if v is None:
@@ -206,8 +236,18 @@ def _hard_exit(code: int, message: str) -> None:
     os._exit(code)
 
 
-_PEER_SIGNS = ("gloo", "connection", "heartbeat", "coordination", "unavailable", "socket", "peer",
-               "barrier", "nccl", "collective")
+_PEER_SIGNS = (
+    "gloo",
+    "connection",
+    "heartbeat",
+    "coordination",
+    "unavailable",
+    "socket",
+    "peer",
+    "barrier",
+    "nccl",
+    "collective",
+)
 
 
 @contextlib.contextmanager
@@ -225,10 +265,12 @@ def fail_fast(what: str = "training") -> Iterator[None]:
     except jax.errors.JaxRuntimeError as e:
         text = str(e)
         if jax.process_count() > 1 and any(s in text.lower() for s in _PEER_SIGNS):
-            _hard_exit(EXIT_PEER_LOST,
-                       f"process {jax.process_index()} of {jax.process_count()} stopped {what}: another process "
-                       f"failed or became unreachable ({text.splitlines()[0][:200]}). Restart all processes; "
-                       "training resumes from the last checkpoint.")
+            _hard_exit(
+                EXIT_PEER_LOST,
+                f"process {jax.process_index()} of {jax.process_count()} stopped {what}: another process "
+                f"failed or became unreachable ({text.splitlines()[0][:200]}). Restart all processes; "
+                "training resumes from the last checkpoint.",
+            )
         raise
 
 
@@ -248,8 +290,7 @@ def leave_on_error(what: str = "training") -> Iterator[None]:
         import traceback
 
         traceback.print_exc()
-        _hard_exit(1, f"process {jax.process_index()} of {jax.process_count()} failed {what}: "
-                      f"{type(e).__name__}: {e}")
+        _hard_exit(1, f"process {jax.process_index()} of {jax.process_count()} failed {what}: {type(e).__name__}: {e}")
 
 
 class Watchdog:
@@ -277,11 +318,13 @@ class Watchdog:
         while not self._stop.wait(period):
             idle = time.monotonic() - self._last
             if idle > self.timeout_s:
-                _hard_exit(EXIT_STALLED,
-                           f"process {jax.process_index()}: no {self.what} finished in {idle:.0f}s "
-                           f"(limit {self.timeout_s:.0f}s); a peer may be stuck. Stopping.")
+                _hard_exit(
+                    EXIT_STALLED,
+                    f"process {jax.process_index()}: no {self.what} finished in {idle:.0f}s "
+                    f"(limit {self.timeout_s:.0f}s); a peer may be stuck. Stopping.",
+                )
 
-    def __enter__(self) -> "Watchdog":
+    def __enter__(self) -> Watchdog:
         if self.timeout_s is not None:
             self._last = time.monotonic()
             self._thread = threading.Thread(target=self._run, name="alsx-watchdog", daemon=True)
@@ -292,4 +335,3 @@ class Watchdog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-

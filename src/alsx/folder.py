@@ -38,8 +38,9 @@ def read_json(path: Path, *, what: str = "object") -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ModelError(f"{path}: line {e.lineno}: not valid JSON ({e.msg}); the model folder is damaged, "
-                         "train again") from None
+        raise ModelError(
+            f"{path}: line {e.lineno}: not valid JSON ({e.msg}); the model folder is damaged, train again"
+        ) from None
     kind = {"object": dict, "list": list}[what]
     if not isinstance(value, kind):
         raise ModelError(f"{path}: expected a JSON {what}, got {type(value).__name__}")
@@ -82,8 +83,10 @@ def load_table(path: Path, n_rows: int, dim: int, counted_by: str) -> np.ndarray
 def load_csr(path: Path, n_rows: int, n_cols: int) -> CSR:
     """A CSR entry file (``train.npz`` / ``trained.npz``) of the model's shape, indices in range."""
     if not path.is_file():
-        raise ModelError(f"{path}: missing (it holds the entries each row had, which 'alsx recommend' "
-                         "excludes and 'alsx evaluate' checks; train again)")
+        raise ModelError(
+            f"{path}: missing (it holds the entries each row had, which 'alsx recommend' "
+            "excludes and 'alsx evaluate' checks; train again)"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in ("indptr", "indices", "values", "n_cols") if k not in z.files]
@@ -96,8 +99,9 @@ def load_csr(path: Path, n_rows: int, n_cols: int) -> CSR:
         raise ModelError(f"{path}: not a readable .npz entry file ({type(e).__name__}: {e})") from None
     ip = csr.indptr
     if ip.ndim != 1 or len(ip) != n_rows + 1 or csr.n_cols != n_cols:
-        raise ModelError(f"{path}: holds {len(ip) - 1} rows x {csr.n_cols} columns, but config.json's shape is "
-                         f"[{n_rows}, {n_cols}]")
+        raise ModelError(
+            f"{path}: holds {len(ip) - 1} rows x {csr.n_cols} columns, but config.json's shape is [{n_rows}, {n_cols}]"
+        )
     if ip[0] != 0 or np.any(np.diff(ip) < 0) or ip[-1] != len(csr.indices) or len(csr.values) != len(csr.indices):
         raise ModelError(f"{path}: inconsistent offsets (indptr) and entries; the file is damaged")
     if len(csr.indices) and (csr.indices.min() < 0 or csr.indices.max() >= n_cols):
@@ -151,17 +155,26 @@ def check_overlap(folder: Path, cfg: dict, test: Interactions, asked: str, allow
     on = cfg.get("trained_on") or {}
     share = f"{n:,} of the {test.nnz:,} test entries of {asked} ({100 * n / test.nnz:.1f} %)"
     if on.get("refit"):
-        why = ("the model was refit on all input after its evaluation, so every split of that input overlaps; "
-               "metrics.json holds the scores of the split-trained model. To evaluate again, train with "
-               "--no-refit and evaluate with the split it was trained on")
+        why = (
+            "the model was refit on all input after its evaluation, so every split of that input overlaps; "
+            "metrics.json holds the scores of the split-trained model. To evaluate again, train with "
+            "--no-refit and evaluate with the split it was trained on"
+        )
     else:
-        why = ("they are in the training part it was kept on (--no-refit); evaluate with the split it was "
-               f"trained on ({_split_flags(on.get('split') or cfg.get('split') or {})})")
+        why = (
+            "they are in the training part it was kept on (--no-refit); evaluate with the split it was "
+            f"trained on ({_split_flags(on.get('split') or cfg.get('split') or {})})"
+        )
     if not allow:
-        raise UsageError(f"{share} are entries the model in {folder} was trained on: {why}, "
-                         "or pass --allow-overlap to score them anyway (inflated)")
+        raise UsageError(
+            f"{share} are entries the model in {folder} was trained on: {why}, "
+            "or pass --allow-overlap to score them anyway (inflated)"
+        )
     import sys
 
-    print(f"WARNING: {share} were TRAINED ON by this model; the metrics below are inflated and do not measure "
-          "generalisation (--allow-overlap)", file=sys.stderr)
+    print(
+        f"WARNING: {share} were TRAINED ON by this model; the metrics below are inflated and do not measure "
+        "generalisation (--allow-overlap)",
+        file=sys.stderr,
+    )
     return {"n_test": int(test.nnz), "n_trained_on": n}

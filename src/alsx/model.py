@@ -184,8 +184,12 @@ class ALS(Params, Serving):
 
         self.hparams_ = self.checked_hparams()
         if value is not None and self.alpha is None:
-            warnings.warn(f"fit(value={value!r}) without ALS(alpha=...): every entry weighs 1 (confidences are "
-                          "1 + alpha * value)", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"fit(value={value!r}) without ALS(alpha=...): every entry weighs 1 (confidences are "
+                "1 + alpha * value)",
+                UserWarning,
+                stacklevel=2,
+            )
         train = as_interactions(x, row=row, col=col, value=value)
         self._forget()  # cached Gramians and unit tables of a previous fit
         engine, rows_csr = self._engine(train)
@@ -196,15 +200,32 @@ class ALS(Params, Serving):
         self.engine_ = engine  # callbacks turn states into tables with engine_.to_numpy (early stopping)
         self.pack_stats_ = engine.stats
         self.history_ = []
-        result = run(engine, self.epochs, self.seed, split=split, alpha=self.alpha, eval_every=eval_every,
-                     eval_ks=eval_ks, callbacks=[callback] if callback is not None else [],
-                     checkpointer=checkpointer, step_timeout_s=step_timeout_s, loss_every=self.loss_every,
-                     progress=self.progress,
-                     counts=lambda: (rows_csr.lengths(), np.bincount(rows_csr.indices, minlength=rows_csr.n_cols)))
+        result = run(
+            engine,
+            self.epochs,
+            self.seed,
+            split=split,
+            alpha=self.alpha,
+            eval_every=eval_every,
+            eval_ks=eval_ks,
+            callbacks=[callback] if callback is not None else [],
+            checkpointer=checkpointer,
+            step_timeout_s=step_timeout_s,
+            loss_every=self.loss_every,
+            progress=self.progress,
+            counts=lambda: (rows_csr.lengths(), np.bincount(rows_csr.indices, minlength=rows_csr.n_cols)),
+        )
         st = result.state
         self.history_ = result.history
-        self.stopped_ = None if result.stopped is None else {  # a callback raised StopTraining
-            "epoch": st.epoch, "reason": result.stopped, "tables_from_epoch": result.tables_epoch}
+        self.stopped_ = (
+            None
+            if result.stopped is None
+            else {  # a callback raised StopTraining
+                "epoch": st.epoch,
+                "reason": result.stopped,
+                "tables_from_epoch": result.tables_epoch,
+            }
+        )
         self.state_, self.engine_ = st, engine
         engine.release()  # epoch buffers, not needed any more
         if result.tables is not None:  # a callback stopped training and handed back its epoch's tables
@@ -218,10 +239,16 @@ class ALS(Params, Serving):
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "hparams": dataclasses.asdict(self.hparams),
-                "epochs": self.epochs, "alpha": self.alpha, "tied": self.tied, "seed": self.seed,
-                "packing": dataclasses.asdict(self.packing),
-                "shape": list(getattr(self, "shape_", (0, 0)))}
+        return {
+            "format_version": FORMAT_VERSION,
+            "hparams": dataclasses.asdict(self.hparams),
+            "epochs": self.epochs,
+            "alpha": self.alpha,
+            "tied": self.tied,
+            "seed": self.seed,
+            "packing": dataclasses.asdict(self.packing),
+            "shape": list(getattr(self, "shape_", (0, 0))),
+        }
 
     def save(self, path: str | Path, tables: bool = True) -> Path:
         """Writes npy tables, json config/history, npz vocabularies and training rows (never pickle).
@@ -237,8 +264,13 @@ class ALS(Params, Serving):
             np.save(out / "col_embeddings.npy", self.col_embeddings_.astype(np.float32))
         (out / "config.json").write_text(json.dumps(self.config(), indent=2))
         (out / "history.json").write_text(json.dumps(self.history_, indent=2))
-        np.savez(out / "train.npz", indptr=self.train_.indptr, indices=self.train_.indices,
-                 values=self.train_.values, n_cols=np.int64(self.train_.n_cols))
+        np.savez(
+            out / "train.npz",
+            indptr=self.train_.indptr,
+            indices=self.train_.indices,
+            values=self.train_.values,
+            n_cols=np.int64(self.train_.n_cols),
+        )
         for name, vocab in (("row_vocab.npz", self.row_vocab_), ("col_vocab.npz", self.col_vocab_)):
             if vocab is not None:
                 vocab.save(out / name)
@@ -262,11 +294,19 @@ class ALS(Params, Serving):
         cfg = read_config(src)
         where = src / "config.json"
         if cfg.get("format_version") != FORMAT_VERSION:
-            raise ModelError(f"{where}: unsupported format_version {cfg.get('format_version')!r} "
-                             f"(this alsx reads {FORMAT_VERSION})")
+            raise ModelError(
+                f"{where}: unsupported format_version {cfg.get('format_version')!r} (this alsx reads {FORMAT_VERSION})"
+            )
         try:
-            model = cls(**cfg["hparams"], epochs=cfg["epochs"], alpha=cfg["alpha"], tied=cfg["tied"],
-                        seed=cfg["seed"], packing=Packing(**cfg["packing"]), progress=False)
+            model = cls(
+                **cfg["hparams"],
+                epochs=cfg["epochs"],
+                alpha=cfg["alpha"],
+                tied=cfg["tied"],
+                seed=cfg["seed"],
+                packing=Packing(**cfg["packing"]),
+                progress=False,
+            )
             model.hparams_ = model.checked_hparams()
         except (TypeError, ValueError) as e:
             raise ModelError(f"{where}: bad hyper-parameters ({e})") from None

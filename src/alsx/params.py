@@ -36,8 +36,7 @@ class Params:
         """What scikit-learn's checks (``check_is_fitted``) ask of an estimator; only they call this."""
         from sklearn.utils import InputTags, Tags, TargetTags  # optional: scikit-learn is not a dependency
 
-        return Tags(estimator_type=None, target_tags=TargetTags(required=False),
-                    input_tags=InputTags(sparse=True))
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False), input_tags=InputTags(sparse=True))
 
     def __repr__(self) -> str:
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
@@ -53,8 +52,10 @@ class Params:
           TypeError: the tables are on the devices only (``fit(gather_tables=False)``).
         """
         if "row_embeddings_" in self.__dict__ and self.row_embeddings_ is None:
-            raise TypeError(f"this {type(self).__name__} was fitted with gather_tables=False: its tables are on "
-                            "the devices only and do not pickle; write them with save() (ShardedEngine.write_tables)")
+            raise TypeError(
+                f"this {type(self).__name__} was fitted with gather_tables=False: its tables are on "
+                "the devices only and do not pickle; write them with save() (ShardedEngine.write_tables)"
+            )
         return {k: v for k, v in self.__dict__.items() if k not in DEVICE_STATE + CACHES}
 
     def __setstate__(self, state: dict) -> None:

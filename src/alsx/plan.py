@@ -136,10 +136,21 @@ def estimate(
         rows = min(rows, max(1, packing.max_dense_bytes // (4 * d * d)))
     solver = _solver_bytes(rows, packing.min_width, d, hp.solver)
     return MemoryPlan(
-        n_devices=P, dim=d, dtype=hp.dtype, solver=hp.solver, batch_entries=entries,
-        components={"tables": tables, "update": max(loc_r, loc_c) * d * b, "packed": packed,
-                    "exchange": exchange, "solver": solver, "gramian": 2 * d * d * 4},
-        host_init=max(n_rows, n_cols) * d * 4)
+        n_devices=P,
+        dim=d,
+        dtype=hp.dtype,
+        solver=hp.solver,
+        batch_entries=entries,
+        components={
+            "tables": tables,
+            "update": max(loc_r, loc_c) * d * b,
+            "packed": packed,
+            "exchange": exchange,
+            "solver": solver,
+            "gramian": 2 * d * d * 4,
+        },
+        host_init=max(n_rows, n_cols) * d * 4,
+    )
 
 
 def plan_engine(engine: Any, row_sides: list, col_sides: list) -> MemoryPlan:
@@ -171,12 +182,30 @@ def plan_engine(engine: Any, row_sides: list, col_sides: list) -> MemoryPlan:
             solver = max(solver, _solver_bytes(s, w, d, hp.solver, n_long=len(lg.rows)))
     tables = (loc_r if engine.tied else loc_r + loc_c) * d * b
     return MemoryPlan(
-        n_devices=P, dim=d, dtype=hp.dtype, solver=hp.solver,
-        batch_entries=int(max((blk.positions.shape[1] * blk.positions.shape[2]
-                               for s in (row_sides[:1] + col_sides[:1]) for blk in s.blocks), default=0)),
-        components={"tables": tables, "update": max(loc_r, loc_c) * d * b, "packed": packed,
-                    "exchange": exchange, "solver": solver, "gramian": 2 * d * d * 4},
-        host_init=max(engine.n_rows, engine.n_cols) * d * 4)
+        n_devices=P,
+        dim=d,
+        dtype=hp.dtype,
+        solver=hp.solver,
+        batch_entries=int(
+            max(
+                (
+                    blk.positions.shape[1] * blk.positions.shape[2]
+                    for s in (row_sides[:1] + col_sides[:1])
+                    for blk in s.blocks
+                ),
+                default=0,
+            )
+        ),
+        components={
+            "tables": tables,
+            "update": max(loc_r, loc_c) * d * b,
+            "packed": packed,
+            "exchange": exchange,
+            "solver": solver,
+            "gramian": 2 * d * d * 4,
+        },
+        host_init=max(engine.n_rows, engine.n_cols) * d * 4,
+    )
 
 
 def _leaves(tree) -> list[np.ndarray]:
@@ -212,15 +241,19 @@ def check(plan: MemoryPlan, budget: int | None = None) -> MemoryPlan:
     fixed = (sum(c.values()) - scalable) * _SLACK
     if fixed < budget:
         need = int(np.ceil(plan.n_devices * scalable * _SLACK / (budget - fixed)))
-        tips.append(f"about {max(need, plan.n_devices + 1)} devices instead of {plan.n_devices} "
-                    "(tables, updates and packed data shrink as 1/P)")
+        tips.append(
+            f"about {max(need, plan.n_devices + 1)} devices instead of {plan.n_devices} "
+            "(tables, updates and packed data shrink as 1/P)"
+        )
     if plan.dtype == "float32":
         tips.append("--dtype bfloat16 (halves tables, updates and exchange buffers)")
     if c.get("solver", 0) + c.get("exchange", 0) > 0.2 * budget:
-        tips.append(f"smaller batches (--batch-entries below {plan.batch_entries}: exchange and solver "
-                    "buffers scale with it)")
+        tips.append(
+            f"smaller batches (--batch-entries below {plan.batch_entries}: exchange and solver buffers scale with it)"
+        )
     if plan.solver == "cholesky":
         tips.append("--solver cg (no d x d matrix per row)")
     raise MemoryPlanError(
         f"training needs {plan.describe()}, over the budget of {human(budget)} per device. "
-        f"To fit, use: " + "; or ".join(tips) + ".")
+        f"To fit, use: " + "; or ".join(tips) + "."
+    )

@@ -16,7 +16,8 @@ import logging
 import math
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -90,17 +91,23 @@ def check_finite(table: np.ndarray, name: str, epoch: int, counts: np.ndarray, h
         f"training diverged at epoch {epoch}: {int(bad.sum()):,} non-finite values in {len(rows):,} of "
         f"{len(table):,} rows of the {name} table (first: row {first}, which has {int(counts[first]):,} stored "
         f"entries); the tables after epoch {epoch - 1} were finite. "
-        + ("With --reg 0 and --unobserved-weight 0 a row with fewer than --dim entries has no unique "
-           "solution: give --reg > 0" if hp.reg == 0 and hp.unobserved_weight == 0 else
-           "This is not expected: please report it with the command and the output of --debug"))
+        + (
+            "With --reg 0 and --unobserved-weight 0 a row with fewer than --dim entries has no unique "
+            "solution: give --reg > 0"
+            if hp.reg == 0 and hp.unobserved_weight == 0
+            else "This is not expected: please report it with the command and the output of --debug"
+        )
+    )
 
 
 def split_evaluator(engine: Engine, split: Split, ks: tuple[int, ...], alpha: float | None) -> Callable:
     """state -> the model's metrics on ``split`` (ranked on the column shards when sharded)."""
+
     def metrics(state: ALSState) -> dict:
         w, h = engine.to_numpy(state)
-        return evaluate(w, h, split, engine.hp, ks, alpha, baseline=False,
-                        topk=sharded_eval_topk(engine, state))["model"]
+        return evaluate(w, h, split, engine.hp, ks, alpha, baseline=False, topk=sharded_eval_topk(engine, state))[
+            "model"
+        ]
 
     return metrics
 
@@ -164,8 +171,12 @@ def run(
             record["check_seconds"] = time.perf_counter() - t1
         if not finite:
             _diverged(engine, st, record, counts)
-        if evaluator is not None and eval_every and (st.epoch % eval_every == 0 or st.epoch == epochs) \
-                and (eval_at_end or st.epoch != epochs):
+        if (
+            evaluator is not None
+            and eval_every
+            and (st.epoch % eval_every == 0 or st.epoch == epochs)
+            and (eval_at_end or st.epoch != epochs)
+        ):
             t1 = time.perf_counter()
             record["metrics"] = evaluator(st)
             eval_s[0] += time.perf_counter() - t1
@@ -182,16 +193,26 @@ def run(
 
     def on_resume(found: Restored) -> None:  # the history saved with the checkpoint: every epoch is kept
         if "history" not in found.extra and (progress or log_line is not None):
-            say(f"alsx: warning: the checkpoint of epoch {found.epoch} holds no history (saved by an older "
-                f"alsx): history.json starts at epoch {found.epoch + 1}")
+            say(
+                f"alsx: warning: the checkpoint of epoch {found.epoch} holds no history (saved by an older "
+                f"alsx): history.json starts at epoch {found.epoch + 1}"
+            )
         history[:] = [r for r in found.extra.get("history", []) if r["epoch"] <= found.epoch]
         bar.n = found.epoch
         bar.refresh()
         clock[0] = time.perf_counter()  # the first resumed epoch's seconds exclude the restore
 
     try:
-        state = run_epochs(engine, epochs, seed, checkpointer, step_timeout_s=step_timeout_s, on_epoch=on_epoch,
-                           extra=lambda: {"history": history}, on_resume=on_resume)
+        state = run_epochs(
+            engine,
+            epochs,
+            seed,
+            checkpointer,
+            step_timeout_s=step_timeout_s,
+            on_epoch=on_epoch,
+            extra=lambda: {"history": history},
+            on_resume=on_resume,
+        )
     finally:
         bar.close()
     result = TrainResult(state=state, history=history, eval_seconds=eval_s[0])
@@ -207,8 +228,9 @@ def _diverged(engine: Engine, st: ALSState, record: dict, counts) -> None:
         rc, cc = counts()
         check_finite(w, "row", st.epoch, rc, engine.hp)
         check_finite(h, "column", st.epoch, cc, engine.hp)
-    raise DivergenceError(f"training diverged at epoch {st.epoch}: loss is "
-                          f"{record.get('loss', {}).get('total', 'not finite')}")
+    raise DivergenceError(
+        f"training diverged at epoch {st.epoch}: loss is {record.get('loss', {}).get('total', 'not finite')}"
+    )
 
 
 def _report(bar, log_line, record: dict) -> None:
@@ -219,8 +241,10 @@ def _report(bar, log_line, record: dict) -> None:
     else:
         bar.set_postfix(s=f"{seconds:.2f}")
     if log_line is not None:
-        log_line(f"epoch {record['epoch']}: {seconds:.1f}s"
-                 + (f", loss {record['loss']['total']:.6g}" if "loss" in record else ""))
+        log_line(
+            f"epoch {record['epoch']}: {seconds:.1f}s"
+            + (f", loss {record['loss']['total']:.6g}" if "loss" in record else "")
+        )
 
 
 def say(line: str) -> None:
@@ -283,8 +307,12 @@ def run_epochs(
                 saved = state.epoch
             if stop:
                 break
-        if checkpointer is not None and saved != state.epoch and state.epoch > 0 \
-                and state.epoch not in checkpointer.epochs():
+        if (
+            checkpointer is not None
+            and saved != state.epoch
+            and state.epoch > 0
+            and state.epoch not in checkpointer.epochs()
+        ):
             checkpointer.save(engine, state, extra() if extra else None)
     return state
 
@@ -295,7 +323,8 @@ def _resumed(checkpointer: Checkpointer, found: Restored, epochs: int) -> ALSSta
         raise CheckpointMismatchError(
             f"the newest good checkpoint in {checkpointer.options.directory} is at epoch "
             f"{found.epoch}, past the {epochs} epochs asked for: ask for --epochs {found.epoch} "
-            "or more, or resume from another folder")
+            "or more, or resume from another folder"
+        )
     where = checkpointer.options.directory
     for epoch, reason in found.skipped:
         moved = checkpointer.set_aside(epoch)

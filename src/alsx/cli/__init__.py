@@ -23,10 +23,10 @@ import sys
 
 from alsx.cli import demo, evaluate, serve, train, tune
 from alsx.cli.guard import add_debug_flag, check_args, describe, leave
-from alsx.cli.train_options import apply_config
 from alsx.cli.train import cmd_train  # noqa: F401 - `alsx.cli.cmd_train`, as before the split
-from alsx.config import DEFAULTS  # noqa: F401 - benchmarks read the CLI's defaults from here
+from alsx.cli.train_options import apply_config
 from alsx.compile_cache import enable_compile_cache
+from alsx.config import DEFAULTS  # noqa: F401 - benchmarks read the CLI's defaults from here
 from alsx.webgraph.cli import add_webgraph_commands
 
 

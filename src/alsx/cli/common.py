@@ -19,38 +19,81 @@ def add_model_args(p: argparse.ArgumentParser, dim: int = DEFAULTS["dim"], epoch
     g.add_argument("--dim", type=int, default=dim, help="embedding dimension (default %(default)s)")
     g.add_argument("--epochs", type=int, default=epochs, help="full epochs (default %(default)s)")
     g.add_argument("--reg", type=float, default=DEFAULTS["reg"], help="lambda (default %(default)s)")
-    g.add_argument("--unobserved-weight", type=float, default=DEFAULTS["unobserved_weight"],
-                   help="alpha0, weight of all pairs pushed to 0 (default %(default)s)")
-    g.add_argument("--nu", type=float, default=DEFAULTS["nu"],
-                   help="frequency scaling of the regulariser: 0 plain, 1 Rendle et al. (default %(default)s)")
-    g.add_argument("--solver", choices=["cg", "cholesky", "block"], default=DEFAULTS["solver"],
-                   help="cg: matrix-free conjugate gradient; cholesky: exact; block: iALS++ subspace sweeps "
-                        "(for large --dim; default %(default)s)")
-    g.add_argument("--cg-steps", type=int, default=DEFAULTS["cg_steps"],
-                   help="with --solver cg: conjugate-gradient steps per row solve, warm-started (default %(default)s)")
-    g.add_argument("--block-size", type=int, default=DEFAULTS["block_size"],
-                   help="subspace size of --solver block (divides --dim); 0: 1 on the cpu backend, the largest "
-                        "divisor of --dim up to 64 with jax (default %(default)s)")
-    g.add_argument("--dtype", choices=["float32", "bfloat16"], default=DEFAULTS["dtype"],
-                   help="table storage (default %(default)s)")
-    g.add_argument("--alpha", type=float, default=None,
-                   help="confidence c = 1 + alpha * value from the value column (default: binary)")
+    g.add_argument(
+        "--unobserved-weight",
+        type=float,
+        default=DEFAULTS["unobserved_weight"],
+        help="alpha0, weight of all pairs pushed to 0 (default %(default)s)",
+    )
+    g.add_argument(
+        "--nu",
+        type=float,
+        default=DEFAULTS["nu"],
+        help="frequency scaling of the regulariser: 0 plain, 1 Rendle et al. (default %(default)s)",
+    )
+    g.add_argument(
+        "--solver",
+        choices=["cg", "cholesky", "block"],
+        default=DEFAULTS["solver"],
+        help="cg: matrix-free conjugate gradient; cholesky: exact; block: iALS++ subspace sweeps "
+        "(for large --dim; default %(default)s)",
+    )
+    g.add_argument(
+        "--cg-steps",
+        type=int,
+        default=DEFAULTS["cg_steps"],
+        help="with --solver cg: conjugate-gradient steps per row solve, warm-started (default %(default)s)",
+    )
+    g.add_argument(
+        "--block-size",
+        type=int,
+        default=DEFAULTS["block_size"],
+        help="subspace size of --solver block (divides --dim); 0: 1 on the cpu backend, the largest "
+        "divisor of --dim up to 64 with jax (default %(default)s)",
+    )
+    g.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=DEFAULTS["dtype"],
+        help="table storage (default %(default)s)",
+    )
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="confidence c = 1 + alpha * value from the value column (default: binary)",
+    )
     g.add_argument("--tied", action="store_true", help="one table for rows and columns (square graphs)")
-    g.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed of the initial tables (default %(default)s)")
-    g.add_argument("--init", choices=["normal", "uniform"], default=DEFAULTS["init"],
-                   help="start tables N(0, s^2) or U[0, 2s), s = init-scale / sqrt(dim) (default %(default)s)")
+    g.add_argument(
+        "--seed", type=int, default=DEFAULTS["seed"], help="seed of the initial tables (default %(default)s)"
+    )
+    g.add_argument(
+        "--init",
+        choices=["normal", "uniform"],
+        default=DEFAULTS["init"],
+        help="start tables N(0, s^2) or U[0, 2s), s = init-scale / sqrt(dim) (default %(default)s)",
+    )
     g.add_argument("--init-scale", type=float, default=DEFAULTS["init_scale"], help="(default %(default)s)")
-    g.add_argument("--backend", choices=BACKENDS, default=DEFAULTS["backend"],
-                   help="cpu: fused Numba CG kernels on all cores; jax: XLA on every device (sharded when "
-                        "there are several); auto: cpu on a CPU-only single-process CG float32 run, "
-                        "else jax (default %(default)s)")
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=DEFAULTS["backend"],
+        help="cpu: fused Numba CG kernels on all cores; jax: XLA on every device (sharded when "
+        "there are several); auto: cpu on a CPU-only single-process CG float32 run, "
+        "else jax (default %(default)s)",
+    )
 
 
 def add_cpu_devices(p: argparse.ArgumentParser, default: int) -> None:
-    p.add_argument("--cpu-devices", type=int, default=default, metavar="N",
-                   help="with --backend jax: split the CPU into N JAX devices, the tables sharded over them "
-                        "(XLA runs one device per core, so this is how a JAX CPU run uses every core); "
-                        "0 = one per core (default %(default)s; ignored on GPUs)")
+    p.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=default,
+        metavar="N",
+        help="with --backend jax: split the CPU into N JAX devices, the tables sharded over them "
+        "(XLA runs one device per core, so this is how a JAX CPU run uses every core); "
+        "0 = one per core (default %(default)s; ignored on GPUs)",
+    )
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -60,26 +103,45 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--col", default=None, help="column column: header name or 0-based number")
     g.add_argument("--value", default=None, help="value column (with --alpha gives confidences)")
     g.add_argument("--timestamp", default=None, help="timestamp column (for --split last)")
-    g.add_argument("--ids", choices=["auto", "index", "map"], default="auto",
-                   help="'index': non-negative integer indices kept as given; 'map': arbitrary ids; auto: 'index' for "
-                        "integer ids, else 'map' (default %(default)s)")
+    g.add_argument(
+        "--ids",
+        choices=["auto", "index", "map"],
+        default="auto",
+        help="'index': non-negative integer indices kept as given; 'map': arbitrary ids; auto: 'index' for "
+        "integer ids, else 'map' (default %(default)s)",
+    )
     g.add_argument("--square", action="store_true", help="rows and columns share one vocabulary (graphs)")
-    g.add_argument("--duplicates", choices=["sum", "error", "first"], default="sum",
-                   help="repeated (row, column) entries: add their values, stop with an error, or keep the first "
-                        "(default %(default)s)")
+    g.add_argument(
+        "--duplicates",
+        choices=["sum", "error", "first"],
+        default="sum",
+        help="repeated (row, column) entries: add their values, stop with an error, or keep the first "
+        "(default %(default)s)",
+    )
 
 
 def add_split_args(p: argparse.ArgumentParser, default: str = "random") -> None:
     g = p.add_argument_group("split")
-    g.add_argument("--split", choices=["none", "random", "heldout-rows", "last", "given"], default=default,
-                   help="random: per-row holdout; heldout-rows: rows never trained, folded in at evaluation; "
-                        "last: latest entries by timestamp; given: the input's is_test mask (default %(default)s)")
-    g.add_argument("--test-fraction", type=float, default=0.2, help="random: share of each row held out (default %(default)s)")
-    g.add_argument("--heldout-fraction", type=float, default=0.1, help="heldout-rows: share of rows held out (default %(default)s)")
-    g.add_argument("--history-fraction", type=float, default=0.8, help="heldout-rows: share folded in (default %(default)s)")
+    g.add_argument(
+        "--split",
+        choices=["none", "random", "heldout-rows", "last", "given"],
+        default=default,
+        help="random: per-row holdout; heldout-rows: rows never trained, folded in at evaluation; "
+        "last: latest entries by timestamp; given: the input's is_test mask (default %(default)s)",
+    )
+    g.add_argument(
+        "--test-fraction", type=float, default=0.2, help="random: share of each row held out (default %(default)s)"
+    )
+    g.add_argument(
+        "--heldout-fraction", type=float, default=0.1, help="heldout-rows: share of rows held out (default %(default)s)"
+    )
+    g.add_argument(
+        "--history-fraction", type=float, default=0.8, help="heldout-rows: share folded in (default %(default)s)"
+    )
     g.add_argument("--split-seed", type=int, default=0, help="seed of the split (default %(default)s)")
-    g.add_argument("--k", dest="ks", type=int, nargs="+", default=[20, 50],
-                   help="cut-offs of the metrics (default %(default)s)")
+    g.add_argument(
+        "--k", dest="ks", type=int, nargs="+", default=[20, 50], help="cut-offs of the metrics (default %(default)s)"
+    )
 
 
 def load_data(path: str, a: argparse.Namespace):
@@ -87,16 +149,28 @@ def load_data(path: str, a: argparse.Namespace):
 
     col = lambda v: int(v) if v is not None and str(v).isdigit() else v  # noqa: E731
     data, summary = load_interactions(
-        path, fmt=a.fmt, row=col(a.row), col=col(a.col), value=col(a.value), timestamp=col(a.timestamp),
-        ids=a.ids, square=a.square, duplicates=a.duplicates)
+        path,
+        fmt=a.fmt,
+        row=col(a.row),
+        col=col(a.col),
+        value=col(a.value),
+        timestamp=col(a.timestamp),
+        ids=a.ids,
+        square=a.square,
+        duplicates=a.duplicates,
+    )
     print(f"ingest: {summary}", file=sys.stderr)
     return data, summary
 
 
 def split_options(a: argparse.Namespace) -> dict:
     """Keyword arguments of ``alsx.data.split.by_name`` from the --split flags."""
-    return {"fraction": a.test_fraction, "row_fraction": a.heldout_fraction, "history_fraction": a.history_fraction,
-            "seed": a.split_seed}
+    return {
+        "fraction": a.test_fraction,
+        "row_fraction": a.heldout_fraction,
+        "history_fraction": a.history_fraction,
+        "seed": a.split_seed,
+    }
 
 
 def make_split(data, a: argparse.Namespace):
@@ -112,9 +186,16 @@ def model_from_args(a: argparse.Namespace, progress: bool = True):
     from alsx.config import HParams
     from alsx.model import ALS
 
-    return ALS(**dataclasses.asdict(HParams.from_args(a)), epochs=a.epochs, alpha=a.alpha, tied=a.tied,
-               seed=a.seed, progress=progress, loss_every=getattr(a, "loss_every", DEFAULTS["loss_every"]),
-               backend=a.backend)
+    return ALS(
+        **dataclasses.asdict(HParams.from_args(a)),
+        epochs=a.epochs,
+        alpha=a.alpha,
+        tied=a.tied,
+        seed=a.seed,
+        progress=progress,
+        loss_every=getattr(a, "loss_every", DEFAULTS["loss_every"]),
+        backend=a.backend,
+    )
 
 
 def format_table(results: dict[str, dict[str, float]], ks) -> str:
@@ -143,7 +224,6 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     lossy = [h for h in history if "loss" in h]  # --loss-every N: not every epoch has one
     for part in ("total", "observed", "unobserved", "regularisation"):
@@ -154,8 +234,11 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
     ax1.legend()
     ax1.set_title("training loss")
     scored = [h for h in history if "metrics" in h]
-    metric = min((m for h in scored for m in h["metrics"] if m.startswith("recall@")),
-                 key=lambda m: (m != "recall@20", int(m.split("@")[1])), default="recall@20")  # --k may lack 20
+    metric = min(
+        (m for h in scored for m in h["metrics"] if m.startswith("recall@")),
+        key=lambda m: (m != "recall@20", int(m.split("@")[1])),
+        default="recall@20",
+    )  # --k may lack 20
     rec = [(h["epoch"], h["metrics"][metric]) for h in scored if metric in h["metrics"]]
     if rec:
         ax2.plot(*zip(*rec), marker="o", color="tab:green", label="alsx")
@@ -191,14 +274,21 @@ def checkpointer_from_args(a: argparse.Namespace):
         directory = root / "checkpoints" if (root / "checkpoints").is_dir() else root
         if not directory.is_dir():
             what = "is a file, not a folder" if root.exists() else "no such folder"
-            raise UsageError(f"--resume {a.resume}: {what}; give the --out folder of a run with --checkpoint-every "
-                             "(or its checkpoints/)")
+            raise UsageError(
+                f"--resume {a.resume}: {what}; give the --out folder of a run with --checkpoint-every "
+                "(or its checkpoints/)"
+            )
     else:
         directory = Path(a.out) / "checkpoints"
-    ck = Checkpointer(CheckpointOptions(str(directory.resolve()), every_epochs=a.checkpoint_every or 0,
-                                        every_minutes=a.checkpoint_minutes))
+    ck = Checkpointer(
+        CheckpointOptions(
+            str(directory.resolve()), every_epochs=a.checkpoint_every or 0, every_minutes=a.checkpoint_minutes
+        )
+    )
     if a.resume and not ck.epochs():
         ck.close()
-        raise UsageError(f"--resume {a.resume}: no finished checkpoint in {directory} ({describe_folder(directory)}); "
-                         "drop --resume to train from epoch 1")
+        raise UsageError(
+            f"--resume {a.resume}: no finished checkpoint in {directory} ({describe_folder(directory)}); "
+            "drop --resume to train from epoch 1"
+        )
     return ck

@@ -25,18 +25,36 @@ FORMATS = ("npz", "csv", "tsv", "edgelist", "parquet")  # alsx.data.ingest's rea
 
 # flag -> (attribute, lowest allowed value)
 _INT_FLAGS = {
-    "--dim": ("dim", 1), "--epochs": ("epochs", 1), "--cg-steps": ("cg_steps", 1),
-    "--block-size": ("block_size", 0), "--eval-every": ("eval_every", 0), "--loss-every": ("loss_every", 0),
-    "--checkpoint-every": ("checkpoint_every", 0), "--cpu-devices": ("cpu_devices", 0),
-    "--split-seed": ("split_seed", 0), "--nodes": ("nodes", 1), "--edges": ("edges", 1), "-k": ("k", 1),
+    "--dim": ("dim", 1),
+    "--epochs": ("epochs", 1),
+    "--cg-steps": ("cg_steps", 1),
+    "--block-size": ("block_size", 0),
+    "--eval-every": ("eval_every", 0),
+    "--loss-every": ("loss_every", 0),
+    "--checkpoint-every": ("checkpoint_every", 0),
+    "--cpu-devices": ("cpu_devices", 0),
+    "--split-seed": ("split_seed", 0),
+    "--nodes": ("nodes", 1),
+    "--edges": ("edges", 1),
+    "-k": ("k", 1),
 }
 _NON_NEGATIVE = {"--reg": "reg", "--unobserved-weight": "unobserved_weight", "--nu": "nu", "--alpha": "alpha"}
-_POSITIVE = {"--init-scale": "init_scale", "--checkpoint-minutes": "checkpoint_minutes",
-             "--step-timeout": "step_timeout"}
-_OS_REASONS = ((FileNotFoundError, "no such file or folder"), (IsADirectoryError, "is a folder"),
-               (NotADirectoryError, "not a folder"), (PermissionError, "permission denied"))
-_FRACTIONS = {"--test-fraction": "test_fraction", "--heldout-fraction": "heldout_fraction",
-              "--history-fraction": "history_fraction"}
+_POSITIVE = {
+    "--init-scale": "init_scale",
+    "--checkpoint-minutes": "checkpoint_minutes",
+    "--step-timeout": "step_timeout",
+}
+_OS_REASONS = (
+    (FileNotFoundError, "no such file or folder"),
+    (IsADirectoryError, "is a folder"),
+    (NotADirectoryError, "not a folder"),
+    (PermissionError, "permission denied"),
+)
+_FRACTIONS = {
+    "--test-fraction": "test_fraction",
+    "--heldout-fraction": "heldout_fraction",
+    "--history-fraction": "history_fraction",
+}
 
 
 def check_args(a: argparse.Namespace) -> None:
@@ -68,8 +86,10 @@ def check_args(a: argparse.Namespace) -> None:
     if block and dim and getattr(a, "solver", None) == "block" and dim % block:
         raise UsageError(f"--block-size {block} must divide --dim {dim}")
     if getattr(a, "value", None) is not None and getattr(a, "alpha", None) is None:
-        raise UsageError(f"--value {a.value} is used only with --alpha: add --alpha A to weigh each entry by "
-                         "1 + A * value, or drop --value to train on the entries alone")
+        raise UsageError(
+            f"--value {a.value} is used only with --alpha: add --alpha A to weigh each entry by "
+            "1 + A * value, or drop --value to train on the entries alone"
+        )
     fmt = getattr(a, "fmt", None)
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -119,19 +139,28 @@ def check_split(split, a: argparse.Namespace) -> None:
     where = f"--split {a.split}"
     if split.kind == "given":
         if s["n_train"] == 0:
-            raise DataError(f"{a.data}: is_test marks all {s['n_test']} entries as test; with --split given "
-                            "nothing is left to train on (use --split random, or fix is_test)")
+            raise DataError(
+                f"{a.data}: is_test marks all {s['n_test']} entries as test; with --split given "
+                "nothing is left to train on (use --split random, or fix is_test)"
+            )
         if s["n_test"] == 0:
-            raise DataError(f"{a.data}: is_test marks no entry as test; with --split given there is nothing to "
-                            "evaluate on (use --split none to train on everything, or --split random)")
+            raise DataError(
+                f"{a.data}: is_test marks no entry as test; with --split given there is nothing to "
+                "evaluate on (use --split none to train on everything, or --split random)"
+            )
     if s["n_train"] == 0:
         raise UsageError(f"{where} leaves no entry to train on ({s['nnz']} entries in all)")
     if s["n_test"] == 0:
-        hint = {"random": "rows need at least 2 entries to give one to the test part; raise --test-fraction",
-                "heldout-rows": "raise --heldout-fraction",
-                "last": "rows need at least 2 entries (and timestamps)"}.get(a.split, "")
-        raise UsageError(f"{where} leaves no entry to evaluate on ({s['nnz']} entries, {s['n_rows']} rows"
-                         + (f"; {hint}" if hint else "") + "); use --split none to train without evaluation")
+        hint = {
+            "random": "rows need at least 2 entries to give one to the test part; raise --test-fraction",
+            "heldout-rows": "raise --heldout-fraction",
+            "last": "rows need at least 2 entries (and timestamps)",
+        }.get(a.split, "")
+        raise UsageError(
+            f"{where} leaves no entry to evaluate on ({s['nnz']} entries, {s['n_rows']} rows"
+            + (f"; {hint}" if hint else "")
+            + "); use --split none to train without evaluation"
+        )
 
 
 def describe(exc: BaseException, command: str | None = None) -> tuple[int, str]:
@@ -167,8 +196,12 @@ def describe(exc: BaseException, command: str | None = None) -> tuple[int, str]:
 def add_debug_flag(p: argparse.ArgumentParser) -> None:
     """``--debug`` on the top parser and (default untouched) on every subcommand, so it may come
     before or after the subcommand's name."""
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                   help="on an error, print the Python traceback too (also: environment ALSX_DEBUG=1)")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an error, print the Python traceback too (also: environment ALSX_DEBUG=1)",
+    )
     for action in p._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():

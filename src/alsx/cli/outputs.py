@@ -35,12 +35,29 @@ def trained_on(a: argparse.Namespace, split, refit: bool, nnz: int) -> dict:
     params = {k: getattr(a, k) for k in SPLIT_KEYS}
     if refit:
         return {"part": "all input", "nnz": int(nnz), "refit": True, "evaluated_before_refit_on": params}
-    return {"part": "the split's training part", "nnz": int(nnz), "refit": False, "split": params,
-            "entries": TRAINED_FILE}
+    return {
+        "part": "the split's training part",
+        "nnz": int(nnz),
+        "refit": False,
+        "split": params,
+        "entries": TRAINED_FILE,
+    }
 
 
-def write_outputs(a: argparse.Namespace, model, split, summary, results, seconds: float, train,
-                  tables: bool = True, seen=None, split_model=None, trained=None, refit_seconds: float = 0.0) -> None:
+def write_outputs(
+    a: argparse.Namespace,
+    model,
+    split,
+    summary,
+    results,
+    seconds: float,
+    train,
+    tables: bool = True,
+    seen=None,
+    split_model=None,
+    trained=None,
+    refit_seconds: float = 0.0,
+) -> None:
     """What ``alsx train`` leaves in OUT (process 0 of a multi-process run; ``tables=False``:
     the tables were written already, shard by shard).
 
@@ -60,8 +77,9 @@ def write_outputs(a: argparse.Namespace, model, split, summary, results, seconds
     model.save(out, tables=tables)
     stale = out / TRAINED_FILE
     if split is not None and not refit:
-        np.savez(stale, indptr=fitted.indptr, indices=fitted.indices, values=fitted.values,
-                 n_cols=np.int64(fitted.n_cols))
+        np.savez(
+            stale, indptr=fitted.indptr, indices=fitted.indices, values=fitted.values, n_cols=np.int64(fitted.n_cols)
+        )
     elif stale.exists():  # left by an earlier run into the same folder
         stale.unlink()
     if refit:
@@ -73,8 +91,11 @@ def write_outputs(a: argparse.Namespace, model, split, summary, results, seconds
     cfg["ingest"] = summary.to_dict()
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     if results is not None:
-        note = ("the model trained on the split's training part, before the refit on all input that was saved"
-                if refit else "the saved model (trained on the split's training part)")
+        note = (
+            "the model trained on the split's training part, before the refit on all input that was saved"
+            if refit
+            else "the saved model (trained on the split's training part)"
+        )
         evaluated = {"split": {k: getattr(a, k) for k in SPLIT_KEYS}, "scored": note}
         (out / "metrics.json").write_text(json.dumps({**results, "evaluated": evaluated}, indent=2))
         print(format_table(results, a.ks))
@@ -91,4 +112,3 @@ def write_outputs(a: argparse.Namespace, model, split, summary, results, seconds
     what = "on all input" if split is None else "on the split's training part"
     again = f", then refit on all input in {refit_seconds:.1f}s" if refit else ""
     print(f"trained {model.epochs} epochs {what} in {seconds:.1f}s{again}; wrote {out}")
-

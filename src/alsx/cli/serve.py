@@ -42,32 +42,61 @@ best first, the id itself left out.
 def add_parser(subparsers) -> None:
     """Registers recommend, similar and export on ``alsx``'s sub-command parsers."""
     fmt = argparse.RawDescriptionHelpFormatter
-    r = subparsers.add_parser("recommend", help="top-k unseen columns for rows", epilog=RECOMMEND_EPILOG,
-                              formatter_class=fmt)
+    r = subparsers.add_parser(
+        "recommend", help="top-k unseen columns for rows", epilog=RECOMMEND_EPILOG, formatter_class=fmt
+    )
     r.add_argument("model", help="folder written by 'alsx train'")
-    r.add_argument("rows", nargs="*", metavar="ROW",
-                   help="row ids (original ids when the model has a vocabulary); '-' reads them from stdin")
+    r.add_argument(
+        "rows",
+        nargs="*",
+        metavar="ROW",
+        help="row ids (original ids when the model has a vocabulary); '-' reads them from stdin",
+    )
     src = r.add_mutually_exclusive_group()
     src.add_argument("--all", action="store_true", help="every row of the model, in index order")
-    src.add_argument("--rows-file", default=None, metavar="F",
-                     help="read row ids from file F, one per line ('-': stdin); blank lines are skipped")
+    src.add_argument(
+        "--rows-file",
+        default=None,
+        metavar="F",
+        help="read row ids from file F, one per line ('-': stdin); blank lines are skipped",
+    )
     r.add_argument("-k", type=int, default=K, help="recommendations per row (default %(default)s)")
-    r.add_argument("--include-seen", action="store_true",
-                   help="also recommend columns the row had in the training input (default: left out)")
-    r.add_argument("--out", dest="out_file", default=None, metavar="FILE",
-                   help="write a .parquet or .csv table (row, rank, id, score) instead of JSON lines on stdout")
-    r.add_argument("--batch-size", type=int, default=BATCH,
-                   help="rows scored and written per step; memory grows with it (default %(default)s)")
-    r.add_argument("--ann", default=None, metavar="DIR",
-                   help="search the approximate index in DIR (from 'alsx export MODEL --ann faiss --to DIR') "
-                        "instead of scoring every column; seen columns are still left out (default: exact)")
-    r.add_argument("--ef-search", type=int, default=None,
-                   help="with --ann: HNSW search beam, larger is more accurate and slower (default: the "
-                        "index's, from export)")
+    r.add_argument(
+        "--include-seen",
+        action="store_true",
+        help="also recommend columns the row had in the training input (default: left out)",
+    )
+    r.add_argument(
+        "--out",
+        dest="out_file",
+        default=None,
+        metavar="FILE",
+        help="write a .parquet or .csv table (row, rank, id, score) instead of JSON lines on stdout",
+    )
+    r.add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH,
+        help="rows scored and written per step; memory grows with it (default %(default)s)",
+    )
+    r.add_argument(
+        "--ann",
+        default=None,
+        metavar="DIR",
+        help="search the approximate index in DIR (from 'alsx export MODEL --ann faiss --to DIR') "
+        "instead of scoring every column; seen columns are still left out (default: exact)",
+    )
+    r.add_argument(
+        "--ef-search",
+        type=int,
+        default=None,
+        help="with --ann: HNSW search beam, larger is more accurate and slower (default: the index's, from export)",
+    )
     r.set_defaults(func=cmd_recommend)
 
-    s = subparsers.add_parser("similar", help="most similar columns (or rows) by cosine", epilog=SIMILAR_EPILOG,
-                              formatter_class=fmt)
+    s = subparsers.add_parser(
+        "similar", help="most similar columns (or rows) by cosine", epilog=SIMILAR_EPILOG, formatter_class=fmt
+    )
     s.add_argument("model", help="folder written by 'alsx train'")
     s.add_argument("ids", nargs="+", metavar="ID", help="column ids (with --rows: row ids); '-' reads them from stdin")
     s.add_argument("-k", type=int, default=K, help="similar ids per id (default %(default)s)")
@@ -78,30 +107,50 @@ def add_parser(subparsers) -> None:
     from alsx.serve.export import FORMATS, LAYOUTS
 
     hnsw = AnnSettings()
-    e = subparsers.add_parser("export", help="write the embeddings as Parquet or npy, and an ANN index",
-                              description="Writes DIR/rows.parquet and DIR/cols.parquet: one line per id, columns "
-                                          "'id' (the original id) and 'vector' (fixed-size list of d float32; "
-                                          "--layout columns: v0..v{d-1}), in the model's index order, plus "
-                                          "DIR/export.json; --format npy writes *_embeddings.npy and *_ids.npy "
-                                          "instead.")
+    e = subparsers.add_parser(
+        "export",
+        help="write the embeddings as Parquet or npy, and an ANN index",
+        description="Writes DIR/rows.parquet and DIR/cols.parquet: one line per id, columns "
+        "'id' (the original id) and 'vector' (fixed-size list of d float32; "
+        "--layout columns: v0..v{d-1}), in the model's index order, plus "
+        "DIR/export.json; --format npy writes *_embeddings.npy and *_ids.npy "
+        "instead.",
+    )
     e.add_argument("model", help="folder written by 'alsx train'")
     e.add_argument("--to", required=True, metavar="DIR", help="output folder (created)")
-    e.add_argument("--format", dest="export_format", choices=FORMATS, default=FORMATS[0],
-                   help="parquet: id + vector columns (pyarrow, Spark, pandas); npy: NumPy arrays "
-                        "(default %(default)s)")
-    e.add_argument("--layout", choices=LAYOUTS, default=LAYOUTS[0],
-                   help="parquet: the vector as one fixed-size list column 'vector', or one float32 column per "
-                        "dimension v0..v{d-1} (the same size and speed, benchmarks/results_export.md; "
-                        "default %(default)s)")
-    e.add_argument("--ann", choices=["faiss"], default=None,
-                   help="also build an inner-product HNSW index of the column table in DIR, for "
-                        "'alsx recommend --ann DIR' (needs the ann extra: pip install 'alsx[ann]')")
+    e.add_argument(
+        "--format",
+        dest="export_format",
+        choices=FORMATS,
+        default=FORMATS[0],
+        help="parquet: id + vector columns (pyarrow, Spark, pandas); npy: NumPy arrays (default %(default)s)",
+    )
+    e.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=LAYOUTS[0],
+        help="parquet: the vector as one fixed-size list column 'vector', or one float32 column per "
+        "dimension v0..v{d-1} (the same size and speed, benchmarks/results_export.md; "
+        "default %(default)s)",
+    )
+    e.add_argument(
+        "--ann",
+        choices=["faiss"],
+        default=None,
+        help="also build an inner-product HNSW index of the column table in DIR, for "
+        "'alsx recommend --ann DIR' (needs the ann extra: pip install 'alsx[ann]')",
+    )
     e.add_argument("--hnsw-m", type=int, default=hnsw.m, help="with --ann: graph degree (default %(default)s)")
-    e.add_argument("--ef-construction", type=int, default=hnsw.ef_construction,
-                   help="with --ann: build beam (default %(default)s)")
-    e.add_argument("--ef-search", type=int, default=hnsw.ef_search,
-                   help="with --ann: search beam stored with the index; larger is more accurate and slower, "
-                        "'recommend --ef-search' overrides it (default %(default)s)")
+    e.add_argument(
+        "--ef-construction", type=int, default=hnsw.ef_construction, help="with --ann: build beam (default %(default)s)"
+    )
+    e.add_argument(
+        "--ef-search",
+        type=int,
+        default=hnsw.ef_search,
+        help="with --ann: search beam stored with the index; larger is more accurate and slower, "
+        "'recommend --ef-search' overrides it (default %(default)s)",
+    )
     e.set_defaults(func=cmd_export)
 
 
@@ -110,8 +159,11 @@ def _indices(given: list[str], model, columns: bool, where: str) -> np.ndarray:
     """int64 dense indices of ids typed by the user, the error naming rows or columns."""
     from alsx.serve.ids import row_indices
 
-    vocab, n = (model.col_vocab_, model.col_embeddings_.shape[0]) if columns else \
-        (model.row_vocab_, model.row_embeddings_.shape[0])
+    vocab, n = (
+        (model.col_vocab_, model.col_embeddings_.shape[0])
+        if columns
+        else (model.row_vocab_, model.row_embeddings_.shape[0])
+    )
     try:
         return row_indices(given, vocab, n, where)
     except UsageError as e:
@@ -150,7 +202,7 @@ def _row_batches(a: argparse.Namespace, model) -> tuple[Iterator[np.ndarray], in
         return (np.arange(s, min(s + b, n), dtype=np.int64) for s in range(0, n, b)), n
     if given:
         rows = _indices(given, model, False, a.model)  # all checked before any output
-        return (rows[s:s + b] for s in range(0, len(rows), b)), len(rows)
+        return (rows[s : s + b] for s in range(0, len(rows), b)), len(rows)
     path = "-" if stdin else a.rows_file
     if path != "-" and not Path(path).is_file():
         raise UsageError(f"--rows-file {path}: no such file")
@@ -170,8 +222,10 @@ class _JsonLines:
         out = []
         for r, row_ids, row_scores in zip(_external(self.model.row_vocab_, rows), ids, scores):
             keep = row_ids >= 0
-            recs = [{"id": i, "score": round(float(s), 6)}
-                    for i, s in zip(_external(self.model.col_vocab_, row_ids[keep]), row_scores[keep])]
+            recs = [
+                {"id": i, "score": round(float(s), 6)}
+                for i, s in zip(_external(self.model.col_vocab_, row_ids[keep]), row_scores[keep])
+            ]
             out.append(json.dumps({"row": r, "recommendations": recs}))
         sys.stdout.write("\n".join(out) + "\n")
 
@@ -187,13 +241,21 @@ class _Table:
 
         suffix = Path(path).suffix.lower()
         if suffix not in (".parquet", ".pq", ".csv"):
-            raise UsageError(f"--out {path}: the name must end in .parquet or .csv (or leave --out out for JSON "
-                             "lines on stdout)")
+            raise UsageError(
+                f"--out {path}: the name must end in .parquet or .csv (or leave --out out for JSON lines on stdout)"
+            )
+
         def kind(vocab):
             return pa.string() if vocab is not None and vocab.kind == "str" else pa.int64()
 
-        self.schema = pa.schema([("row", kind(model.row_vocab_)), ("rank", pa.int32()), ("id", kind(model.col_vocab_)),
-                                 ("score", pa.float32())])
+        self.schema = pa.schema(
+            [
+                ("row", kind(model.row_vocab_)),
+                ("rank", pa.int32()),
+                ("id", kind(model.col_vocab_)),
+                ("score", pa.float32()),
+            ]
+        )
         self.path, self.model, self.csv, self.writer = Path(path), model, suffix == ".csv", None
 
     def write(self, rows: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> None:
@@ -202,13 +264,19 @@ class _Table:
         keep = ids >= 0  # [b, k]
         rank = np.broadcast_to(np.arange(1, ids.shape[1] + 1, dtype=np.int32), ids.shape)[keep]
         row_idx = np.broadcast_to(rows[:, None], ids.shape)[keep]
+
         def ext(vocab, index):
             return index.astype(np.int64) if vocab is None else vocab.decode(index)
 
-        batch = pa.record_batch([pa.array(ext(self.model.row_vocab_, row_idx), self.schema.field("row").type),
-                                 pa.array(rank), pa.array(ext(self.model.col_vocab_, ids[keep]),
-                                                          self.schema.field("id").type),
-                                 pa.array(scores[keep].astype(np.float32))], schema=self.schema)
+        batch = pa.record_batch(
+            [
+                pa.array(ext(self.model.row_vocab_, row_idx), self.schema.field("row").type),
+                pa.array(rank),
+                pa.array(ext(self.model.col_vocab_, ids[keep]), self.schema.field("id").type),
+                pa.array(scores[keep].astype(np.float32)),
+            ],
+            schema=self.schema,
+        )
         if self.writer is None:
             if self.csv:
                 import pyarrow.csv as pcsv
@@ -242,6 +310,7 @@ def _scorer(a: argparse.Namespace, model):
         def ann(rows):
             scores, ids = search_excluding(index, model.row_embeddings_[rows], a.k, exclude, rows)
             return ids, scores
+
         return ann
     import jax
 
@@ -257,9 +326,11 @@ def _scorer(a: argparse.Namespace, model):
         topk = topk_scores
 
     def exact(rows):
-        scores, ids = topk(model.row_embeddings_[rows], table, a.k, exclude=exclude,
-                           exclude_ids=rows if exclude is not None else None)
+        scores, ids = topk(
+            model.row_embeddings_[rows], table, a.k, exclude=exclude, exclude_ids=rows if exclude is not None else None
+        )
         return ids, scores
+
     return exact
 
 
@@ -304,8 +375,9 @@ def cmd_similar(a: argparse.Namespace) -> int:
     scores, ids = similar(table, idx, a.k)
     for q, row_ids, row_scores in zip(_external(vocab, idx), ids, scores):
         keep = row_ids >= 0
-        sims = [{"id": i, "score": round(float(s), 6)} for i, s in zip(_external(vocab, row_ids[keep]),
-                                                                       row_scores[keep])]
+        sims = [
+            {"id": i, "score": round(float(s), 6)} for i, s in zip(_external(vocab, row_ids[keep]), row_scores[keep])
+        ]
         print(json.dumps({"id": q, "similar": sims}))
     return 0
 
@@ -323,14 +395,20 @@ def cmd_export(a: argparse.Namespace) -> int:
     check_writable_folder(a.to, "--to")
     model = ALS.load(a.model)
     info = export_model(model, a.to, a.export_format, a.layout)
-    print(f"exported {info['n_rows']:,} rows and {info['n_cols']:,} columns (d={info['dim']}) as "
-          f"{a.export_format} to {a.to} in {info['seconds']:.1f}s", file=sys.stderr)
+    print(
+        f"exported {info['n_rows']:,} rows and {info['n_cols']:,} columns (d={info['dim']}) as "
+        f"{a.export_format} to {a.to} in {info['seconds']:.1f}s",
+        file=sys.stderr,
+    )
     if a.ann:
         from alsx.serve.ann import AnnSettings, build_index, save_index
 
         t = time.perf_counter()
         index = build_index(model.col_embeddings_, AnnSettings(a.hnsw_m, a.ef_construction, a.ef_search))
         save_index(index, a.to)
-        print(f"built a faiss HNSW inner-product index of the {info['n_cols']:,} columns in "
-              f"{time.perf_counter() - t:.1f}s; use it with: alsx recommend {a.model} --ann {a.to}", file=sys.stderr)
+        print(
+            f"built a faiss HNSW inner-product index of the {info['n_cols']:,} columns in "
+            f"{time.perf_counter() - t:.1f}s; use it with: alsx recommend {a.model} --ann {a.to}",
+            file=sys.stderr,
+        )
     return 0

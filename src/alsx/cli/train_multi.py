@@ -40,12 +40,24 @@ def train_partitioned(a: argparse.Namespace, topo) -> int:
     lead = topo.process_index == 0
     col = lambda v: int(v) if v is not None and str(v).isdigit() else v  # noqa: E731
     t = time.perf_counter()
-    part = load_partitioned(a.data, fmt=a.fmt, row=col(a.row), col=col(a.col), value=col(a.value),
-                            timestamp=col(a.timestamp), ids=a.ids, square=a.square, duplicates=a.duplicates)
+    part = load_partitioned(
+        a.data,
+        fmt=a.fmt,
+        row=col(a.row),
+        col=col(a.col),
+        value=col(a.value),
+        timestamp=col(a.timestamp),
+        ids=a.ids,
+        square=a.square,
+        duplicates=a.duplicates,
+    )
     mine = part.local
     if lead:
-        print(f"ingest: {part.summary} ({topo.process_count} processes, each parsed its part; "
-              f"{time.perf_counter() - t:.1f}s)", file=sys.stderr)
+        print(
+            f"ingest: {part.summary} ({topo.process_count} processes, each parsed its part; "
+            f"{time.perf_counter() - t:.1f}s)",
+            file=sys.stderr,
+        )
     split = split_partitioned(part, a.split, **split_options(a))
     train = mine if split is None else split.train
     mesh = make_mesh()
@@ -64,8 +76,17 @@ def train_partitioned(a: argparse.Namespace, topo) -> int:
         return lambda rows, history: e.host_rows(st, "w", rows)
 
     def scores(st) -> dict:  # a collective: no table is gathered, each device ranks its column shard
-        return evaluate_across_processes(None, None, split, model.hparams, tuple(a.ks), alpha=a.alpha, col_counts=cc,
-                                         topk=sharded_eval_topk(engine["e"], st), queries=queries(st))
+        return evaluate_across_processes(
+            None,
+            None,
+            split,
+            model.hparams,
+            tuple(a.ks),
+            alpha=a.alpha,
+            col_counts=cc,
+            topk=sharded_eval_topk(engine["e"], st),
+            queries=queries(st),
+        )
 
     def callback(record: dict, st) -> None:
         if split is not None and a.eval_every and st.epoch % a.eval_every == 0 and st.epoch != model.epochs:
@@ -73,8 +94,13 @@ def train_partitioned(a: argparse.Namespace, topo) -> int:
 
     model.engine_factory = factory
     t = time.perf_counter()
-    model.fit(train, callback=callback, checkpointer=checkpointer_from_args(a), step_timeout_s=topo.options.step_timeout_s,
-              gather_tables=False)
+    model.fit(
+        train,
+        callback=callback,
+        checkpointer=checkpointer_from_args(a),
+        step_timeout_s=topo.options.step_timeout_s,
+        gather_tables=False,
+    )
     seconds = time.perf_counter() - t
     st, e = model.state_, engine["e"]
     results = scores(st) if split is not None else None
@@ -83,13 +109,17 @@ def train_partitioned(a: argparse.Namespace, topo) -> int:
     split_model, refit_seconds = None, 0.0
     if split is not None and a.refit:  # as one process: the saved tables train on all input entries
         if lead:
-            print(f"refit: training again on all input entries with the same settings, the model to save "
-                  "(--no-refit keeps the split-trained one)", file=sys.stderr)
+            print(
+                "refit: training again on all input entries with the same settings, the model to save "
+                "(--no-refit keeps the split-trained one)",
+                file=sys.stderr,
+            )
         all_rows, all_cols, all_rc, all_cc = engine_inputs(mine, a.alpha, mesh, a.tied)
 
         def refit_factory(_rows, _cols, hp, packing, tied):
-            engine["e"] = ShardedEngine(all_rows, all_cols, hp, packing, tied=tied, mesh=mesh, row_counts=all_rc,
-                                        col_counts=all_cc)
+            engine["e"] = ShardedEngine(
+                all_rows, all_cols, hp, packing, tied=tied, mesh=mesh, row_counts=all_rc, col_counts=all_cc
+            )
             return engine["e"]
 
         split_model, model = model, model_from_args(a, progress=lead)
@@ -117,6 +147,18 @@ def train_partitioned(a: argparse.Namespace, topo) -> int:
     if a.profile:
         print("note: --profile times one device and is skipped in a multi-process run", file=sys.stderr)
         a.profile = False
-    write_outputs(a, model, split, part.summary, results, seconds, everything, tables=False, seen=everything,
-                  split_model=split_model, trained=kept.csr(a.alpha), refit_seconds=refit_seconds)
+    write_outputs(
+        a,
+        model,
+        split,
+        part.summary,
+        results,
+        seconds,
+        everything,
+        tables=False,
+        seen=everything,
+        split_model=split_model,
+        trained=kept.csr(a.alpha),
+        refit_seconds=refit_seconds,
+    )
     return 0

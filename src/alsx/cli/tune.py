@@ -73,8 +73,12 @@ def add_parser(subparsers) -> None:
         default=None,
         help="confidence c = 1 + alpha * value from the value column (default: binary)",
     )
-    m.add_argument("--seed", type=int, default=0, help="seeds the split, the tables and the search (default %(default)s)")
-    m.add_argument("--backend", choices=["auto", "cpu", "jax"], default="auto", help="as for alsx train (default %(default)s)")
+    m.add_argument(
+        "--seed", type=int, default=0, help="seeds the split, the tables and the search (default %(default)s)"
+    )
+    m.add_argument(
+        "--backend", choices=["auto", "cpu", "jax"], default="auto", help="as for alsx train (default %(default)s)"
+    )
     add_data_args(p)
     add_split_args(p, default="none")
     p.add_argument(

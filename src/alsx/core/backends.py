@@ -30,8 +30,17 @@ def resolve_backend(backend: str, hp: HParams) -> str:
     return "jax" if why_not else "cpu"
 
 
-def make_engine(rows: CSR, cols: CSR, hp: HParams, packing: Packing = Packing(), tied: bool = False,
-                backend: str = "auto", *, streaming: bool = False, chunk_entries: int | None = None) -> Engine:
+def make_engine(
+    rows: CSR,
+    cols: CSR,
+    hp: HParams,
+    packing: Packing = Packing(),
+    tied: bool = False,
+    backend: str = "auto",
+    *,
+    streaming: bool = False,
+    chunk_entries: int | None = None,
+) -> Engine:
     """The training engine for this machine and model.
 
     backend 'cpu' (what 'auto' picks on a CPU-only host, one process, CG or block on float32 tables):
@@ -52,8 +61,9 @@ def make_engine(rows: CSR, cols: CSR, hp: HParams, packing: Packing = Packing(),
     enable_compile_cache()  # before the first compile: reruns on the same shapes load the programs
     if jax.device_count() == 1:
         if streaming:
-            return StreamingEngine(rows, cols, hp, packing, tied=tied,
-                                   **({"chunk_entries": chunk_entries} if chunk_entries else {}))
+            return StreamingEngine(
+                rows, cols, hp, packing, tied=tied, **({"chunk_entries": chunk_entries} if chunk_entries else {})
+            )
         return LocalEngine(rows, cols, hp, packing, tied)
     mesh = make_mesh()
     if jax.process_count() == 1:

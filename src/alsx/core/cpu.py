@@ -53,8 +53,18 @@ from alsx.data.matrix import CSR
 from alsx.errors import DivergenceError
 
 # Part of this module's interface (tests and benchmarks reach the kernels and helpers through it).
-__all__ = ["ROW_COST", "RowThreads", "TablePool", "block_rows", "profile_half_step", "work_blocks", "CpuEngine",
-           "half_step", "cpu_backend_reason", "numba_threads"]
+__all__ = [
+    "ROW_COST",
+    "RowThreads",
+    "TablePool",
+    "block_rows",
+    "profile_half_step",
+    "work_blocks",
+    "CpuEngine",
+    "half_step",
+    "cpu_backend_reason",
+    "numba_threads",
+]
 _FLOOR, _cg_rows = FLOOR, cg_rows
 
 BLOCKS_PER_THREAD = 64
@@ -130,9 +140,12 @@ def numba_threads() -> int:
 # ============================================================================ engine
 def _as_csr32(c: CSR) -> CSR:
     """The CSR with the dtypes the kernel is compiled for (no copy when they already match)."""
-    return dataclasses.replace(c, indptr=np.ascontiguousarray(c.indptr, np.int64),
-                               indices=np.ascontiguousarray(c.indices, np.int32),
-                               values=np.ascontiguousarray(c.values, np.float32))
+    return dataclasses.replace(
+        c,
+        indptr=np.ascontiguousarray(c.indptr, np.int64),
+        indices=np.ascontiguousarray(c.indices, np.int32),
+        values=np.ascontiguousarray(c.values, np.float32),
+    )
 
 
 class CpuEngine(Engine):
@@ -155,11 +168,20 @@ class CpuEngine(Engine):
 
     kind = "cpu"
 
-    def __init__(self, rows: CSR, cols: CSR, hp: HParams, packing: Packing | None = None, tied: bool = False,
-                 block_sweeps: int = 1):
+    def __init__(
+        self,
+        rows: CSR,
+        cols: CSR,
+        hp: HParams,
+        packing: Packing | None = None,
+        tied: bool = False,
+        block_sweeps: int = 1,
+    ):
         if hp.solver not in ("cg", "block") or hp.dtype != "float32":
-            raise ValueError(f"the CPU backend runs solver='cg' or 'block' on float32 tables, got "
-                             f"solver={hp.solver!r} dtype={hp.dtype!r}; use backend='jax' for the others")
+            raise ValueError(
+                f"the CPU backend runs solver='cg' or 'block' on float32 tables, got "
+                f"solver={hp.solver!r} dtype={hp.dtype!r}; use backend='jax' for the others"
+            )
         if block_sweeps < 1:
             raise ValueError(f"block_sweeps must be >= 1, got {block_sweeps}")
         if tied and rows.n_rows != rows.n_cols:
@@ -245,10 +267,11 @@ class CpuEngine(Engine):
             self._buffers["r_cols"] = np.empty(nnz, np.float32)
         r_cols = self._buffers["r_cols"]
         ref = self._residuals_of
-        fresh = (ref is not None and ref[0]() is state.w and ref[1]() is state.h
-                 and state.epoch % RESCORE_EVERY != 0)
-        return (dict(residuals_in=r_rows if fresh else None, residuals_out=r_cols, perm=self._perm[0]),
-                dict(residuals_in=r_cols, residuals_out=r_rows, perm=self._perm[1]))
+        fresh = ref is not None and ref[0]() is state.w and ref[1]() is state.h and state.epoch % RESCORE_EVERY != 0
+        return (
+            dict(residuals_in=r_rows if fresh else None, residuals_out=r_cols, perm=self._perm[0]),
+            dict(residuals_in=r_cols, residuals_out=r_rows, perm=self._perm[1]),
+        )
 
     def half_step(self, x: np.ndarray, other: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray]:
         """:func:`half_step` of ``side`` into reused memory; returns (new x, other rotated into the new
@@ -264,10 +287,22 @@ class CpuEngine(Engine):
         else:
             out = self._pool.take(n, d)
             rotated = self._buffer("h_rot", len(other)) if i == 0 else other
-        new, other_rot, q = half_step(x, other, (self.rows, self.cols)[i], self._lam[i], self.hp.unobserved_weight,
-                                      self.hp.cg_steps, self._starts[i], self._threads, tied=self.tied, out=out,
-                                      h_out=rotated, timings=self.timings, handoff=self._epoch_args[i] or None,
-                                      **self._solve)
+        new, other_rot, q = half_step(
+            x,
+            other,
+            (self.rows, self.cols)[i],
+            self._lam[i],
+            self.hp.unobserved_weight,
+            self.hp.cg_steps,
+            self._starts[i],
+            self._threads,
+            tied=self.tied,
+            out=out,
+            h_out=rotated,
+            timings=self.timings,
+            handoff=self._epoch_args[i] or None,
+            **self._solve,
+        )
         self._rotations.append(q)
         return new, other_rot
 
@@ -279,8 +314,9 @@ class CpuEngine(Engine):
         try:
             new = super().epoch(state)
         except DivergenceError as e:
-            raise DivergenceError(f"training diverged in epoch {state.epoch + 1}: {e} (the tables after epoch "
-                                  f"{state.epoch} were finite)") from None
+            raise DivergenceError(
+                f"training diverged in epoch {state.epoch + 1}: {e} (the tables after epoch {state.epoch} were finite)"
+            ) from None
         if first:
             self._residuals_of = (weakref.ref(new.w), weakref.ref(new.h))
         basis = np.eye(self.hp.dim) if state.basis is None else state.basis

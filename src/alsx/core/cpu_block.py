@@ -187,8 +187,9 @@ def _sweep_b(buf, r, x, shared, lu, k0, kw, npad, block, a, g):  # pragma: no co
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _block_rows(indptr, indices, conf, starts, w, h, shared, lam, block, step, budget, min_chunk, sweeps,
-                r_in, r_out, perm, out):  # pragma: no cover - compiled
+def _block_rows(
+    indptr, indices, conf, starts, w, h, shared, lam, block, step, budget, min_chunk, sweeps, r_in, r_out, perm, out
+):  # pragma: no cover - compiled
     """``sweeps`` block-coordinate sweeps over blocks of ``block`` coordinates on every row.
 
     Arguments as ``alsx.core.cpu._cg_rows`` (w: warm starts, h: fixed table, both in the
@@ -248,7 +249,7 @@ def _block_rows(indptr, indices, conf, starts, w, h, shared, lam, block, step, b
             for t in range(n, npad):
                 r[t] = 0.0
             chunk = min(d, max(widest, budget // npad // step * step))
-            buf = flat[:chunk * npad].reshape((chunk, npad))
+            buf = flat[: chunk * npad].reshape((chunk, npad))
             for j in range(chunk):  # padding columns: zero, so they add nothing to any sum
                 for t in range(n, npad):
                     buf[j, t] = 0.0
@@ -273,10 +274,22 @@ _NONE_F = np.empty(0, np.float32)
 _NONE_I = np.empty(0, np.int64)
 
 
-def block_rows(side, starts: np.ndarray, w: np.ndarray, h: np.ndarray, shared: np.ndarray, lam: np.ndarray,
-               block: int, sweeps: int, out: np.ndarray, budget: int = BUFFER_FLOATS, min_chunk: int = MIN_CHUNK,
-               residuals_in: np.ndarray | None = None, residuals_out: np.ndarray | None = None,
-               perm: np.ndarray | None = None) -> np.ndarray:
+def block_rows(
+    side,
+    starts: np.ndarray,
+    w: np.ndarray,
+    h: np.ndarray,
+    shared: np.ndarray,
+    lam: np.ndarray,
+    block: int,
+    sweeps: int,
+    out: np.ndarray,
+    budget: int = BUFFER_FLOATS,
+    min_chunk: int = MIN_CHUNK,
+    residuals_in: np.ndarray | None = None,
+    residuals_out: np.ndarray | None = None,
+    perm: np.ndarray | None = None,
+) -> np.ndarray:
     """Runs :func:`_block_rows` over the CSR ``side`` (int64/int32/float32 arrays); returns ``out``.
 
     budget, min_chunk: floats per chunk of transposed item rows, fewest coordinates per chunk
@@ -297,9 +310,25 @@ def block_rows(side, starts: np.ndarray, w: np.ndarray, h: np.ndarray, shared: n
     if (residuals_out is None) != (perm is None):
         raise ValueError("residuals_out and perm go together")
     step = int(np.lcm(8, block))
-    _block_rows(side.indptr, side.indices, side.values, starts, w, h, shared, lam, int(block), step, int(budget),
-                int(min_chunk), int(sweeps), _NONE_F if residuals_in is None else residuals_in,
-                _NONE_F if residuals_out is None else residuals_out, _NONE_I if perm is None else perm, out)
+    _block_rows(
+        side.indptr,
+        side.indices,
+        side.values,
+        starts,
+        w,
+        h,
+        shared,
+        lam,
+        int(block),
+        step,
+        int(budget),
+        int(min_chunk),
+        int(sweeps),
+        _NONE_F if residuals_in is None else residuals_in,
+        _NONE_F if residuals_out is None else residuals_out,
+        _NONE_I if perm is None else perm,
+        out,
+    )
     return out
 
 
@@ -326,7 +355,7 @@ def transpose_positions(rows, cols) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     c2r = np.empty_like(r2c)
     c2r[r2c] = np.arange(len(r2c), dtype=np.int64)
-    small = len(r2c) < 2 ** 31
+    small = len(r2c) < 2**31
     return (r2c.astype(np.int32), c2r.astype(np.int32)) if small else (r2c, c2r)
 
 
@@ -339,5 +368,5 @@ def block_flops(nnz: int, n_rows: int, d: int, block: int, sweeps: int) -> float
     """
     n_blocks = d // block
     per_entry = 2 * d + sweeps * n_blocks * (block * (block + 1) + 4 * block)
-    per_row = sweeps * n_blocks * (block ** 3 / 3 + 2 * block ** 2)
+    per_row = sweeps * n_blocks * (block**3 / 3 + 2 * block**2)
     return float(nnz) * per_entry + float(n_rows) * per_row

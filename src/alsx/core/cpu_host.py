@@ -131,7 +131,7 @@ class RowThreads:
 
         def span(a: int, b: int) -> None:
             for c in range(a, b, chunk):
-                x[c:min(c + chunk, b)] = x[c:min(c + chunk, b)] @ q
+                x[c : min(c + chunk, b)] = x[c : min(c + chunk, b)] @ q
 
         self._map(span, len(x))
         return x
@@ -149,9 +149,8 @@ def eigenbasis(table: np.ndarray, threads: RowThreads) -> tuple[np.ndarray, np.n
     """
     g = threads.gram(table)
     if not np.isfinite(g).all():
-        raise DivergenceError(f"the fixed [{len(table):,}, {table.shape[1]}] table of a half-step holds "
-                              "non-finite values")
+        raise DivergenceError(
+            f"the fixed [{len(table):,}, {table.shape[1]}] table of a half-step holds non-finite values"
+        )
     e, q = np.linalg.eigh(g)
     return np.maximum(e, 0.0), q
-
-

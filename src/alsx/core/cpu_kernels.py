@@ -110,5 +110,3 @@ def observed_loss(indptr, indices, conf, starts, w, h):  # pragma: no cover - co
                 part += conf[k] * (np.float64(s) - 1.0) ** 2
         total += part
     return total
-
-

@@ -46,8 +46,9 @@ def profile_half_step(engine, state: ALSState, side: str = "rows", repeat: int =
         flops, seconds = block_flops(csr.nnz, len(lam), hp.dim, bs, sweeps) - 2.0 * csr.nnz * hp.dim, steps
     else:
         residual = best(lambda: cg_rows(csr.indptr, csr.indices, csr.values, starts, w, h, shared, lam, 0, out))
-        seconds = best(lambda: cg_rows(csr.indptr, csr.indices, csr.values, starts, w, h, shared, lam, hp.cg_steps,
-                                        out))
+        seconds = best(
+            lambda: cg_rows(csr.indptr, csr.indices, csr.values, starts, w, h, shared, lam, hp.cg_steps, out)
+        )
         steps = max(seconds - residual, 0.0)
         flops = csr.nnz * 2 * (2 * hp.dim) * (hp.cg_steps + 1)
     result = {"gramian": gramian, "rotate": rotate, "residual": residual, "cg_steps": steps}

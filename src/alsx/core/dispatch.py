@@ -24,7 +24,8 @@ unbounded loop: only the time at which the host waits changes.
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import jax
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +46,6 @@ from alsx.data.packing import PackedSide, pack
 SIDES = ("rows", "cols")
 #: HParams fields an existing engine can take without re-packing (see Engine.set_hparams).
 SWAPPABLE = ("reg", "unobserved_weight", "nu", "cg_steps", "init", "init_scale")
-
-
 
 
 @dataclasses.dataclass
@@ -173,12 +172,16 @@ class Engine(abc.ABC):
         Raises:
           ValueError: ``hp`` changes anything else (dim, solver, block_size, dtype).
         """
-        fixed = [f.name for f in dataclasses.fields(HParams) if f.name not in SWAPPABLE
-                 and getattr(hp, f.name) != getattr(self.hp, f.name)]
+        fixed = [
+            f.name
+            for f in dataclasses.fields(HParams)
+            if f.name not in SWAPPABLE and getattr(hp, f.name) != getattr(self.hp, f.name)
+        ]
         if fixed:
-            raise ValueError(f"set_hparams cannot change {', '.join(fixed)} (they need re-packing; build a new "
-                             "engine): " + ", ".join(f"{f} {getattr(self.hp, f)!r} -> {getattr(hp, f)!r}"
-                                                     for f in fixed))
+            raise ValueError(
+                f"set_hparams cannot change {', '.join(fixed)} (they need re-packing; build a new "
+                "engine): " + ", ".join(f"{f} {getattr(self.hp, f)!r} -> {getattr(hp, f)!r}" for f in fixed)
+            )
         self.hp = hp
         self.hparams_changed()
 
@@ -194,8 +197,9 @@ def check_shapes(rows: CSR, cols: CSR, tied: bool) -> None:
     if tied and rows.n_rows != rows.n_cols:
         raise ValueError(f"tied embeddings need a square matrix, got {rows.n_rows} x {rows.n_cols}")
     if cols.n_rows != rows.n_cols or cols.n_cols != rows.n_rows:
-        raise ValueError(f"cols must be the transpose of rows: {rows.n_rows} x {rows.n_cols} vs "
-                         f"{cols.n_rows} x {cols.n_cols}")
+        raise ValueError(
+            f"cols must be the transpose of rows: {rows.n_rows} x {rows.n_cols} vs {cols.n_rows} x {cols.n_cols}"
+        )
 
 
 class DeviceEngine(Engine):
@@ -245,8 +249,17 @@ class LocalEngine(DeviceEngine):
 
     def half_step(self, x, other, side):
         hp = self.hp
-        return half_step(x, other, self._sides[side], hp.reg, hp.unobserved_weight, hp.nu, solver=hp.solver,
-                         cg_steps=hp.cg_steps, block_size=hp.block_width("jax")), other
+        return half_step(
+            x,
+            other,
+            self._sides[side],
+            hp.reg,
+            hp.unobserved_weight,
+            hp.nu,
+            solver=hp.solver,
+            cg_steps=hp.cg_steps,
+            block_size=hp.block_width("jax"),
+        ), other
 
     def counts(self, side: str) -> jax.Array:
         return self._sides[side]["counts"]

@@ -125,8 +125,21 @@ def permute_local(table: jax.Array, request: jax.Array, positions: jax.Array) ->
 
 # ---- byte accounting from the compiled program ---------------------------------------------
 
-_DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8, "s32": 4, "u32": 4, "s64": 8, "u64": 8,
-                "s8": 1, "u8": 1, "pred": 1, "s16": 2, "u16": 2}
+_DTYPE_BYTES = {
+    "f32": 4,
+    "bf16": 2,
+    "f16": 2,
+    "f64": 8,
+    "s32": 4,
+    "u32": 4,
+    "s64": 8,
+    "u64": 8,
+    "s8": 1,
+    "u8": 1,
+    "pred": 1,
+    "s16": 2,
+    "u16": 2,
+}
 _COLLECTIVES = ("all-to-all", "all-reduce", "all-gather", "collective-permute", "reduce-scatter")
 _SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
 _COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$")

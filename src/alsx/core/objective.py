@@ -1,9 +1,9 @@
 """The iALS objective (Rendle et al. 2021) and its frequency-scaled regulariser.
 
-    L(W, H) = sum_{(u,i) observed} c_ui (<w_u, h_i> - 1)^2
-            + alpha0 * sum_{all (u,i)} <w_u, h_i>^2          (= alpha0 * <W^T W, H^T H>_F)
-            + sum_u lambda_u |w_u|^2 + sum_i lambda_i |h_i|^2
-    lambda_u = reg * (|I_u| + alpha0 * n_cols) ** nu
+L(W, H) = sum_{(u,i) observed} c_ui (<w_u, h_i> - 1)^2
+        + alpha0 * sum_{all (u,i)} <w_u, h_i>^2          (= alpha0 * <W^T W, H^T H>_F)
+        + sum_u lambda_u |w_u|^2 + sum_i lambda_i |h_i|^2
+lambda_u = reg * (|I_u| + alpha0 * n_cols) ** nu
 """
 
 from __future__ import annotations
@@ -34,8 +34,12 @@ class Loss:
         return self.observed + self.unobserved + self.regularisation
 
     def to_dict(self) -> dict:
-        return {"observed": self.observed, "unobserved": self.unobserved,
-                "regularisation": self.regularisation, "total": self.total}
+        return {
+            "observed": self.observed,
+            "unobserved": self.unobserved,
+            "regularisation": self.regularisation,
+            "total": self.total,
+        }
 
 
 def unobserved_term(w: jax.Array, h: jax.Array, alpha0: float) -> jax.Array:

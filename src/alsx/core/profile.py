@@ -61,24 +61,43 @@ def solve_flops(entries: int, rows: int, dim: int, hp: HParams) -> float:
     if hp.solver == "cg":  # residual + one matvec per step, 2 passes each; x G with each
         return entries * 2 * d * 2 * (hp.cg_steps + 1) + rows * (hp.cg_steps + 1) * 2 * d * d
     if hp.solver == "cholesky":  # A = sum h h^T, then factor and two triangular solves
-        return entries * (2 * d * d + 2 * d) + rows * (d ** 3 / 3 + 2 * d * d)
+        return entries * (2 * d * d + 2 * d) + rows * (d**3 / 3 + 2 * d * d)
     b = hp.block_width("jax")  # per block: scores, A_KK, gradient, b x b solve
-    return entries * (d // b) * (2 * d + 2 * b * b + 2 * b) + rows * (d // b) * (b ** 3 / 3 + 2 * d * b)
+    return entries * (d // b) * (2 * d + 2 * b * b + 2 * b) + rows * (d // b) * (b**3 / 3 + 2 * d * b)
 
 
 def profile_half_step(w: jax.Array, h: jax.Array, side: SideArrays, hp: HParams) -> dict[str, float]:
     """Seconds per phase of one half-step (short-row buckets; long rows timed as one phase)."""
     alpha0, block_size = hp.unobserved_weight, hp.block_width("jax")
     gram, lam = prologue(h, side["counts"], hp.reg, alpha0, hp.nu, h.shape[0])
-    out = {"gramian": timed(prologue, h, side["counts"], hp.reg, alpha0, hp.nu, h.shape[0]),
-           "gather": 0.0, "normal_equations": 0.0, "solve": 0.0, "scatter": 0.0, "long_rows": 0.0}
+    out = {
+        "gramian": timed(prologue, h, side["counts"], hp.reg, alpha0, hp.nu, h.shape[0]),
+        "gather": 0.0,
+        "normal_equations": 0.0,
+        "solve": 0.0,
+        "scatter": 0.0,
+        "long_rows": 0.0,
+    }
     entries = rows = 0
     zeros = jnp.zeros_like(w)
     for block in side["blocks"]:
         g = timed(_partial_block, w, h, gram, block, lam, alpha0, "gather")
         n = timed(_partial_block, w, h, gram, block, lam, alpha0, "normal")
-        full = timed(block_update, zeros, w, h, gram, block, lam, alpha0, hp.solver, hp.cg_steps, take_rows,
-                      block_size, fresh_first=True)
+        full = timed(
+            block_update,
+            zeros,
+            w,
+            h,
+            gram,
+            block,
+            lam,
+            alpha0,
+            hp.solver,
+            hp.cg_steps,
+            take_rows,
+            block_size,
+            fresh_first=True,
+        )
         x = jnp.zeros(block[2].shape + (w.shape[1],), w.dtype)
         s = timed(_scatter, zeros, block[2], x, fresh_first=True)
         out["gather"] += g
@@ -88,11 +107,25 @@ def profile_half_step(w: jax.Array, h: jax.Array, side: SideArrays, hp: HParams)
         entries += block[0].size
         rows += block[2].size
     if side["long"] is not None:
-        out["long_rows"] = timed(long_update, zeros, w, h, gram, side["long"], lam, alpha0, hp.solver,
-                                  hp.cg_steps, take_rows, block_size, fresh_first=True)
+        out["long_rows"] = timed(
+            long_update,
+            zeros,
+            w,
+            h,
+            gram,
+            side["long"],
+            lam,
+            alpha0,
+            hp.solver,
+            hp.cg_steps,
+            take_rows,
+            block_size,
+            fresh_first=True,
+        )
     out["total"] = sum(out.values())
-    out["solve_gflops"] = solve_flops(entries, rows, w.shape[1], hp) / max(out["solve"] + out["normal_equations"],
-                                                                           1e-9) / 1e9
+    out["solve_gflops"] = (
+        solve_flops(entries, rows, w.shape[1], hp) / max(out["solve"] + out["normal_equations"], 1e-9) / 1e9
+    )
     out["sgemm_gflops"] = sgemm_rate() / 1e9
     return out
 

@@ -89,8 +89,10 @@ class ShardStats:
 
     def imbalance(self) -> tuple[float, float]:
         """max / mean stored entries per shard, for the row and the column side."""
-        return (float(self.row_nnz.max() / max(self.row_nnz.mean(), 1)),
-                float(self.col_nnz.max() / max(self.col_nnz.mean(), 1)))
+        return (
+            float(self.row_nnz.max() / max(self.row_nnz.mean(), 1)),
+            float(self.col_nnz.max() / max(self.col_nnz.mean(), 1)),
+        )
 
 
 def _batches(shape: SideShape) -> tuple[int, ...]:
@@ -171,9 +173,12 @@ class ShardedEngine(HostAccess, Engine):
             n_shards=P,
             row_nnz=self.row_layout.loads(rc).astype(np.int64),
             col_nnz=self.col_layout.loads(cc).astype(np.int64),
-            row_caps=row_caps, col_caps=col_caps,
-            row_batches=_batches(shape_r), col_batches=_batches(shape_c),
-            row_unique=sum(s.unique for s in r_sides), col_unique=sum(s.unique for s in c_sides),
+            row_caps=row_caps,
+            col_caps=col_caps,
+            row_batches=_batches(shape_r),
+            col_batches=_batches(shape_c),
+            row_unique=sum(s.unique for s in r_sides),
+            col_unique=sum(s.unique for s in c_sides),
             seconds=time.perf_counter() - t,
         )
         if check_memory:
@@ -182,8 +187,12 @@ class ShardedEngine(HostAccess, Engine):
         self._cols = self._setup_exchange(self._put_stacked(stack(c_sides)))
         del r_sides, c_sides
         self.hparams_changed()
-        log.info("sharded engine: P=%d, nnz per shard max/mean rows %.3f cols %.3f, packed in %.1fs",
-                 P, *self.stats.imbalance(), self.stats.seconds)
+        log.info(
+            "sharded engine: P=%d, nnz per shard max/mean rows %.3f cols %.3f, packed in %.1fs",
+            P,
+            *self.stats.imbalance(),
+            self.stats.seconds,
+        )
 
     # ---- host -> device -------------------------------------------------------------------
 
@@ -201,19 +210,21 @@ class ShardedEngine(HostAccess, Engine):
         P = n_shards(self.mesh)
 
         def put(x: np.ndarray) -> jax.Array:
-            pieces = [jax.device_put(x[i:i + 1], devices[s]) for i, s in enumerate(self._mine)]
+            pieces = [jax.device_put(x[i : i + 1], devices[s]) for i, s in enumerate(self._mine)]
             return jax.make_array_from_single_device_arrays((P,) + x.shape[1:], sharding, pieces)
 
         return jax.tree.map(put, tree)
 
     def _setup_exchange(self, side: dict) -> dict:
         """Replaces every block's request lists [P, n_b, P, K] by the serve lists (one all-to-all, once)."""
+
         def swap(tree):
             tree = _squeeze(tree)
             tree = {
                 "blocks": tuple(((serve_lists(req), pos), conf, rows) for (req, pos), conf, rows in tree["blocks"]),
-                "long": None if tree["long"] is None else (
-                    (serve_lists(tree["long"][0][0]), tree["long"][0][1]),) + tuple(tree["long"][1:]),
+                "long": None
+                if tree["long"] is None
+                else ((serve_lists(tree["long"][0][0]), tree["long"][0][1]),) + tuple(tree["long"][1:]),
                 "counts": tree["counts"],
             }
             return jax.tree.map(lambda a: a[None], tree)
@@ -236,8 +247,7 @@ class ShardedEngine(HostAccess, Engine):
             # Solved rows are this shard's own slots: a local write, no scatter traffic.
             out = out.at[block[2].reshape(-1)].set(x.reshape(-1, d).astype(w.dtype), mode="drop")
         if side["long"] is not None:
-            x = solve_long(w, h, gram, side["long"], lam, hp.unobserved_weight, hp.solver, hp.cg_steps, fetch_rows,
-                           bs)
+            x = solve_long(w, h, gram, side["long"], lam, hp.unobserved_weight, hp.solver, hp.cg_steps, fetch_rows, bs)
             out = out.at[side["long"][3]].set(x.astype(w.dtype), mode="drop")
         return out
 
@@ -249,8 +259,13 @@ class ShardedEngine(HostAccess, Engine):
             sides = {"rows": (_squeeze(rside), n_cols), "cols": (_squeeze(cside), n_rows)}
             return alternate(lambda x, other, side: (self._half(x, other, *sides[side]), other), w, h, tied)
 
-        fn = jax.shard_map(body, mesh=self.mesh, in_specs=(TABLE, TABLE, STACKED, STACKED),
-                           out_specs=(TABLE, TABLE), check_vma=_CHECK_VMA)
+        fn = jax.shard_map(
+            body,
+            mesh=self.mesh,
+            in_specs=(TABLE, TABLE, STACKED, STACKED),
+            out_specs=(TABLE, TABLE),
+            check_vma=_CHECK_VMA,
+        )
         return jax.jit(fn)
 
     def _compile_half(self, side: str):
@@ -259,8 +274,9 @@ class ShardedEngine(HostAccess, Engine):
         def body(x, other, packed):
             return self._half(x, other, _squeeze(packed), n_other)
 
-        return jax.jit(jax.shard_map(body, mesh=self.mesh, in_specs=(TABLE, TABLE, STACKED), out_specs=TABLE,
-                                     check_vma=_CHECK_VMA))
+        return jax.jit(
+            jax.shard_map(body, mesh=self.mesh, in_specs=(TABLE, TABLE, STACKED), out_specs=TABLE, check_vma=_CHECK_VMA)
+        )
 
     def _compile_loss(self):
         hp, n_rows, n_cols = self.hp, self.n_rows, self.n_cols
@@ -275,8 +291,13 @@ class ShardedEngine(HostAccess, Engine):
             reg = jax.lax.psum(regularisation_term(w, lam_w) + regularisation_term(h, lam_h), SHARD)
             return obs, gw, gh, reg
 
-        fn = jax.shard_map(body, mesh=self.mesh, in_specs=(TABLE, TABLE, STACKED, STACKED),
-                           out_specs=(REPLICATED,) * 4, check_vma=_CHECK_VMA)
+        fn = jax.shard_map(
+            body,
+            mesh=self.mesh,
+            in_specs=(TABLE, TABLE, STACKED, STACKED),
+            out_specs=(REPLICATED,) * 4,
+            check_vma=_CHECK_VMA,
+        )
         return jax.jit(fn)
 
     def traffic(self) -> dict[str, int]:
@@ -304,8 +325,13 @@ class ShardedEngine(HostAccess, Engine):
                 a2a += reps * nb * P * k * d * isz
                 ids += reps * nb * P * s * w * 4
                 alx += reps * nb * P * s * w * d * 4
-        return {"all_to_all": a2a, "all_to_all_sent": a2a * (P - 1) // P, "all_reduce": 2 * d * d * 4,
-                "alx_all_gather": ids, "alx_all_reduce": alx}
+        return {
+            "all_to_all": a2a,
+            "all_to_all_sent": a2a * (P - 1) // P,
+            "all_reduce": 2 * d * d * 4,
+            "alx_all_gather": ids,
+            "alx_all_reduce": alx,
+        }
 
     def lower_epoch(self, state: ALSState):
         """The lowered epoch program (for HLO inspection and byte counts in benchmarks)."""

@@ -40,8 +40,9 @@ class HostAccess:
         """(layout, {shard: float32 [n_local, d] rows this process holds}) of table ``side``."""
         table, layout = (state.w, self.row_layout) if side == "w" or self.tied else (state.h, self.col_layout)
         n_local = layout.n_local
-        return layout, {int(sh.index[0].start or 0) // n_local: np.asarray(sh.data, np.float32)
-                        for sh in table.addressable_shards}
+        return layout, {
+            int(sh.index[0].start or 0) // n_local: np.asarray(sh.data, np.float32) for sh in table.addressable_shards
+        }
 
     def host_rows(self, state: ALSState, side: str, ids: np.ndarray) -> np.ndarray:
         """float32 [len(ids), d] rows ``ids`` (external) of table ``side`` ("w" or "h") on this host.
@@ -55,9 +56,13 @@ class HostAccess:
         shard, slot = layout.owner(ids)
         proc_of = np.array([dev.process_index for dev in self.mesh.devices.reshape(-1)])
         me = np.full(len(ids), jax.process_index(), np.int32)
-        asked = unpack_fields(route(pack_fields([np.arange(len(ids), dtype=np.int32), shard.astype(np.int32),
-                                     slot.astype(np.int32), me]), proc_of[shard]),
-                        [np.int32, np.int32, np.int32, np.int32])
+        asked = unpack_fields(
+            route(
+                pack_fields([np.arange(len(ids), dtype=np.int32), shard.astype(np.int32), slot.astype(np.int32), me]),
+                proc_of[shard],
+            ),
+            [np.int32, np.int32, np.int32, np.int32],
+        )
         pos, sh, sl, who = asked
         rows = np.zeros((len(pos), d), np.float32)
         for s in np.unique(sh):
@@ -165,6 +170,7 @@ def permute_program(table: jax.Array, index: np.ndarray, mesh: Mesh):
     stacked = stacked_sharding(mesh)
     put = lambda a: jax.make_array_from_callback(a.shape, stacked, lambda i: a[i])  # noqa: E731
     body = lambda t, r, q: permute_local(t, r[0], q[0])  # noqa: E731
-    fn = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(TABLE, STACKED, STACKED), out_specs=TABLE,
-                               check_vma=_CHECK_VMA))
+    fn = jax.jit(
+        jax.shard_map(body, mesh=mesh, in_specs=(TABLE, STACKED, STACKED), out_specs=TABLE, check_vma=_CHECK_VMA)
+    )
     return fn, (table, put(request), put(positions))

@@ -18,7 +18,7 @@ Nothing else in alsx spells an axis name or builds a PartitionSpec.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np

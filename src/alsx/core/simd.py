@@ -28,10 +28,15 @@ _F8 = ir.VectorType(ir.FloatType(), 8)
 def _item_pointer(context, builder, aty, value, inds):
     """Pointer to value[inds] of a Numba array (no bounds or wrap-around checks)."""
     ary = context.make_array(aty)(context, builder, value)
-    return cgutils.get_item_pointer2(context, builder, data=ary.data,
-                                     shape=cgutils.unpack_tuple(builder, ary.shape),
-                                     strides=cgutils.unpack_tuple(builder, ary.strides),
-                                     layout=aty.layout, inds=inds)
+    return cgutils.get_item_pointer2(
+        context,
+        builder,
+        data=ary.data,
+        shape=cgutils.unpack_tuple(builder, ary.shape),
+        strides=cgutils.unpack_tuple(builder, ary.strides),
+        layout=aty.layout,
+        inds=inds,
+    )
 
 
 def _lanes(*idx: int) -> ir.Constant:
@@ -41,13 +46,15 @@ def _lanes(*idx: int) -> ir.Constant:
 @intrinsic
 def prefetch(typingctx, table, row, col):
     """Hints the cache line of table[row, col] into all cache levels (LLVM's prefetch)."""
+
     def codegen(context, builder, sig, args):
         inds = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:])]
         ptr = _item_pointer(context, builder, sig.args[0], args[0], inds)
         i8p = ir.IntType(8).as_pointer()
         name = "llvm.prefetch.p0" if llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
-                                            name)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]), name
+        )
         # read, highest temporal locality, data cache
         builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
         return context.get_dummy_value()
@@ -73,8 +80,10 @@ def _transpose8(builder, v: list) -> list:
     for a, b in ((0, 2), (1, 3), (4, 6), (5, 7)):  # then pairs of pairs
         u += [builder.shuffle_vector(t[a], t[b], m1), builder.shuffle_vector(t[a], t[b], m2)]
     l4, h4 = _lanes(0, 1, 2, 3, 8, 9, 10, 11), _lanes(4, 5, 6, 7, 12, 13, 14, 15)
-    return ([builder.shuffle_vector(u[j], u[j + 4], l4) for j in range(4)]  # then 128-bit halves
-            + [builder.shuffle_vector(u[j], u[j + 4], h4) for j in range(4)])
+    return (
+        [builder.shuffle_vector(u[j], u[j + 4], l4) for j in range(4)]  # then 128-bit halves
+        + [builder.shuffle_vector(u[j], u[j + 4], h4) for j in range(4)]
+    )
 
 
 @intrinsic
@@ -85,12 +94,14 @@ def gather_t8(typingctx, table, indices, base, col, scale, t0, buf, j0):
     buf: float32 2-D C-contiguous; scale: float32 1-D, or None for no scaling.
     No bounds checks: the caller keeps every index in range.
     """
+
     def codegen(context, builder, sig, args):
         t_tab, t_ind, t_base, t_col, t_scale, t_t0, t_buf, t_j0 = sig.args
         tab, ind, base, col, scale, t0, buf, j0 = args
         intp = context.get_value_type(types.intp)
-        base, col, t0, j0 = (context.cast(builder, v, t, types.intp)
-                             for v, t in ((base, t_base), (col, t_col), (t0, t_t0), (j0, t_j0)))
+        base, col, t0, j0 = (
+            context.cast(builder, v, t, types.intp) for v, t in ((base, t_base), (col, t_col), (t0, t_t0), (j0, t_j0))
+        )
         rows = []
         for r in range(8):
             k = ir.Constant(intp, r)

@@ -7,7 +7,7 @@ Rows are independent systems; every operation is batched over R.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

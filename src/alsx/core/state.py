@@ -15,8 +15,9 @@ def storage_dtype(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-def init_table(key: jax.Array, n: int, dim: int, scale: float, dtype: str = "float32",
-               dist: str = "normal") -> jax.Array:
+def init_table(
+    key: jax.Array, n: int, dim: int, scale: float, dtype: str = "float32", dist: str = "normal"
+) -> jax.Array:
     """[n, dim] random entries stored in ``dtype``: N(0, (scale / sqrt(dim))^2) for ``dist='normal'``,
     U[0, 2 scale / sqrt(dim)) for ``'uniform'`` (all positive, as implicit starts)."""
     s = scale / np.sqrt(dim)

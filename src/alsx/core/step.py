@@ -12,7 +12,8 @@ sharded engine can replace a local ``take`` with its exchange.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,7 @@ def solve_rows(hg, conf, x0, reg, gram, alpha0, solver, cg_steps, block_size=0):
     (one iALS++ sweep over blocks of ``block_size`` dimensions).
     """
     if solver == "block":
+
         def stats(x, k):
             hk = jax.lax.dynamic_slice_in_dim(hg, k, block_size, axis=2)
             err = ne.block_scores(hg, x) - 1.0
@@ -86,6 +88,7 @@ def solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather, block_si
     reg = lam[rows]
     x0 = w[rows].astype(jnp.float32)
     if solver == "block":
+
         def stats(x, k):
             def both(hg, cf, sg):
                 hk = jax.lax.dynamic_slice_in_dim(hg, k, block_size, axis=2)
@@ -171,6 +174,7 @@ def observed_loss(w: jax.Array, h: jax.Array, side: SideArrays, gather: Gather =
     """sum over stored entries of c_ui (<w_u, h_i> - 1)^2 (padding has c = 0)."""
     total = jnp.zeros((), jnp.float32)
     for cols, conf, rows in side["blocks"]:
+
         def body(acc, batch):
             c, cf, r = batch
             x = w.at[r].get(mode="fill", fill_value=0).astype(jnp.float32)

@@ -28,8 +28,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -129,8 +129,9 @@ def side_layout(csr: CSR, dim: int, cfg: Packing, dense_rows: bool, chunk_entrie
     )
 
 
-def _gather(indices: np.ndarray, values: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
-            width: int) -> tuple[np.ndarray, np.ndarray]:
+def _gather(
+    indices: np.ndarray, values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
     """[n, width] column ids and confidences of entries starts[j] .. starts[j]+lengths[j] (local), 0 padded."""
     offs = np.arange(width, dtype=np.int64)
     mask = offs[None, :] < lengths[:, None]
@@ -146,8 +147,9 @@ def _pad_rows(a: np.ndarray, n: int, fill) -> np.ndarray:
     return np.concatenate([a, np.full((n - len(a),) + a.shape[1:], fill, dtype=a.dtype)])
 
 
-def pack_range(csr: CSR, r0: int, r1: int, layout: SideLayout, cfg: Packing,
-               batches_per_call: np.ndarray) -> PackedChunk:
+def pack_range(
+    csr: CSR, r0: int, r1: int, layout: SideLayout, cfg: Packing, batches_per_call: np.ndarray
+) -> PackedChunk:
     """Packs rows [r0, r1) of ``csr`` with the side's fixed widths into fixed-shape calls.
 
     Reads only ``indptr[r0:r1+1]`` and that range's indices/values from the (mapped) CSR.
@@ -156,10 +158,10 @@ def pack_range(csr: CSR, r0: int, r1: int, layout: SideLayout, cfg: Packing,
       batches_per_call: int [n_widths] batches K per full call of each width.
     """
     n_rows = layout.n_rows
-    ip = np.asarray(csr.indptr[r0:r1 + 1], dtype=np.int64)
+    ip = np.asarray(csr.indptr[r0 : r1 + 1], dtype=np.int64)
     base = int(ip[0])
-    indices = np.asarray(csr.indices[base:int(ip[-1])])
-    values = np.asarray(csr.values[base:int(ip[-1])], dtype=np.float32)
+    indices = np.asarray(csr.indices[base : int(ip[-1])])
+    values = np.asarray(csr.values[base : int(ip[-1])], dtype=np.float32)
     starts = ip[:-1] - base
     lengths = np.diff(ip)
     short = (lengths > 0) & (lengths <= cfg.max_width)
@@ -179,11 +181,13 @@ def pack_range(csr: CSR, r0: int, r1: int, layout: SideLayout, cfg: Packing,
             k = k if k == k_full else min(k_full, _pow2_at_least(k))  # few shapes per width
             lo, hi = c0 * s, min((c0 + k) * s, len(local))
             total = k * s
-            blocks.append((
-                _pad_rows(cols[lo:hi], total, 0).reshape(k, s, width),
-                _pad_rows(conf[lo:hi], total, 0).reshape(k, s, width),
-                _pad_rows(ids[lo:hi], total, n_rows).reshape(k, s),
-            ))
+            blocks.append(
+                (
+                    _pad_rows(cols[lo:hi], total, 0).reshape(k, s, width),
+                    _pad_rows(conf[lo:hi], total, 0).reshape(k, s, width),
+                    _pad_rows(ids[lo:hi], total, n_rows).reshape(k, s),
+                )
+            )
             padded += total * width
 
     longs = []
@@ -201,12 +205,14 @@ def pack_range(csr: CSR, r0: int, r1: int, layout: SideLayout, cfg: Packing,
         n_chunks = _pow2_at_least(-(-len(seg) // p))
         n_slots = _pow2_at_least(len(long_local))
         total = n_chunks * p
-        longs.append((
-            _pad_rows(cols, total, 0).reshape(n_chunks, p, width),
-            _pad_rows(conf, total, 0).reshape(n_chunks, p, width),
-            _pad_rows(seg, total, 0).reshape(n_chunks, p),  # padded sub-rows: conf 0, add nothing
-            _pad_rows((long_local + r0).astype(np.int32), n_slots, n_rows),
-        ))
+        longs.append(
+            (
+                _pad_rows(cols, total, 0).reshape(n_chunks, p, width),
+                _pad_rows(conf, total, 0).reshape(n_chunks, p, width),
+                _pad_rows(seg, total, 0).reshape(n_chunks, p),  # padded sub-rows: conf 0, add nothing
+                _pad_rows((long_local + r0).astype(np.int32), n_slots, n_rows),
+            )
+        )
         padded += total * width
     return PackedChunk(blocks=blocks, longs=longs, nnz=int(lengths.sum()), padded=padded)
 
@@ -232,9 +238,18 @@ class StreamingEngine(DeviceEngine):
     kind = "streaming"
     host_views = True
 
-    def __init__(self, rows: CSR, cols: CSR, hp: HParams, packing: Packing = Packing(), tied: bool = False,
-                 chunk_entries: int = DEFAULT_CHUNK_ENTRIES, call_entries: int = 1 << 20,
-                 prefetch: bool = True, cache: bool = True):
+    def __init__(
+        self,
+        rows: CSR,
+        cols: CSR,
+        hp: HParams,
+        packing: Packing = Packing(),
+        tied: bool = False,
+        chunk_entries: int = DEFAULT_CHUNK_ENTRIES,
+        call_entries: int = 1 << 20,
+        prefetch: bool = True,
+        cache: bool = True,
+    ):
         check_shapes(rows, cols, tied)
         if rows.nnz != cols.nnz:
             raise ValueError("cols must be the transpose of rows")

@@ -21,6 +21,7 @@ def best_seconds(fn, repeat: int = 3) -> float:
 
 def timed(fn, *args, repeat: int = 2, fresh_first: bool = False) -> float:
     """Best wall time of ``fn(*args)``; ``fresh_first`` copies a donated first argument each run."""
+
     def call():
         a = (jnp.array(args[0], copy=True),) + args[1:] if fresh_first else args
         jax.block_until_ready(a[0])
@@ -36,4 +37,4 @@ def sgemm_rate(n: int = 2048) -> float:
     """Measured float32 FLOP/s of an n x n matrix product on the default device."""
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
-    return 2 * n ** 3 / timed(f, a, repeat=3)
+    return 2 * n**3 / timed(f, a, repeat=3)

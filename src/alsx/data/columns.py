@@ -132,8 +132,9 @@ def _arrow_numeric(col: pa.ChunkedArray, role: str, label: str, source: str, loc
 FLAGS = {"row": "--row", "col": "--col", "value": "--value", "timestamp": "--timestamp", "is_test": "is_test="}
 
 
-def resolve_names(names: list[str], refs: dict, source: str, defaults: dict, *, where: str | None = None,
-                   described: str | None = None) -> dict[str, int]:
+def resolve_names(
+    names: list[str], refs: dict, source: str, defaults: dict, *, where: str | None = None, described: str | None = None
+) -> dict[str, int]:
     """Role -> column position, from a name or a 0-based number, or a default position.
 
     A default applies only when it leaves no column without a role and takes no column
@@ -157,8 +158,12 @@ def resolve_names(names: list[str], refs: dict, source: str, defaults: dict, *, 
             if not hits:
                 raise fail(source, where, f"no column {ref!r} for {flag}; {described}")
             if len(hits) > 1:
-                raise fail(source, where, f"column name {ref!r} ({flag}) appears {len(hits)} times; give it by "
-                                           f"0-based number instead ({flag} {hits[0]})")
+                raise fail(
+                    source,
+                    where,
+                    f"column name {ref!r} ({flag}) appears {len(hits)} times; give it by "
+                    f"0-based number instead ({flag} {hits[0]})",
+                )
             out[role] = hits[0]
         elif isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
             if not 0 <= ref < len(names):
@@ -171,28 +176,45 @@ def resolve_names(names: list[str], refs: dict, source: str, defaults: dict, *, 
         given = {out[r]: r for r in out if refs[r] is not None}
         for r in defaulted:
             if out[r] in given:
-                raise fail(source, where, (
-                    f"{flags[r]} defaults to column {out[r]}, which is already the {given[out[r]]} column "
-                    f"({flags[given[out[r]]]}); {described}: pass {flags['row']} and {flags['col']}"))
+                raise fail(
+                    source,
+                    where,
+                    (
+                        f"{flags[r]} defaults to column {out[r]}, which is already the {given[out[r]]} column "
+                        f"({flags[given[out[r]]]}); {described}: pass {flags['row']} and {flags['col']}"
+                    ),
+                )
         unused = [i for i in range(len(names)) if i not in set(out.values())]
         if unused:
             show = lambda i: repr(names[i]) if names[i] != str(i) else str(i)  # noqa: E731
-            taken = ", ".join(f"{flags[r]}{'' if frame else ' '}{out[r]}"
-                              + (f" ({names[out[r]]!r})" if names[out[r]] != str(out[r]) else "") for r in defaulted)
-            fix = ("pass --row and --col (a header name or 0-based number), and --value / --timestamp for a column "
-                   "to use" if source != "DataFrame" else "pass row= and col= (and value= ...) to load_interactions, "
-                   "or select the id columns first (df[['user', 'item']])")
-            raise fail(source, where, (
-                f"which columns hold the row and column ids? {described}; the defaults ({taken}) apply only when "
-                f"every column has a role, and would leave column(s) {', '.join(show(i) for i in unused)} unused: "
-                + fix))
+            taken = ", ".join(
+                f"{flags[r]}{'' if frame else ' '}{out[r]}"
+                + (f" ({names[out[r]]!r})" if names[out[r]] != str(out[r]) else "")
+                for r in defaulted
+            )
+            fix = (
+                "pass --row and --col (a header name or 0-based number), and --value / --timestamp for a column to use"
+                if source != "DataFrame"
+                else "pass row= and col= (and value= ...) to load_interactions, "
+                "or select the id columns first (df[['user', 'item']])"
+            )
+            raise fail(
+                source,
+                where,
+                (
+                    f"which columns hold the row and column ids? {described}; the defaults ({taken}) apply only when "
+                    f"every column has a role, and would leave column(s) {', '.join(show(i) for i in unused)} unused: "
+                    + fix
+                ),
+            )
     return out
 
 
 def columns_note(labels: dict[str, str], header: str | None = None) -> str:
     """What was read from where, for the summary: "row = column 'user', col = column 'item' (header line 1)"."""
-    text = ", ".join(f"{role} = {labels[role]}" for role in ("row", "col", "value", "timestamp", "is_test")
-                     if role in labels)
+    text = ", ".join(
+        f"{role} = {labels[role]}" for role in ("row", "col", "value", "timestamp", "is_test") if role in labels
+    )
     return text + (f" ({header})" if header else "")
 
 

@@ -95,5 +95,9 @@ def sort_dedupe(rows, cols, n_cols, values, ts, test, duplicates, where, pair_na
 def _raise_duplicate(rows, cols, n_cols, where, pair_name, src) -> None:
     i, j = _first_duplicate(rows, cols, n_cols)
     a, b = where([i, j])
-    raise fail(src, None, f"duplicate entry {pair_name(i)} at {a} and {b} (--duplicates error; pass --duplicates sum "
-                           "or --duplicates first to merge repeated pairs)")
+    raise fail(
+        src,
+        None,
+        f"duplicate entry {pair_name(i)} at {a} and {b} (--duplicates error; pass --duplicates sum "
+        "or --duplicates first to merge repeated pairs)",
+    )

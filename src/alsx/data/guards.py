@@ -73,8 +73,9 @@ class Extent:
     where_max: Callable[[], str | None]  # the line / row of the largest index (error path only)
 
 
-def index_space_problem(extents: list[Extent], n_entries: int, declared_by: str, *,
-                        available: int | None = None) -> None:
+def index_space_problem(
+    extents: list[Extent], n_entries: int, declared_by: str, *, available: int | None = None
+) -> None:
     """Raises :class:`Refused` when the matrix of ``extents`` breaks the dense or memory rule.
 
     Args:
@@ -85,25 +86,38 @@ def index_space_problem(extents: list[Extent], n_entries: int, declared_by: str,
     """
     for e in extents:
         if e.derived and e.size > SPARSE_MIN and e.size > SPARSE_RATIO * max(n_entries, 1):
-            raise Refused(e.where_max(), (
-                f"{e.role} index {e.size - 1:,} in {e.label} makes a matrix of {e.size:,} {e.role}s for "
-                f"{n_entries:,} entries (with integer ids kept as indices, every index up to the largest is a "
-                f"{e.role}): these ids are not 0-based indices; pass --ids map (ids='map') to number the distinct "
-                f"ids 0..n-1, or check that {e.label} is the {e.role} id column (--row / --col)"))
+            raise Refused(
+                e.where_max(),
+                (
+                    f"{e.role} index {e.size - 1:,} in {e.label} makes a matrix of {e.size:,} {e.role}s for "
+                    f"{n_entries:,} entries (with integer ids kept as indices, every index up to the largest is a "
+                    f"{e.role}): these ids are not 0-based indices; pass --ids map (ids='map') to number the distinct "
+                    f"ids 0..n-1, or check that {e.label} is the {e.role} id column (--row / --col)"
+                ),
+            )
     n_rows, n_cols = (e.size for e in extents)
     need = (n_rows + n_cols) * BYTES_PER_INDEX
     budget = available_ram() if available is None else int(available)
     if need > budget:
         big = max(extents, key=lambda e: e.size)
         if big.derived:
-            where, why = big.where_max(), (f"its {big.role}s come from the largest {big.role} index, {big.size - 1:,} "
-                                           f"in {big.label}; pass --ids map (ids='map') if the ids are not 0-based "
-                                           "indices")
+            where, why = (
+                big.where_max(),
+                (
+                    f"its {big.role}s come from the largest {big.role} index, {big.size - 1:,} "
+                    f"in {big.label}; pass --ids map (ids='map') if the ids are not 0-based "
+                    "indices"
+                ),
+            )
         else:
             where, why = None, f"its shape is declared by {declared_by}"
-        raise Refused(where, (
-            f"a {n_rows:,} x {n_cols:,} matrix needs at least {human(need)} ({BYTES_PER_INDEX} bytes per row and per "
-            f"column, before any embedding table), over the {human(budget)} of RAM available; {why}"))
+        raise Refused(
+            where,
+            (
+                f"a {n_rows:,} x {n_cols:,} matrix needs at least {human(need)} ({BYTES_PER_INDEX} bytes per row and per "
+                f"column, before any embedding table), over the {human(budget)} of RAM available; {why}"
+            ),
+        )
 
 
 # --------------------------------------------------------------------------- npz
@@ -129,8 +143,11 @@ def npz_members(path: str, wanted: Callable[[str], bool], *, available: int | No
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise Refused(None, f"not an .npz archive: not a readable zip file ({e}); a truncated download or another "
-                            "format (pass --format to say which)") from None
+        raise Refused(
+            None,
+            f"not an .npz archive: not a readable zip file ({e}); a truncated download or another "
+            "format (pass --format to say which)",
+        ) from None
     out: dict[str, NpyInfo] = {}
     fmt = np.lib.format
     with zf:
@@ -145,18 +162,25 @@ def npz_members(path: str, wanted: Callable[[str], bool], *, available: int | No
             try:
                 with zf.open(m) as f:
                     version = fmt.read_magic(f)
-                    shape, _, dtype = (fmt.read_array_header_1_0(f) if version == (1, 0)
-                                       else fmt.read_array_header_2_0(f))
+                    shape, _, dtype = (
+                        fmt.read_array_header_1_0(f) if version == (1, 0) else fmt.read_array_header_2_0(f)
+                    )
                     header_len = f.tell()
             except Exception as e:  # noqa: BLE001 - zlib, BadZipFile, EOF, bad magic: all mean a damaged member
                 raise Refused(None, f"array {key!r} is not a readable .npy ({type(e).__name__}: {e})") from None
             if dtype.hasobject:
-                raise Refused(None, f"array {key!r} holds Python objects (dtype {dtype}); alsx never loads pickles: "
-                                    "store ids as integers or fixed-width strings (e.g. np.str_)")
+                raise Refused(
+                    None,
+                    f"array {key!r} holds Python objects (dtype {dtype}); alsx never loads pickles: "
+                    "store ids as integers or fixed-width strings (e.g. np.str_)",
+                )
             nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             if nbytes > m.file_size - header_len:
-                raise Refused(None, f"array {key!r} claims shape {shape} of {dtype} ({human(nbytes)}) but its member "
-                                    f"holds {human(max(m.file_size - header_len, 0))}: the file is damaged")
+                raise Refused(
+                    None,
+                    f"array {key!r} claims shape {shape} of {dtype} ({human(nbytes)}) but its member "
+                    f"holds {human(max(m.file_size - header_len, 0))}: the file is damaged",
+                )
             out[key] = NpyInfo(tuple(shape), dtype, nbytes)
     need = sum(i.nbytes for k, i in out.items() if wanted(k))
     budget = available_ram() if available is None else int(available)
@@ -185,13 +209,15 @@ def sniff_text(head: bytes) -> None:
         if head.startswith(magic):
             raise Refused(None, f"a binary file, not text: it starts like {what}")
     if head[:3] == b"BZh" and head[4:10] == b"1AY&SY":
-        raise Refused(None, "a binary file, not text: it starts like bzip2-compressed data; name the file with a "
-                            ".bz2 suffix")
+        raise Refused(
+            None, "a binary file, not text: it starts like bzip2-compressed data; name the file with a .bz2 suffix"
+        )
     nul = head.find(b"\x00", 0, 1 << 16)
     if nul >= 0:
         line = head.count(b"\n", 0, nul) + 1
-        raise Refused(f"line {line}",
-                      f"a binary file, not text: NUL byte at byte {nul} (pass --format if it is npz or parquet)")
+        raise Refused(
+            f"line {line}", f"a binary file, not text: NUL byte at byte {nul} (pass --format if it is npz or parquet)"
+        )
 
 
 # --------------------------------------------------------------------------- --ids auto

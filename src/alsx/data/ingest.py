@@ -48,8 +48,18 @@ from alsx.data.text_blocks import COMPRESSION_SUFFIXES, part_byte_range
 from alsx.data.validate import finish
 from alsx.errors import UsageError
 
-__all__ = ["ColumnRef", "IdColumn", "IngestError", "IngestSummary", "InputNotFound", "ingest_arguments", "load_interactions",
-           "part_byte_range", "read_source", "suffix_format"]
+__all__ = [
+    "ColumnRef",
+    "IdColumn",
+    "IngestError",
+    "IngestSummary",
+    "InputNotFound",
+    "ingest_arguments",
+    "load_interactions",
+    "part_byte_range",
+    "read_source",
+    "suffix_format",
+]
 
 FMT_BY_SUFFIX = {
     ".npz": "npz",
@@ -210,7 +220,9 @@ def read_source(source: Any, *, fmt, refs, sep, header, ids, square, part=None, 
         return read_arrays(source, "arrays", refs, native_index=False)
     if isinstance(source, tuple):
         if len(source) not in (2, 3):
-            raise IngestError(f"arrays: a tuple source must be (rows, cols) or (rows, cols, values), got {len(source)} items")
+            raise IngestError(
+                f"arrays: a tuple source must be (rows, cols) or (rows, cols, values), got {len(source)} items"
+            )
         return read_arrays(dict(zip(("rows", "cols", "values"), source)), "arrays", refs, native_index=False)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"cannot read interactions from {type(source).__name__}")
@@ -226,13 +238,16 @@ def read_source(source: Any, *, fmt, refs, sep, header, ids, square, part=None, 
         fmt = suffix_format(path)
         if fmt is None:
             suffix = os.path.splitext(_stem(path))[1]
-            raise IngestError(f"{path}: cannot infer the format from suffix {suffix!r}; pass --format (fmt=) one of "
-                              f"{', '.join(FORMATS)}")
+            raise IngestError(
+                f"{path}: cannot infer the format from suffix {suffix!r}; pass --format (fmt=) one of "
+                f"{', '.join(FORMATS)}"
+            )
     elif fmt not in FORMATS:
         raise UsageError(f"--format (fmt=) must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "npz":
         return read_npz(path, refs, part)
     if fmt == "parquet":
         return read_parquet(path, refs, part)
-    return read_text(path, fmt=fmt, refs=refs, sep=sep, header=header, ids=ids, square=square, part=part,
-                      str_roles=str_roles)
+    return read_text(
+        path, fmt=fmt, refs=refs, sep=sep, header=header, ids=ids, square=square, part=part, str_roles=str_roles
+    )

@@ -27,6 +27,7 @@ import numpy as np
 # light tail is dealt vectorised.
 _LPT_HEAD = 1 << 17
 
+
 @dataclasses.dataclass(frozen=True)
 class RowLayout:
     """Which shard owns each row of one table, and where.
@@ -56,7 +57,7 @@ class RowLayout:
 
     def shard_rows(self, shard: int) -> np.ndarray:
         """int64 [n_local] external rows of ``shard``'s slots (-1 for padding)."""
-        return self.external[shard * self.n_local:(shard + 1) * self.n_local]
+        return self.external[shard * self.n_local : (shard + 1) * self.n_local]
 
     def loads(self, weights: np.ndarray) -> np.ndarray:
         """float64 [P] total weight (e.g. stored entries) per shard."""
@@ -133,7 +134,7 @@ def balanced_layout(weights: np.ndarray, n_shards: int, slack: float = 0.0, n_gr
     cuts = group_ranges(w, n_groups)
     shard_of = np.empty(n, dtype=np.int64)
     for g in range(n_groups):
-        shard_of[cuts[g]:cuts[g + 1]] = g * per + _lpt_shards(w[cuts[g]:cuts[g + 1]], per, slack)
+        shard_of[cuts[g] : cuts[g + 1]] = g * per + _lpt_shards(w[cuts[g] : cuts[g + 1]], per, slack)
     return _layout(shard_of, n_shards)
 
 
@@ -154,7 +155,7 @@ def _lpt_shards(w: np.ndarray, P: int, slack: float) -> np.ndarray:
         load[s] = ld + w[u]
         if count[s] < cap:
             heapq.heappush(heap, (load[s], s))
-    tail = order[len(head):]
+    tail = order[len(head) :]
     if len(tail):
         quota = cap - count
         excess = int(quota.sum()) - len(tail)

@@ -118,7 +118,7 @@ def bucket_widths(lengths: np.ndarray, n_buckets: int, max_width: int, saving: i
         best = np.where(better, new, best)
         best_by_count.append(best[-1])
     if saving > 0:  # the bucket count with least padding + saving per width (the fewest on ties)
-        back = back[:int(np.argmin(np.asarray(best_by_count) + saving * np.arange(1, k + 1)))]
+        back = back[: int(np.argmin(np.asarray(best_by_count) + saving * np.arange(1, k + 1)))]
     widths, end, m = [], len(vals), len(back)
     while True:
         if m > 0 and back[m - 1][end - 1] < 0:

@@ -77,9 +77,9 @@ def _gather_strings(values: pa.Array) -> pa.Array:
     values = values.cast(pa.large_string())
     if len(values) == 0:
         values = pa.array([], pa.large_string())
-    offsets = np.frombuffer(values.buffers()[1], np.int64)[values.offset: values.offset + len(values) + 1]
+    offsets = np.frombuffer(values.buffers()[1], np.int64)[values.offset : values.offset + len(values) + 1]
     data = np.frombuffer(values.buffers()[2], np.uint8) if values.buffers()[2] is not None else np.zeros(0, np.uint8)
-    data = data[offsets[0]: offsets[-1]]
+    data = data[offsets[0] : offsets[-1]]
     lengths = np.diff(offsets)
     parts = []
     for ln, by in zip(dist.allgather_bytes(lengths), dist.allgather_bytes(data)):
@@ -137,7 +137,7 @@ def unpack_fields(payload: np.ndarray, dtypes: list[np.dtype]) -> list[np.ndarra
     out, at = [], 0
     for dt in dtypes:
         words = max(1, np.dtype(dt).itemsize // 4)
-        out.append(np.ascontiguousarray(payload[:, at: at + words]).view(dt).reshape(-1))
+        out.append(np.ascontiguousarray(payload[:, at : at + words]).view(dt).reshape(-1))
         at += words
     return out
 
@@ -179,8 +179,9 @@ def load_partitioned(path: str, **options: Any) -> Partitioned:
         if square and want:
             want = ("row", "col")
         if set(want) - set(strs):
-            raw = read_source(path, fmt=fmt, refs=refs, sep=sep, header=header, ids=ids, square=square, part=part,
-                                  str_roles=want)
+            raw = read_source(
+                path, fmt=fmt, refs=refs, sep=sep, header=header, ids=ids, square=square, part=part, str_roles=want
+            )
     src, n_read = raw.source, len(raw.rows)
     phase(f"parsed {n_read:,} entries")
     declared = shape if shape is not None else raw.shape
@@ -192,9 +193,17 @@ def load_partitioned(path: str, **options: Any) -> Partitioned:
     n_total = int(dist.allreduce_sum(np.array([n_read]))[0])
     declared_by = "shape=" if shape is not None else f"the 'shape' of {src}"
     least_ram = -_global_max(np.array([-guards.available_ram()], np.int64))  # every process decides on the same budget
-    rows, cols, row_vocab, col_vocab, n_rows, n_cols = encode_ids(raw, mode, declared, square, _global_vocab,
-                                                                       _global_max, n_entries=n_total,
-                                                                       declared_by=declared_by, available=least_ram)
+    rows, cols, row_vocab, col_vocab, n_rows, n_cols = encode_ids(
+        raw,
+        mode,
+        declared,
+        square,
+        _global_vocab,
+        _global_max,
+        n_entries=n_total,
+        declared_by=declared_by,
+        available=least_ram,
+    )
     if _global_max(np.array([n_read])) <= 0 or n_rows * n_cols == 0:
         raise fail(src, None, "no entries")
 
@@ -214,8 +223,11 @@ def load_partitioned(path: str, **options: Any) -> Partitioned:
     counts = dist.allreduce_sum(np.bincount(rows, minlength=n_rows))
     cuts = group_ranges(counts, n_proc)
     fields = [rows.astype(np.int32), cols.astype(np.int32), key]
-    extras = [x for x in (values, None if ts is None else ts.astype(np.int64),
-                          None if test is None else test.astype(np.int32)) if x is not None]
+    extras = [
+        x
+        for x in (values, None if ts is None else ts.astype(np.int64), None if test is None else test.astype(np.int32))
+        if x is not None
+    ]
     dtypes = [np.int32, np.int32, np.int64] + [x.dtype for x in extras]
     has = (values is not None, ts is not None, test is not None)
     payload = pack_fields(fields + extras)
@@ -235,27 +247,49 @@ def load_partitioned(path: str, **options: Any) -> Partitioned:
     test = None if test is None else test[order]
 
     def where(positions) -> list[str]:
-        return [f"entry {int(key[p] & ((1 << _PART_SHIFT) - 1))} of process {int(key[p] >> _PART_SHIFT)}'s part"
-                for p in positions]
+        return [
+            f"entry {int(key[p] & ((1 << _PART_SHIFT) - 1))} of process {int(key[p] >> _PART_SHIFT)}'s part"
+            for p in positions
+        ]
 
     def pair_name(i: int) -> str:
         r = row_vocab.ids[rows[i]] if mode == "map" else rows[i]
         c = col_vocab.ids[cols[i]] if mode == "map" else cols[i]
         return f"(row {r.item()!r}, col {c.item()!r})"
 
-    rows, cols, values, ts, test, merged = sort_dedupe(rows, cols, n_cols, values, ts, test, duplicates, where,
-                                                           pair_name, src)
-    local = Interactions(rows=rows, cols=cols, values=np.ones(len(rows), np.float32) if values is None else values,
-                         shape=(int(n_rows), int(n_cols)), row_vocab=row_vocab, col_vocab=col_vocab,
-                         timestamps=ts, is_test=test)
+    rows, cols, values, ts, test, merged = sort_dedupe(
+        rows, cols, n_cols, values, ts, test, duplicates, where, pair_name, src
+    )
+    local = Interactions(
+        rows=rows,
+        cols=cols,
+        values=np.ones(len(rows), np.float32) if values is None else values,
+        shape=(int(n_rows), int(n_cols)),
+        row_vocab=row_vocab,
+        col_vocab=col_vocab,
+        timestamps=ts,
+        is_test=test,
+    )
     phase("sorted and merged")
     totals = dist.allreduce_sum(np.array([n_read, local.nnz, merged, dropped_here]))
-    summary = IngestSummary(source=src, rows_read=int(totals[0]), kept=int(totals[1]),
-                               merged_duplicates=int(totals[2]), dropped_zeros=int(totals[3]), rejected=0,
-                               n_rows=int(n_rows), n_cols=int(n_cols), columns=raw.columns)
-    return Partitioned(local=local, row_range=(int(cuts[me]), int(cuts[me + 1])),
-                       row_counts=dist.allreduce_sum(np.bincount(local.rows, minlength=n_rows)),
-                       col_counts=dist.allreduce_sum(np.bincount(local.cols, minlength=n_cols)), summary=summary)
+    summary = IngestSummary(
+        source=src,
+        rows_read=int(totals[0]),
+        kept=int(totals[1]),
+        merged_duplicates=int(totals[2]),
+        dropped_zeros=int(totals[3]),
+        rejected=0,
+        n_rows=int(n_rows),
+        n_cols=int(n_cols),
+        columns=raw.columns,
+    )
+    return Partitioned(
+        local=local,
+        row_range=(int(cuts[me]), int(cuts[me + 1])),
+        row_counts=dist.allreduce_sum(np.bincount(local.rows, minlength=n_rows)),
+        col_counts=dist.allreduce_sum(np.bincount(local.cols, minlength=n_cols)),
+        summary=summary,
+    )
 
 
 # ---------------------------------------------------------------------------- split, engine
@@ -269,7 +303,9 @@ def split_partitioned(p: Partitioned, kind: str, **kw):
     return by_name(kind, p.local, row_lengths=p.row_counts, **kw)
 
 
-def engine_inputs(train: Interactions, alpha: float | None, mesh, tied: bool) -> tuple[CSR, CSR, np.ndarray, np.ndarray]:
+def engine_inputs(
+    train: Interactions, alpha: float | None, mesh, tied: bool
+) -> tuple[CSR, CSR, np.ndarray, np.ndarray]:
     """(rows CSR, cols CSR, global row counts, global column counts) for a ShardedEngine on ``mesh``.
 
     ``train`` holds some rows (this process's); each entry is sent to the process whose
@@ -305,5 +341,6 @@ def gather_to_lead(x: Interactions) -> Interactions | None:
         return None
     r, c, v = unpack_fields(got, [np.int32, np.int32, np.float32])
     order = np.lexsort((c, r))
-    return Interactions(rows=r[order], cols=c[order], values=v[order], shape=x.shape, row_vocab=x.row_vocab,
-                        col_vocab=x.col_vocab)
+    return Interactions(
+        rows=r[order], cols=c[order], values=v[order], shape=x.shape, row_vocab=x.row_vocab, col_vocab=x.col_vocab
+    )

@@ -23,6 +23,7 @@ INT32_MAX = int(np.iinfo(np.int32).max)
 ColumnRef = int | str | None
 Location = Callable[[Sequence[int]], list[str]]
 
+
 class IngestError(DataError):
     """Bad input data; the message names the source, the line or row, and the value."""
 
@@ -85,11 +86,21 @@ class Raw:
     columns: str | None = None  # what was read from where, for the summary
 
     @classmethod
-    def by_role(cls, source: str, column: Callable[[str], Any], labels: dict[str, str], locate: Location,
-                **extra: Any) -> Raw:
+    def by_role(
+        cls, source: str, column: Callable[[str], Any], labels: dict[str, str], locate: Location, **extra: Any
+    ) -> Raw:
         """The Raw whose columns are ``column(role)`` for row, col, value, timestamp, is_test (in that order)."""
-        return cls(source=source, rows=column("row"), cols=column("col"), values=column("value"),
-                   timestamps=column("timestamp"), is_test=column("is_test"), labels=labels, locate=locate, **extra)
+        return cls(
+            source=source,
+            rows=column("row"),
+            cols=column("col"),
+            values=column("value"),
+            timestamps=column("timestamp"),
+            is_test=column("is_test"),
+            labels=labels,
+            locate=locate,
+            **extra,
+        )
 
 
 def fail(source: str, where: str | None, problem: str) -> IngestError:
@@ -99,7 +110,6 @@ def fail(source: str, where: str | None, problem: str) -> IngestError:
 def index_locator(word: str, first: int = 0) -> Location:
     """Positions -> "row 5" (``first``: the source index of position 0, for a part of a file)."""
     return lambda positions: [f"{word} {first + int(p)}" for p in positions]
-
 
 
 def first_index(mask: np.ndarray) -> int:

@@ -59,7 +59,9 @@ def read_arrays(arrays: Mapping[str, Any], source: str, refs: dict, *, native_in
         rows=np_ids(data["row"], label["row"], source, locate),
         cols=np_ids(data["col"], label["col"], source, locate),
         values=np_values(data["value"], label["value"], source) if "value" in data else None,
-        timestamps=np_timestamps(data["timestamp"], label["timestamp"], source, locate) if "timestamp" in data else None,
+        timestamps=np_timestamps(data["timestamp"], label["timestamp"], source, locate)
+        if "timestamp" in data
+        else None,
         is_test=np_bool(data["is_test"], label["is_test"], source, locate) if "is_test" in data else None,
         labels=label,
         locate=locate,
@@ -149,7 +151,7 @@ class _NpzSlices(Mapping):
         fmt = np.lib.format
         try:
             version = fmt.read_magic(f)
-            shape, fortran, dtype = (fmt.read_array_header_1_0(f) if version == (1, 0) else fmt.read_array_header_2_0(f))
+            shape, fortran, dtype = fmt.read_array_header_1_0(f) if version == (1, 0) else fmt.read_array_header_2_0(f)
         except ValueError as e:
             raise fail(self.path, None, f"cannot read array {key!r}: {e}") from None
         if dtype.hasobject:

@@ -95,8 +95,11 @@ def _peek(path: str, edgelist: bool, limit: int = 1 << 20) -> list[tuple[int, in
             try:  # the header (or first entry) must be text: names read through "replace" would not match
                 raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise fail(path, f"line {lineno} ({text.rstrip(_WS)!r})",
-                            f"invalid UTF-8 (byte 0x{raw[e.start]:02x}); alsx reads UTF-8 text") from None
+                raise fail(
+                    path,
+                    f"line {lineno} ({text.rstrip(_WS)!r})",
+                    f"invalid UTF-8 (byte 0x{raw[e.start]:02x}); alsx reads UTF-8 text",
+                ) from None
             out.append((lineno, min(end, len(head)), text))
             if len(out) == 2:
                 break
@@ -207,7 +210,9 @@ def _parse_text(lay: _TextLayout, ids: str) -> tuple[dict[str, list], list[tuple
         table = None
         if len(data):
             try:
-                table = pacsv.read_csv(pa.py_buffer(data), read_options=read, parse_options=parse, convert_options=convert)
+                table = pacsv.read_csv(
+                    pa.py_buffer(data), read_options=read, parse_options=parse, convert_options=convert
+                )
             except pa.ArrowInvalid as e:
                 found = _explain_block(block, 0, lay)  # line numbers within the block
                 if found is not None and found[3] in ("row", "col") and ids != "index" and lay.types[found[3]] == "int":
@@ -219,8 +224,9 @@ def _parse_text(lay: _TextLayout, ids: str) -> tuple[dict[str, list], list[tuple
                 lineno, text, problem, role = found
                 lineno += lines_before
                 if role in ("row", "col"):
-                    problem += (" (--ids index needs non-negative integer indices; pass --ids map (ids='map') for "
-                                "other ids)")
+                    problem += (
+                        " (--ids index needs non-negative integer indices; pass --ids map (ids='map') for other ids)"
+                    )
                 raise fail(path, f"line {lineno} ({text!r})", problem) from None
         blocks.append((n_entries, rel))
         if table is not None and table.num_rows:
@@ -264,8 +270,18 @@ def _text_locator(lay: _TextLayout, blocks: list[tuple[int, int]]) -> Location:
     return locate
 
 
-def read_text(path: str, *, fmt: str, refs: dict, sep: str | None, header, ids: str, square: bool,
-               part: tuple[int, int] | None = None, str_roles: tuple[str, ...] = ()) -> Raw:
+def read_text(
+    path: str,
+    *,
+    fmt: str,
+    refs: dict,
+    sep: str | None,
+    header,
+    ids: str,
+    square: bool,
+    part: tuple[int, int] | None = None,
+    str_roles: tuple[str, ...] = (),
+) -> Raw:
     if fmt == "edgelist" and sep is not None:
         raise UsageError("edge lists are whitespace-separated; sep= applies to CSV (fmt='csv', --format csv)")
     peek = _peek(path, edgelist=fmt == "edgelist")
@@ -295,16 +311,24 @@ def read_text(path: str, *, fmt: str, refs: dict, sep: str | None, header, ids: 
         numbers = [f for f in fields if _is_number(f)]
         if missing and numbers:  # the "header" is an entry: names cannot refer to anything
             role = missing[0]
-            raise fail(path, first_where, (
-                f"{FLAGS[role]} {named[role]!r} names a column, but the first line is not a header (it holds "
-                f"numbers, e.g. {numbers[0]!r}): add a header line naming the columns, or give them by 0-based "
-                f"number ({FLAGS[role]} 0 ...; this line has {len(fields)} fields)"))
+            raise fail(
+                path,
+                first_where,
+                (
+                    f"{FLAGS[role]} {named[role]!r} names a column, but the first line is not a header (it holds "
+                    f"numbers, e.g. {numbers[0]!r}): add a header line naming the columns, or give them by 0-based "
+                    f"number ({FLAGS[role]} 0 ...; this line has {len(fields)} fields)"
+                ),
+            )
         described = f"the header (line {first_line}) names the columns {names}"
     else:
         if named:
             role = next(iter(named))
-            raise fail(path, None, f"{FLAGS[role]} {named[role]!r} is a column name but header=False; give "
-                                    "columns by 0-based number")
+            raise fail(
+                path,
+                None,
+                f"{FLAGS[role]} {named[role]!r} is a column name but header=False; give columns by 0-based number",
+            )
         names = [str(i) for i in range(len(fields))]
         header_lines, data_start = 0, 0
         described = f"there is no header, and {first_where} has {len(fields)} fields"
@@ -325,9 +349,13 @@ def read_text(path: str, *, fmt: str, refs: dict, sep: str | None, header, ids: 
     )
     if part is not None:  # only this part's lines (see part_byte_range)
         if path.lower().endswith(tb.COMPRESSION_SUFFIXES):
-            raise fail(path, None, "a compressed text file cannot be split between processes (its bytes cannot be "
-                        "addressed without decompressing all before them); decompress it, convert it to Parquet, or "
-                        "build a dataset folder (alsx webgraph build)")
+            raise fail(
+                path,
+                None,
+                "a compressed text file cannot be split between processes (its bytes cannot be "
+                "addressed without decompressing all before them); decompress it, convert it to Parquet, or "
+                "build a dataset folder (alsx webgraph build)",
+            )
         start, end = tb.part_byte_range(path, data_start, *part)
         lay.header_lines = header_lines if start == data_start else -1
         lay.data_start, lay.data_end = start, end
@@ -353,11 +381,22 @@ def read_text(path: str, *, fmt: str, refs: dict, sep: str | None, header, ids: 
         if lay.types[role] == "str":
             return pa.chunked_array(parts, type=_TYPES["str"])
         if not parts:
-            return np.zeros(0, dtype={"row": np.int32, "col": np.int32, "value": np.float64, "timestamp": np.int64, "is_test": bool}[role])
+            return np.zeros(
+                0,
+                dtype={"row": np.int32, "col": np.int32, "value": np.float64, "timestamp": np.int64, "is_test": bool}[
+                    role
+                ],
+            )
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    raw = Raw.by_role(path, joined, lay.labels, locate, inferred_str=tuple(dict.fromkeys(inferred)),
-                      columns=columns_note(lay.labels, f"header line {first_line}" if header else "no header line"))
+    raw = Raw.by_role(
+        path,
+        joined,
+        lay.labels,
+        locate,
+        inferred_str=tuple(dict.fromkeys(inferred)),
+        columns=columns_note(lay.labels, f"header line {first_line}" if header else "no header line"),
+    )
     for role, c in (("row", raw.rows), ("col", raw.cols)):  # an empty string id is a missing field
         if isinstance(c, pa.ChunkedArray) and len(c):
             empty = pc.equal(pc.utf8_length(c), 0)

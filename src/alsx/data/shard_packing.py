@@ -115,13 +115,16 @@ class ShardSide:
 
     def with_caps(self, caps: tuple[int, ...]) -> ShardSide:
         """The same side with every exchange capacity raised to ``caps`` (from :meth:`caps`)."""
-        blocks = [dataclasses.replace(b, request=_pad_k(b.request, k), positions=_remap(b.positions, b.request, k))
-                  for b, k in zip(self.blocks, caps)]
+        blocks = [
+            dataclasses.replace(b, request=_pad_k(b.request, k), positions=_remap(b.positions, b.request, k))
+            for b, k in zip(self.blocks, caps)
+        ]
         long = self.long
         if long is not None:
             k = caps[len(blocks)]
-            long = dataclasses.replace(long, request=_pad_k(long.request, k),
-                                       positions=_remap(long.positions, long.request, k))
+            long = dataclasses.replace(
+                long, request=_pad_k(long.request, k), positions=_remap(long.positions, long.request, k)
+            )
         return dataclasses.replace(self, blocks=tuple(blocks), long=long)
 
     def arrays(self) -> dict:
@@ -158,8 +161,9 @@ def side_shape(counts: np.ndarray, layout: RowLayout, dim: int, cfg: Packing, de
     P = layout.n_shards
     short = (counts > 0) & (counts <= cfg.max_width)
     bucket = np.searchsorted(widths, counts, side="left")
-    per_shard = np.bincount(shard_of[short] * len(widths) + bucket[short],
-                            minlength=P * len(widths)).reshape(P, len(widths))
+    per_shard = np.bincount(shard_of[short] * len(widths) + bucket[short], minlength=P * len(widths)).reshape(
+        P, len(widths)
+    )
     ws, per, nbs = [], [], []
     for b, width in enumerate(widths):
         most = int(per_shard[:, b].max(initial=0))
@@ -267,8 +271,9 @@ def pack_shard(csr: CSR, layout: RowLayout, other: RowLayout, shard: int, shape:
         valid[: len(ids)] = np.arange(width)[None, :] < lengths[ids][:, None]
         valid = valid.reshape(n_batches, per_batch, width)
         request, positions, n_u = _plan(slots, valid, other)
-        blocks.append(ShardBlock(request=request, positions=positions, conf=conf_p,
-                                 rows=rows.reshape(n_batches, per_batch)))
+        blocks.append(
+            ShardBlock(request=request, positions=positions, conf=conf_p, rows=rows.reshape(n_batches, per_batch))
+        )
         padded += total * width
         unique += n_u
 
@@ -295,15 +300,27 @@ def pack_shard(csr: CSR, layout: RowLayout, other: RowLayout, shard: int, shape:
         seg_p[: len(seg)] = seg
         rows = np.full(n_long, n_loc, np.int32)
         rows[: len(long_ids)] = long_ids
-        request, positions, n_u = _plan(slots.reshape(n_chunks, per_chunk, width),
-                                        valid.reshape(n_chunks, per_chunk, width), other)
-        long = ShardLong(request=request, positions=positions, conf=conf_p.reshape(n_chunks, per_chunk, width),
-                         seg=seg_p.reshape(n_chunks, per_chunk), rows=rows)
+        request, positions, n_u = _plan(
+            slots.reshape(n_chunks, per_chunk, width), valid.reshape(n_chunks, per_chunk, width), other
+        )
+        long = ShardLong(
+            request=request,
+            positions=positions,
+            conf=conf_p.reshape(n_chunks, per_chunk, width),
+            seg=seg_p.reshape(n_chunks, per_chunk),
+            rows=rows,
+        )
         padded += total * width
         unique += n_u
 
-    return ShardSide(blocks=tuple(blocks), long=long, counts=lengths.astype(np.float32),
-                     nnz=int(lengths.sum()), padded=padded, unique=unique)
+    return ShardSide(
+        blocks=tuple(blocks),
+        long=long,
+        counts=lengths.astype(np.float32),
+        nnz=int(lengths.sum()),
+        padded=padded,
+        unique=unique,
+    )
 
 
 def stack(sides: list[ShardSide]) -> dict:

@@ -289,8 +289,16 @@ def given_split(x: Interactions) -> Split:
 SPLITS = ("none", "random", "heldout-rows", "last", "given")
 
 
-def by_name(kind: str, x: Interactions, *, fraction: float = 0.2, row_fraction: float = 0.1,
-            history_fraction: float = 0.8, seed: int = 0, row_lengths: np.ndarray | None = None) -> Split | None:
+def by_name(
+    kind: str,
+    x: Interactions,
+    *,
+    fraction: float = 0.2,
+    row_fraction: float = 0.1,
+    history_fraction: float = 0.8,
+    seed: int = 0,
+    row_lengths: np.ndarray | None = None,
+) -> Split | None:
     """The split called ``kind`` (one of :data:`SPLITS`, as ``alsx train --split``); None for "none".
 
     ``row_lengths``: global entries per row when ``x`` holds one process's rows (heldout-rows
@@ -301,8 +309,9 @@ def by_name(kind: str, x: Interactions, *, fraction: float = 0.2, row_fraction: 
     if kind == "random":
         return random_holdout(x, fraction=fraction, seed=seed)
     if kind == "heldout-rows":
-        return heldout_rows_split(x, row_fraction=row_fraction, history_fraction=history_fraction, seed=seed,
-                                  row_lengths=row_lengths)
+        return heldout_rows_split(
+            x, row_fraction=row_fraction, history_fraction=history_fraction, seed=seed, row_lengths=row_lengths
+        )
     if kind == "last":
         return leave_last_out(x, seed=seed)
     if kind == "given":

@@ -32,9 +32,14 @@ def damaged(path: str, e: Exception, text_bytes: int, line: int | None) -> Inges
     """A read that failed part-way (a truncated or corrupt compressed stream, an I/O error)."""
     gz = path.lower().endswith(COMPRESSION_SUFFIXES)
     at = f" after {text_bytes:,} bytes of text" if text_bytes else ""
-    return fail(path, f"line {line}" if line is not None and text_bytes else None, (
-        f"cannot read the {'compressed ' if gz else ''}data{at} ({e}): "
-        + ("the file is truncated or damaged (check it with e.g. gzip -t)" if gz else "an I/O error")))
+    return fail(
+        path,
+        f"line {line}" if line is not None and text_bytes else None,
+        (
+            f"cannot read the {'compressed ' if gz else ''}data{at} ({e}): "
+            + ("the file is truncated or damaged (check it with e.g. gzip -t)" if gz else "an I/O error")
+        ),
+    )
 
 
 def blocks(path: str, start: int, block_bytes: int, end: int | None = None) -> Iterator[tuple[int, bytes]]:

@@ -43,8 +43,9 @@ def distinct_strings(arrs: list[pa.ChunkedArray]) -> pa.Array:
 def string_codes(uniq: np.ndarray, arrs: list[pa.ChunkedArray]) -> tuple[Vocab, list[np.ndarray]]:
     """The vocabulary of the sorted distinct strings ``uniq`` and each column's int32 codes in it."""
     value_set = pa.array(uniq, type=pa.large_string())
-    return Vocab.from_sorted_unique(uniq), [pc.index_in(a, value_set=value_set).to_numpy().astype(np.int32)
-                                            for a in arrs]
+    return Vocab.from_sorted_unique(uniq), [
+        pc.index_in(a, value_set=value_set).to_numpy().astype(np.int32) for a in arrs
+    ]
 
 
 def build_vocab(cols: list[IdColumn]) -> tuple[Vocab, list[np.ndarray]]:
@@ -78,21 +79,39 @@ def _check_index(c: IdColumn, role: str, raw: Raw, limit: int | None, declared: 
         c = narrow(pc.cast(pc.utf8_trim_whitespace(arr), pa.int64()).to_numpy())
     if c.size and c.min() < 0:
         i = first_index(c < 0)
-        raise fail(raw.source, raw.locate([i])[0], f"negative {role} index {c[i]} in {label} (indices must be >= 0; "
-                                                    "pass --ids map (ids='map') for arbitrary integer ids)")
+        raise fail(
+            raw.source,
+            raw.locate([i])[0],
+            f"negative {role} index {c[i]} in {label} (indices must be >= 0; "
+            "pass --ids map (ids='map') for arbitrary integer ids)",
+        )
     if limit is not None and c.size and c.max() >= limit:
         i = first_index(c >= limit)
-        raise fail(raw.source, raw.locate([i])[0], f"{role} index {c[i]} in {label} is outside the declared shape {declared}")
+        raise fail(
+            raw.source, raw.locate([i])[0], f"{role} index {c[i]} in {label} is outside the declared shape {declared}"
+        )
     if c.size and c.max() > INT32_MAX:
         i = first_index(c > INT32_MAX)
-        raise fail(raw.source, raw.locate([i])[0], f"{role} index {c[i]} in {label} does not fit in int32; pass "
-                                                    "--ids map (ids='map') to number the distinct ids 0..n-1")
+        raise fail(
+            raw.source,
+            raw.locate([i])[0],
+            f"{role} index {c[i]} in {label} does not fit in int32; pass "
+            "--ids map (ids='map') to number the distinct ids 0..n-1",
+        )
     return c.astype(np.int32, copy=False)
 
 
-def encode_ids(raw: Raw, mode: str, declared: tuple[int, int] | None, square: bool, vocab_of=None,
-                max_index=None, n_entries: int | None = None, declared_by: str = "shape=",
-                available: int | None = None):
+def encode_ids(
+    raw: Raw,
+    mode: str,
+    declared: tuple[int, int] | None,
+    square: bool,
+    vocab_of=None,
+    max_index=None,
+    n_entries: int | None = None,
+    declared_by: str = "shape=",
+    available: int | None = None,
+):
     """Validated int32 row / column codes: (rows, cols, row_vocab, col_vocab, n_rows, n_cols).
 
     mode "index" keeps indices (checked against ``declared``; the shape is otherwise the
@@ -134,14 +153,25 @@ def encode_ids(raw: Raw, mode: str, declared: tuple[int, int] | None, square: bo
     n_rows, n_cols = len(row_vocab), len(col_vocab)
     if declared is not None:
         if declared[0] < n_rows or declared[1] < n_cols:
-            raise fail(src, None, f"declared shape {declared} is smaller than the data's {n_rows} x {n_cols} distinct ids")
+            raise fail(
+                src, None, f"declared shape {declared} is smaller than the data's {n_rows} x {n_cols} distinct ids"
+            )
         n_rows, n_cols = declared
         _guard_space(raw, rows, cols, n_rows, n_cols, False, n_entries, declared_by, available)
     return rows, cols, row_vocab, col_vocab, n_rows, n_cols
 
 
-def _guard_space(raw: Raw, rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int, derived: bool,
-                 n_entries: int, declared_by: str, available: int | None) -> None:
+def _guard_space(
+    raw: Raw,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    n_rows: int,
+    n_cols: int,
+    derived: bool,
+    n_entries: int,
+    declared_by: str,
+    available: int | None,
+) -> None:
     """The dense-index and memory rules of :mod:`alsx.data.guards` for an ``n_rows x n_cols`` matrix."""
 
     def where_max(size: int) -> Callable[[], str | None]:
@@ -154,8 +184,10 @@ def _guard_space(raw: Raw, rows: np.ndarray, cols: np.ndarray, n_rows: int, n_co
 
         return find
 
-    extents = [guards.Extent("row", int(n_rows), derived, raw.labels["row"], where_max(n_rows)),
-               guards.Extent("col", int(n_cols), derived, raw.labels["col"], where_max(n_cols))]
+    extents = [
+        guards.Extent("row", int(n_rows), derived, raw.labels["row"], where_max(n_rows)),
+        guards.Extent("col", int(n_cols), derived, raw.labels["col"], where_max(n_cols)),
+    ]
     try:
         guards.index_space_problem(extents, n_entries, declared_by, available=available)
     except guards.Refused as e:
@@ -172,19 +204,30 @@ def mixed_ids_error(raw: Raw, role: str, n_int: int, n: int, first: int) -> Inge
     bad = n - n_int
     if first >= 0:
         where = raw.locate([first])[0]
-        head = (f"{what} {col[first].as_py()!r} in {raw.labels[role]} is not an integer, but {n_int:,} of the "
-                f"column's {n:,} ids are" + (f" ({bad:,} are not)" if bad > 1 else ""))
+        head = (
+            f"{what} {col[first].as_py()!r} in {raw.labels[role]} is not an integer, but {n_int:,} of the "
+            f"column's {n:,} ids are" + (f" ({bad:,} are not)" if bad > 1 else "")
+        )
     else:
         where = None
-        head = (f"{bad:,} of the {n:,} {what}s in {raw.labels[role]} are not integers (in another process's part "
-                "of the file; its error names the line), the others are")
-    return fail(raw.source, where, (
-        f"{head}. With --ids auto an id column is read as integers only when every id is one (read as strings, "
-        "every id would be renumbered in string order): fix the line, or pass --ids map (ids='map') if the ids "
-        "really are strings"))
+        head = (
+            f"{bad:,} of the {n:,} {what}s in {raw.labels[role]} are not integers (in another process's part "
+            "of the file; its error names the line), the others are"
+        )
+    return fail(
+        raw.source,
+        where,
+        (
+            f"{head}. With --ids auto an id column is read as integers only when every id is one (read as strings, "
+            "every id would be renumbered in string order): fix the line, or pass --ids map (ids='map') if the ids "
+            "really are strings"
+        ),
+    )
 
 
-def finish(raw: Raw, *, shape, ids, square, duplicates, allow_negative, keep_zeros) -> tuple[Interactions, IngestSummary]:
+def finish(
+    raw: Raw, *, shape, ids, square, duplicates, allow_negative, keep_zeros
+) -> tuple[Interactions, IngestSummary]:
     src = raw.source
     n = len(raw.rows)
     if n == 0:
@@ -230,7 +273,9 @@ def finish(raw: Raw, *, shape, ids, square, duplicates, allow_negative, keep_zer
         c = col_vocab.ids[cols[i]] if mode == "map" else cols[i]
         return f"(row {r.item()!r}, col {c.item()!r})"
 
-    rows, cols, values, ts, test, merged = sort_dedupe(rows, cols, n_cols, values, ts, test, duplicates, where, pair_name, src)
+    rows, cols, values, ts, test, merged = sort_dedupe(
+        rows, cols, n_cols, values, ts, test, duplicates, where, pair_name, src
+    )
     if values is None:
         values = np.ones(len(rows), dtype=np.float32)
 
@@ -269,9 +314,14 @@ def checked_values(raw: Raw, allow_negative: bool) -> np.ndarray:
         raise fail(src, raw.locate([i])[0], f"value {values[i].item()!r} in {raw.labels['value']} is not finite")
     if not allow_negative and (values < 0).any():
         i = first_index(values < 0)
-        raise fail(src, raw.locate([i])[0], (
-            f"negative value {values[i].item()!r} in {raw.labels['value']}: values must be >= 0 (the confidence is "
-            "1 + alpha * value; library callers may pass allow_negative=True to accept them)"))
+        raise fail(
+            src,
+            raw.locate([i])[0],
+            (
+                f"negative value {values[i].item()!r} in {raw.labels['value']}: values must be >= 0 (the confidence is "
+                "1 + alpha * value; library callers may pass allow_negative=True to accept them)"
+            ),
+        )
     with np.errstate(over="ignore"):  # overflow is reported below with its line
         v32 = values.astype(np.float32, copy=False)
     if not np.isfinite(v32).all():

@@ -184,7 +184,9 @@ class Vocab:
             if missing == "raise":
                 unknown = q[~found]
                 examples = ", ".join(repr(x) for x in unknown[:5].tolist())
-                raise ValueError(f"{len(unknown)} unknown id(s) out of {len(q)}: {examples}" + (", ..." if len(unknown) > 5 else ""))
+                raise ValueError(
+                    f"{len(unknown)} unknown id(s) out of {len(q)}: {examples}" + (", ..." if len(unknown) > 5 else "")
+                )
             out[~found] = missing
         return out
 

@@ -21,7 +21,7 @@ Definitions at cut-off k, for a row with ground truth G and hits rel_i (i = 0-ba
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

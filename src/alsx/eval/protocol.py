@@ -8,7 +8,7 @@ under the same protocol.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -100,8 +100,7 @@ def take_rows(csr: CSR, rows: np.ndarray, alpha: float | None = None) -> CSR:
     values = np.asarray(csr.values[pos], dtype=np.float32)
     if alpha is not None:
         values = 1.0 + np.float32(alpha) * values
-    return CSR(indptr=out_ptr, indices=np.asarray(csr.indices[pos], dtype=np.int32), values=values,
-               n_cols=csr.n_cols)
+    return CSR(indptr=out_ptr, indices=np.asarray(csr.indices[pos], dtype=np.int32), values=values, n_cols=csr.n_cols)
 
 
 def evaluate_heldout_csr(
@@ -144,7 +143,7 @@ def evaluate_heldout_csr(
     if max_rows is not None and len(rows) > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
     if part is not None:
-        rows = rows[part[0]::part[1]]
+        rows = rows[part[0] :: part[1]]
     hist = take_rows(history, rows, alpha)
     tru = take_rows(truth, rows)
     query = fold_in(h, hist, hp) if queries is None else queries(rows, hist)
@@ -160,8 +159,9 @@ def evaluate_heldout_csr(
     return out
 
 
-def evaluate_across_processes(w: np.ndarray, h: np.ndarray, split: Split, hp: HParams, ks: tuple[int, ...] = (20, 50),
-                              baseline: bool = True, **kw) -> dict[str, dict[str, float]]:
+def evaluate_across_processes(
+    w: np.ndarray, h: np.ndarray, split: Split, hp: HParams, ks: tuple[int, ...] = (20, 50), baseline: bool = True, **kw
+) -> dict[str, dict[str, float]]:
     """:func:`evaluate` when each process's ``split`` holds its own rows (a collective; ``kw``:
     alpha, col_counts, topk as for :func:`evaluate`, e.g. ``topk=sharded_scorer(...)``).
 
@@ -218,12 +218,16 @@ def sharded_scorer(table, batch_size: int | None = None) -> TopK:
         lengths = np.concatenate(lens)
         indptr = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=indptr[1:])
-        every = CSR(indptr=indptr, indices=np.concatenate(cols), values=np.ones(int(indptr[-1]), np.float32),
-                    n_cols=exclude.n_cols)
+        every = CSR(
+            indptr=indptr,
+            indices=np.concatenate(cols),
+            values=np.ones(int(indptr[-1]), np.float32),
+            n_cols=exclude.n_cols,
+        )
         _, ids = sharded_topk(np.concatenate(qs), table, k, exclude=every, batch_size=batch_size)
         from jax import process_index
 
-        start = sum(len(q) for q in qs[:process_index()])
-        return ids[start: start + len(query)]
+        start = sum(len(q) for q in qs[: process_index()])
+        return ids[start : start + len(query)]
 
     return topk

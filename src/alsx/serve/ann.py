@@ -68,9 +68,15 @@ def build_index(table: np.ndarray, settings: AnnSettings = AnnSettings()) -> Ann
     index.hnsw.efConstruction = settings.ef_construction
     index.hnsw.efSearch = settings.ef_search
     index.add(table)
-    meta = {"library": "faiss", "kind": "IndexHNSWFlat", "metric": "inner_product",
-            **dataclasses.asdict(settings), "dim": int(table.shape[1]), "n_cols": int(table.shape[0]),
-            "col_table_sha256": table_digest(table)}
+    meta = {
+        "library": "faiss",
+        "kind": "IndexHNSWFlat",
+        "metric": "inner_product",
+        **dataclasses.asdict(settings),
+        "dim": int(table.shape[1]),
+        "n_cols": int(table.shape[0]),
+        "col_table_sha256": table_digest(table),
+    }
     return AnnIndex(index, meta)
 
 
@@ -90,15 +96,19 @@ def load_index(folder: str | Path, table: np.ndarray, ef_search: int | None = No
     """
     folder = Path(folder)
     if not (folder / META_FILE).is_file() or not (folder / INDEX_FILE).is_file():
-        raise UsageError(f"--ann {folder}: no ANN index there ({META_FILE} and {INDEX_FILE}); write one with "
-                         f"'alsx export MODEL --ann faiss --to {folder}'")
+        raise UsageError(
+            f"--ann {folder}: no ANN index there ({META_FILE} and {INDEX_FILE}); write one with "
+            f"'alsx export MODEL --ann faiss --to {folder}'"
+        )
     try:
         meta = json.loads((folder / META_FILE).read_text())
     except ValueError as e:
         raise ModelError(f"{folder / META_FILE}: not valid JSON ({e})") from None
     if meta.get("col_table_sha256") != table_digest(table):
-        raise UsageError(f"--ann {folder}: the index was built from another model's column table "
-                         f"({meta.get('n_cols')} x {meta.get('dim')}); rebuild it with 'alsx export MODEL --ann faiss'")
+        raise UsageError(
+            f"--ann {folder}: the index was built from another model's column table "
+            f"({meta.get('n_cols')} x {meta.get('dim')}); rebuild it with 'alsx export MODEL --ann faiss'"
+        )
     index = faiss_module().read_index(str(folder / INDEX_FILE))
     if ef_search is not None:
         index.hnsw.efSearch = ef_search
@@ -113,8 +123,9 @@ def search(ann: AnnIndex, query: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     return np.where(ids >= 0, scores, -np.inf).astype(np.float32), ids
 
 
-def search_excluding(ann: AnnIndex, query: np.ndarray, k: int, exclude: CSR | None,
-                     rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def search_excluding(
+    ann: AnnIndex, query: np.ndarray, k: int, exclude: CSR | None, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of each ``query`` [n, d] from the index, leaving out row ``rows[i]`` of ``exclude``.
 
     Rows are grouped by ``next_pow2(k + seen)`` (capped at the column count), each group
@@ -133,7 +144,7 @@ def search_excluding(ann: AnnIndex, query: np.ndarray, k: int, exclude: CSR | No
         scores, ids = search(ann, query[group], int(size))
         for g, s, i in zip(group, scores, ids):
             r = rows[g]
-            drop = np.isin(i, exclude.indices[exclude.indptr[r]:exclude.indptr[r + 1]]) | (i < 0)
+            drop = np.isin(i, exclude.indices[exclude.indptr[r] : exclude.indptr[r + 1]]) | (i < 0)
             keep_s, keep_i = s[~drop][:k], i[~drop][:k]
-            out_s[g, :len(keep_s)], out_i[g, :len(keep_i)] = keep_s, keep_i
+            out_s[g, : len(keep_s)], out_i[g, : len(keep_i)] = keep_s, keep_i
     return out_s, out_i

@@ -39,8 +39,17 @@ class NotFittedError(UsageError, AttributeError):
     a ValueError and an AttributeError)."""
 
 
-def as_history(items: Any, n_rows: int | None, n_cols: int, vocab: Vocab | None, alpha: float | None, *,
-               ids: IdSpace = "original", unknown: Unknown = "raise", what: str = "column") -> CSR:
+def as_history(
+    items: Any,
+    n_rows: int | None,
+    n_cols: int,
+    vocab: Vocab | None,
+    alpha: float | None,
+    *,
+    ids: IdSpace = "original",
+    unknown: Unknown = "raise",
+    what: str = "column",
+) -> CSR:
     """CSR [n, n_cols] of confidences from a scipy.sparse matrix [n, n_cols] (raw values) or a list
     of n lists of ``what`` ids (binary); ``n_rows``: the n expected (None: any)."""
     if sp.issparse(items):
@@ -51,15 +60,19 @@ def as_history(items: Any, n_rows: int | None, n_cols: int, vocab: Vocab | None,
         m.sort_indices()
         indptr, indices, values = m.indptr.astype(np.int64), m.indices.astype(np.int32), m.data
     elif isinstance(items, (list, tuple)) and all(isinstance(r, (list, tuple, np.ndarray)) for r in items):
-        found = [to_indices(r, vocab, n_cols, what, ids=ids, unknown=unknown)[0] if len(r) else
-                 np.zeros(0, np.int64) for r in items]
+        found = [
+            to_indices(r, vocab, n_cols, what, ids=ids, unknown=unknown)[0] if len(r) else np.zeros(0, np.int64)
+            for r in items
+        ]
         found = [np.unique(f[f >= 0]) for f in found]  # sorted, duplicates collapsed (binary)
         indptr = np.concatenate([[0], np.cumsum([len(f) for f in found])]).astype(np.int64)
         indices = np.concatenate(found + [np.zeros(0, np.int64)]).astype(np.int32)
         values = np.ones(len(indices))
     else:
-        raise UsageError(f"a history must be a scipy.sparse matrix (one row per query, one column per model "
-                         f"{what}) or a list of lists of {what} ids, got {type(items).__name__}")
+        raise UsageError(
+            f"a history must be a scipy.sparse matrix (one row per query, one column per model "
+            f"{what}) or a list of lists of {what} ids, got {type(items).__name__}"
+        )
     if n_rows is not None and len(indptr) - 1 != n_rows:
         raise UsageError(f"the history has {len(indptr) - 1} rows for {n_rows} queries (one row per query)")
     return CSR(indptr=indptr, indices=indices, values=confidences(values, alpha), n_cols=n_cols)
@@ -75,8 +88,12 @@ def replace_rows(csr: CSR, rows: np.ndarray, new: CSR, n_rows: int) -> CSR:
     m = (sp.diags(keep) @ m + sp.csr_matrix((new.values, (owner, new.indices)), shape=m.shape)).tocsr()
     m.eliminate_zeros()  # dropped rows (confidences are > 0)
     m.sort_indices()
-    return CSR(indptr=m.indptr.astype(np.int64), indices=m.indices.astype(np.int32),
-               values=m.data.astype(np.float32), n_cols=m.shape[1])
+    return CSR(
+        indptr=m.indptr.astype(np.int64),
+        indices=m.indices.astype(np.int32),
+        values=m.data.astype(np.float32),
+        n_cols=m.shape[1],
+    )
 
 
 class Serving:
@@ -86,9 +103,14 @@ class Serving:
     # ------------------------------------------------------------------ helpers
     def _check_fitted(self) -> None:
         if getattr(self, "row_embeddings_", None) is None:
-            raise NotFittedError(f"this {type(self).__name__} is not fitted: call fit() or ALS.load() first"
-                                 + (" (it was fitted with gather_tables=False: its tables are on the devices only)"
-                                    if hasattr(self, "row_embeddings_") else ""))
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted: call fit() or ALS.load() first"
+                + (
+                    " (it was fitted with gather_tables=False: its tables are on the devices only)"
+                    if hasattr(self, "row_embeddings_")
+                    else ""
+                )
+            )
 
     def _cached(self, key: str, make) -> Any:
         cache = self.__dict__.setdefault("_serving_cache", {})  # dropped whenever a table changes
@@ -127,8 +149,16 @@ class Serving:
         table, vocab, what = self._side(side)
         return as_history(items, n, table.shape[0], vocab, self.alpha, ids=ids, unknown=unknown, what=what)
 
-    def _topk(self, query: np.ndarray, side: str, k: int, exclude: CSR | None, exclude_rows: np.ndarray | None,
-              mask: np.ndarray | None, batch_size: int | None = None) -> Result:
+    def _topk(
+        self,
+        query: np.ndarray,
+        side: str,
+        k: int,
+        exclude: CSR | None,
+        exclude_rows: np.ndarray | None,
+        mask: np.ndarray | None,
+        batch_size: int | None = None,
+    ) -> Result:
         """Dense (ids [n, k], scores [n, k]) of ``query`` [n, d] against ``side``'s table (or its unit rows
         when side is 'unit-row' / 'unit-column'), NumPy for a few rows, jitted batches otherwise."""
         if not isinstance(k, (int, np.integer)) or k < 1:
@@ -140,13 +170,20 @@ class Serving:
             scores, top = topk_numpy(query, table, int(k), excluded, mask)
         else:
             dev = self._cached(f"device-{side}", lambda: jnp.asarray(table))  # one copy, not one per call
-            scores, top = topk_scores(query, dev, int(k), exclude=exclude, exclude_ids=exclude_rows,
-                                      batch_size=batch_size,
-                                      exclude_cols=None if mask is None else np.flatnonzero(np.isneginf(mask)))
+            scores, top = topk_scores(
+                query,
+                dev,
+                int(k),
+                exclude=exclude,
+                exclude_ids=exclude_rows,
+                batch_size=batch_size,
+                exclude_cols=None if mask is None else np.flatnonzero(np.isneginf(mask)),
+            )
         return top, scores
 
     def _table(self, side: str) -> np.ndarray:
         if side.startswith("unit-"):
+
             def unit():
                 t = np.asarray(self._side(side[5:])[0], np.float32)
                 norms = np.linalg.norm(t, axis=1, keepdims=True)
@@ -162,9 +199,20 @@ class Serving:
         return to_ids(top, self._side(side)[1], ids), scores
 
     # ------------------------------------------------------------------ recommend
-    def recommend(self, rows: Any, k: int = 10, *, exclude_seen: bool = True, user_items: Any = None,
-                  recalculate_user: bool = False, filter_items: Any = None, items: Any = None,
-                  ids: IdSpace = "original", unknown: Unknown = "raise", batch_size: int | None = None) -> Result:
+    def recommend(
+        self,
+        rows: Any,
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        user_items: Any = None,
+        recalculate_user: bool = False,
+        filter_items: Any = None,
+        items: Any = None,
+        ids: IdSpace = "original",
+        unknown: Unknown = "raise",
+        batch_size: int | None = None,
+    ) -> Result:
         """Top-k columns for each of ``rows``.
 
         Args:
@@ -199,8 +247,17 @@ class Serving:
         top[~known], scores[~known] = PAD_ID, -np.inf
         return self._out(top, scores, "column", ids)
 
-    def recommend_new(self, user_items: Any, k: int = 10, *, exclude_seen: bool = True, filter_items: Any = None,
-                      items: Any = None, ids: IdSpace = "original", unknown: Unknown = "raise") -> Result:
+    def recommend_new(
+        self,
+        user_items: Any,
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        filter_items: Any = None,
+        items: Any = None,
+        ids: IdSpace = "original",
+        unknown: Unknown = "raise",
+    ) -> Result:
         """Top-k columns for rows never trained, folded in from ``user_items`` (one history per new
         row; see the module doc); their own items are left out unless ``exclude_seen=False``."""
         self._check_fitted()
@@ -208,13 +265,21 @@ class Serving:
         query = solve_histories(self.col_embeddings_, hist, self.hparams_, self._gram("column"))
         exclude = hist if exclude_seen else None
         rows = np.arange(hist.n_rows) if exclude_seen else None
-        top, scores = self._topk(query, "column", k, exclude, rows, self._mask("column", filter_items, items, ids,
-                                                                               unknown))
+        top, scores = self._topk(
+            query, "column", k, exclude, rows, self._mask("column", filter_items, items, ids, unknown)
+        )
         return self._out(top, scores, "column", ids)
 
-    def recommend_all(self, k: int = 10, *, batch_size: int = 1024, exclude_seen: bool = True,
-                      filter_items: Any = None, items: Any = None,
-                      ids: IdSpace = "original") -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def recommend_all(
+        self,
+        k: int = 10,
+        *,
+        batch_size: int = 1024,
+        exclude_seen: bool = True,
+        filter_items: Any = None,
+        items: Any = None,
+        ids: IdSpace = "original",
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Top-k for every row, ``batch_size`` rows at a time (memory: one [batch, n_cols] score block).
 
         Yields:
@@ -225,40 +290,69 @@ class Serving:
         mask = self._mask("column", filter_items, items, ids, "raise")
         for start in range(0, n, batch_size):
             idx = np.arange(start, min(start + batch_size, n))
-            top, scores = self._topk(np.asarray(self.row_embeddings_[idx], np.float32), "column", k,
-                                     self.train_ if exclude_seen else None, idx if exclude_seen else None, mask,
-                                     batch_size)
+            top, scores = self._topk(
+                np.asarray(self.row_embeddings_[idx], np.float32),
+                "column",
+                k,
+                self.train_ if exclude_seen else None,
+                idx if exclude_seen else None,
+                mask,
+                batch_size,
+            )
             yield (to_ids(idx, self.row_vocab_, ids),) + self._out(top, scores, "column", ids)
 
     # ------------------------------------------------------------------ similar
-    def _similar(self, side: str, query: Any, k: int, filter_ids: Any, only: Any, ids: IdSpace,
-                 unknown: Unknown) -> Result:
+    def _similar(
+        self, side: str, query: Any, k: int, filter_ids: Any, only: Any, ids: IdSpace, unknown: Unknown
+    ) -> Result:
         self._check_fitted()
         idx, known = self._index(query, side, ids, unknown)
         here = np.maximum(idx, 0)
         unit = self._table(f"unit-{side}")
-        own = CSR(indptr=np.arange(len(idx) + 1, dtype=np.int64), indices=here.astype(np.int32),
-                  values=np.ones(len(idx), np.float32), n_cols=unit.shape[0])  # each query leaves itself out
-        top, scores = self._topk(unit[here], f"unit-{side}", k, own, np.arange(len(idx)),
-                                 self._mask(side, filter_ids, only, ids, unknown))
+        own = CSR(
+            indptr=np.arange(len(idx) + 1, dtype=np.int64),
+            indices=here.astype(np.int32),
+            values=np.ones(len(idx), np.float32),
+            n_cols=unit.shape[0],
+        )  # each query leaves itself out
+        top, scores = self._topk(
+            unit[here], f"unit-{side}", k, own, np.arange(len(idx)), self._mask(side, filter_ids, only, ids, unknown)
+        )
         top[~known], scores[~known] = PAD_ID, -np.inf
         return self._out(top, scores, side, ids)
 
-    def similar_items(self, query: Any, k: int = 10, *, filter_items: Any = None, items: Any = None,
-                      ids: IdSpace = "original", unknown: Unknown = "raise") -> Result:
+    def similar_items(
+        self,
+        query: Any,
+        k: int = 10,
+        *,
+        filter_items: Any = None,
+        items: Any = None,
+        ids: IdSpace = "original",
+        unknown: Unknown = "raise",
+    ) -> Result:
         """The k columns most cosine-similar to each of ``query`` (column ids; itself left out);
         ``filter_items`` / ``items`` exclude / restrict the candidates. Returns (ids [n, k], scores [n, k])."""
         return self._similar("column", query, k, filter_items, items, ids, unknown)
 
-    def similar_users(self, query: Any, k: int = 10, *, filter_users: Any = None, users: Any = None,
-                      ids: IdSpace = "original", unknown: Unknown = "raise") -> Result:
+    def similar_users(
+        self,
+        query: Any,
+        k: int = 10,
+        *,
+        filter_users: Any = None,
+        users: Any = None,
+        ids: IdSpace = "original",
+        unknown: Unknown = "raise",
+    ) -> Result:
         """The k rows most cosine-similar to each of ``query`` (row ids; itself left out), as
         :meth:`similar_items` over the row table."""
         return self._similar("row", query, k, filter_users, users, ids, unknown)
 
     # ------------------------------------------------------------------ explain
-    def explain(self, row: Any, item: Any, *, user_items: Any = None, k: int = 10,
-                ids: IdSpace = "original") -> tuple[float, np.ndarray, np.ndarray]:
+    def explain(
+        self, row: Any, item: Any, *, user_items: Any = None, k: int = 10, ids: IdSpace = "original"
+    ) -> tuple[float, np.ndarray, np.ndarray]:
         """Why ``item`` scores for ``row``: the fold-in score split over the row's history.
 
         With the row's system A (training objective) and x = A^-1 sum_j c_j h_j, the score
@@ -302,15 +396,17 @@ class Serving:
             n_new = int(raw.max()) + 1
             idx = raw.astype(np.int64)
             if vocab is not None:  # dense indices past the vocabulary: no original id to give them
-                raise UsageError(f"{what} indices {raw[~known][:5].tolist()} are past the vocabulary: give new "
-                                 "rows by their original ids")
+                raise UsageError(
+                    f"{what} indices {raw[~known][:5].tolist()} are past the vocabulary: give new "
+                    "rows by their original ids"
+                )
         else:
             fresh = raw[~known]
             vocab = Vocab(np.concatenate([vocab.ids, fresh]))
             idx[~known] = np.arange(table.shape[0], table.shape[0] + len(fresh))
             n_new = len(vocab)
         grown = np.zeros((n_new, table.shape[1]), table.dtype)
-        grown[:table.shape[0]] = table
+        grown[: table.shape[0]] = table
         setattr(self, "row_embeddings_" if side == "row" else "col_embeddings_", grown)
         setattr(self, "row_vocab_" if side == "row" else "col_vocab_", vocab)
         return idx
@@ -331,12 +427,17 @@ class Serving:
         else:  # the seen entries are rows x columns: replace columns through the transpose
             t = self.train_
             tt = sp.csr_matrix((t.values, t.indices, t.indptr), shape=(t.n_rows, t.n_cols)).T.tocsr()
-            tt = CSR(indptr=tt.indptr.astype(np.int64), indices=tt.indices.astype(np.int32), values=tt.data,
-                     n_cols=t.n_rows)
+            tt = CSR(
+                indptr=tt.indptr.astype(np.int64), indices=tt.indices.astype(np.int32), values=tt.data, n_cols=t.n_rows
+            )
             back = replace_rows(tt, idx, hist, self.col_embeddings_.shape[0])
             m = sp.csr_matrix((back.values, back.indices, back.indptr), shape=(back.n_rows, back.n_cols)).T.tocsr()
-            self.train_ = CSR(indptr=m.indptr.astype(np.int64), indices=m.indices.astype(np.int32),
-                              values=m.data.astype(np.float32), n_cols=m.shape[1])
+            self.train_ = CSR(
+                indptr=m.indptr.astype(np.int64),
+                indices=m.indices.astype(np.int32),
+                values=m.data.astype(np.float32),
+                n_cols=m.shape[1],
+            )
         self.shape_ = (self.row_embeddings_.shape[0], self.col_embeddings_.shape[0])
         self._forget()
         self.engine_ = self.state_ = self.eval_topk_ = None  # they hold the tables before this update

@@ -60,8 +60,9 @@ def _batch(ids: np.ndarray, table: np.ndarray, layout: str) -> pa.RecordBatch:
     return pa.record_batch([id_array] + [pa.array(flat[:, j]) for j in range(flat.shape[1])], names=names)
 
 
-def write_parquet(path: str | Path, ids: np.ndarray, table: np.ndarray, layout: str = "list",
-                  compression: str = "snappy") -> Path:
+def write_parquet(
+    path: str | Path, ids: np.ndarray, table: np.ndarray, layout: str = "list", compression: str = "snappy"
+) -> Path:
     """Writes ``ids`` [n] and ``table`` [n, d] as a Parquet file, ``ROW_GROUP`` rows at a time.
 
     ``layout``: "list" (``id``, ``vector`` fixed_size_list<float32>[d]) or "columns"
@@ -106,8 +107,10 @@ def export_model(model, out: str | Path, fmt: str = "parquet", layout: str = "li
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     files = {}
-    for side, table, vocab in (("rows", model.row_embeddings_, model.row_vocab_),
-                               ("cols", model.col_embeddings_, model.col_vocab_)):
+    for side, table, vocab in (
+        ("rows", model.row_embeddings_, model.row_vocab_),
+        ("cols", model.col_embeddings_, model.col_vocab_),
+    ):
         ids = external_ids(vocab, table.shape[0])
         if fmt == "parquet":
             files[side] = write_parquet(out / f"{side}.parquet", ids, table, layout).name
@@ -117,11 +120,15 @@ def export_model(model, out: str | Path, fmt: str = "parquet", layout: str = "li
             np.save(out / f"{stem}_ids.npy", ids)
             files[side] = [f"{stem}_embeddings.npy", f"{stem}_ids.npy"]
     info = {
-        "format": fmt, "layout": layout if fmt == "parquet" else None, "dim": int(model.row_embeddings_.shape[1]),
-        "n_rows": int(model.row_embeddings_.shape[0]), "n_cols": int(model.col_embeddings_.shape[0]),
+        "format": fmt,
+        "layout": layout if fmt == "parquet" else None,
+        "dim": int(model.row_embeddings_.shape[1]),
+        "n_rows": int(model.row_embeddings_.shape[0]),
+        "n_cols": int(model.col_embeddings_.shape[0]),
         "row_ids": "index" if model.row_vocab_ is None else model.row_vocab_.kind,
         "col_ids": "index" if model.col_vocab_ is None else model.col_vocab_.kind,
-        "files": files, "seconds": round(time.perf_counter() - t0, 3),
+        "files": files,
+        "seconds": round(time.perf_counter() - t0, 3),
     }
     (out / "export.json").write_text(json.dumps(info, indent=2))
     return info

@@ -20,8 +20,15 @@ from alsx.data.matrix import CSR
 from alsx.data.packing import pack
 
 
-def fold_in(h: np.ndarray | jax.Array, history: CSR, hp: HParams, packing: Packing = Packing(), *,
-            gram: np.ndarray | None = None, n_cols: int | None = None) -> np.ndarray:
+def fold_in(
+    h: np.ndarray | jax.Array,
+    history: CSR,
+    hp: HParams,
+    packing: Packing = Packing(),
+    *,
+    gram: np.ndarray | None = None,
+    n_cols: int | None = None,
+) -> np.ndarray:
     """float32 [history.n_rows, d] row embeddings solved from each row's history.
 
     Args:
@@ -38,8 +45,18 @@ def fold_in(h: np.ndarray | jax.Array, history: CSR, hp: HParams, packing: Packi
     side = jax.device_put(pack(history, h.shape[1], packing, dense_rows=True).arrays())
     w0 = jnp.zeros((history.n_rows, h.shape[1]), jnp.float32)
     exact = dataclasses.replace(hp, solver="cholesky")
-    out = half_step(w0, h, side, exact.reg, exact.unobserved_weight, exact.nu, solver="cholesky", cg_steps=1,
-                    gram=gram, n_other=n_cols)
+    out = half_step(
+        w0,
+        h,
+        side,
+        exact.reg,
+        exact.unobserved_weight,
+        exact.nu,
+        solver="cholesky",
+        cg_steps=1,
+        gram=gram,
+        n_other=n_cols,
+    )
     return np.asarray(out)
 
 
@@ -52,8 +69,12 @@ def fold_in_sharded(engine, state, history: CSR, hp: HParams) -> np.ndarray:
     gram = engine.host_gramian(state, "h")
     if history.n_rows == 0:
         return np.zeros((0, rows.shape[1]), np.float32)
-    local = CSR(indptr=history.indptr, indices=remapped.astype(np.int32).reshape(-1), values=history.values,
-                n_cols=max(len(used), 1))
+    local = CSR(
+        indptr=history.indptr,
+        indices=remapped.astype(np.int32).reshape(-1),
+        values=history.values,
+        n_cols=max(len(used), 1),
+    )
     table = rows if len(used) else np.zeros((1, rows.shape[1]), np.float32)
     return fold_in(table, local, hp, gram=gram, n_cols=history.n_cols)
 
@@ -70,13 +91,14 @@ def gramian(table: np.ndarray, block: int = 4096) -> np.ndarray:
     t = np.asarray(table)
     out = np.zeros((t.shape[1], t.shape[1]), np.float64)
     for start in range(0, t.shape[0], block):
-        b = t[start:start + block]
+        b = t[start : start + block]
         out += b.T @ b
     return out
 
 
-def row_system(h: np.ndarray, gram: np.ndarray, cols: np.ndarray, conf: np.ndarray, hp: HParams,
-               n_other: int) -> tuple[np.ndarray, np.ndarray]:
+def row_system(
+    h: np.ndarray, gram: np.ndarray, cols: np.ndarray, conf: np.ndarray, hp: HParams, n_other: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The normal equations of one row of the training objective, float64.
 
     A = sum_j c_j h_j h_j^T + alpha0 G + lambda_u I  [d, d],  b = sum_j c_j h_j  [d], with
@@ -111,9 +133,11 @@ def solve_histories(h: np.ndarray, history: CSR, hp: HParams, gram: np.ndarray |
         try:
             x = np.linalg.solve(np.stack([a for a, _ in systems]), np.stack([b for _, b in systems])[..., None])
         except np.linalg.LinAlgError:
-            raise ValueError("a fold-in system is singular (reg = 0 and unobserved_weight = 0 with fewer "
-                             "entries than dim): train with reg > 0") from None
-        out[start:start + len(systems)] = x[..., 0]
+            raise ValueError(
+                "a fold-in system is singular (reg = 0 and unobserved_weight = 0 with fewer "
+                "entries than dim): train with reg > 0"
+            ) from None
+        out[start : start + len(systems)] = x[..., 0]
     out[history.lengths() == 0] = 0.0
     return out
 

@@ -29,13 +29,16 @@ def row_indices(given: list[str], vocab: Vocab | None, n_rows: int, where: str) 
     else:
         bad = [g for g in given if not g.strip().lstrip("+-").isdigit()]
         if bad:
-            raise UsageError(f"row id(s) {_listed(bad)}: not integers, and the rows of the model {where} have "
-                             "integer ids")
+            raise UsageError(
+                f"row id(s) {_listed(bad)}: not integers, and the rows of the model {where} have integer ids"
+            )
         try:
             ints = np.asarray([int(g) for g in given], dtype=np.int64)
         except OverflowError:
-            raise UsageError(f"row id(s) {_listed([g for g in given if abs(int(g)) >= 2**63])} not in the model "
-                             f"{where} (beyond 64-bit integers)") from None
+            raise UsageError(
+                f"row id(s) {_listed([g for g in given if abs(int(g)) >= 2**63])} not in the model "
+                f"{where} (beyond 64-bit integers)"
+            ) from None
         if vocab is not None:
             known = vocab.encode(ints, missing=-1)
         else:
@@ -62,8 +65,9 @@ class UnknownIdError(UsageError, KeyError):
     __str__ = Exception.__str__  # KeyError would print the message in quotes
 
 
-def to_indices(given: Any, vocab: Vocab | None, n: int, what: str, *, ids: IdSpace = "original",
-               unknown: Unknown = "raise") -> tuple[np.ndarray, np.ndarray]:
+def to_indices(
+    given: Any, vocab: Vocab | None, n: int, what: str, *, ids: IdSpace = "original", unknown: Unknown = "raise"
+) -> tuple[np.ndarray, np.ndarray]:
     """Dense indices of ids as a library user passes them.
 
     Args:
@@ -97,8 +101,10 @@ def to_indices(given: Any, vocab: Vocab | None, n: int, what: str, *, ids: IdSpa
     else:
         if arr.dtype.kind not in "iu":
             hint = "" if ids == "index" else " (this model has no vocabulary: its ids are the indices)"
-            raise UsageError(f"{what} {'indices' if ids == 'index' else 'ids'} must be integers, got "
-                             f"{_listed([str(a) for a in arr[:6].tolist()])}{hint}")
+            raise UsageError(
+                f"{what} {'indices' if ids == 'index' else 'ids'} must be integers, got "
+                f"{_listed([str(a) for a in arr[:6].tolist()])}{hint}"
+            )
         out = np.where((arr >= 0) & (arr < n), arr, -1).astype(np.int64)
     known = out >= 0
     if unknown == "raise" and not known.all():

@@ -71,7 +71,7 @@ class ShardedTable:
         return self.layout.n
 
     @classmethod
-    def from_numpy(cls, table: np.ndarray, mesh: Mesh | None = None) -> "ShardedTable":
+    def from_numpy(cls, table: np.ndarray, mesh: Mesh | None = None) -> ShardedTable:
         """Shards a host table [m, d] (same on every process) in contiguous row ranges."""
         mesh = make_mesh() if mesh is None else mesh
         table = np.asarray(table, np.float32)
@@ -79,7 +79,7 @@ class ShardedTable:
         return cls.from_layout(table, layout, mesh)
 
     @classmethod
-    def from_layout(cls, table: np.ndarray, layout: RowLayout, mesh: Mesh) -> "ShardedTable":
+    def from_layout(cls, table: np.ndarray, layout: RowLayout, mesh: Mesh) -> ShardedTable:
         """Places a host table [m, d] in external order into ``layout``'s slots."""
         d = table.shape[1]
 
@@ -93,10 +93,11 @@ class ShardedTable:
         return cls(table=dev, ids=_slot_ids(layout, mesh), layout=layout, mesh=mesh)
 
     @classmethod
-    def from_engine(cls, engine, state) -> "ShardedTable":
+    def from_engine(cls, engine, state) -> ShardedTable:
         """The column table of a ``ShardedEngine`` state, in place (no copy, no host trip)."""
-        return cls(table=state.h, ids=_slot_ids(engine.col_layout, engine.mesh),
-                   layout=engine.col_layout, mesh=engine.mesh)
+        return cls(
+            table=state.h, ids=_slot_ids(engine.col_layout, engine.mesh), layout=engine.col_layout, mesh=engine.mesh
+        )
 
 
 def _slot_ids(layout: RowLayout, mesh: Mesh) -> jax.Array:
@@ -126,8 +127,13 @@ def _program(mesh: Mesh, n_local: int, k_local: int, k: int):
         out_id = jnp.where(jnp.isneginf(out_s), PAD_ID, merged_id[:, :k]).astype(jnp.int32)
         return out_s, out_id
 
-    fn = jax.shard_map(body, mesh=mesh, in_specs=(REPLICATED, TABLE, STACKED, STACKED, REPLICATED),
-                       out_specs=(REPLICATED, REPLICATED), check_vma=False)
+    fn = jax.shard_map(
+        body,
+        mesh=mesh,
+        in_specs=(REPLICATED, TABLE, STACKED, STACKED, REPLICATED),
+        out_specs=(REPLICATED, REPLICATED),
+        check_vma=False,
+    )
     return jax.jit(fn)
 
 

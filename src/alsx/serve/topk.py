@@ -265,8 +265,13 @@ def top_k_row(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return values, np.where(np.isneginf(values), PAD_ID, cand).astype(np.int32)
 
 
-def topk_numpy(query: np.ndarray, table: np.ndarray, k: int, excluded: list[np.ndarray] | None = None,
-               col_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def topk_numpy(
+    query: np.ndarray,
+    table: np.ndarray,
+    k: int,
+    excluded: list[np.ndarray] | None = None,
+    col_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`topk_scores` for a few rows, in NumPy float32.
 
     Args:
@@ -288,5 +293,5 @@ def topk_numpy(query: np.ndarray, table: np.ndarray, k: int, excluded: list[np.n
         if excluded is not None and len(excluded[r]):
             scores[r, excluded[r]] = -np.inf
         values, ids = top_k_row(scores[r], k)
-        out_s[r, :len(values)], out_i[r, :len(ids)] = values, ids
+        out_s[r, : len(values)], out_i[r, : len(ids)] = values, ids
     return out_s, out_i

@@ -39,8 +39,17 @@ from alsx.webgraph.inputs import CCInputs, describe_inputs, ingest_inputs, spill
 from alsx.webgraph.variant import DEFAULT_CHUNK_EDGES, DEFAULT_FILL_BUDGET_NNZ, Variant, prepare_out, variant_of
 from alsx.webgraph.vocabulary import normalize_tlds
 
-__all__ = ["CCInputs", "DEFAULT_CHUNK_EDGES", "DEFAULT_FILL_BUDGET_NNZ", "Variant", "build_webgraph",
-           "history_counts", "select_heldout", "split_keys", "stage_and_finalize"]
+__all__ = [
+    "CCInputs",
+    "DEFAULT_CHUNK_EDGES",
+    "DEFAULT_FILL_BUDGET_NNZ",
+    "Variant",
+    "build_webgraph",
+    "history_counts",
+    "select_heldout",
+    "split_keys",
+    "stage_and_finalize",
+]
 
 
 def build_webgraph(

@@ -32,24 +32,47 @@ def add_webgraph_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
     sub = wg.add_subparsers(dest="webgraph_command", required=True)
 
     def common_filter(p: argparse.ArgumentParser, heldout_default: float) -> None:
-        p.add_argument("--min-degree", type=int, default=0, help="K: kept nodes need >= K in- and out-links (default %(default)s)")
-        p.add_argument("--fixed-point", action="store_true", help="iterate the degree filter until stable (ALX: one pass)")
+        p.add_argument(
+            "--min-degree", type=int, default=0, help="K: kept nodes need >= K in- and out-links (default %(default)s)"
+        )
+        p.add_argument(
+            "--fixed-point", action="store_true", help="iterate the degree filter until stable (ALX: one pass)"
+        )
         p.add_argument("--drop-self-links", action="store_true", help="remove links u -> u")
-        p.add_argument("--heldout-fraction", type=float, default=heldout_default, help="share of rows held out of training (default %(default)s)")
-        p.add_argument("--history-fraction", type=float, default=0.8, help="share of a held-out row given as history (default %(default)s)")
-        p.add_argument("--max-shard-nnz", type=_shard, default=1 << 30, help="entries per shard file (default %(default)s)")
+        p.add_argument(
+            "--heldout-fraction",
+            type=float,
+            default=heldout_default,
+            help="share of rows held out of training (default %(default)s)",
+        )
+        p.add_argument(
+            "--history-fraction",
+            type=float,
+            default=0.8,
+            help="share of a held-out row given as history (default %(default)s)",
+        )
+        p.add_argument(
+            "--max-shard-nnz", type=_shard, default=1 << 30, help="entries per shard file (default %(default)s)"
+        )
         p.add_argument("--sha256", action="store_true", help="record file checksums in the manifest")
         p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     b = sub.add_parser("build", help="Common Crawl vertices/edges (or an edge list) -> dataset")
     b.add_argument("--vertices", nargs="+", help="Common Crawl vertices files or globs (id TAB reversed.host)")
-    b.add_argument("--edges", nargs="+", required=True, help="edges files or globs (Common Crawl ids, or an edge list if no --vertices)")
+    b.add_argument(
+        "--edges",
+        nargs="+",
+        required=True,
+        help="edges files or globs (Common Crawl ids, or an edge list if no --vertices)",
+    )
     b.add_argument("--out", required=True, help="output dataset folder")
     b.add_argument("--tld", nargs="+", default=None, help="keep only these TLDs, e.g. --tld de or --tld in")
     b.add_argument("--seed", type=int, default=0, help="seed of the held-out rows (default %(default)s)")
     b.add_argument("--chunk-edges", type=_shard, default=1 << 23, help="edges read per chunk (default %(default)s)")
-    b.add_argument("--spark", action="store_true", help="run the PySpark job (local mode) instead of the NumPy pipeline")
+    b.add_argument(
+        "--spark", action="store_true", help="run the PySpark job (local mode) instead of the NumPy pipeline"
+    )
     common_filter(b, heldout_default=0.1)
     b.set_defaults(func=_run_build)
 
@@ -58,8 +81,12 @@ def add_webgraph_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
     s.add_argument("--edges", type=_shard, required=True, help="arcs to generate (before dedupe)")
     s.add_argument("--out", required=True, help="output dataset folder")
     s.add_argument("--seed", type=int, default=0, help="seed of the graph (default %(default)s)")
-    s.add_argument("--hosts", type=_shard, default=None,
-                   help="hosts (contiguous id ranges; default: nodes // max(50, 4 x mean degree))")
+    s.add_argument(
+        "--hosts",
+        type=_shard,
+        default=None,
+        help="hosts (contiguous id ranges; default: nodes // max(50, 4 x mean degree))",
+    )
     for flag, default, what in (
         ("--locality", 0.8, "probability that an arc stays in its source's host"),
         ("--reciprocity", 0.27, "target share of arcs whose reverse exists"),
@@ -69,8 +96,12 @@ def add_webgraph_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
         ("--dangling-fraction", 0.2, "share of nodes with no out-links"),
     ):
         s.add_argument(flag, type=float, default=default, help=f"{what} (default %(default)s)")
-    s.add_argument("--chunk-edges", type=_shard, default=1 << 23,
-                   help="arcs per chunk, about 60 bytes each in memory (default %(default)s)")
+    s.add_argument(
+        "--chunk-edges",
+        type=_shard,
+        default=1 << 23,
+        help="arcs per chunk, about 60 bytes each in memory (default %(default)s)",
+    )
     common_filter(s, heldout_default=0.0)
     s.set_defaults(func=_run_synth)
 
@@ -108,7 +139,15 @@ def _run_build(a: argparse.Namespace) -> int:
 
         ds = build_webgraph_spark(inputs, a.out, tld=a.tld, seed=a.seed, **_filter_kwargs(a))
     else:
-        ds = build_webgraph(inputs, a.out, tld=a.tld, seed=a.seed, chunk_edges=a.chunk_edges, progress=not a.no_progress, **_filter_kwargs(a))
+        ds = build_webgraph(
+            inputs,
+            a.out,
+            tld=a.tld,
+            seed=a.seed,
+            chunk_edges=a.chunk_edges,
+            progress=not a.no_progress,
+            **_filter_kwargs(a),
+        )
     _summary(ds)
     return 0
 

@@ -192,7 +192,9 @@ class ExternalCSRBuilder:
             starts, sizes, urows = _row_groups(sr)
             pos = np.repeat(cursor[urows] - starts, sizes) + np.arange(m, dtype=np.int64)
             if len(pos) and pos.max() >= len(buf):
-                raise RuntimeError("fill received more entries than count() saw; the two passes must see the same chunks")
+                raise RuntimeError(
+                    "fill received more entries than count() saw; the two passes must see the same chunks"
+                )
             buf[pos] = (key & 0xFFFFFFFF).astype(np.int32)
             cursor[urows] += sizes
         if not np.array_equal(cursor, self._indptr[r0 + 1 : r1 + 1] - base):
@@ -234,7 +236,10 @@ class ExternalCSRBuilder:
         if self._cursor is None:
             self.allocate()
         assert self._indptr is not None and self._bounds is not None
-        end = self._indptr[1:] - self._indptr[self._bounds[np.searchsorted(self._bounds, np.arange(self.n_rows), side="right") - 1]]
+        end = (
+            self._indptr[1:]
+            - self._indptr[self._bounds[np.searchsorted(self._bounds, np.arange(self.n_rows), side="right") - 1]]
+        )
         if not np.array_equal(self._cursor, end):
             raise RuntimeError("fill() saw fewer entries than count(); the two passes must see the same chunks")
         self._cursor = None
@@ -303,7 +308,9 @@ class SequentialCSRWriter:
       max_shard_nnz: entries per shard before a new one is started.
     """
 
-    def __init__(self, directory: str | os.PathLike, n_cols: int, *, max_shard_nnz: int = DEFAULT_MAX_SHARD_NNZ) -> None:
+    def __init__(
+        self, directory: str | os.PathLike, n_cols: int, *, max_shard_nnz: int = DEFAULT_MAX_SHARD_NNZ
+    ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.n_cols = int(n_cols)

@@ -162,8 +162,19 @@ def stage_and_finalize(
     for name, a in (node_arrays or {}).items():
         np.save(stage_dir / f"{name}.npy", a)
         arrays[name] = f"{name}.npy"
-    base_counts = {"edges_before_dedupe": st["edges_in"], "duplicates_removed": st["edges_in"] - st["edges"], "dedup_edges": st["edges"]}
-    stage_fields = {"n_nodes": n_nodes, "n_rows": n_nodes, "n_cols": n_nodes, "nnz": st["edges"], "matrices": st["matrices"], "arrays": arrays}
+    base_counts = {
+        "edges_before_dedupe": st["edges_in"],
+        "duplicates_removed": st["edges_in"] - st["edges"],
+        "dedup_edges": st["edges"],
+    }
+    stage_fields = {
+        "n_nodes": n_nodes,
+        "n_rows": n_nodes,
+        "n_cols": n_nodes,
+        "nnz": st["edges"],
+        "matrices": st["matrices"],
+        "arrays": arrays,
+    }
     if direct:
         counts, fields = finalize_counts_direct(st, n_nodes, stage_dir, variant.block_nnz), stage_fields
         fields["split"] = {**variant.split_params(0), "heldout_fraction": 0.0}

@@ -54,7 +54,11 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
 
 
 def _open_text(path: str):
-    return gzip.open(path, "rt", encoding="utf-8", errors="replace") if path.endswith(".gz") else open(path, encoding="utf-8", errors="replace")
+    return (
+        gzip.open(path, "rt", encoding="utf-8", errors="replace")
+        if path.endswith(".gz")
+        else open(path, encoding="utf-8", errors="replace")
+    )
 
 
 def sniff(path: str) -> tuple[int, str, list[str]]:
@@ -70,7 +74,9 @@ def sniff(path: str) -> tuple[int, str, list[str]]:
     return skip, "\t", []
 
 
-def _csv_batches(path: str, types: Sequence[Any], *, delimiter: str = "\t", skip_rows: int = 0, block_size: int = 1 << 24):
+def _csv_batches(
+    path: str, types: Sequence[Any], *, delimiter: str = "\t", skip_rows: int = 0, block_size: int = 1 << 24
+):
     """Streams record batches of the first ``len(types)`` columns of a delimited text file.
 
     Extra columns (the domain graph's host counts) are ignored; quoting is off
@@ -130,7 +136,13 @@ def ingest_inputs(inputs: Any, tmp: Path, tlds: list[str] | None, *, block_size:
                 known.ensure(top)
                 keep.ensure(top)
                 known.a[ids] = True
-                keep.a[ids] = True if tlds is None else pc.is_in(reversed_host_tlds(b.column(1)), value_set=pa.array(tlds)).to_numpy(zero_copy_only=False)
+                keep.a[ids] = (
+                    True
+                    if tlds is None
+                    else pc.is_in(reversed_host_tlds(b.column(1)), value_set=pa.array(tlds)).to_numpy(
+                        zero_copy_only=False
+                    )
+                )
         counts["input_vertices"] = n_vertices
         counts["edges_unknown_vertex"] = 0
         kv = keep.view()

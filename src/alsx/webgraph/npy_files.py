@@ -45,7 +45,6 @@ def shrink_npy(path: Path, dtype: np.dtype, length: int) -> None:
         f.truncate(HEADER_BYTES + length * dtype.itemsize)
 
 
-
 class NpyAppender:
     """Appends 1-D arrays to a .npy file; the header is fixed up on close."""
 
@@ -65,7 +64,6 @@ class NpyAppender:
         self._f.seek(0)
         self._f.write(npy_header(self.dtype, (self.length,)))
         self._f.close()
-
 
 
 def load_npy(path: Path, dtype: np.dtype) -> np.ndarray:

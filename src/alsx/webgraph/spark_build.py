@@ -106,7 +106,9 @@ def build_webgraph_spark(
             counts["input_vertices"] = v.count()
             counts["input_edges"] = e.count()
             ids = v.select("id")
-            known = e.join(ids.withColumnRenamed("id", "s"), "s", "left_semi").join(ids.withColumnRenamed("id", "d"), "d", "left_semi")
+            known = e.join(ids.withColumnRenamed("id", "s"), "s", "left_semi").join(
+                ids.withColumnRenamed("id", "d"), "d", "left_semi"
+            )
             counts["edges_unknown_vertex"] = counts["input_edges"] - known.count()
             kept = v
             if tlds is not None:
@@ -126,7 +128,9 @@ def build_webgraph_spark(
             kept = known.select(F.col("s").alias("id")).union(known.select(F.col("d").alias("id"))).distinct()
             counts["input_vertices"] = kept.count()
         kept = kept.cache()
-        ke = known.join(kept.withColumnRenamed("id", "s"), "s", "left_semi").join(kept.withColumnRenamed("id", "d"), "d", "left_semi")
+        ke = known.join(kept.withColumnRenamed("id", "s"), "s", "left_semi").join(
+            kept.withColumnRenamed("id", "d"), "d", "left_semi"
+        )
         counts["tld_edges"] = ke.count()
         counts["tld_nodes"] = kept.count()
         # Stage ids: kept nodes in original id order (as the numpy build).
@@ -163,14 +167,18 @@ def build_webgraph_spark(
         edges = se
         if min_degree > 0:
             d = degrees(se, nodes)
-            keep_nodes = d.filter((F.col("out") >= min_degree) & (F.col("inn") >= min_degree)).select("n").localCheckpoint()
+            keep_nodes = (
+                d.filter((F.col("out") >= min_degree) & (F.col("inn") >= min_degree)).select("n").localCheckpoint()
+            )
             history.append(keep_nodes.count())
             while True:
                 edges = induced(keep_nodes)
                 if not fixed_point:
                     break
                 d = degrees(edges, keep_nodes)
-                new = d.filter((F.col("out") >= min_degree) & (F.col("inn") >= min_degree)).select("n").localCheckpoint()
+                new = (
+                    d.filter((F.col("out") >= min_degree) & (F.col("inn") >= min_degree)).select("n").localCheckpoint()
+                )
                 c = new.count()
                 if c == history[-1]:
                     break
@@ -201,7 +209,9 @@ def build_webgraph_spark(
         nh = history_counts(out_deg[heldout], var.history_fraction)
         import pandas as pd
 
-        ho = spark.createDataFrame(pd.DataFrame({"u": heldout.astype(np.int64), "nh": nh.astype(np.int64)}), "u long, nh long")
+        ho = spark.createDataFrame(
+            pd.DataFrame({"u": heldout.astype(np.int64), "nh": nh.astype(np.int64)}), "u long, nh long"
+        )
         ho_e = fe.join(F.broadcast(ho), "u")
 
         def add_keys(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -212,10 +222,18 @@ def build_webgraph_spark(
 
         keyed = ho_e.select("u", "v", "nh").mapInPandas(add_keys, "u long, v long, nh long, key long")
         rank = F.row_number().over(Window.partitionBy("u").orderBy("key", "v")) - 1
-        tagged_ho = keyed.withColumn("part", F.when(rank < F.col("nh"), F.lit(_HIST)).otherwise(F.lit(_TRUTH))).select("u", "v", "part")
-        tagged = fe.join(F.broadcast(ho.select("u")), "u", "left_anti").withColumn("part", F.lit(_TRAIN)).select("u", "v", "part")
+        tagged_ho = keyed.withColumn("part", F.when(rank < F.col("nh"), F.lit(_HIST)).otherwise(F.lit(_TRUTH))).select(
+            "u", "v", "part"
+        )
+        tagged = (
+            fe.join(F.broadcast(ho.select("u")), "u", "left_anti")
+            .withColumn("part", F.lit(_TRAIN))
+            .select("u", "v", "part")
+        )
         tagged.unionByName(tagged_ho).write.parquet(str(tmp / "edges"))
-        node_ids = final_nodes.join(stage_nodes.select(F.col("sid").alias("n"), "id"), "n").select("fid", "id").toPandas()
+        node_ids = (
+            final_nodes.join(stage_nodes.select(F.col("sid").alias("n"), "id"), "n").select("fid", "id").toPandas()
+        )
     finally:
         if own:
             spark.stop()
@@ -283,4 +301,10 @@ def _write_from_parquet(folder: Path, out_dir: Path, n: int, heldout: np.ndarray
             b[k].fill(r, c)
     matrices = {k: x.finalize() for k, x in b.items()}
     np.save(out_dir / "heldout_rows.npy", heldout.astype(np.int32))
-    return {"n_nodes": n, "n_rows": n, "n_cols": n, "matrices": matrices, "arrays": {"heldout_rows": "heldout_rows.npy"}}
+    return {
+        "n_nodes": n,
+        "n_rows": n,
+        "n_cols": n,
+        "matrices": matrices,
+        "arrays": {"heldout_rows": "heldout_rows.npy"},
+    }

@@ -48,12 +48,18 @@ def build_stage(
     stage_dir = Path(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     v = variant
-    csr = ExternalCSRBuilder(stage_dir / "train_csr", n_nodes, n_nodes, max_shard_nnz=v.max_shard_nnz, block_nnz=v.block_nnz)
-    csc = ExternalCSRBuilder(stage_dir / "train_csc", n_nodes, n_nodes, max_shard_nnz=v.max_shard_nnz, block_nnz=v.block_nnz)
+    csr = ExternalCSRBuilder(
+        stage_dir / "train_csr", n_nodes, n_nodes, max_shard_nnz=v.max_shard_nnz, block_nnz=v.block_nnz
+    )
+    csc = ExternalCSRBuilder(
+        stage_dir / "train_csc", n_nodes, n_nodes, max_shard_nnz=v.max_shard_nnz, block_nnz=v.block_nnz
+    )
     spill_path = stage_dir / "_chunks.bin"
     lengths: list[int] = []
     with open(spill_path, "wb") if spill else _nullcontext() as f:
-        for src, dst in progress_bar(v.progress, iterable=chunks(), total=n_chunks, desc=f"{desc}: count", unit="chunk"):
+        for src, dst in progress_bar(
+            v.progress, iterable=chunks(), total=n_chunks, desc=f"{desc}: count", unit="chunk"
+        ):
             csr.count(src)
             csc.count(dst)
             if f is not None:  # int32 (src, dst) pairs: reading back is cheaper than regenerating
@@ -76,7 +82,9 @@ def build_stage(
     # edges per bucket pair, and written sequentially (see ExternalCSRBuilder.fill_bucket).
     plan_r, plan_c = csr.bucket_plan(v.fill_budget_nnz), csc.bucket_plan(v.fill_budget_nnz)
     try:
-        for i in progress_bar(v.progress, iterable=range(max(len(plan_r), len(plan_c))), desc=f"{desc}: fill", unit="bucket"):
+        for i in progress_bar(
+            v.progress, iterable=range(max(len(plan_r), len(plan_c))), desc=f"{desc}: fill", unit="bucket"
+        ):
             if i < len(plan_r):
                 csr.fill_bucket(plan_r[i], source())
             if i < len(plan_c):

@@ -130,7 +130,9 @@ def within_host_fraction(csr: CSR, node_host: np.ndarray, *, block_nnz: int = DE
     return same / max(csr.nnz, 1)
 
 
-def graph_stats(csr: CSR, csc: CSR, *, node_host: np.ndarray | None = None, block_nnz: int = DEFAULT_BLOCK_NNZ) -> dict[str, Any]:
+def graph_stats(
+    csr: CSR, csc: CSR, *, node_host: np.ndarray | None = None, block_nnz: int = DEFAULT_BLOCK_NNZ
+) -> dict[str, Any]:
     """All summaries of a graph given as CSR [n x n] and its transpose."""
     out_deg = np.diff(np.asarray(csr.indptr))
     in_deg = np.diff(np.asarray(csc.indptr))

@@ -130,7 +130,9 @@ def _powerlaw_span(size: np.ndarray | int, beta: float) -> np.ndarray:
     return np.power(size + 1.0, 1.0 - beta) - 1.0
 
 
-def _powerlaw_rank(u: np.ndarray, size: np.ndarray | int, beta: float, span: np.ndarray | float | None = None) -> np.ndarray:
+def _powerlaw_rank(
+    u: np.ndarray, size: np.ndarray | int, beta: float, span: np.ndarray | float | None = None
+) -> np.ndarray:
     """int64 ranks in [0, size) with P(rank = k) ~ (k + 1)^(-beta) (continuous inverse CDF).
 
     Args:
@@ -185,7 +187,9 @@ class SynthModel:
         n_src = max(1, int(round(n * (1.0 - spec.dangling_fraction))))
         # Dangling nodes keep empty rows: no self-link, no reversed arc.
         self.p_self_node = min(1.0, spec.self_link_fraction * spec.n_edges / n_src)
-        self.q_reverse = min(1.0, spec.reverse_share / max(1e-12, n_src / n))  # arcs into dangling nodes are not reversed
+        self.q_reverse = min(
+            1.0, spec.reverse_share / max(1e-12, n_src / n)
+        )  # arcs into dangling nodes are not reversed
 
         # Out-degrees: a Zipf rank law over the non-dangling nodes (random order),
         # scaled so that self-links + base arcs + reversed arcs ~ n_edges.

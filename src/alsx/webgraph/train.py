@@ -17,8 +17,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -61,25 +62,50 @@ def vm_hwm_bytes() -> int:
     return 0
 
 
-def evaluate_dataset(ds: WebGraphDataset, h: np.ndarray, hp: HParams, ks: tuple[int, ...] = (20, 50),
-                     alpha: float | None = None, max_rows: int | None = None, seed: int = 0,
-                     baseline: bool = True) -> dict[str, dict[str, float]]:
+def evaluate_dataset(
+    ds: WebGraphDataset,
+    h: np.ndarray,
+    hp: HParams,
+    ks: tuple[int, ...] = (20, 50),
+    alpha: float | None = None,
+    max_rows: int | None = None,
+    seed: int = 0,
+    baseline: bool = True,
+) -> dict[str, dict[str, float]]:
     """Recall/NDCG of the held-out rows of ``ds`` for column table ``h`` [n_nodes, d]."""
     counts = np.diff(np.asarray(ds.train_csc().indptr)) if baseline else None  # in-degree = popularity
     return evaluate_heldout_csr(h, ds.foldin_csr(), ds.truth_csr(), hp, ks, alpha, counts, max_rows, seed)
 
 
-def evaluate_dataset_sharded(ds: WebGraphDataset, engine, state, hp: HParams, ks: tuple[int, ...] = (20, 50),
-                             alpha: float | None = None, max_rows: int | None = None, seed: int = 0,
-                             baseline: bool = True) -> dict[str, dict[str, float]]:
+def evaluate_dataset_sharded(
+    ds: WebGraphDataset,
+    engine,
+    state,
+    hp: HParams,
+    ks: tuple[int, ...] = (20, 50),
+    alpha: float | None = None,
+    max_rows: int | None = None,
+    seed: int = 0,
+    baseline: bool = True,
+) -> dict[str, dict[str, float]]:
     """:func:`evaluate_dataset` for a ShardedEngine across processes, gathering no table (a
     collective): process i of n folds in and ranks every n-th held-out row, fetching only the
     columns its histories read and ranking on the column shards; means merged by row counts."""
     counts = np.diff(np.asarray(ds.train_csc().indptr)) if baseline else None
-    local = evaluate_heldout_csr(None, ds.foldin_csr(), ds.truth_csr(), hp, ks, alpha, counts, max_rows, seed,
-                                 part=(jax.process_index(), jax.process_count()),
-                                 topk=sharded_eval_topk(engine, state),
-                                 queries=lambda rows, hist: fold_in_sharded(engine, state, hist, hp))
+    local = evaluate_heldout_csr(
+        None,
+        ds.foldin_csr(),
+        ds.truth_csr(),
+        hp,
+        ks,
+        alpha,
+        counts,
+        max_rows,
+        seed,
+        part=(jax.process_index(), jax.process_count()),
+        topk=sharded_eval_topk(engine, state),
+        queries=lambda rows, hist: fold_in_sharded(engine, state, hist, hp),
+    )
     return merge_across_processes(local, ks)
 
 
@@ -129,8 +155,10 @@ def train_webgraph(
     lead = jax.process_index() == 0
     if not lead:
         log = lambda s: None  # noqa: E731 - one process reports
-    log(f"webgraph: {ds.n_nodes:,} nodes, {rows.nnz:,} train links, {len(ds.heldout_rows):,} held-out rows; "
-        f"{engine.describe()}")
+    log(
+        f"webgraph: {ds.n_nodes:,} nodes, {rows.nnz:,} train links, {len(ds.heldout_rows):,} held-out rows; "
+        f"{engine.describe()}"
+    )
 
     def metrics(st) -> dict:
         if multi:  # a collective: every process takes part
@@ -138,10 +166,20 @@ def train_webgraph(
         _, h = engine.to_numpy(st)
         return evaluate_dataset(ds, h, hp, ks, alpha, max_eval_rows, seed, baseline=False)["model"]
 
-    trained = run(engine, epochs, seed, evaluator=metrics, eval_every=eval_every, eval_at_end=False,
-                  checkpointer=checkpointer, step_timeout_s=step_timeout_s,
-                  loss_every=loss_every if compute_loss else 0, progress=False, log_line=log,
-                  counts=lambda: (np.diff(np.asarray(rows.indptr)), np.diff(np.asarray(cols.indptr))))
+    trained = run(
+        engine,
+        epochs,
+        seed,
+        evaluator=metrics,
+        eval_every=eval_every,
+        eval_at_end=False,
+        checkpointer=checkpointer,
+        step_timeout_s=step_timeout_s,
+        loss_every=loss_every if compute_loss else 0,
+        progress=False,
+        log_line=log,
+        counts=lambda: (np.diff(np.asarray(rows.indptr)), np.diff(np.asarray(cols.indptr))),
+    )
     st, history = trained.state, trained.history
     train_s = time.perf_counter() - t0
     train_hwm = vm_hwm_bytes()  # peak RSS of training alone (evaluation adds its score batches)
@@ -151,14 +189,28 @@ def train_webgraph(
     metrics_end = None
     t1 = time.perf_counter()
     if len(ds.heldout_rows) and (multi or lead):
-        metrics_end = (evaluate_dataset_sharded(ds, engine, st, hp, ks, alpha, max_eval_rows, seed) if multi else
-                       evaluate_dataset(ds, h, hp, ks, alpha, max_eval_rows, seed))
+        metrics_end = (
+            evaluate_dataset_sharded(ds, engine, st, hp, ks, alpha, max_eval_rows, seed)
+            if multi
+            else evaluate_dataset(ds, h, hp, ks, alpha, max_eval_rows, seed)
+        )
         if history:
             history[-1]["metrics"] = metrics_end["model"]
     eval_s = trained.eval_seconds + time.perf_counter() - t1
-    result = {"dataset": str(path), "n_nodes": ds.n_nodes, "nnz": rows.nnz, "dim": hp.dim, "epochs": st.epoch,
-              "engine": engine.kind, "history": history, "metrics": metrics_end, "train_seconds": train_s,
-              "train_vm_hwm": train_hwm, "eval_seconds": eval_s, "seconds_per_epoch": [r["seconds"] for r in history]}
+    result = {
+        "dataset": str(path),
+        "n_nodes": ds.n_nodes,
+        "nnz": rows.nnz,
+        "dim": hp.dim,
+        "epochs": st.epoch,
+        "engine": engine.kind,
+        "history": history,
+        "metrics": metrics_end,
+        "train_seconds": train_s,
+        "train_vm_hwm": train_hwm,
+        "eval_seconds": eval_s,
+        "seconds_per_epoch": [r["seconds"] for r in history],
+    }
     if out is not None and multi:  # every process writes its own rows, and folds in its share of held-out rows
         engine.write_tables(st, out)
         w = _fold_in_shares(ds, engine, st, hp, alpha) if fold_in_heldout else None
@@ -179,9 +231,20 @@ def _fold_in_shares(ds: WebGraphDataset, engine, state, hp: HParams, alpha: floa
     return (got[:, 0], np.ascontiguousarray(got[:, 1:]).view(np.float32)) if i == 0 else None
 
 
-def _write(out: Path, ds: WebGraphDataset, rows: CSR, w, h: np.ndarray | None, hp: HParams,
-           result: dict, tied: bool, alpha: float | None, seed: int, packing: Packing,
-           fold_in_heldout: bool) -> None:
+def _write(
+    out: Path,
+    ds: WebGraphDataset,
+    rows: CSR,
+    w,
+    h: np.ndarray | None,
+    hp: HParams,
+    result: dict,
+    tied: bool,
+    alpha: float | None,
+    seed: int,
+    packing: Packing,
+    fold_in_heldout: bool,
+) -> None:
     """The usual ``alsx train`` outputs, in the layout ``ALS.save`` writes (``h`` None: the
     tables are on disk already and ``w`` holds the folded-in held-out rows, if any)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -199,14 +262,26 @@ def _write(out: Path, ds: WebGraphDataset, rows: CSR, w, h: np.ndarray | None, h
             w[np.asarray(ds.heldout_rows)] = fold_in(h, hist, hp)
         np.save(out / "row_embeddings.npy", w)
         np.save(out / "col_embeddings.npy", np.asarray(h, np.float32))
-    cfg = {"format_version": FORMAT_VERSION, "hparams": dataclasses.asdict(hp), "epochs": result["epochs"],
-           "alpha": alpha, "tied": tied, "seed": seed, "packing": dataclasses.asdict(packing),
-           "shape": [rows.n_rows, rows.n_cols],
-           "data": {"dataset": str(Path(ds.path).resolve()), "engine": result["engine"]}}
+    cfg = {
+        "format_version": FORMAT_VERSION,
+        "hparams": dataclasses.asdict(hp),
+        "epochs": result["epochs"],
+        "alpha": alpha,
+        "tied": tied,
+        "seed": seed,
+        "packing": dataclasses.asdict(packing),
+        "shape": [rows.n_rows, rows.n_cols],
+        "data": {"dataset": str(Path(ds.path).resolve()), "engine": result["engine"]},
+    }
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     (out / "history.json").write_text(json.dumps(result["history"], indent=2))
     if result["metrics"] is not None:
         (out / "metrics.json").write_text(json.dumps(result["metrics"], indent=2))
     if rows.nnz <= SAVE_TRAIN_MAX_NNZ:  # ALS.load needs it; skipped for huge graphs (it would copy them)
-        np.savez(out / "train.npz", indptr=np.asarray(rows.indptr), indices=np.asarray(rows.indices),
-                 values=np.ascontiguousarray(rows.values, dtype=np.float32), n_cols=np.int64(rows.n_cols))
+        np.savez(
+            out / "train.npz",
+            indptr=np.asarray(rows.indptr),
+            indices=np.asarray(rows.indices),
+            values=np.ascontiguousarray(rows.values, dtype=np.float32),
+            n_cols=np.int64(rows.n_cols),
+        )

@@ -74,17 +74,34 @@ class Variant:
 
     def split_params(self, n_heldout: int) -> dict[str, Any]:
         """The manifest's ``split`` entry (without its rule)."""
-        return {"heldout_fraction": self.heldout_fraction, "history_fraction": self.history_fraction,
-                "seed": self.seed, "n_heldout": n_heldout}
+        return {
+            "heldout_fraction": self.heldout_fraction,
+            "history_fraction": self.history_fraction,
+            "seed": self.seed,
+            "n_heldout": n_heldout,
+        }
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Variant))
-SPARK_FIELDS = ("min_degree", "fixed_point", "keep_self_links", "heldout_fraction", "history_fraction", "seed",
-                "max_shard_nnz")
+SPARK_FIELDS = (
+    "min_degree",
+    "fixed_point",
+    "keep_self_links",
+    "heldout_fraction",
+    "history_fraction",
+    "seed",
+    "max_shard_nnz",
+)
 
 
-def variant_of(variant: Variant | None, options: Mapping[str, Any], caller: str, *,
-               allowed: tuple[str, ...] = _FIELDS, **defaults: Any) -> Variant:
+def variant_of(
+    variant: Variant | None,
+    options: Mapping[str, Any],
+    caller: str,
+    *,
+    allowed: tuple[str, ...] = _FIELDS,
+    **defaults: Any,
+) -> Variant:
     """``variant`` (default: ``Variant(**defaults)``) with the fields in ``options`` replaced.
 
     Raises:

@@ -64,7 +64,11 @@ class UrlVocab:
 
     def encode(self, arr) -> np.ndarray:
         """int64 [n] ids of a pyarrow string array; new URLs get new ids."""
-        enc = pc.dictionary_encode(arr).combine_chunks() if isinstance(arr, pa.ChunkedArray) else pc.dictionary_encode(arr)
+        enc = (
+            pc.dictionary_encode(arr).combine_chunks()
+            if isinstance(arr, pa.ChunkedArray)
+            else pc.dictionary_encode(arr)
+        )
         uniq = enc.dictionary.to_pylist()
         start = len(self.names)
         local = np.empty(len(uniq), dtype=np.int64)
@@ -78,6 +82,10 @@ class UrlVocab:
         self.keep.ensure(len(self.names))
         if n_new:
             new_names = pa.array(self.names[start:], type=pa.string())
-            ok = np.ones(n_new, dtype=bool) if self.tlds is None else pc.is_in(url_tlds(new_names), value_set=pa.array(self.tlds)).to_numpy(zero_copy_only=False)
+            ok = (
+                np.ones(n_new, dtype=bool)
+                if self.tlds is None
+                else pc.is_in(url_tlds(new_names), value_set=pa.array(self.tlds)).to_numpy(zero_copy_only=False)
+            )
             self.keep.a[start : start + n_new] = ok
         return local[enc.indices.to_numpy(zero_copy_only=False)]
