@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alsx.cli.recommend_output import JsonLines, Table, external
 from alsx.errors import UsageError
 
 BATCH = 4096  # rows scored and written per step of recommend: bounds memory whatever the row count
@@ -173,11 +174,6 @@ def _indices(given: list[str], model, columns: bool, where: str) -> np.ndarray:
         raise UsageError(msg.replace("(its rows are", "(its columns are")) from None
 
 
-def _external(vocab, idx: np.ndarray) -> list:
-    """Original ids (Python int / str, for JSON) of dense indices."""
-    return (idx if vocab is None else vocab.decode(idx)).tolist()
-
-
 def _lines(path: str) -> Iterator[str]:
     """Stripped non-blank lines of ``path`` ('-': stdin), read lazily."""
     f = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115 - closed below
@@ -213,92 +209,6 @@ def _row_batches(a: argparse.Namespace, model) -> tuple[Iterator[np.ndarray], in
     return (_indices(chunk, model, False, where) for chunk in chunks), total
 
 
-# ---------------------------------------------------------------------------- writers
-class _JsonLines:
-    def __init__(self, model):
-        self.model = model
-
-    def write(self, rows: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> None:
-        out = []
-        for r, row_ids, row_scores in zip(_external(self.model.row_vocab_, rows), ids, scores):
-            keep = row_ids >= 0
-            recs = [
-                {"id": i, "score": round(float(s), 6)}
-                for i, s in zip(_external(self.model.col_vocab_, row_ids[keep]), row_scores[keep])
-            ]
-            out.append(json.dumps({"row": r, "recommendations": recs}))
-        sys.stdout.write("\n".join(out) + "\n")
-
-    def close(self, ok: bool) -> None:
-        sys.stdout.flush()
-
-
-class _Table:
-    """A long table (row, rank, id, score) written batch by batch to Parquet or CSV."""
-
-    def __init__(self, path: str, model):
-        import pyarrow as pa
-
-        suffix = Path(path).suffix.lower()
-        if suffix not in (".parquet", ".pq", ".csv"):
-            raise UsageError(
-                f"--out {path}: the name must end in .parquet or .csv (or leave --out out for JSON lines on stdout)"
-            )
-
-        def kind(vocab):
-            return pa.string() if vocab is not None and vocab.kind == "str" else pa.int64()
-
-        self.schema = pa.schema(
-            [
-                ("row", kind(model.row_vocab_)),
-                ("rank", pa.int32()),
-                ("id", kind(model.col_vocab_)),
-                ("score", pa.float32()),
-            ]
-        )
-        self.path, self.model, self.csv, self.writer = Path(path), model, suffix == ".csv", None
-
-    def write(self, rows: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> None:
-        import pyarrow as pa
-
-        keep = ids >= 0  # [b, k]
-        rank = np.broadcast_to(np.arange(1, ids.shape[1] + 1, dtype=np.int32), ids.shape)[keep]
-        row_idx = np.broadcast_to(rows[:, None], ids.shape)[keep]
-
-        def ext(vocab, index):
-            return index.astype(np.int64) if vocab is None else vocab.decode(index)
-
-        batch = pa.record_batch(
-            [
-                pa.array(ext(self.model.row_vocab_, row_idx), self.schema.field("row").type),
-                pa.array(rank),
-                pa.array(ext(self.model.col_vocab_, ids[keep]), self.schema.field("id").type),
-                pa.array(scores[keep].astype(np.float32)),
-            ],
-            schema=self.schema,
-        )
-        if self.writer is None:
-            if self.csv:
-                import pyarrow.csv as pcsv
-
-                self.writer = pcsv.CSVWriter(self.path, self.schema)
-            else:
-                import pyarrow.parquet as pq
-
-                self.writer = pq.ParquetWriter(self.path, self.schema)
-        self.writer.write_batch(batch)
-
-    def close(self, ok: bool) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if not ok:  # never leave half a table that looks whole
-            self.path.unlink(missing_ok=True)
-        elif self.writer is None:  # no rows: still a valid, empty table
-            self.write(np.zeros(0, np.int64), np.zeros((0, 1), np.int32), np.zeros((0, 1), np.float32))
-            self.writer.close()
-
-
-# ---------------------------------------------------------------------------- scorers
 def _scorer(a: argparse.Namespace, model):
     """fn(rows int64 [b]) -> (ids int32 [b, k], scores float32 [b, k]), seen columns left out."""
     exclude = None if a.include_seen else model.train_
@@ -346,7 +256,7 @@ def cmd_recommend(a: argparse.Namespace) -> int:
         raise UsageError("--ef-search is used only with --ann DIR")
     model = ALS.load(a.model)
     batches, total = _row_batches(a, model)
-    writer = _JsonLines(model) if a.out_file is None else _Table(a.out_file, model)
+    writer = JsonLines(model) if a.out_file is None else Table(a.out_file, model)
     score = _scorer(a, model)
     ok = False
     try:
@@ -373,10 +283,10 @@ def cmd_similar(a: argparse.Namespace) -> int:
     idx = _indices(given, model, columns, a.model)
     table, vocab = (model.col_embeddings_, model.col_vocab_) if columns else (model.row_embeddings_, model.row_vocab_)
     scores, ids = similar(table, idx, a.k)
-    for q, row_ids, row_scores in zip(_external(vocab, idx), ids, scores):
+    for q, row_ids, row_scores in zip(external(vocab, idx), ids, scores):
         keep = row_ids >= 0
         sims = [
-            {"id": i, "score": round(float(s), 6)} for i, s in zip(_external(vocab, row_ids[keep]), row_scores[keep])
+            {"id": i, "score": round(float(s), 6)} for i, s in zip(external(vocab, row_ids[keep]), row_scores[keep])
         ]
         print(json.dumps({"id": q, "similar": sims}))
     return 0

@@ -8,10 +8,8 @@ decided from the first data lines (see :func:`alsx.data.ingest.load_interactions
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,109 +18,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from alsx.data import guards
 from alsx.data import text_blocks as tb  # by module: tests shrink tb.BLOCK_BYTES
 from alsx.data.columns import FLAGS, columns_note, narrow, resolve_names
 from alsx.data.raw import Location, Raw, fail, first_index
+from alsx.data.text_sniff import TYPES, WS, Dialect, field_problem, is_number, peek_lines
 from alsx.errors import UsageError
 
 log = logging.getLogger("alsx.data.ingest")  # the logger name users configure, as before the split
-
-_INT_RE = re.compile(r"^\s*-?[0-9]+\s*$")  # what pyarrow accepts as int64 text
-_WS_SPLIT = re.compile(r"[ \t\v\f\r]+")
-_WS = " \t\v\f\r\n"
-_BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False}
-
-
-@dataclasses.dataclass(frozen=True)
-class _Dialect:
-    """How one text file is split into fields."""
-
-    edgelist: bool
-    sep: str  # "," / "\t" / ... for CSV; " " after whitespace normalisation for edge lists
-
-    def is_data(self, line: str) -> bool:
-        """Whether a physical line is an entry (mirrors what pyarrow / normalisation keep)."""
-        if self.edgelist:
-            s = line.strip(_WS)
-            return bool(s) and s[0] not in "#%"
-        return line.rstrip("\r\n") != ""
-
-    def split(self, line: str) -> list[str]:
-        if self.edgelist:
-            return _WS_SPLIT.split(line.strip(_WS))
-        return next(csv.reader([line.rstrip("\r\n")], delimiter=self.sep))
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
-
-
-def _peek(path: str, edgelist: bool, limit: int = 1 << 20) -> list[tuple[int, int, str]]:
-    """Up to two data lines as (1-based line number, byte offset just past it, text)."""
-    dialect = _Dialect(edgelist, " " if edgelist else ",")
-    out: list[tuple[int, int, str]] = []
-    chunks, got = [], 0
-    with tb.open_stream(path) as f:
-        while got < limit:  # in pieces: a damaged stream still gives its first lines (the parse names the line)
-            try:
-                piece = f.read(min(1 << 16, limit - got))
-            except (OSError, pa.ArrowInvalid) as e:
-                if not got:
-                    raise tb.damaged(path, e, 0, None) from None
-                break
-            if not piece:
-                break
-            chunks.append(piece)
-            got += len(piece)
-    head = b"".join(chunks)
-    try:
-        guards.sniff_text(head)
-    except guards.Refused as e:
-        raise fail(path, e.where, e.problem) from None
-    offset = 0
-    for lineno, raw in enumerate(head.split(b"\n"), start=1):
-        end = offset + len(raw) + 1
-        offset = end
-        if end > len(head) and len(head) == limit:
-            break  # a line cut by the peek limit
-        text = raw.decode("utf-8", "replace")
-        if dialect.is_data(text):
-            try:  # the header (or first entry) must be text: names read through "replace" would not match
-                raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise fail(
-                    path,
-                    f"line {lineno} ({text.rstrip(_WS)!r})",
-                    f"invalid UTF-8 (byte 0x{raw[e.start]:02x}); alsx reads UTF-8 text",
-                ) from None
-            out.append((lineno, min(end, len(head)), text))
-            if len(out) == 2:
-                break
-    return out
-
-
-_TYPES = {"int": pa.int64(), "str": pa.string(), "float": pa.float64(), "bool": pa.bool_()}
-
-
-def _field_problem(field: str, typ: str) -> str | None:
-    """Why pyarrow would refuse ``field`` as ``typ`` (None if it is fine)."""
-    if typ == "int":
-        if not _INT_RE.match(field):
-            return "is not an integer"
-        if not -(2**63) <= int(field) < 2**63:
-            return "does not fit in int64"
-    elif typ == "float":
-        if "_" in field or not _is_number(field):
-            return "is not a number"
-    elif typ == "bool":
-        if field.strip().lower() not in _BOOL_TEXT:
-            return "is not a bool (true/false/1/0)"
-    return None
 
 
 class _StringIds(Exception):
@@ -137,7 +39,7 @@ class _TextLayout:
     """Where the entries of one text file are; enough to re-read any block later."""
 
     path: str
-    dialect: _Dialect
+    dialect: Dialect
     data_start: int  # byte offset of the first entry line (after any header)
     header_lines: int  # physical lines before data_start; -1: not counted yet (see lines_before)
     n_fields: int
@@ -169,7 +71,7 @@ def _explain_block(block: bytes, lines_before: int, lay: _TextLayout) -> tuple[i
         if len(fields) != lay.n_fields:
             return lineno, text, f"expected {lay.n_fields} fields, got {len(fields)}", None
         for role, p in lay.pos.items():
-            why = _field_problem(fields[p], lay.types[role])
+            why = field_problem(fields[p], lay.types[role])
             if why:
                 what = {"row": "row id", "col": "column id", "is_test": "is_test flag"}.get(role, role)
                 return lineno, text, f"{what} {fields[p]!r} in {lay.labels[role]} {why}", role
@@ -187,7 +89,7 @@ def _parse_text(lay: _TextLayout, ids: str) -> tuple[dict[str, list], list[tuple
     internal = [f"c{i}" for i in range(lay.n_fields)]  # header names may repeat or be empty
     used = [internal[p] for p in dict.fromkeys(lay.pos.values())]
     convert = pacsv.ConvertOptions(
-        column_types={internal[p]: _TYPES[lay.types[r]] for r, p in lay.pos.items()},
+        column_types={internal[p]: TYPES[lay.types[r]] for r, p in lay.pos.items()},
         include_columns=used,
         null_values=[],  # an empty field is an error, never a silent null
         strings_can_be_null=False,
@@ -261,7 +163,7 @@ def _text_locator(lay: _TextLayout, blocks: list[tuple[int, int]]) -> Location:
                     if not lay.dialect.is_data(line):
                         continue
                     if j in want[b]:
-                        found[want[b][j]] = f"line {lay.lines_before() + blocks[b][1] + k + 1} ({line.rstrip(_WS)!r})"
+                        found[want[b][j]] = f"line {lay.lines_before() + blocks[b][1] + k + 1} ({line.rstrip(WS)!r})"
                     j += 1
             if b >= max(want):
                 break
@@ -284,31 +186,31 @@ def read_text(
 ) -> Raw:
     if fmt == "edgelist" and sep is not None:
         raise UsageError("edge lists are whitespace-separated; sep= applies to CSV (fmt='csv', --format csv)")
-    peek = _peek(path, edgelist=fmt == "edgelist")
+    peek = peek_lines(path, edgelist=fmt == "edgelist")
     if not peek:
         raise fail(path, None, "no entries (the file is empty or only comments)")
     if fmt == "txt":  # '#'/'%' comments or no comma: a whitespace edge list; otherwise CSV
-        first = peek[0][2].lstrip(_WS)
+        first = peek[0][2].lstrip(WS)
         fmt = "csv" if sep is not None or ("," in first and first[:1] not in "#%") else "edgelist"
         if fmt == "edgelist":
-            peek = _peek(path, edgelist=True)
+            peek = peek_lines(path, edgelist=True)
     edgelist = fmt == "edgelist"
-    dialect = _Dialect(edgelist, " " if edgelist else (sep if sep is not None else ("\t" if fmt == "tsv" else ",")))
+    dialect = Dialect(edgelist, " " if edgelist else (sep if sep is not None else ("\t" if fmt == "tsv" else ",")))
     if len(dialect.sep) != 1:
         raise UsageError(f"sep must be one character, got {sep!r}")
 
     first_line, first_end, first_text = peek[0]
     fields = dialect.split(first_text)
-    first_where = f"line {first_line} ({first_text.rstrip(_WS)!r})"
+    first_where = f"line {first_line} ({first_text.rstrip(WS)!r})"
     named = {role: r for role, r in refs.items() if isinstance(r, str)}
     if header == "infer":  # see load_interactions: names need a header; else CSV: no number in the first line
-        header = bool(named) or (not edgelist and not any(_is_number(f) for f in fields))
+        header = bool(named) or (not edgelist and not any(is_number(f) for f in fields))
     if header:
         names = [n.strip() for n in fields]
         header_lines, data_start = first_line, first_end
         log.info("%s: header on line %d: %s", path, first_line, names)
         missing = [role for role, r in named.items() if r not in names]
-        numbers = [f for f in fields if _is_number(f)]
+        numbers = [f for f in fields if is_number(f)]
         if missing and numbers:  # the "header" is an entry: names cannot refer to anything
             role = missing[0]
             raise fail(
@@ -379,7 +281,7 @@ def read_text(
             return None
         parts = pieces[role]
         if lay.types[role] == "str":
-            return pa.chunked_array(parts, type=_TYPES["str"])
+            return pa.chunked_array(parts, type=TYPES["str"])
         if not parts:
             return np.zeros(
                 0,
