@@ -135,22 +135,7 @@ def estimate(
     if hp.solver == "cholesky":
         rows = min(rows, max(1, packing.max_dense_bytes // (4 * d * d)))
     solver = _solver_bytes(rows, packing.min_width, d, hp.solver)
-    return MemoryPlan(
-        n_devices=P,
-        dim=d,
-        dtype=hp.dtype,
-        solver=hp.solver,
-        batch_entries=entries,
-        components={
-            "tables": tables,
-            "update": max(loc_r, loc_c) * d * b,
-            "packed": packed,
-            "exchange": exchange,
-            "solver": solver,
-            "gramian": 2 * d * d * 4,
-        },
-        host_init=max(n_rows, n_cols) * d * 4,
-    )
+    return _plan(hp, P, entries, max(loc_r, loc_c), max(n_rows, n_cols), tables, packed, exchange, solver)
 
 
 def plan_engine(engine: Any, row_sides: list, col_sides: list) -> MemoryPlan:
@@ -181,30 +166,35 @@ def plan_engine(engine: Any, row_sides: list, col_sides: list) -> MemoryPlan:
             exchange = max(exchange, 2 * P * k * d * b + s * w * d * 4)
             solver = max(solver, _solver_bytes(s, w, d, hp.solver, n_long=len(lg.rows)))
     tables = (loc_r if engine.tied else loc_r + loc_c) * d * b
+    entries = max(
+        (blk.positions.shape[1] * blk.positions.shape[2] for s in (row_sides[:1] + col_sides[:1]) for blk in s.blocks),
+        default=0,
+    )
+    n_max = max(engine.n_rows, engine.n_cols)
+    return _plan(hp, P, int(entries), max(loc_r, loc_c), n_max, tables, packed, exchange, solver)
+
+
+def _plan(
+    hp: HParams, P: int, entries: int, loc_max: int, n_max: int, tables: int, packed: int, exchange: int, solver: int
+) -> MemoryPlan:
+    """The plan of both entry points from their measured parts (loc_max: most local rows of a side,
+    n_max: most rows of a side); the update shard, the Gramian and the host init follow from them."""
+    d = hp.dim
     return MemoryPlan(
         n_devices=P,
         dim=d,
         dtype=hp.dtype,
         solver=hp.solver,
-        batch_entries=int(
-            max(
-                (
-                    blk.positions.shape[1] * blk.positions.shape[2]
-                    for s in (row_sides[:1] + col_sides[:1])
-                    for blk in s.blocks
-                ),
-                default=0,
-            )
-        ),
+        batch_entries=entries,
         components={
             "tables": tables,
-            "update": max(loc_r, loc_c) * d * b,
+            "update": loc_max * d * _itemsize(hp.dtype),
             "packed": packed,
             "exchange": exchange,
             "solver": solver,
             "gramian": 2 * d * d * 4,
         },
-        host_init=max(engine.n_rows, engine.n_cols) * d * 4,
+        host_init=n_max * d * 4,
     )
 
 

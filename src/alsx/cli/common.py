@@ -13,75 +13,78 @@ SPLIT_KEYS = ("split", "test_fraction", "heldout_fraction", "history_fraction", 
 DATA_KEYS = ("fmt", "row", "col", "value", "timestamp", "ids", "square", "duplicates")
 
 
+# The model flags after --dim/--epochs, in help order: (flag, add_argument keywords); a flag
+# without a "default" (and no action) takes DEFAULTS[its name], so defaults live only in config.
+_MODEL_FLAGS: tuple[tuple[str, dict], ...] = (
+    ("--reg", {"type": float, "help": "lambda (default %(default)s)"}),
+    ("--unobserved-weight", {"type": float, "help": "alpha0, weight of all pairs pushed to 0 (default %(default)s)"}),
+    (
+        "--nu",
+        {"type": float, "help": "frequency scaling of the regulariser: 0 plain, 1 Rendle et al. (default %(default)s)"},
+    ),
+    (
+        "--solver",
+        {
+            "choices": ["cg", "cholesky", "block"],
+            "help": "cg: matrix-free conjugate gradient; cholesky: exact; block: iALS++ subspace sweeps "
+            "(for large --dim; default %(default)s)",
+        },
+    ),
+    (
+        "--cg-steps",
+        {
+            "type": int,
+            "help": "with --solver cg: conjugate-gradient steps per row solve, warm-started (default %(default)s)",
+        },
+    ),
+    (
+        "--block-size",
+        {
+            "type": int,
+            "help": "subspace size of --solver block (divides --dim); 0: 1 on the cpu backend, the largest "
+            "divisor of --dim up to 64 with jax (default %(default)s)",
+        },
+    ),
+    ("--dtype", {"choices": ["float32", "bfloat16"], "help": "table storage (default %(default)s)"}),
+    (
+        "--alpha",
+        {
+            "type": float,
+            "default": None,
+            "help": "confidence c = 1 + alpha * value from the value column (default: binary)",
+        },
+    ),
+    ("--tied", {"action": "store_true", "help": "one table for rows and columns (square graphs)"}),
+    ("--seed", {"type": int, "help": "seed of the initial tables (default %(default)s)"}),
+    (
+        "--init",
+        {
+            "choices": ["normal", "uniform"],
+            "help": "start tables N(0, s^2) or U[0, 2s), s = init-scale / sqrt(dim) (default %(default)s)",
+        },
+    ),
+    ("--init-scale", {"type": float, "help": "(default %(default)s)"}),
+    (
+        "--backend",
+        {
+            "choices": BACKENDS,
+            "help": "cpu: fused Numba CG kernels on all cores; jax: XLA on every device (sharded when "
+            "there are several); auto: cpu on a CPU-only single-process CG float32 run, "
+            "else jax (default %(default)s)",
+        },
+    ),
+)
+
+
 def add_model_args(p: argparse.ArgumentParser, dim: int = DEFAULTS["dim"], epochs: int = DEFAULTS["epochs"]) -> None:
     """The model flags (defaults from ``alsx.config.DEFAULTS``)."""
     g = p.add_argument_group("model")
     g.add_argument("--dim", type=int, default=dim, help="embedding dimension (default %(default)s)")
     g.add_argument("--epochs", type=int, default=epochs, help="full epochs (default %(default)s)")
-    g.add_argument("--reg", type=float, default=DEFAULTS["reg"], help="lambda (default %(default)s)")
-    g.add_argument(
-        "--unobserved-weight",
-        type=float,
-        default=DEFAULTS["unobserved_weight"],
-        help="alpha0, weight of all pairs pushed to 0 (default %(default)s)",
-    )
-    g.add_argument(
-        "--nu",
-        type=float,
-        default=DEFAULTS["nu"],
-        help="frequency scaling of the regulariser: 0 plain, 1 Rendle et al. (default %(default)s)",
-    )
-    g.add_argument(
-        "--solver",
-        choices=["cg", "cholesky", "block"],
-        default=DEFAULTS["solver"],
-        help="cg: matrix-free conjugate gradient; cholesky: exact; block: iALS++ subspace sweeps "
-        "(for large --dim; default %(default)s)",
-    )
-    g.add_argument(
-        "--cg-steps",
-        type=int,
-        default=DEFAULTS["cg_steps"],
-        help="with --solver cg: conjugate-gradient steps per row solve, warm-started (default %(default)s)",
-    )
-    g.add_argument(
-        "--block-size",
-        type=int,
-        default=DEFAULTS["block_size"],
-        help="subspace size of --solver block (divides --dim); 0: 1 on the cpu backend, the largest "
-        "divisor of --dim up to 64 with jax (default %(default)s)",
-    )
-    g.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default=DEFAULTS["dtype"],
-        help="table storage (default %(default)s)",
-    )
-    g.add_argument(
-        "--alpha",
-        type=float,
-        default=None,
-        help="confidence c = 1 + alpha * value from the value column (default: binary)",
-    )
-    g.add_argument("--tied", action="store_true", help="one table for rows and columns (square graphs)")
-    g.add_argument(
-        "--seed", type=int, default=DEFAULTS["seed"], help="seed of the initial tables (default %(default)s)"
-    )
-    g.add_argument(
-        "--init",
-        choices=["normal", "uniform"],
-        default=DEFAULTS["init"],
-        help="start tables N(0, s^2) or U[0, 2s), s = init-scale / sqrt(dim) (default %(default)s)",
-    )
-    g.add_argument("--init-scale", type=float, default=DEFAULTS["init_scale"], help="(default %(default)s)")
-    g.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=DEFAULTS["backend"],
-        help="cpu: fused Numba CG kernels on all cores; jax: XLA on every device (sharded when "
-        "there are several); auto: cpu on a CPU-only single-process CG float32 run, "
-        "else jax (default %(default)s)",
-    )
+    for flag, kw in _MODEL_FLAGS:
+        if "default" not in kw and "action" not in kw:
+            kw = {**kw, "default": DEFAULTS[flag[2:].replace("-", "_")]}
+        g.add_argument(flag, **kw)
 
 
 def add_cpu_devices(p: argparse.ArgumentParser, default: int) -> None:
@@ -144,21 +147,25 @@ def add_split_args(p: argparse.ArgumentParser, default: str = "random") -> None:
     )
 
 
+def ingest_options(a: argparse.Namespace) -> dict:
+    """The reader keywords of the data flags (a column given as digits is its index)."""
+    col = lambda v: int(v) if v is not None and str(v).isdigit() else v  # noqa: E731
+    return {
+        "fmt": a.fmt,
+        "row": col(a.row),
+        "col": col(a.col),
+        "value": col(a.value),
+        "timestamp": col(a.timestamp),
+        "ids": a.ids,
+        "square": a.square,
+        "duplicates": a.duplicates,
+    }
+
+
 def load_data(path: str, a: argparse.Namespace):
     from alsx.data.ingest import load_interactions
 
-    col = lambda v: int(v) if v is not None and str(v).isdigit() else v  # noqa: E731
-    data, summary = load_interactions(
-        path,
-        fmt=a.fmt,
-        row=col(a.row),
-        col=col(a.col),
-        value=col(a.value),
-        timestamp=col(a.timestamp),
-        ids=a.ids,
-        square=a.square,
-        duplicates=a.duplicates,
-    )
+    data, summary = load_interactions(path, **ingest_options(a))
     print(f"ingest: {summary}", file=sys.stderr)
     return data, summary
 

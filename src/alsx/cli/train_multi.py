@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alsx.cli.common import checkpointer_from_args, model_from_args, split_options
+from alsx.cli.common import checkpointer_from_args, ingest_options, model_from_args, split_options
 from alsx.cli.outputs import write_outputs
 
 
@@ -38,19 +38,8 @@ def train_partitioned(a: argparse.Namespace, topo) -> int:
     from alsx.train import sharded_eval_topk
 
     lead = topo.process_index == 0
-    col = lambda v: int(v) if v is not None and str(v).isdigit() else v  # noqa: E731
     t = time.perf_counter()
-    part = load_partitioned(
-        a.data,
-        fmt=a.fmt,
-        row=col(a.row),
-        col=col(a.col),
-        value=col(a.value),
-        timestamp=col(a.timestamp),
-        ids=a.ids,
-        square=a.square,
-        duplicates=a.duplicates,
-    )
+    part = load_partitioned(a.data, **ingest_options(a))
     mine = part.local
     if lead:
         print(

@@ -80,24 +80,11 @@ def profile_half_step(w: jax.Array, h: jax.Array, side: SideArrays, hp: HParams)
     }
     entries = rows = 0
     zeros = jnp.zeros_like(w)
+    update_args = (lam, alpha0, hp.solver, hp.cg_steps, take_rows, block_size)  # after the block, both updates
     for block in side["blocks"]:
         g = timed(_partial_block, w, h, gram, block, lam, alpha0, "gather")
         n = timed(_partial_block, w, h, gram, block, lam, alpha0, "normal")
-        full = timed(
-            block_update,
-            zeros,
-            w,
-            h,
-            gram,
-            block,
-            lam,
-            alpha0,
-            hp.solver,
-            hp.cg_steps,
-            take_rows,
-            block_size,
-            fresh_first=True,
-        )
+        full = timed(block_update, zeros, w, h, gram, block, *update_args, fresh_first=True)
         x = jnp.zeros(block[2].shape + (w.shape[1],), w.dtype)
         s = timed(_scatter, zeros, block[2], x, fresh_first=True)
         out["gather"] += g
@@ -107,21 +94,7 @@ def profile_half_step(w: jax.Array, h: jax.Array, side: SideArrays, hp: HParams)
         entries += block[0].size
         rows += block[2].size
     if side["long"] is not None:
-        out["long_rows"] = timed(
-            long_update,
-            zeros,
-            w,
-            h,
-            gram,
-            side["long"],
-            lam,
-            alpha0,
-            hp.solver,
-            hp.cg_steps,
-            take_rows,
-            block_size,
-            fresh_first=True,
-        )
+        out["long_rows"] = timed(long_update, zeros, w, h, gram, side["long"], *update_args, fresh_first=True)
     out["total"] = sum(out.values())
     out["solve_gflops"] = (
         solve_flops(entries, rows, w.shape[1], hp) / max(out["solve"] + out["normal_equations"], 1e-9) / 1e9

@@ -7,6 +7,18 @@ import numpy as np
 from alsx.data.raw import fail, first_index
 
 
+def pair_namer(rows: np.ndarray, cols: np.ndarray, row_vocab, col_vocab, mode: str):
+    """``pair_name(i)`` for :func:`sort_dedupe`'s messages: entry i of ``rows``/``cols`` [n] as the
+    file spells it (its ids when ``mode`` is "map")."""
+
+    def pair_name(i: int) -> str:
+        r = row_vocab.ids[rows[i]] if mode == "map" else rows[i]
+        c = col_vocab.ids[cols[i]] if mode == "map" else cols[i]
+        return f"(row {r.item()!r}, col {c.item()!r})"
+
+    return pair_name
+
+
 def _first_duplicate(rows: np.ndarray, cols: np.ndarray, n_cols: int) -> tuple[int, int]:
     """(earlier, later) positions of the first entry, in input order, that repeats a pair."""
     key = rows.astype(np.int64) * np.int64(n_cols) + cols

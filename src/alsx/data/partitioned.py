@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from alsx import distributed as dist
 from alsx.data import guards
-from alsx.data.dedupe import sort_dedupe
+from alsx.data.dedupe import pair_namer, sort_dedupe
 from alsx.data.ingest import ingest_arguments, read_source, suffix_format
 from alsx.data.layout import engine_layouts, group_ranges, shard_processes
 from alsx.data.matrix import CSR, Interactions, coo_to_csr
@@ -252,11 +252,7 @@ def load_partitioned(path: str, **options: Any) -> Partitioned:
             for p in positions
         ]
 
-    def pair_name(i: int) -> str:
-        r = row_vocab.ids[rows[i]] if mode == "map" else rows[i]
-        c = col_vocab.ids[cols[i]] if mode == "map" else cols[i]
-        return f"(row {r.item()!r}, col {c.item()!r})"
-
+    pair_name = pair_namer(rows, cols, row_vocab, col_vocab, mode)
     rows, cols, values, ts, test, merged = sort_dedupe(
         rows, cols, n_cols, values, ts, test, duplicates, where, pair_name, src
     )

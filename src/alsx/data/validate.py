@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from alsx.data import guards
 from alsx.data.columns import narrow
-from alsx.data.dedupe import sort_dedupe
+from alsx.data.dedupe import pair_namer, sort_dedupe
 from alsx.data.matrix import Interactions
 from alsx.data.raw import INT32_MAX, IdColumn, IngestError, IngestSummary, Raw, fail, first_index, is_str
 from alsx.data.vocab import Vocab
@@ -268,11 +268,7 @@ def finish(
         orig = [int(pos_map[p]) if pos_map is not None else int(p) for p in positions]
         return raw.locate(orig)
 
-    def pair_name(i: int) -> str:
-        r = row_vocab.ids[rows[i]] if mode == "map" else rows[i]
-        c = col_vocab.ids[cols[i]] if mode == "map" else cols[i]
-        return f"(row {r.item()!r}, col {c.item()!r})"
-
+    pair_name = pair_namer(rows, cols, row_vocab, col_vocab, mode)
     rows, cols, values, ts, test, merged = sort_dedupe(
         rows, cols, n_cols, values, ts, test, duplicates, where, pair_name, src
     )

@@ -124,6 +124,11 @@ def _filter_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _local_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    """The options of the builds that run in this process (build without --spark, synth)."""
+    return {"seed": a.seed, "chunk_edges": a.chunk_edges, "progress": not a.no_progress, **_filter_kwargs(a)}
+
+
 def _summary(ds) -> None:
     log.info("wrote %r", ds)
     json.dump({"path": str(ds.path), "n_nodes": ds.n_nodes, "counts": ds.manifest["counts"]}, sys.stdout, indent=2)
@@ -139,15 +144,7 @@ def _run_build(a: argparse.Namespace) -> int:
 
         ds = build_webgraph_spark(inputs, a.out, tld=a.tld, seed=a.seed, **_filter_kwargs(a))
     else:
-        ds = build_webgraph(
-            inputs,
-            a.out,
-            tld=a.tld,
-            seed=a.seed,
-            chunk_edges=a.chunk_edges,
-            progress=not a.no_progress,
-            **_filter_kwargs(a),
-        )
+        ds = build_webgraph(inputs, a.out, tld=a.tld, **_local_kwargs(a))
     _summary(ds)
     return 0
 
@@ -159,7 +156,6 @@ def _run_synth(a: argparse.Namespace) -> int:
         a.out,
         a.nodes,
         a.edges,
-        seed=a.seed,
         hosts=a.hosts,
         locality=a.locality,
         reciprocity=a.reciprocity,
@@ -167,9 +163,7 @@ def _run_synth(a: argparse.Namespace) -> int:
         alpha_out=a.alpha_out,
         alpha_in=a.alpha_in,
         dangling_fraction=a.dangling_fraction,
-        chunk_edges=a.chunk_edges,
-        progress=not a.no_progress,
-        **_filter_kwargs(a),
+        **_local_kwargs(a),
     )
     _summary(ds)
     return 0

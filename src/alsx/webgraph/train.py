@@ -64,34 +64,24 @@ def vm_hwm_bytes() -> int:
 
 def evaluate_dataset(
     ds: WebGraphDataset,
-    h: np.ndarray,
+    h: np.ndarray | None,
     hp: HParams,
     ks: tuple[int, ...] = (20, 50),
     alpha: float | None = None,
     max_rows: int | None = None,
     seed: int = 0,
     baseline: bool = True,
+    sharded: tuple[Any, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Recall/NDCG of the held-out rows of ``ds`` for column table ``h`` [n_nodes, d]."""
+    """Recall/NDCG of the held-out rows of ``ds`` for column table ``h`` [n_nodes, d].
+
+    ``sharded`` = (engine, state) of a ShardedEngine across processes (``h`` None), gathering
+    no table (a collective): process i of n folds in and ranks every n-th held-out row, fetching
+    only the columns its histories read and ranking on the column shards; means merged by row counts."""
     counts = np.diff(np.asarray(ds.train_csc().indptr)) if baseline else None  # in-degree = popularity
-    return evaluate_heldout_csr(h, ds.foldin_csr(), ds.truth_csr(), hp, ks, alpha, counts, max_rows, seed)
-
-
-def evaluate_dataset_sharded(
-    ds: WebGraphDataset,
-    engine,
-    state,
-    hp: HParams,
-    ks: tuple[int, ...] = (20, 50),
-    alpha: float | None = None,
-    max_rows: int | None = None,
-    seed: int = 0,
-    baseline: bool = True,
-) -> dict[str, dict[str, float]]:
-    """:func:`evaluate_dataset` for a ShardedEngine across processes, gathering no table (a
-    collective): process i of n folds in and ranks every n-th held-out row, fetching only the
-    columns its histories read and ranking on the column shards; means merged by row counts."""
-    counts = np.diff(np.asarray(ds.train_csc().indptr)) if baseline else None
+    if sharded is None:
+        return evaluate_heldout_csr(h, ds.foldin_csr(), ds.truth_csr(), hp, ks, alpha, counts, max_rows, seed)
+    engine, state = sharded
     local = evaluate_heldout_csr(
         None,
         ds.foldin_csr(),
@@ -161,10 +151,10 @@ def train_webgraph(
     )
 
     def metrics(st) -> dict:
-        if multi:  # a collective: every process takes part
-            return evaluate_dataset_sharded(ds, engine, st, hp, ks, alpha, max_eval_rows, seed, baseline=False)["model"]
-        _, h = engine.to_numpy(st)
-        return evaluate_dataset(ds, h, hp, ks, alpha, max_eval_rows, seed, baseline=False)["model"]
+        # multi: a collective, every process takes part
+        h = None if multi else engine.to_numpy(st)[1]
+        sharded = (engine, st) if multi else None
+        return evaluate_dataset(ds, h, hp, ks, alpha, max_eval_rows, seed, baseline=False, sharded=sharded)["model"]
 
     trained = run(
         engine,
@@ -189,11 +179,8 @@ def train_webgraph(
     metrics_end = None
     t1 = time.perf_counter()
     if len(ds.heldout_rows) and (multi or lead):
-        metrics_end = (
-            evaluate_dataset_sharded(ds, engine, st, hp, ks, alpha, max_eval_rows, seed)
-            if multi
-            else evaluate_dataset(ds, h, hp, ks, alpha, max_eval_rows, seed)
-        )
+        sharded = (engine, st) if multi else None
+        metrics_end = evaluate_dataset(ds, h, hp, ks, alpha, max_eval_rows, seed, sharded=sharded)
         if history:
             history[-1]["metrics"] = metrics_end["model"]
     eval_s = trained.eval_seconds + time.perf_counter() - t1
