@@ -99,28 +99,39 @@ def add_cpu_devices(p: argparse.ArgumentParser, default: int) -> None:
     )
 
 
+# The input flags, in help order: (flag, add_argument keywords).
+_DATA_FLAGS: tuple[tuple[str, dict], ...] = (
+    ("--format", {"dest": "fmt", "default": None, "help": "npz, csv, tsv, parquet, edgelist (default: by suffix)"}),
+    ("--row", {"default": None, "help": "row column: header name or 0-based number"}),
+    ("--col", {"default": None, "help": "column column: header name or 0-based number"}),
+    ("--value", {"default": None, "help": "value column (with --alpha gives confidences)"}),
+    ("--timestamp", {"default": None, "help": "timestamp column (for --split last)"}),
+    (
+        "--ids",
+        {
+            "choices": ["auto", "index", "map"],
+            "default": "auto",
+            "help": "'index': non-negative integer indices kept as given; 'map': arbitrary ids; auto: 'index' "
+            "for integer ids, else 'map' (default %(default)s)",
+        },
+    ),
+    ("--square", {"action": "store_true", "help": "rows and columns share one vocabulary (graphs)"}),
+    (
+        "--duplicates",
+        {
+            "choices": ["sum", "error", "first"],
+            "default": "sum",
+            "help": "repeated (row, column) entries: add their values, stop with an error, or keep the first "
+            "(default %(default)s)",
+        },
+    ),
+)
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input")
-    g.add_argument("--format", dest="fmt", default=None, help="npz, csv, tsv, parquet, edgelist (default: by suffix)")
-    g.add_argument("--row", default=None, help="row column: header name or 0-based number")
-    g.add_argument("--col", default=None, help="column column: header name or 0-based number")
-    g.add_argument("--value", default=None, help="value column (with --alpha gives confidences)")
-    g.add_argument("--timestamp", default=None, help="timestamp column (for --split last)")
-    g.add_argument(
-        "--ids",
-        choices=["auto", "index", "map"],
-        default="auto",
-        help="'index': non-negative integer indices kept as given; 'map': arbitrary ids; auto: 'index' for "
-        "integer ids, else 'map' (default %(default)s)",
-    )
-    g.add_argument("--square", action="store_true", help="rows and columns share one vocabulary (graphs)")
-    g.add_argument(
-        "--duplicates",
-        choices=["sum", "error", "first"],
-        default="sum",
-        help="repeated (row, column) entries: add their values, stop with an error, or keep the first "
-        "(default %(default)s)",
-    )
+    for flag, kw in _DATA_FLAGS:
+        g.add_argument(flag, **kw)
 
 
 def add_split_args(p: argparse.ArgumentParser, default: str = "random") -> None:
