@@ -30,6 +30,10 @@ FRAGMENTS = [  # in the order they appear in RESULTS.md
     "results_ingest.md",
     "results_ann.md",
     "results_export.md",
+    "results_latency.md",
+    "results_tune.md",
+    "results_compile.md",
+    "results_gpu_tiny.md",
 ]
 HEADER = """# Benchmark results
 

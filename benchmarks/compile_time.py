@@ -72,7 +72,7 @@ def child(n_buckets: int, entries: int, dim: int) -> dict:
     later = float(np.median(times[1:]))
     return {
         "n_buckets": n_buckets,
-        "widths": [len(eng._rows["blocks"]), len(eng._cols["blocks"])],
+        "widths": [len(eng.packed("rows")["blocks"]), len(eng.packed("cols")["blocks"])],
         "fill": [eng.stats.row_fill, eng.stats.col_fill],
         "epochs": times,
         "compile_s": times[0] - later,

@@ -221,8 +221,8 @@ def child(run: dict, path: str, epochs: int) -> dict:
     isz = 2 if hp.dtype == "bfloat16" else 4
     bs = hp.block_width("jax")
     cost = [
-        side_cost(padded_entries(eng._rows), n, m, hp.dim, isz, hp.solver, 3, bs),
-        side_cost(padded_entries(eng._cols), m, n, hp.dim, isz, hp.solver, 3, bs),
+        side_cost(padded_entries(eng.packed("rows")), n, m, hp.dim, isz, hp.solver, 3, bs),
+        side_cost(padded_entries(eng.packed("cols")), m, n, hp.dim, isz, hp.solver, 3, bs),
     ]
     later = float(np.median(times[1:]))
     return {

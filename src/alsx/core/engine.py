@@ -264,5 +264,10 @@ class LocalEngine(DeviceEngine):
     def counts(self, side: str) -> jax.Array:
         return self._sides[side]["counts"]
 
+    def packed(self, side: str) -> dict:
+        """The device arrays of one side's packed blocks ('rows' or 'cols'), e.g. to count the bytes a
+        half-step moves (benchmarks/gpu.py)."""
+        return self._sides[side]
+
     def observed(self, state: ALSState):
         return observed_loss(state.w, state.h, self._sides["rows"])
