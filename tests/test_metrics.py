@@ -8,14 +8,7 @@ import numpy as np
 import pytest
 
 from alsx.data.matrix import CSR
-from alsx.eval.metrics import (
-    hit_rate_at_k,
-    map_at_k,
-    ndcg_at_k,
-    ranking_metrics,
-    recall_at_k,
-    relevance,
-)
+from alsx.eval.metrics import hit_rate_at_k, map_at_k, ndcg_at_k, ranking_metrics, recall_at_k, relevance
 
 
 def _csr(sets: list[list[int]], n_cols: int = 100) -> CSR:
@@ -31,10 +24,7 @@ def _csr(sets: list[list[int]], n_cols: int = 100) -> CSR:
 #   row 2: topk [4, 6, 8, 0], truth {}: excluded from every mean.
 #   row 3: topk [0, 1, 2, 3], truth {10..15}: no hit.
 #   row 4: topk [1, 2, 3, 4], truth {1..8}: four hits, |G| = 8 > k.
-TOPK = np.array(
-    [[3, 1, 7, 5], [2, -1, -1, -1], [4, 6, 8, 0], [0, 1, 2, 3], [1, 2, 3, 4]],
-    dtype=np.int32,
-)
+TOPK = np.array([[3, 1, 7, 5], [2, -1, -1, -1], [4, 6, 8, 0], [0, 1, 2, 3], [1, 2, 3, 4]], dtype=np.int32)
 TRUTH = _csr([[1, 5, 9], [2], [], list(range(10, 16)), list(range(1, 9))])
 L3, L5 = math.log2(3), math.log2(5)
 

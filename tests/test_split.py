@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 
 from alsx.data.matrix import Interactions
-from alsx.data.split import (
-    Split,
-    given_split,
-    heldout_rows_split,
-    leave_last_out,
-    random_holdout,
-)
+from alsx.data.split import Split, given_split, heldout_rows_split, leave_last_out, random_holdout
 
 
 def _random_interactions(seed: int = 0, n_rows: int = 300, n_cols: int = 80) -> Interactions:

@@ -27,12 +27,7 @@ def train_partitioned(a: argparse.Namespace, topo) -> int:
     from alsx.collectives import route
     from alsx.core.sharded import ShardedEngine
     from alsx.core.sharding import make_mesh
-    from alsx.data.partitioned import (
-        engine_inputs,
-        gather_to_lead,
-        load_partitioned,
-        split_partitioned,
-    )
+    from alsx.data.partitioned import engine_inputs, gather_to_lead, load_partitioned, split_partitioned
     from alsx.eval.protocol import compact_rows, evaluate_across_processes
     from alsx.serve.foldin import fold_in_sharded
     from alsx.train import sharded_eval_topk

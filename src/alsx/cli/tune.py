@@ -18,15 +18,7 @@ import time
 from pathlib import Path
 
 from alsx.cli import train as train_command
-from alsx.cli.common import (
-    DATA_KEYS,
-    SPLIT_KEYS,
-    add_cpu_devices,
-    add_data_args,
-    add_split_args,
-    load_data,
-    make_split,
-)
+from alsx.cli.common import DATA_KEYS, SPLIT_KEYS, add_cpu_devices, add_data_args, add_split_args, load_data, make_split
 from alsx.cli.train_options import CONFIG_ABOUT, apply_config
 from alsx.errors import UsageError
 

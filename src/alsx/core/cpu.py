@@ -35,15 +35,7 @@ import numpy as np
 
 from alsx.config import HParams, Packing
 from alsx.core.cpu_block import block_rows, transpose_positions
-from alsx.core.cpu_host import (
-    ROW_COST,
-    RowThreads,
-    TablePool,
-    as_table,
-    eigenbasis,
-    empty_table,
-    work_blocks,
-)
+from alsx.core.cpu_host import ROW_COST, RowThreads, TablePool, as_table, eigenbasis, empty_table, work_blocks
 from alsx.core.cpu_kernels import FLOOR, cg_rows, observed_loss
 from alsx.core.cpu_profile import profile_half_step
 from alsx.core.engine import SIDES, Engine, PackStats

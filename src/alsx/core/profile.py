@@ -19,14 +19,7 @@ from alsx.core import cpu
 from alsx.core import normal_eq as ne
 from alsx.core.cpu_profile import profile_half_step as cpu_profile_half_step
 from alsx.core.state import ALSState
-from alsx.core.step import (
-    SideArrays,
-    block_update,
-    long_update,
-    prologue,
-    solve_rows,
-    take_rows,
-)
+from alsx.core.step import SideArrays, block_update, long_update, prologue, solve_rows, take_rows
 from alsx.core.timing import sgemm_rate, timed
 from alsx.data.packing import pack
 

@@ -32,22 +32,8 @@ from alsx.core import normal_eq as ne
 from alsx.core.engine import Engine, alternate, check_shapes
 from alsx.core.exchange import fetch_rows, serve_lists
 from alsx.core.objective import regularisation_term, row_regularisation
-from alsx.core.sharded_host import (  # noqa: F401
-    HostAccess,
-    gather_host,
-    permute_program,
-    permute_rows,
-)
-from alsx.core.sharding import (
-    REPLICATED,
-    SHARD,
-    STACKED,
-    TABLE,
-    local_shards,
-    make_mesh,
-    n_shards,
-    stacked_sharding,
-)
+from alsx.core.sharded_host import HostAccess, gather_host, permute_program, permute_rows  # noqa: F401
+from alsx.core.sharding import REPLICATED, SHARD, STACKED, TABLE, local_shards, make_mesh, n_shards, stacked_sharding
 from alsx.core.state import ALSState, init_state
 from alsx.core.step import observed_loss, solve_block, solve_long
 from alsx.data.layout import engine_layouts

@@ -17,14 +17,7 @@ from jax.sharding import Mesh
 
 from alsx.collectives import allgather_bytes, route
 from alsx.core.exchange import permutation_plan, permute_local
-from alsx.core.sharding import (
-    STACKED,
-    TABLE,
-    RowLayout,
-    n_shards,
-    stacked_sharding,
-    table_sharding,
-)
+from alsx.core.sharding import STACKED, TABLE, RowLayout, n_shards, stacked_sharding, table_sharding
 from alsx.core.state import ALSState
 from alsx.data.partitioned import pack_fields, unpack_fields
 

@@ -25,13 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alsx.data.layout import (  # noqa: F401 -- row ownership lives in the data layer; re-exported here
-    RowLayout,
-    balanced_layout,
-    contiguous_layout,
-    group_ranges,
-    process_groups,
-)
+from alsx.data.layout import RowLayout, balanced_layout, contiguous_layout, group_ranges, process_groups  # noqa: F401 -- row ownership lives in the data layer; re-exported here
 
 SHARD = "shard"
 """The one mesh axis: devices that each own a slice of every table's rows."""

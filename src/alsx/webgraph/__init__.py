@@ -5,12 +5,4 @@ from alsx.webgraph.dataset import WebGraphDataset, open_dataset
 from alsx.webgraph.synthetic import SynthSpec, synth_webgraph
 from alsx.webgraph.variant import Variant
 
-__all__ = [
-    "CCInputs",
-    "SynthSpec",
-    "Variant",
-    "WebGraphDataset",
-    "build_webgraph",
-    "open_dataset",
-    "synth_webgraph",
-]
+__all__ = ["CCInputs", "SynthSpec", "Variant", "WebGraphDataset", "build_webgraph", "open_dataset", "synth_webgraph"]

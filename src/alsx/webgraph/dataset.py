@@ -32,12 +32,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from alsx.data.matrix import CSR, row_ranges
-from alsx.webgraph.csr_writers import (  # noqa: F401 -- re-exported: the dataset's writers
-    DEFAULT_BLOCK_NNZ,
-    DEFAULT_MAX_SHARD_NNZ,
-    ExternalCSRBuilder,
-    SequentialCSRWriter,
-)
+from alsx.webgraph.csr_writers import DEFAULT_BLOCK_NNZ, DEFAULT_MAX_SHARD_NNZ, ExternalCSRBuilder, SequentialCSRWriter  # noqa: F401 -- re-exported: the dataset's writers
 from alsx.webgraph.npy_files import load_npy, ones
 
 FORMAT_NAME = "alsx-webgraph"

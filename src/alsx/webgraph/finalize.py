@@ -23,9 +23,7 @@ from alsx.webgraph.variant import EdgeChunks, Variant, progress_bar
 
 
 def finalize_graph(
-    stage_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    variant: Variant,
+    stage_dir: str | os.PathLike, out_dir: str | os.PathLike, variant: Variant
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Filters, renumbers and splits a stage graph into ``out_dir`` as ``variant`` says (no manifest written).
 

@@ -160,10 +160,7 @@ class FilterResult:
     nodes_per_iteration: list[int]
 
 
-def degree_filter(
-    stage: WebGraphDataset,
-    variant: Variant,
-) -> FilterResult:
+def degree_filter(stage: WebGraphDataset, variant: Variant) -> FilterResult:
     """Self-link policy + the in/out-degree >= K filter on a stage graph.
 
     One pass (ALX): degrees are computed once on the graph, nodes with both
