@@ -33,6 +33,7 @@ FILES = {
     "ml1m": "ml1m_implicit.npz",
     "cnr": "web_cnr2000.npz",
     "citeulike_a": "citeulike_a.npz",  # no shipped split: a per-row 20 % holdout (seed 0)
+    "ml100k": "ml100k.npz",  # ratings read as 0/1 interactions; a per-row 20 % holdout (seed 0)
 }
 # Protocol per data set: the split shipped with the data, or held-out rows (strong generalisation).
 PROTOCOL = {
@@ -42,6 +43,7 @@ PROTOCOL = {
     "synth10m": "heldout_rows",
     "synth100m": "heldout_rows",
     "citeulike_a": "random",
+    "ml100k": "random",
 }
 SYNTH = {"n_rows": 1_000_000, "n_cols": 200_000, "nnz": 10_000_000, "seed": 0}
 SYNTH100M = {"n_rows": 10_000_000, "n_cols": 2_000_000, "nnz": 100_000_000, "seed": 0}  # SYNTH x 10

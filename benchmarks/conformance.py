@@ -86,7 +86,7 @@ def train_one(cfg: dict) -> dict:
         "jax_devices": jax.device_count(),
         "shape": list(data.shape),
         "nnz": int(data.nnz),
-        "hparams": hp,
+        "hparams": {**hp, **{k: getattr(model.hparams_, k) for k in ("reg", "unobserved_weight")}},  # 'auto' resolved
         "losses": [r["loss"]["total"] for r in hist],
         "epoch_seconds": [r["seconds"] for r in hist],
         "epochs_done": len(hist),

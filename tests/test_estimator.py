@@ -14,8 +14,9 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError as SklearnNotFitted
 from sklearn.utils.validation import check_is_fitted
 
-from alsx import ALS, HParams
+from alsx import ALS
 from alsx.callbacks import StopTraining
+from alsx.config import DEFAULTS
 from alsx.core.backends import make_engine
 from alsx.data.ingest import load_interactions
 from alsx.errors import UsageError
@@ -41,11 +42,13 @@ def test_init_stores_its_arguments_and_nothing_else():
     assert sorted(vars(model)) == sorted(names)
     assert model.get_params() == {n: getattr(model, n) for n in names}
     assert model.dim == 0 and model.solver == "nonsense"
-    # the defaults are config.py's (HParams), whatever they are
+    # the defaults are config.py's, whatever they are
     for field in (
         "dim",
         "reg",
         "unobserved_weight",
+        "unobserved_ratio",
+        "reg_ratio",
         "nu",
         "solver",
         "cg_steps",
@@ -54,7 +57,7 @@ def test_init_stores_its_arguments_and_nothing_else():
         "init_scale",
         "init",
     ):
-        assert getattr(ALS(), field) == getattr(HParams(), field), field
+        assert getattr(ALS(), field) == DEFAULTS[field], field
     with pytest.raises(SklearnNotFitted):
         check_is_fitted(ALS())
 

@@ -91,8 +91,11 @@ def test_refit_tables_are_the_fit_on_all_input(graph, models):
     assert on["part"] == "all input" and on["refit"] is True and on["nnz"] == data.nnz
     assert on["evaluated_before_refit_on"]["split"] == "random"
     assert not (refit / "trained.npz").exists() and (refit / "split_history.json").exists()
-    # The saved tables are those of a fit on every entry with the same settings ...
-    ref = ALS(dim=8, epochs=2, reg=0.05, progress=False).fit(data)
+    # The saved tables are those of a fit on every entry with the same settings (the same numbers: an 'auto'
+    # alpha0 stays the one resolved on the training part, the model evaluated) ...
+    hp = _cfg(kept)["hparams"]
+    assert _cfg(refit)["hparams"] == hp and hp["reg"] == 0.05
+    ref = ALS(dim=8, epochs=2, reg=0.05, unobserved_weight=hp["unobserved_weight"], progress=False).fit(data)
     w = np.load(refit / "row_embeddings.npy")
     np.testing.assert_allclose(w, ref.row_embeddings_, rtol=0, atol=1e-5 * np.abs(w).max())
     # ... not the split-trained ones, which --no-refit keeps.

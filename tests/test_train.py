@@ -4,6 +4,7 @@ defaults; plus ``alsx train DATASET_FOLDER`` honouring the model flags (--init, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import os
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from alsx.callbacks import StopTraining
-from alsx.config import DEFAULTS, HParams
+from alsx.config import DEFAULTS, HParams, resolve_weights
 from alsx.core.cpu import CpuEngine
 from alsx.core.engine import Engine, LocalEngine, alternate
 from alsx.data.matrix import coo_to_csr
@@ -108,10 +109,18 @@ def test_defaults_live_in_config_only():
         "seed",
         "loss_every",
         "backend",
+        "unobserved_ratio",
+        "reg_ratio",
     ):
         assert sig[name].default == DEFAULTS[name], name
     a = build_parser().parse_args(["train", "x", "--out", "y"])
-    assert HParams.from_args(a) == HParams()
+    for f in dataclasses.fields(HParams):  # the CLI's defaults: HParams' own, but reg and alpha0 'auto'
+        assert (
+            getattr(a, f.name)
+            == DEFAULTS[f.name]
+            == (f.default if f.name not in ("reg", "unobserved_weight") else "auto")
+        )
+    assert (a.unobserved_ratio, a.reg_ratio) == (DEFAULTS["unobserved_ratio"], DEFAULTS["reg_ratio"])
     assert (a.epochs, a.seed, a.loss_every, a.backend) == tuple(
         DEFAULTS[k] for k in ("epochs", "seed", "loss_every", "backend")
     )
@@ -156,8 +165,13 @@ def test_alsx_train_dataset_folder_uses_init_and_backend(tmp_path):
     assert cfg["hparams"]["init"] == "uniform" and cfg["hparams"]["init_scale"] == 0.2
     got = np.load(out / "col_embeddings.npy")
 
+    train = ds.train_csr()  # the default 'auto' weights: the ratios x the dataset's density
+    reg, alpha0 = resolve_weights("auto", "auto", train.nnz, (train.n_rows, train.n_cols))
+    assert (cfg["hparams"]["reg"], cfg["hparams"]["unobserved_weight"]) == pytest.approx((reg, alpha0))
+
     def tables(init: str) -> np.ndarray:
-        eng = CpuEngine(ds.train_csr(), ds.train_csc(), HParams(dim=8, init=init, init_scale=0.2))
+        hp = HParams(dim=8, init=init, init_scale=0.2, reg=reg, unobserved_weight=alpha0)
+        eng = CpuEngine(ds.train_csr(), ds.train_csc(), hp)
         return eng.to_numpy(run(eng, 2, seed=3, progress=False).state)[1]
 
     rel = lambda a, b: float(np.abs(a - b).max() / np.abs(b).max())  # noqa: E731

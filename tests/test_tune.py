@@ -16,6 +16,7 @@ import alsx.tune as tune_mod
 from alsx import cli
 from alsx.cli.guard import check_args
 from alsx.cli.train_options import apply_config
+from alsx.config import DEFAULTS
 from alsx.data.matrix import Interactions
 from alsx.data.split import given_split
 from alsx.data.synthetic import community_graph
@@ -118,9 +119,17 @@ def test_tune_trains_and_scores_only_the_training_part(data, monkeypatch):
     assert all(not s & test for s in seen) and all(not s & test for s in scored)
     assert all(s == _keys(split.train) for s in scored)
     assert len(seen) == 1  # one engine for both trials (same dim): set_hparams swapped the rest
-    assert len(result.trials) == 2 and result.trials[0]["reg"] == 0.003  # trial 0: the defaults
+    carve = tune_mod.validation_split(split.train).train
+    first = result.trials[0]  # trial 0: the defaults, alpha0 and reg resolved on the validation carve
+    assert (first["unobserved_ratio"], first["reg_ratio"]) == (DEFAULTS["unobserved_ratio"], DEFAULTS["reg_ratio"])
+    density = carve.nnz / (carve.shape[0] * carve.shape[1])
+    assert first["unobserved_weight"] == pytest.approx(DEFAULTS["unobserved_ratio"] * density)
+    assert first["reg"] == pytest.approx(DEFAULTS["reg_ratio"] * first["unobserved_weight"])
     assert result.value == max(r["recall@20"] for r in result.trials if r["state"] == "complete")
-    assert ALS(**result.params, progress=False).checked_hparams().reg == result.params["reg"]
+    top = next(r for r in result.trials if r["trial"] == result.best_trial)
+    assert result.params["reg"] == result.params["unobserved_weight"] == "auto"  # the ratios travel, not alpha0
+    hp = ALS(**result.params, progress=False).checked_hparams(carve)
+    assert (hp.reg, hp.unobserved_weight) == pytest.approx((top["reg"], top["unobserved_weight"]))
 
 
 def test_set_hparams_swaps_the_objective_and_refuses_a_new_shape(data):
@@ -167,14 +176,21 @@ def test_alsx_tune_writes_trials_best_config_plots_and_the_refit_model(data, dat
 
     trials = pd.read_parquet(out / "trials.parquet")
     assert len(trials) == 3 and set(trials["state"]) <= {"complete", "pruned", "fail"}
-    assert {"reg", "unobserved_weight", "nu", "init_scale", "cg_steps", "seconds", "recall@20"} <= set(trials)
+    searched = {"unobserved_ratio", "reg_ratio", "reg", "unobserved_weight", "nu", "init_scale", "cg_steps"}
+    assert searched | {"seconds", "recall@20"} <= set(trials)
     top = trials.loc[trials["recall@20"].idxmax()]
-    assert best["reg"] == pytest.approx(top["reg"]) and best["epochs"] == top["best_epoch"]
+    assert best["unobserved_ratio"] == pytest.approx(top["unobserved_ratio"]) and best["epochs"] == top["best_epoch"]
+    assert best["reg"] == best["unobserved_weight"] == "auto"
     assert best["about"]["validation recall@20"] == pytest.approx(top["recall@20"])
     assert (out / "tune.png").stat().st_size > 0
     cfg = json.loads((out / "config.json").read_text())
-    for k in ("dim", "reg", "unobserved_weight", "nu", "init_scale", "cg_steps"):
+    for k in ("dim", "nu", "init_scale", "cg_steps"):
         assert cfg["hparams"][k] == pytest.approx(best[k])
+    # the refit on all of the training part: alpha0 = the best ratio x its density, reg = the ratio x alpha0
+    train = given_split(data).train
+    alpha0 = best["unobserved_ratio"] * train.nnz / (train.shape[0] * train.shape[1])
+    assert cfg["hparams"]["unobserved_weight"] == pytest.approx(alpha0, rel=1e-6)
+    assert cfg["hparams"]["reg"] == pytest.approx(best["reg_ratio"] * alpha0, rel=1e-6)
     assert cfg["epochs"] == best["epochs"] and cfg["trained_on"]["part"] == "all input"
     assert np.load(out / "row_embeddings.npy").shape == (data.shape[0], 4)
     assert "model" in json.loads((out / "metrics.json").read_text())  # scored on the given test part
@@ -185,7 +201,14 @@ def test_alsx_tune_writes_trials_best_config_plots_and_the_refit_model(data, dat
         == 0
     )
     cfg2 = json.loads((again / "config.json").read_text())
-    assert cfg2["hparams"] == cfg["hparams"] and cfg2["epochs"] == cfg["epochs"]
+    weights = ("reg", "unobserved_weight")
+    assert {k: v for k, v in cfg2["hparams"].items() if k not in weights} == {
+        k: v for k, v in cfg["hparams"].items() if k not in weights
+    }
+    assert cfg2["epochs"] == cfg["epochs"]
+    everything = best["unobserved_ratio"] * data.nnz / (data.shape[0] * data.shape[1])  # --split none: all input
+    assert cfg2["hparams"]["unobserved_weight"] == pytest.approx(everything, rel=1e-6)
+    assert cfg2["hparams"]["reg"] == pytest.approx(best["reg_ratio"] * everything, rel=1e-6)
 
 
 # ------------------------------------------------------------------ alsx train --config

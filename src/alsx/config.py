@@ -122,9 +122,57 @@ class Packing:
         return max(self.max_width, (2 << 20) // (4 * dim))
 
 
+#: ``reg`` / ``unobserved_weight`` value that derives the weight from the training matrix (``resolve_weights``).
+AUTO = "auto"
+
+#: 'auto' alpha0 = UNOBSERVED_RATIO * nnz / (n_rows * n_cols): all unobserved pairs together weigh this many
+#: times the observed entries, whatever the density.  The tuned alpha0 of every shared data set (1e-4 on cnr-2000
+#: to 0.3 on ml1m) sits near the same ratio (benchmarks/results_defaults.md).
+UNOBSERVED_RATIO = 12.0
+
+#: 'auto' reg = REG_RATIO * alpha0: with nu = 1 the regulariser then keeps the same proportion to a row's
+#: unobserved term on every data set (benchmarks/results_defaults.md).
+REG_RATIO = 0.01
+
+
+def resolve_weights(
+    reg: float | str,
+    unobserved_weight: float | str,
+    nnz: int,
+    shape: tuple[int, int],
+    unobserved_ratio: float = UNOBSERVED_RATIO,
+    reg_ratio: float = REG_RATIO,
+) -> tuple[float, float]:
+    """(reg, alpha0) with 'auto' replaced from the training matrix's ``nnz`` and ``shape`` (rows, cols):
+    alpha0 = unobserved_ratio * nnz / (rows * cols), reg = reg_ratio * alpha0 (the given alpha0 or the 'auto' one).
+
+    Any other string, or a ratio <= 0, is a ValueError naming it.
+    """
+    for name, v in (("reg", reg), ("unobserved_weight", unobserved_weight)):
+        if isinstance(v, str) and v != AUTO:
+            raise ValueError(f"{name} must be a number or {AUTO!r}, got {v!r}")
+    for name, v in (("unobserved_ratio", unobserved_ratio), ("reg_ratio", reg_ratio)):
+        if not v > 0:
+            raise ValueError(f"{name} must be > 0, got {v}")
+    if unobserved_weight == AUTO:
+        cells = max(1, int(shape[0]) * int(shape[1]))
+        unobserved_weight = unobserved_ratio * max(int(nnz), 1) / cells
+    if reg == AUTO:
+        reg = reg_ratio * float(unobserved_weight)
+    return float(reg), float(unobserved_weight)
+
+
 #: Training settings beside the hyper-parameters.
 TRAINING_DEFAULTS = {"epochs": 16, "seed": 0, "loss_every": 1, "backend": "auto"}
 
-#: Every default of a model, in one place: HParams' fields and TRAINING_DEFAULTS (measured: see
+#: Every default of a model, in one place: HParams' fields, with reg and alpha0 'auto' (HParams holds the numbers
+#: engines use; its own defaults serve code that builds one without data), and TRAINING_DEFAULTS (measured: see
 #: README "Defaults" and benchmarks/RESULTS.md).  ALS's signature and the CLI's flags read them here.
-DEFAULTS = {**{f.name: f.default for f in dataclasses.fields(HParams)}, **TRAINING_DEFAULTS}
+DEFAULTS = {
+    **{f.name: f.default for f in dataclasses.fields(HParams)},
+    "reg": AUTO,
+    "unobserved_weight": AUTO,
+    "unobserved_ratio": UNOBSERVED_RATIO,
+    "reg_ratio": REG_RATIO,
+    **TRAINING_DEFAULTS,
+}

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from alsx.config import BACKENDS, DEFAULTS, HParams, Packing
+from alsx.config import AUTO, BACKENDS, DEFAULTS, HParams, Packing, resolve_weights
 from alsx.data.matrix import Interactions
 from alsx.data.split import Split
 from alsx.errors import UsageError
@@ -44,7 +44,11 @@ class ALS(Params, Serving):
     Args:
       dim: embedding dimension.
       reg: lambda; each row is regularised by reg * (|I_u| + unobserved_weight * n_cols) ** nu.
-      unobserved_weight: alpha0, weight of the push of all pairs towards 0.
+        'auto' (default): ``reg_ratio`` times alpha0.
+      unobserved_weight: alpha0, weight of the push of all pairs towards 0.  'auto' (default):
+        ``unobserved_ratio`` times the density nnz / (n_rows n_cols) of the training matrix, so
+        unobserved pairs weigh the same in total against the observed ones on any data set.  ``hparams_``
+        holds the numbers a fit used.
       nu: frequency-scaling exponent of the regulariser (0: plain, 1: Rendle et al.).
       solver: 'cg', 'cholesky' or 'block' (iALS++).
       cg_steps: CG iterations per half-epoch.
@@ -66,6 +70,7 @@ class ALS(Params, Serving):
       loss_every: compute the training loss every N epochs and after the last (0: never).
         The loss costs about a third of a CG epoch at small d; epochs without it still
         stop on non-finite tables.
+      unobserved_ratio, reg_ratio: the ratios an 'auto' unobserved_weight and reg use (``config.resolve_weights``).
 
     Learned (``fit``, ``load``): row_embeddings_ [n_rows, d], col_embeddings_ [n_cols, d], train_ (seen
     entries), row_vocab_ / col_vocab_ (None: index ids), history_, hparams_, stopped_; serving: its base Serving.
@@ -74,8 +79,8 @@ class ALS(Params, Serving):
     def __init__(
         self,
         dim: int = DEFAULTS["dim"],
-        reg: float = DEFAULTS["reg"],
-        unobserved_weight: float = DEFAULTS["unobserved_weight"],
+        reg: float | str = DEFAULTS["reg"],
+        unobserved_weight: float | str = DEFAULTS["unobserved_weight"],
         nu: float = DEFAULTS["nu"],
         solver: str = DEFAULTS["solver"],
         cg_steps: int = DEFAULTS["cg_steps"],
@@ -92,6 +97,8 @@ class ALS(Params, Serving):
         progress: bool = True,
         loss_every: int = DEFAULTS["loss_every"],
         backend: str = DEFAULTS["backend"],
+        unobserved_ratio: float = DEFAULTS["unobserved_ratio"],
+        reg_ratio: float = DEFAULTS["reg_ratio"],
     ):
         # scikit-learn's contract: store the arguments as given; fit checks them (get_params, clone).
         self.dim = dim
@@ -113,10 +120,18 @@ class ALS(Params, Serving):
         self.progress = progress
         self.loss_every = loss_every
         self.backend = backend
+        self.unobserved_ratio = unobserved_ratio
+        self.reg_ratio = reg_ratio
 
     # ------------------------------------------------------------------ hyper-parameters
-    def checked_hparams(self) -> HParams:
-        """The HParams of the current arguments, every argument checked (ValueError naming it)."""
+    def checked_hparams(self, train: Interactions | None = None) -> HParams:
+        """The HParams of the current arguments, every argument checked (ValueError naming it); an 'auto'
+        reg or unobserved_weight is resolved from ``train`` (``config.resolve_weights``), which it then needs."""
+        if AUTO in (self.reg, self.unobserved_weight) and train is None:
+            raise ValueError("reg or unobserved_weight 'auto' is resolved from the training matrix: give train")
+        return self._hparams(*((train.nnz, train.shape) if train is not None else (0, (1, 1))))
+
+    def _hparams(self, nnz: int, shape: tuple[int, int]) -> HParams:
         if self.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.loss_every < 0:
@@ -124,6 +139,9 @@ class ALS(Params, Serving):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         given = self.get_params()  # HParams checks its own fields; those ALS lacks keep config.py's defaults
+        given["reg"], given["unobserved_weight"] = resolve_weights(
+            given["reg"], given["unobserved_weight"], nnz, shape, self.unobserved_ratio, self.reg_ratio
+        )
         return HParams(**{f.name: given[f.name] for f in dataclasses.fields(HParams) if f.name in given})
 
     @property
@@ -182,7 +200,7 @@ class ALS(Params, Serving):
         # XLA_FLAGS (--cpu-devices), and `import alsx` stays light.
         from alsx.train import run, sharded_eval_topk
 
-        self.hparams_ = self.checked_hparams()
+        self._hparams(1, (1, 1))  # every argument checked before the data is read ('auto' as for one entry)
         if value is not None and self.alpha is None:
             warnings.warn(
                 f"fit(value={value!r}) without ALS(alpha=...): every entry weighs 1 (confidences are "
@@ -191,6 +209,7 @@ class ALS(Params, Serving):
                 stacklevel=2,
             )
         train = as_interactions(x, row=row, col=col, value=value)
+        self.hparams_ = self.checked_hparams(train)
         self._forget()  # cached Gramians and unit tables of a previous fit
         engine, rows_csr = self._engine(train)
         self.train_ = rows_csr

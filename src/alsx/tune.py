@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from alsx.callbacks import StopTraining
-from alsx.config import HParams, Packing
+from alsx.config import AUTO, DEFAULTS, HParams, Packing, resolve_weights
 from alsx.data.matrix import Interactions
 from alsx.data.split import Split, random_holdout
 from alsx.errors import DivergenceError
@@ -35,11 +35,12 @@ VALIDATION_FRACTION = 0.2  # share of each training row held out for validation
 METRIC = "recall@20"
 METRICS = ("recall", "recall_gt", "ndcg", "hr", "map")  # names of alsx.eval.metrics.ranking_metrics
 DEFAULT_TRIALS = 20
-# The first trials: alsx's defaults, and plain (nu = 0) regularisation, the other regime of the space.
-STARTS = (HParams(), HParams(nu=0.0, reg=1.0, unobserved_weight=0.1))
+TUNED = ("unobserved_ratio", "reg_ratio", "nu", "init_scale", "cg_steps")  # searched; dim too with max_dim
+# The first trials: alsx's defaults, and plain (nu = 0) regularisation, the other regime of the space (implicit's
+# optimum on ml1m and citeulike_a, reg = 20-30 alpha0 at nu = 0: benchmarks/results_tune.md).
+STARTS = ({k: DEFAULTS[k] for k in TUNED}, {**{k: DEFAULTS[k] for k in TUNED}, "nu": 0.0, "reg_ratio": 20.0})
 EVALUATIONS = 5  # validation evaluations per trial when eval_every is 0 (auto)
 PRUNERS = ("hyperband", "halving", "none")
-TUNED = ("reg", "unobserved_weight", "nu", "init_scale", "cg_steps")  # searched; dim too with max_dim
 
 
 def validation_split(train: Interactions, fraction: float = VALIDATION_FRACTION, seed: int = 0) -> Split:
@@ -132,26 +133,38 @@ class EarlyStopping:
 
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
-    """Ranges searched: (low, high); reg, unobserved_weight and init_scale on log scales."""
+    """Ranges searched: (low, high), all but nu and cg_steps on log scales.
 
-    # reg spans both regimes of nu: lambda_u = reg * (|I_u| + alpha0 n)^nu needs reg ~ 1e-3 at nu = 1
-    # and ~1-10 at nu = 0 (implicit's optimum on ml1m, reg=30 alpha=3, is nu=0, reg=7.5, alpha0=0.25 here)
-    reg: tuple[float, float] = (1e-5, 30.0)
-    unobserved_weight: tuple[float, float] = (1e-4, 1.0)
+    alpha0 and reg are searched relative to the data (``config.resolve_weights``): alpha0 =
+    unobserved_ratio * density, reg = reg_ratio * alpha0, so one range fits a web graph (alpha0 ~ 1e-4)
+    and a movie data set (~0.3) alike.  reg_ratio spans both regimes of nu: ~0.01-0.1 at nu = 1, ~10-30 at nu = 0.
+    """
+
+    unobserved_ratio: tuple[float, float] = (0.3, 100.0)
+    reg_ratio: tuple[float, float] = (1e-3, 100.0)
     nu: tuple[float, float] = (0.0, 1.0)
     init_scale: tuple[float, float] = (0.01, 1.0)
     cg_steps: tuple[int, int] = (2, 6)
 
     def suggest(self, trial, dims: tuple[int, ...]) -> dict:
-        """One point: HParams fields (dim from ``dims`` when there is a choice)."""
+        """One point: the searched names of TUNED (and dim from ``dims`` when there is a choice)."""
         return {
             "dim": trial.suggest_categorical("dim", list(dims)) if len(dims) > 1 else dims[0],
-            "reg": trial.suggest_float("reg", *self.reg, log=True),
-            "unobserved_weight": trial.suggest_float("unobserved_weight", *self.unobserved_weight, log=True),
+            "unobserved_ratio": trial.suggest_float("unobserved_ratio", *self.unobserved_ratio, log=True),
+            "reg_ratio": trial.suggest_float("reg_ratio", *self.reg_ratio, log=True),
             "nu": trial.suggest_float("nu", *self.nu),
             "init_scale": trial.suggest_float("init_scale", *self.init_scale, log=True),
             "cg_steps": trial.suggest_int("cg_steps", *self.cg_steps),
         }
+
+
+def resolved(point: dict, nnz: int, shape: tuple[int, int], **fields) -> HParams:
+    """The HParams of a searched point (unobserved_ratio and reg_ratio turned into alpha0 and reg)."""
+    hp = {k: v for k, v in point.items() if k not in ("unobserved_ratio", "reg_ratio")}
+    hp["reg"], hp["unobserved_weight"] = resolve_weights(
+        AUTO, AUTO, nnz, shape, point["unobserved_ratio"], point["reg_ratio"]
+    )
+    return HParams(**hp, **fields)
 
 
 def dims_up_to(dim: int, max_dim: int | None) -> tuple[int, ...]:
@@ -263,7 +276,9 @@ def tune(
         return engine
 
     def objective(trial) -> float:
-        hp = HParams(solver=solver, **space.suggest(trial, dims))
+        hp = resolved(space.suggest(trial, dims), val.train.nnz, val.train.shape, solver=solver)
+        trial.set_user_attr("reg", hp.reg)
+        trial.set_user_attr("unobserved_weight", hp.unobserved_weight)
         engine = engine_for(hp)
         curve: list[tuple[int, float]] = []
         t0 = time.perf_counter()
@@ -296,7 +311,7 @@ def tune(
         pruner=make_pruner(pruner, eval_every, epochs),
     )
     for start in STARTS:  # trial 0: alsx's defaults (the search never returns worse on validation); 1: nu = 0
-        study.enqueue_trial({k: getattr(start, k) for k in TUNED} | ({"dim": dim} if len(dims) > 1 else {}))
+        study.enqueue_trial(start | ({"dim": dim} if len(dims) > 1 else {}))
     bar = tqdm(total=trials, desc="alsx tune", unit="trial", disable=not progress)
 
     def on_trial(study, trial) -> None:
@@ -314,8 +329,14 @@ def tune(
         bar.close()
     seconds = time.perf_counter() - t0
     best = study.best_trial  # ValueError when no trial completed
+    # 'auto' weights with the best ratios: a fit on all of ``data`` (denser than the validation carve) keeps them
+    hp = resolved({"dim": dim, **best.params}, val.train.nnz, val.train.shape, solver=solver)
     params = {
-        **dataclasses.asdict(HParams(solver=solver, **{"dim": dim, **best.params})),
+        **dataclasses.asdict(hp),
+        "reg": AUTO,
+        "unobserved_weight": AUTO,
+        "unobserved_ratio": best.params["unobserved_ratio"],
+        "reg_ratio": best.params["reg_ratio"],
         "epochs": int(best.user_attrs["best_epoch"]),
         "alpha": alpha,
         "seed": seed,
@@ -350,6 +371,8 @@ def trial_rows(study, metric: str) -> list[dict]:
             "best_epoch": t.user_attrs.get("best_epoch", max(curve, key=curve.get) if curve else None),
             "seconds": t.user_attrs.get("seconds", float("nan")),
             **t.params,
+            "reg": t.user_attrs.get("reg", float("nan")),  # alpha0 and reg of the ratios, on the validation carve
+            "unobserved_weight": t.user_attrs.get("unobserved_weight", float("nan")),
         }
         row.update({f"epoch_{e}": curve.get(e, float("nan")) for e in epochs})
         out.append(row)

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from alsx.config import BACKENDS, DEFAULTS
+from alsx.config import AUTO, BACKENDS, DEFAULTS
 
 SPLIT_KEYS = ("split", "test_fraction", "heldout_fraction", "history_fraction", "split_seed")
 DATA_KEYS = ("fmt", "row", "col", "value", "timestamp", "ids", "square", "duplicates")
@@ -16,8 +16,30 @@ DATA_KEYS = ("fmt", "row", "col", "value", "timestamp", "ids", "square", "duplic
 # The model flags after --dim/--epochs, in help order: (flag, add_argument keywords); a flag
 # without a "default" (and no action) takes DEFAULTS[its name], so defaults live only in config.
 _MODEL_FLAGS: tuple[tuple[str, dict], ...] = (
-    ("--reg", {"type": float, "help": "lambda (default %(default)s)"}),
-    ("--unobserved-weight", {"type": float, "help": "alpha0, weight of all pairs pushed to 0 (default %(default)s)"}),
+    (
+        "--reg",
+        {
+            "type": lambda v: auto_or_float(v, "--reg"),
+            "help": "lambda, a number or 'auto': --reg-ratio x alpha0 (default %(default)s)",
+        },
+    ),
+    (
+        "--unobserved-weight",
+        {
+            "type": lambda v: auto_or_float(v, "--unobserved-weight"),
+            "help": "alpha0, weight of all pairs pushed to 0, a number or 'auto': "
+            "--unobserved-ratio x the training matrix's density nnz / (rows x cols) (default %(default)s)",
+        },
+    ),
+    (
+        "--unobserved-ratio",
+        {
+            "type": float,
+            "help": "with --unobserved-weight auto: total weight of the unobserved pairs over that of the observed "
+            "entries (default %(default)s)",
+        },
+    ),
+    ("--reg-ratio", {"type": float, "help": "with --reg auto: reg = this x alpha0 (default %(default)s)"}),
     (
         "--nu",
         {"type": float, "help": "frequency scaling of the regulariser: 0 plain, 1 Rendle et al. (default %(default)s)"},
@@ -74,6 +96,16 @@ _MODEL_FLAGS: tuple[tuple[str, dict], ...] = (
         },
     ),
 )
+
+
+def auto_or_float(v: str, flag: str) -> float | str:
+    """A flag's value: 'auto' or a number (argparse reports the ValueError as an invalid value)."""
+    if v == AUTO:
+        return v
+    try:
+        return float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{flag} takes a number or '{AUTO}', got {v!r}") from None
 
 
 def add_model_args(p: argparse.ArgumentParser, dim: int = DEFAULTS["dim"], epochs: int = DEFAULTS["epochs"]) -> None:
@@ -204,8 +236,8 @@ def model_from_args(a: argparse.Namespace, progress: bool = True):
     from alsx.config import HParams
     from alsx.model import ALS
 
-    return ALS(
-        **dataclasses.asdict(HParams.from_args(a)),
+    return ALS(  # reg / unobserved_weight may be 'auto' (resolved by fit from the training matrix)
+        **{f.name: getattr(a, f.name) for f in dataclasses.fields(HParams)},
         epochs=a.epochs,
         alpha=a.alpha,
         tied=a.tied,
@@ -213,6 +245,8 @@ def model_from_args(a: argparse.Namespace, progress: bool = True):
         progress=progress,
         loss_every=getattr(a, "loss_every", DEFAULTS["loss_every"]),
         backend=a.backend,
+        unobserved_ratio=a.unobserved_ratio,
+        reg_ratio=a.reg_ratio,
     )
 
 

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from alsx.config import AUTO
 from alsx.errors import AlsxError, DataError, ModelError, TrainingError, UsageError
 
 EXIT_INTERNAL = 1
@@ -43,7 +44,10 @@ _POSITIVE = {
     "--init-scale": "init_scale",
     "--checkpoint-minutes": "checkpoint_minutes",
     "--step-timeout": "step_timeout",
+    "--unobserved-ratio": "unobserved_ratio",
+    "--reg-ratio": "reg_ratio",
 }
+_AUTO_OK = ("--reg", "--unobserved-weight")  # 'auto': derived from the training matrix (config.resolve_weights)
 _OS_REASONS = (
     (FileNotFoundError, "no such file or folder"),
     (IsADirectoryError, "is a folder"),
@@ -69,6 +73,10 @@ def check_args(a: argparse.Namespace) -> None:
             raise UsageError(f"{flag} must be >= {low}, got {v}")
     for flag, attr in _NON_NEGATIVE.items():
         v = getattr(a, attr, None)
+        if isinstance(v, str):  # a --config file's value skips argparse's type
+            if v == AUTO and flag in _AUTO_OK:
+                continue
+            raise UsageError(f"{flag} takes a number{' or ' + repr(AUTO) if flag in _AUTO_OK else ''}, got {v!r}")
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise UsageError(f"{flag} must be a finite number >= 0, got {v}")
     for flag, attr in _POSITIVE.items():

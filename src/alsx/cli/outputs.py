@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from alsx.cli.common import DATA_KEYS, SPLIT_KEYS, fold_in_heldout, format_table, plot_history
+from alsx.config import AUTO
+
+WEIGHT_FLAGS = (("--reg", "reg"), ("--unobserved-weight", "unobserved_weight"))
 
 
 def print_profile(model, train) -> dict:
@@ -111,4 +114,6 @@ def write_outputs(
         plot_history(history, out / "training.png", f"alsx train: d={model.hparams.dim}, {Path(a.data).name}")
     what = "on all input" if split is None else "on the split's training part"
     again = f", then refit on all input in {refit_seconds:.1f}s" if refit else ""
-    print(f"trained {model.epochs} epochs {what} in {seconds:.1f}s{again}; wrote {out}")
+    auto = [f"{flag} {getattr(model.hparams, k):.3g}" for flag, k in WEIGHT_FLAGS if getattr(a, k, None) == AUTO]
+    weights = f" ({', '.join(auto)} from 'auto')" if auto else ""
+    print(f"trained {model.epochs} epochs {what} in {seconds:.1f}s{again}{weights}; wrote {out}")

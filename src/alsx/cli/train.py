@@ -176,6 +176,8 @@ def cmd_train(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         split_model, model = model, model_from_args(a, progress=topo.process_index == 0)
+        # the same numbers as the model evaluated ('auto' weights stay those of the training part)
+        model.set_params(reg=split_model.hparams_.reg, unobserved_weight=split_model.hparams_.unobserved_weight)
         if stop is not None:  # the refit trains for the best validation epoch count
             model.epochs = stop.best_epoch
         t = time.perf_counter()
@@ -199,9 +201,14 @@ def cmd_train(a: argparse.Namespace) -> int:
 def train_dataset(a: argparse.Namespace) -> int:
     """``alsx train DATASET_DIR``: the one training path on a WebGraph dataset folder, with the model
     flags as given (``HParams.from_args``: --init, --init-scale, --block-size, ... and --backend)."""
-    from alsx.config import HParams
+    from alsx.config import HParams, resolve_weights
+    from alsx.webgraph.dataset import open_dataset
     from alsx.webgraph.train import train_webgraph
 
+    train = open_dataset(a.data).train_csr()  # memory-mapped: 'auto' weights need only its nnz and shape
+    a.reg, a.unobserved_weight = resolve_weights(
+        a.reg, a.unobserved_weight, train.nnz, (train.n_rows, train.n_cols), a.unobserved_ratio, a.reg_ratio
+    )
     hp = HParams.from_args(a)
     t = time.perf_counter()
     res = train_webgraph(

@@ -25,6 +25,7 @@ def train_partitioned(a: argparse.Namespace, topo) -> int:
     rows for ``train.npz`` and the folded-in held-out rows.
     """
     from alsx.collectives import route
+    from alsx.config import resolve_weights
     from alsx.core.sharded import ShardedEngine
     from alsx.core.sharding import make_mesh
     from alsx.data.partitioned import engine_inputs, gather_to_lead, load_partitioned, split_partitioned
@@ -46,6 +47,10 @@ def train_partitioned(a: argparse.Namespace, topo) -> int:
     train = mine if split is None else split.train
     mesh = make_mesh()
     rows, cols, rc, cc = engine_inputs(train, a.alpha, mesh, a.tied)
+    # 'auto' weights from the whole training matrix (each process holds only its rows): the same on every process
+    a.reg, a.unobserved_weight = resolve_weights(
+        a.reg, a.unobserved_weight, int(rc.sum()), train.shape, a.unobserved_ratio, a.reg_ratio
+    )
     model = model_from_args(a, progress=lead)
     engine: dict = {}
 

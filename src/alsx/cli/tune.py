@@ -127,14 +127,29 @@ def cmd_tune(a: argparse.Namespace) -> int:
     table = write_trials(result.trials, out)
     best = {
         k: result.params[k]
-        for k in ("dim", "epochs", "reg", "unobserved_weight", "nu", "init_scale", "cg_steps", "solver", "init", "seed")
+        for k in (
+            "dim",
+            "epochs",
+            "reg",
+            "unobserved_weight",
+            "unobserved_ratio",
+            "reg_ratio",
+            "nu",
+            "init_scale",
+            "cg_steps",
+            "solver",
+            "init",
+            "seed",
+        )
     }
+    top = next(t for t in result.trials if t["trial"] == result.best_trial)
     best[CONFIG_ABOUT] = {
         "tool": "alsx tune",
         "data": str(Path(a.data).resolve()),
         "split": a.split,
         f"validation {a.metric}": result.value,
         "trial": result.best_trial,
+        "validation reg, unobserved_weight": [top["reg"], top["unobserved_weight"]],  # the ratios on the carve
         "trials": len(result.trials),
         "search_seconds": round(time.perf_counter() - t, 1),
     }
