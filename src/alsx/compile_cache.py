@@ -11,6 +11,7 @@ cache off.  A folder the user set through ``jax.config`` themselves is left alon
 On a CPU, most of a cold start is LLVM optimising the kernels of each program, not running
 them: :func:`cpu_jit` compiles the engine's programs with :data:`CPU_OPTIONS`, which halves
 the compile seconds and runs the epoch as fast (benchmarks/results_compile.md).
+``ALSX_XLA_CPU_OPTIONS=0`` compiles them with XLA's defaults instead (read at each call).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 ENV = "ALSX_CACHE_DIR"
+OPTIONS_ENV = "ALSX_XLA_CPU_OPTIONS"
 MIN_COMPILE_SECONDS = 0.1
 """Programs that compile faster than this are not written (a bucket program takes 0.3-1 s)."""
 
@@ -69,9 +71,11 @@ def enable_compile_cache(path: str | None = None) -> str | None:
 def cpu_jit(fn: Callable | None = None, **jit_kwargs) -> Callable:
     """``jax.jit(fn, **jit_kwargs)`` that compiles with :data:`CPU_OPTIONS` when the default backend is
     a CPU and it is called with concrete arrays (options are for top-level programs only: called
-    inside another ``jit`` or ``shard_map``, it inlines as a plain ``jax.jit`` does).
+    inside another ``jit`` or ``shard_map``, it inlines as a plain ``jax.jit`` does), unless
+    ``$ALSX_XLA_CPU_OPTIONS`` is ``0``.
 
-    Use as ``@cpu_jit`` or ``@functools.partial(cpu_jit, static_argnames=...)``.
+    Use as ``@cpu_jit`` or ``@functools.partial(cpu_jit, static_argnames=...)``.  The two jitted
+    functions behind it are its attributes ``quick`` (with the options) and ``plain``.
     """
     if fn is None:
         return functools.partial(cpu_jit, **jit_kwargs)
@@ -83,6 +87,8 @@ def cpu_jit(fn: Callable | None = None, **jit_kwargs) -> Callable:
     @functools.wraps(fn)
     def call(*args, **kwargs):
         nested = any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((args, kwargs)))
-        return (plain if nested or jax.default_backend() != "cpu" else quick)(*args, **kwargs)
+        cheap = not nested and jax.default_backend() == "cpu" and os.environ.get(OPTIONS_ENV) != "0"
+        return (quick if cheap else plain)(*args, **kwargs)
 
+    call.quick, call.plain = quick, plain
     return call
