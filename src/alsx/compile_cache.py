@@ -1,4 +1,5 @@
-"""JAX's persistent compilation cache, under the user's cache folder.
+"""How alsx's XLA programs compile: the persistent cache under the user's cache folder, and
+cheaper XLA options for the programs it runs on a CPU.
 
 Each bucket of a half-step is one XLA program that takes about a second to compile on a
 CPU; with the cache a second run on the same shapes loads them from disk instead
@@ -6,19 +7,33 @@ CPU; with the cache a second run on the same shapes loads them from disk instead
 ``make_engine`` (so ``ALS.fit``) turn it on.  The folder is ``$ALSX_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/alsx/jax``, else ``~/.cache/alsx/jax``; ``ALSX_CACHE_DIR=""`` turns the
 cache off.  A folder the user set through ``jax.config`` themselves is left alone.
+
+On a CPU, most of a cold start is LLVM optimising the kernels of each program, not running
+them: :func:`cpu_jit` compiles the engine's programs with :data:`CPU_OPTIONS`, which halves
+the compile seconds and runs the epoch as fast (benchmarks/results_compile.md).
+``ALSX_XLA_CPU_OPTIONS=0`` compiles them with XLA's defaults instead (read at each call).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 ENV = "ALSX_CACHE_DIR"
+OPTIONS_ENV = "ALSX_XLA_CPU_OPTIONS"
 MIN_COMPILE_SECONDS = 0.1
 """Programs that compile faster than this are not written (a bucket program takes 0.3-1 s)."""
+
+CPU_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
+"""XLA options of :func:`cpu_jit` programs on a CPU: LLVM at -O1 instead of -O3 and XLA's loop
+emitters instead of its MLIR fusion emitters.  On the 4 bucket programs of a 135k-entry input,
+and the 18 of cnr-2000, they cut the compile CPU seconds by about half; the half-steps run
+as fast (the kernels are memory-bound gathers and batched dots; benchmarks/results_compile.md)."""
 
 
 def cache_dir() -> str | None:
@@ -51,3 +66,29 @@ def enable_compile_cache(path: str | None = None) -> str | None:
             log.debug("this jax has no jax_persistent_cache_min_compile_time_secs")
         log.debug("JAX compilation cache: %s", path)
     return path
+
+
+def cpu_jit(fn: Callable | None = None, **jit_kwargs) -> Callable:
+    """``jax.jit(fn, **jit_kwargs)`` that compiles with :data:`CPU_OPTIONS` when the default backend is
+    a CPU and it is called with concrete arrays (options are for top-level programs only: called
+    inside another ``jit`` or ``shard_map``, it inlines as a plain ``jax.jit`` does), unless
+    ``$ALSX_XLA_CPU_OPTIONS`` is ``0``.
+
+    Use as ``@cpu_jit`` or ``@functools.partial(cpu_jit, static_argnames=...)``.  The two jitted
+    functions behind it are its attributes ``quick`` (with the options) and ``plain``.
+    """
+    if fn is None:
+        return functools.partial(cpu_jit, **jit_kwargs)
+    import jax
+
+    plain = jax.jit(fn, **jit_kwargs)
+    quick = jax.jit(fn, compiler_options=CPU_OPTIONS, **jit_kwargs)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        nested = any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((args, kwargs)))
+        cheap = not nested and jax.default_backend() == "cpu" and os.environ.get(OPTIONS_ENV) != "0"
+        return (quick if cheap else plain)(*args, **kwargs)
+
+    call.quick, call.plain = quick, plain
+    return call

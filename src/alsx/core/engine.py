@@ -34,8 +34,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from alsx.config import HParams, Packing
-from alsx.core.normal_eq import gramian
-from alsx.core.objective import Loss, regularisation_term, row_regularisation
+from alsx.core.objective import Loss, table_terms
 from alsx.core.sharding import make_mesh, table_sharding
 from alsx.core.state import ALSState, init_state
 from alsx.core.step import half_step, observed_loss
@@ -129,7 +128,9 @@ class Engine(abc.ABC):
     def loss(self, state: ALSState) -> Loss:
         """The iALS objective (``alsx.core.objective``) at ``state``."""
         obs, gw, gh, reg = self.loss_parts(state)
-        return Loss(float(obs), float(self.hp.unobserved_weight * (gw * gh).sum()), float(reg))
+        # <G_w, G_h>_F on the host in float64: d x d numbers, no device program to compile.
+        unobserved = self.hp.unobserved_weight * float(np.sum(np.asarray(gw, np.float64) * np.asarray(gh, np.float64)))
+        return Loss(float(obs), unobserved, float(reg))
 
     # ---- tables out and in --------------------------------------------------------------------
     def to_numpy(self, state: ALSState) -> tuple[np.ndarray, np.ndarray]:
@@ -216,10 +217,11 @@ class DeviceEngine(Engine):
 
     def loss_parts(self, state: ALSState) -> tuple[Any, Any, Any, Any]:
         hp = self.hp
-        lam_w = row_regularisation(self.counts("rows"), self.n_cols, hp.reg, hp.unobserved_weight, hp.nu)
-        lam_h = row_regularisation(self.counts("cols"), self.n_rows, hp.reg, hp.unobserved_weight, hp.nu)
-        reg = regularisation_term(state.w, lam_w) + regularisation_term(state.h, lam_h)
-        return self.observed(state), gramian(state.w), gramian(state.h), reg
+        counts = self.counts("rows"), self.counts("cols")
+        gw, gh, reg = table_terms(
+            state.w, state.h, *counts, hp.reg, hp.unobserved_weight, hp.nu, n_rows=self.n_rows, n_cols=self.n_cols
+        )
+        return self.observed(state), gw, gh, reg
 
 
 class LocalEngine(DeviceEngine):

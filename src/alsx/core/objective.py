@@ -9,10 +9,12 @@ lambda_u = reg * (|I_u| + alpha0 * n_cols) ** nu
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
+from alsx.compile_cache import cpu_jit
 from alsx.core.normal_eq import gramian
 
 
@@ -51,3 +53,12 @@ def regularisation_term(table: jax.Array, lam: jax.Array) -> jax.Array:
     """sum_u lam_u |t_u|^2 for table [n, d], lam [n]."""
     t = table.astype(jnp.float32)
     return jnp.sum(lam * jnp.sum(t * t, axis=1))
+
+
+@functools.partial(cpu_jit, static_argnames=("n_rows", "n_cols"))
+def table_terms(w, h, counts_w, counts_h, reg, alpha0, nu, n_rows: int, n_cols: int):
+    """(G_w [d, d], G_h [d, d], the regularisation term) of tables w [n_rows, d] and h [n_cols, d]
+    with entries per row ``counts_w`` [n_rows], ``counts_h`` [n_cols]: one program, not a dozen."""
+    lam_w = row_regularisation(counts_w, n_cols, reg, alpha0, nu)
+    lam_h = row_regularisation(counts_h, n_rows, reg, alpha0, nu)
+    return gramian(w), gramian(h), regularisation_term(w, lam_w) + regularisation_term(h, lam_h)

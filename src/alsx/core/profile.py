@@ -62,9 +62,9 @@ def solve_flops(entries: int, rows: int, dim: int, hp: HParams) -> float:
 def profile_half_step(w: jax.Array, h: jax.Array, side: SideArrays, hp: HParams) -> dict[str, float]:
     """Seconds per phase of one half-step (short-row buckets; long rows timed as one phase)."""
     alpha0, block_size = hp.unobserved_weight, hp.block_width("jax")
-    gram, lam = prologue(h, side["counts"], hp.reg, alpha0, hp.nu, h.shape[0])
+    gram, lam, _ = prologue(w, h, side["counts"], hp.reg, alpha0, hp.nu, h.shape[0])
     out = {
-        "gramian": timed(prologue, h, side["counts"], hp.reg, alpha0, hp.nu, h.shape[0]),
+        "gramian": timed(prologue, w, h, side["counts"], hp.reg, alpha0, hp.nu, h.shape[0]),
         "gather": 0.0,
         "normal_equations": 0.0,
         "solve": 0.0,

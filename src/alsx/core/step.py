@@ -5,7 +5,7 @@ epoch is two half-steps with the roles swapped (or, for tied embeddings, two
 half-steps of one table, first by its out-links then by its in-links).
 
 Everything here is a pure function of (tables, packed arrays, hyper-parameters),
-jit-compiled once per packed shape.  The column gather is a parameter so the
+jit-compiled once per packed shape (``cpu_jit``: cheaper XLA options on a CPU).  The column gather is a parameter so the
 sharded engine can replace a local ``take`` with its exchange.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from alsx.compile_cache import cpu_jit
 from alsx.core import normal_eq as ne
 from alsx.core import solvers
 from alsx.core.objective import row_regularisation
@@ -114,24 +115,25 @@ def solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather, block_si
 
 
 # ``out`` is donated: each bucket writes its rows in place instead of copying the table.
-@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather", "block_size"), donate_argnums=0)
+@functools.partial(cpu_jit, static_argnames=("solver", "cg_steps", "gather", "block_size"), donate_argnums=0)
 def block_update(out, w, h, gram, block, lam, alpha0, solver, cg_steps, gather, block_size=0):
     """``out`` with the rows of one width bucket (cols, conf, rows arrays) re-solved."""
     x = solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, gather, block_size)
     return out.at[block[2].reshape(-1)].set(x.reshape(-1, w.shape[1]).astype(out.dtype), mode="drop")
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "gather", "block_size"), donate_argnums=0)
+@functools.partial(cpu_jit, static_argnames=("solver", "cg_steps", "gather", "block_size"), donate_argnums=0)
 def long_update(out, w, h, gram, long, lam, alpha0, solver, cg_steps, gather, block_size=0):
     """``out`` with the long rows (cols, conf, seg, rows arrays) re-solved."""
     x = solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, gather, block_size)
     return out.at[long[3]].set(x.astype(out.dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("n_other",))
-def prologue(h, counts, reg, alpha0, nu, n_other):
-    """The Gramian of ``h`` and every row's lambda: what all buckets of a half-step share."""
-    return ne.gramian(h), row_regularisation(counts, n_other, reg, alpha0, nu)
+@functools.partial(cpu_jit, static_argnames=("n_other",))
+def prologue(w, h, counts, reg, alpha0, nu, n_other):
+    """What all buckets of a half-step share: the Gramian of ``h``, every row's lambda, and the
+    zero table the buckets write their rows into (one program, not three)."""
+    return ne.gramian(h), row_regularisation(counts, n_other, reg, alpha0, nu), jnp.zeros_like(w)
 
 
 def half_step(
@@ -159,9 +161,8 @@ def half_step(
     (since fixed in ``solvers.cholesky``), and per-bucket programs also compile in
     small, reusable pieces.  Inside ``jit`` (the sharded engine) the calls simply inline.
     """
-    g, lam = prologue(h, side["counts"], reg, alpha0, nu, h.shape[0] if n_other is None else n_other)
+    g, lam, out = prologue(w, h, side["counts"], reg, alpha0, nu, h.shape[0] if n_other is None else n_other)
     gram = g if gram is None else jnp.asarray(gram, jnp.float32)
-    out = jnp.zeros_like(w)
     for block in side["blocks"]:
         out = block_update(out, w, h, gram, block, lam, alpha0, solver, cg_steps, gather, block_size)
     if side["long"] is not None:
@@ -169,7 +170,7 @@ def half_step(
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("gather",))
+@functools.partial(cpu_jit, static_argnames=("gather",))
 def observed_loss(w: jax.Array, h: jax.Array, side: SideArrays, gather: Gather = take_rows) -> jax.Array:
     """sum over stored entries of c_ui (<w_u, h_i> - 1)^2 (padding has c = 0)."""
     total = jnp.zeros((), jnp.float32)

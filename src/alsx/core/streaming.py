@@ -32,9 +32,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from alsx.compile_cache import cpu_jit
 from alsx.config import HParams, Packing
 from alsx.core.engine import DeviceEngine, PackStats, check_shapes
 from alsx.core.state import ALSState
@@ -53,14 +53,14 @@ def _pow2_at_least(n: int) -> int:
 # Our own jitted wrappers (not step.block_update/long_update) only to donate ``out``:
 # without donation every call copies the whole n x d output table, and a half-step
 # makes hundreds of calls.  The maths is step.solve_block / step.solve_long unchanged.
-@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "block_size"), donate_argnums=(0,))
+@functools.partial(cpu_jit, static_argnames=("solver", "cg_steps", "block_size"), donate_argnums=(0,))
 def _block_call(out, w, h, gram, block, lam, alpha0, solver, cg_steps, block_size=0):
     """``out`` with the rows of one [K, S, width] call re-solved (row id n_rows = empty slot)."""
     x = solve_block(w, h, gram, block, lam, alpha0, solver, cg_steps, take_rows, block_size)
     return out.at[block[2].reshape(-1)].set(x.reshape(-1, w.shape[1]).astype(out.dtype), mode="drop")
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "cg_steps", "block_size"), donate_argnums=(0,))
+@functools.partial(cpu_jit, static_argnames=("solver", "cg_steps", "block_size"), donate_argnums=(0,))
 def _long_call(out, w, h, gram, long, lam, alpha0, solver, cg_steps, block_size=0):
     """``out`` with the long rows of one call re-solved (padded slots have row id n_rows)."""
     x = solve_long(w, h, gram, long, lam, alpha0, solver, cg_steps, take_rows, block_size)
@@ -311,9 +311,8 @@ class StreamingEngine(DeviceEngine):
     def half_step(self, x: jax.Array, other: jax.Array, side: str) -> tuple[jax.Array, jax.Array]:
         """New [n, d] table for ``side``'s rows against the fixed ``other`` (as step.half_step)."""
         hp, w, h = self.hp, x, other
-        gram, lam = prologue(h, self._counts[side], hp.reg, hp.unobserved_weight, hp.nu, h.shape[0])
+        gram, lam, out = prologue(w, h, self._counts[side], hp.reg, hp.unobserved_weight, hp.nu, h.shape[0])
         bs = hp.block_width("jax")
-        out = jnp.zeros_like(w)
         nnz = padded = 0
         for chunk in self.chunks(side):
             for block in chunk.blocks:
