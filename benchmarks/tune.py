@@ -66,7 +66,7 @@ def run_tune(ds: str, dim: int, epochs: int, minutes: float, out: Path) -> dict:
         "-m",
         "alsx.cli",
         "tune",
-        str(C.DATA / C.FILES[ds]),
+        str(C.data_file(C.FILES[ds])),
         "--out",
         str(out),
         "--dim",
@@ -179,8 +179,13 @@ def write_report() -> None:
         ]
         for r in [x for x in mine if x["run"] == "alsx tune"]:
             b = r["best"]
+            if b["reg"] == "auto":  # ratios (alpha0 = r x density, reg = s x alpha0); the values on the carve
+                reg, a0 = b["about"]["validation reg, unobserved_weight"]
+                weights = f"α0={b['unobserved_ratio']:.3g}×density ({a0:.3g}), λ={b['reg_ratio']:.3g}×α0 ({reg:.3g})"
+            else:
+                weights = f"λ={b['reg']:.3g}, α0={b['unobserved_weight']:.3g}"
             cfg = (
-                f"λ={b['reg']:.3g}, α0={b['unobserved_weight']:.3g}, ν={b['nu']:.2f}, init {b['init_scale']:.2g}, "
+                f"{weights}, ν={b['nu']:.2f}, init {b['init_scale']:.2g}, "
                 f"CG {b['cg_steps']}, {b['epochs']} epochs ({r['trials']} trials in {r['minutes']} min)"
             )
             if r.get("note"):
@@ -204,7 +209,8 @@ def write_report() -> None:
         )
         if "alsx defaults" in last:
             d = last["alsx defaults"]["runs"][0]
-            lines.append(_row("alsx defaults", "HParams() defaults", d["metrics"], f"{d['fit_wall_s']:.1f} fit", ref))
+            what = "config.DEFAULTS" + (f" ({r_['date']})" if (r_ := last["alsx defaults"]).get("date") else "")
+            lines.append(_row("alsx defaults", what, d["metrics"], f"{d['fit_wall_s']:.1f} fit", ref))
         lines.append(
             _row(
                 "implicit defaults",
