@@ -103,14 +103,14 @@ def child(spec: dict) -> dict:
     }
 
 
-def _key(r: dict) -> tuple:
+def record_key(r: dict) -> tuple:
     return tuple(r.get(k, OLD.get(k)) for k in KEYS)
 
 
 def run(spec: dict, force: bool, timeout: float) -> dict | None:
     records = C.read_jsonl(JSONL)
-    done = {_key(r) for r in records if "metrics" in r}
-    if not force and _key(spec) in done:
+    done = {record_key(r) for r in records if "metrics" in r}
+    if not force and record_key(spec) in done:
         print(f"skip (done): {spec}", flush=True)
         return None
     load0 = C.loadavg()
@@ -137,7 +137,7 @@ def best_pair(dataset: str, dim: int | None = None) -> tuple[float, float] | Non
     for r in C.read_jsonl(JSONL):
         if "metrics" not in r or r.get("stage") != "grid" or r["dataset"] != dataset:
             continue
-        if r["solver"] != "cg" or r["cg_steps"] != 3 or (dim is not None and r["dim"] != dim) or _extra(r):
+        if r["solver"] != "cg" or r["cg_steps"] != 3 or (dim is not None and r["dim"] != dim) or changed_settings(r):
             continue
         v = r["metrics"]["recall_gt@20"]
         if best is None or v > best[0]:
@@ -148,7 +148,7 @@ def best_pair(dataset: str, dim: int | None = None) -> tuple[float, float] | Non
 # ------------------------------------------------------------------------------------- report
 
 
-def _extra(r) -> bool:
+def changed_settings(r) -> bool:
     """Whether a record leaves ν, init or init_scale at the settings of the first sweeps."""
     return any(r.get(k, v) != v for k, v in OLD.items())
 
@@ -184,10 +184,18 @@ def write_report() -> None:
     fails = [r for r in C.read_jsonl(JSONL) if "error" in r]
     latest = {}
     for r in recs:
-        latest[_key(r)] = r
+        latest[record_key(r)] = r
     rows = sorted(
         latest.values(),
-        key=lambda r: (r["dataset"], r["solver"], r["cg_steps"], r["dim"], r["unobserved_weight"], r["reg"], _key(r)),
+        key=lambda r: (
+            r["dataset"],
+            r["solver"],
+            r["cg_steps"],
+            r["dim"],
+            r["unobserved_weight"],
+            r["reg"],
+            record_key(r),
+        ),
     )
     lines = [
         "## Quality on Gowalla (LightGCN split)",

@@ -32,8 +32,9 @@ import _common as C
 JSONL = C.BENCH / "results_time_to_quality.jsonl"
 MD = C.BENCH / "results_time_to_quality.md"
 METRIC = "recall@20"
-# implicit's best grid points (test part, 15 epochs): ml1m from results_tune.md (reg x alpha grid of 30
-# points); gowalla from the grid in results_time_to_quality.md's notes.  alsx: a --config file or the keywords.
+# implicit's best grid points (test part, 15 epochs, reg 1..300 x alpha 1..100, 30 points each): ml1m from
+# results_tune.md; gowalla from `tune.py --dataset gowalla --dim 64 --epochs 15 --runs implicit` (results_tune.jsonl).
+# alsx: a --config file or keywords (gowalla: the best pair of quality.py's d=64 runs).
 CASES = {
     "ml1m": {
         "dim": 64,
@@ -44,8 +45,8 @@ CASES = {
     "gowalla": {
         "dim": 64,
         "grid_epochs": 15,
-        "implicit": {"regularization": 10.0, "alpha": 10.0},
-        "alsx": {"reg": 0.003, "unobserved_weight": 0.03},
+        "implicit": {"regularization": 1.0, "alpha": 30.0},
+        "alsx": {"reg": 0.003, "unobserved_weight": 0.01},  # the best d=64 pair of results_quality.md
     },
 }
 
