@@ -228,7 +228,7 @@ def write_report() -> None:
     ]
     for r in rows:
         m = r["metrics"]
-        solver, pe = _solver(r), _pe(r)
+        solver, pe = _solver(r) + (f" · {r['engine']}" if "engine" in r else ""), _pe(r)
         mark = " **≥ LightGCN**" if m["recall_gt@20"] >= LIGHTGCN["recall_gt@20"] else ""
         lines.append(
             f"| {r.get('stage', '')} | {r['dim']} | {r['epochs']} | {r['unobserved_weight']:g} | "
