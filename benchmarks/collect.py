@@ -32,6 +32,7 @@ FRAGMENTS = [  # in the order they appear in RESULTS.md
     "results_export.md",
     "results_latency.md",
     "results_tune.md",
+    "results_time_to_quality.md",
     "results_compile.md",
     "results_gpu_tiny.md",
 ]

@@ -13,6 +13,10 @@ Stages (each run in its own child interpreter, appended to
   # solver variants: SOLVER:CG_STEPS:D, e.g. exact solves at 512, 6 CG steps at 1024
   python benchmarks/quality.py --variants cholesky:0:512,cg:6:1024
 
+  # any points: KEY=V1/V2/... joined by commas, every combination run (stage 'explore'); keys d, epochs,
+  # a0, reg, nu, init (normal|uniform), scale (init_scale), solver (cg|cholesky|block), cg, block
+  python benchmarks/quality.py --points d=256,a0=0.03,reg=0.003/0.01,nu=1/0.5 --nice 10
+
   python benchmarks/quality.py --report      # rewrite markdown and chart only
 
 A run already in the jsonl with the same settings is skipped (``--force`` reruns it).
@@ -38,7 +42,22 @@ MD = C.BENCH / "results_quality.md"
 PNG = C.BENCH / "quality.png"
 LIGHTGCN = {"recall_gt@20": 0.1830, "ndcg@20": 0.1554}
 IMPLICIT_REF = 0.168
-KEYS = ("dataset", "dim", "epochs", "reg", "unobserved_weight", "solver", "cg_steps")
+KEYS = ("dataset", "dim", "epochs", "reg", "unobserved_weight", "solver", "cg_steps", "nu", "init", "init_scale")
+KEYS += ("block_size",)
+# Settings records written before they were recorded ran with these (HParams' defaults then).
+OLD = {"nu": 1.0, "init": "normal", "init_scale": 0.1, "block_size": 0}
+POINT_KEYS = {
+    "d": ("dim", int),
+    "epochs": ("epochs", int),
+    "a0": ("unobserved_weight", float),
+    "reg": ("reg", float),
+    "nu": ("nu", float),
+    "init": ("init", str),
+    "scale": ("init_scale", float),
+    "solver": ("solver", str),
+    "cg": ("cg_steps", int),
+    "block": ("block_size", int),
+}
 
 
 def child(spec: dict) -> dict:
@@ -54,6 +73,8 @@ def child(spec: dict) -> dict:
         spec["unobserved_weight"],
         solver=spec["solver"],
         cg_steps=spec["cg_steps"],
+        **{k: spec.get(k, v) for k, v in OLD.items()},
+        loss_every=spec.get("loss_every", 1),
     )
     m.fit(
         split.train,
@@ -67,9 +88,12 @@ def child(spec: dict) -> dict:
     ev = evaluate(m.row_embeddings_, m.col_embeddings_, split, m.hparams, (20, 50))
     return {
         "epoch_s": [r["seconds"] for r in m.history_],
-        "loss_s": [r["loss_seconds"] for r in m.history_],
-        "loss": [r["loss"] for r in m.history_],
-        "curve": [(r["epoch"], r["metrics"]["recall_gt@20"]) for r in m.history_ if "metrics" in r],
+        "loss_s": [r.get("loss_seconds") for r in m.history_],
+        "loss": [r.get("loss") for r in m.history_],
+        "curve": [
+            (r["epoch"], r["metrics"]["recall_gt@20"], r["metrics"]["ndcg@20"]) for r in m.history_ if "metrics" in r
+        ],
+        "engine": m.engine_name_,
         "fit_wall_s": fit_wall,
         "eval_s": time.perf_counter() - t1,
         "metrics": ev["model"],
@@ -79,20 +103,21 @@ def child(spec: dict) -> dict:
     }
 
 
-def _key(r: dict) -> tuple:
-    return tuple(r.get(k) for k in KEYS)
+def record_key(r: dict) -> tuple:
+    return tuple(r.get(k, OLD.get(k)) for k in KEYS)
 
 
 def run(spec: dict, force: bool, timeout: float) -> dict | None:
     records = C.read_jsonl(JSONL)
-    done = {_key(r) for r in records if "metrics" in r}
-    if not force and _key(spec) in done:
+    done = {record_key(r) for r in records if "metrics" in r}
+    if not force and record_key(spec) in done:
         print(f"skip (done): {spec}", flush=True)
         return None
     load0 = C.loadavg()
     print(f"[{C.now()}] {spec} load {load0}", flush=True)
-    res = C.run_child(Path(__file__), spec, timeout=timeout)
-    res.update(spec)
+    nice = spec.pop("nice", 0)
+    res = C.run_child(Path(__file__), spec, timeout=timeout, nice=nice)
+    res.update(spec, nice=nice)
     res.update({"date": C.now(), "loadavg_start": load0, "loadavg_end": C.loadavg(), "command": C.command_line()})
     C.append_jsonl(JSONL, res)
     if "error" in res:
@@ -112,7 +137,7 @@ def best_pair(dataset: str, dim: int | None = None) -> tuple[float, float] | Non
     for r in C.read_jsonl(JSONL):
         if "metrics" not in r or r.get("stage") != "grid" or r["dataset"] != dataset:
             continue
-        if r["solver"] != "cg" or r["cg_steps"] != 3 or (dim is not None and r["dim"] != dim):
+        if r["solver"] != "cg" or r["cg_steps"] != 3 or (dim is not None and r["dim"] != dim) or changed_settings(r):
             continue
         v = r["metrics"]["recall_gt@20"]
         if best is None or v > best[0]:
@@ -121,6 +146,32 @@ def best_pair(dataset: str, dim: int | None = None) -> tuple[float, float] | Non
 
 
 # ------------------------------------------------------------------------------------- report
+
+
+def changed_settings(r) -> bool:
+    """Whether a record leaves ν, init or init_scale at the settings of the first sweeps."""
+    return any(r.get(k, v) != v for k, v in OLD.items())
+
+
+def _solver(r) -> str:
+    if r["solver"] == "cholesky":
+        return "cholesky"
+    return f"cg {r['cg_steps']}" if r["solver"] == "cg" else f"block {r.get('block_size', 0) or 'auto'}"
+
+
+def expand(point: str) -> list[dict]:
+    """The settings of one --points argument: every combination of its '/'-separated values."""
+    import itertools
+
+    names, values = [], []
+    for item in point.split(","):
+        key, _, vals = item.partition("=")
+        if key not in POINT_KEYS:
+            raise SystemExit(f"--points: unknown key {key!r} (known: {', '.join(POINT_KEYS)})")
+        name, cast = POINT_KEYS[key]
+        names.append(name)
+        values.append([cast(v) for v in vals.split("/")])
+    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
 
 
 def _pe(r):
@@ -133,10 +184,18 @@ def write_report() -> None:
     fails = [r for r in C.read_jsonl(JSONL) if "error" in r]
     latest = {}
     for r in recs:
-        latest[_key(r)] = r
+        latest[record_key(r)] = r
     rows = sorted(
         latest.values(),
-        key=lambda r: (r["dataset"], r["solver"], r["cg_steps"], r["dim"], r["unobserved_weight"], r["reg"]),
+        key=lambda r: (
+            r["dataset"],
+            r["solver"],
+            r["cg_steps"],
+            r["dim"],
+            r["unobserved_weight"],
+            r["reg"],
+            record_key(r),
+        ),
     )
     lines = [
         "## Quality on Gowalla (LightGCN split)",
@@ -163,18 +222,18 @@ def write_report() -> None:
             "",
         ]
     lines += [
-        "| stage | d | epochs | α0 | λ | solver | recall_gt@20 | ndcg@20 | recall@20 | recall_gt@50 | "
+        "| stage | d | epochs | α0 | λ | ν | init | solver | recall_gt@20 | ndcg@20 | recall@20 | recall_gt@50 | "
         "s/epoch | compile s | train s | peak RSS GiB | date | load avg start→end |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         m = r["metrics"]
-        solver = "cholesky" if r["solver"] == "cholesky" else f"cg {r['cg_steps']}"
-        pe = _pe(r)
+        solver, pe = _solver(r) + (f" · {r['engine']}" if "engine" in r else ""), _pe(r)
         mark = " **≥ LightGCN**" if m["recall_gt@20"] >= LIGHTGCN["recall_gt@20"] else ""
         lines.append(
             f"| {r.get('stage', '')} | {r['dim']} | {r['epochs']} | {r['unobserved_weight']:g} | "
-            f"{r['reg']:g} | {solver} | {m['recall_gt@20']:.4f}{mark} | {m['ndcg@20']:.4f} | "
+            f"{r['reg']:g} | {r.get('nu', 1.0):g} | {r.get('init', 'normal')} {r.get('init_scale', 0.1):g} | "
+            f"{solver} | {m['recall_gt@20']:.4f}{mark} | {m['ndcg@20']:.4f} | "
             f"{m['recall@20']:.4f} | {m['recall_gt@50']:.4f} | {pe:.2f} | {r['epoch_s'][0] - pe:.1f} | "
             f"{sum(r['epoch_s']):.0f} | {r['peak_rss_fit_gib']:.2f} | {r['date']} | "
             f"{r['loadavg_start']} → {r['loadavg_end']} |"
@@ -182,8 +241,8 @@ def write_report() -> None:
     for r in fails:
         lines.append(
             f"| {r.get('stage', '')} | {r['dim']} | {r['epochs']} | {r['unobserved_weight']:g} | "
-            f"{r['reg']:g} | {r['solver']} {r['cg_steps']} | failed: {r['error'][:100].replace('|', '/')} "
-            f"|||||||| {r['date']} | {r['loadavg_start']} |"
+            f"{r['reg']:g} | {r.get('nu', 1.0):g} | {r.get('init', 'normal')} | {_solver(r)} | "
+            f"failed: {r['error'][:100].replace('|', '/')} |||||||| {r['date']} | {r['loadavg_start']} |"
         )
     if rows:
         best = max(rows, key=lambda r: r["metrics"]["recall_gt@20"])
@@ -191,9 +250,8 @@ def write_report() -> None:
         lines += [
             "",
             f"Best: recall_gt@20 **{best['metrics']['recall_gt@20']:.4f}**, ndcg@20 "
-            f"{best['metrics']['ndcg@20']:.4f} at d={best['dim']} ({best['solver']}"
-            f"{'' if best['solver'] == 'cholesky' else ' ' + str(best['cg_steps'])}, α0={best['unobserved_weight']:g}, "
-            f"λ={best['reg']:g}); the LightGCN target 0.1830 is "
+            f"{best['metrics']['ndcg@20']:.4f} at d={best['dim']} ({_solver(best)}, "
+            f"α0={best['unobserved_weight']:g}, λ={best['reg']:g}, ν={best.get('nu', 1.0):g}); the LightGCN target 0.1830 is "
             f"{'reached' if reached else 'not reached'}.",
             "",
         ]
@@ -225,6 +283,7 @@ def plot(rows) -> None:
 
     sweep = sorted(
         (r for r in rows if r.get("stage") in ("dims", "grid") and r["solver"] == "cg" and r["cg_steps"] == 3),
+        # all settings of the dims/grid stages, the best per d drawn
         key=lambda r: r["dim"],
     )
     if not sweep:
@@ -273,7 +332,10 @@ def main(argv=None) -> None:
     p.add_argument("--a0", type=float, default=None, help="alpha0 for --dims/--variants (default: best of grid)")
     p.add_argument("--reg", type=float, default=None)
     p.add_argument("--variants", default="", help="SOLVER:CG_STEPS:D,... e.g. cholesky:0:512,cg:6:1024")
+    p.add_argument("--points", nargs="*", default=[], help="KEY=V1/V2,... (see above); stage 'explore'")
     p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--loss-every", type=int, default=1, help="training loss every N epochs (0: never)")
+    p.add_argument("--nice", type=int, default=0, help="run the training child at this nice level")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--force", action="store_true")
     p.add_argument("--report", action="store_true")
@@ -287,23 +349,15 @@ def main(argv=None) -> None:
     if a.report:
         write_report()
         return
-    base = {"dataset": a.dataset, "epochs": a.epochs, "eval_every": a.eval_every}
+    base = {"dataset": a.dataset, "epochs": a.epochs, "eval_every": a.eval_every, "nice": a.nice}
+    if a.loss_every != 1:
+        base["loss_every"] = a.loss_every
     if a.grid:
         for a0 in [float(v) for v in a.a0s.split(",")]:
             for reg in [float(v) for v in a.regs.split(",")]:
-                run(
-                    {
-                        **base,
-                        "stage": "grid",
-                        "dim": a.grid_dim,
-                        "unobserved_weight": a0,
-                        "reg": reg,
-                        "solver": "cg",
-                        "cg_steps": 3,
-                    },
-                    a.force,
-                    a.timeout,
-                )
+                cg3 = {"solver": "cg", "cg_steps": 3}
+                spec = {**base, "stage": "grid", "dim": a.grid_dim, "unobserved_weight": a0, "reg": reg, **cg3}
+                run(spec, a.force, a.timeout)
                 write_report()
 
     def pair():
@@ -322,20 +376,16 @@ def main(argv=None) -> None:
     for v in [v for v in a.variants.split(",") if v]:
         solver, steps, d = v.split(":")
         a0, reg = pair()
-        run(
-            {
-                **base,
-                "stage": "variant",
-                "dim": int(d),
-                "unobserved_weight": a0,
-                "reg": reg,
-                "solver": solver,
-                "cg_steps": max(1, int(steps)) if solver == "cg" else 3,
-            },
-            a.force,
-            a.timeout,
-        )
+        steps = max(1, int(steps)) if solver == "cg" else 3
+        spec = {**base, "stage": "variant", "dim": int(d), "unobserved_weight": a0, "reg": reg}
+        run({**spec, "solver": solver, "cg_steps": steps}, a.force, a.timeout)
         write_report()
+    for point in a.points:
+        for settings in expand(point):
+            spec = {**base, "stage": "explore", "unobserved_weight": 0.03, "reg": 0.003, "solver": "cg"}
+            spec.update({"cg_steps": 3, **OLD, **settings})
+            run(spec, a.force, a.timeout)
+            write_report()
     write_report()
 
 
