@@ -31,6 +31,7 @@ FRAGMENTS = [  # in the order they appear in RESULTS.md
     "results_ann.md",
     "results_export.md",
     "results_latency.md",
+    "results_defaults.md",
     "results_tune.md",
     "results_time_to_quality.md",
     "results_compile.md",
