@@ -134,9 +134,9 @@ def reach(curve: list[float], epoch_s: list[float], target: float) -> tuple[int 
     return None, None
 
 
-def measure(dataset: str, epochs: int, timeout: float) -> dict:
+def measure(dataset: str, epochs: int, timeout: float, defaults: bool = False) -> dict:
     case = CASES[dataset]
-    cfg, origin = alsx_config(case)
+    cfg, origin = ({}, "config.DEFAULTS") if defaults else alsx_config(case)
     out = {"dataset": dataset, "dim": case["dim"], "epochs": epochs, "grid_epochs": case["grid_epochs"]}
     out.update(date=C.now(), loadavg_start=C.loadavg(), command=C.command_line(), alsx_origin=origin, runs={})
     for lib, config in (("implicit", case["implicit"]), ("alsx", cfg)):
@@ -228,6 +228,7 @@ def main(argv=None) -> None:
     p.add_argument("--datasets", default="ml1m,gowalla")
     p.add_argument("--epochs", type=int, default=30, help="epochs each library trains (evaluated after each)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per child")
+    p.add_argument("--alsx-defaults", action="store_true", help="alsx at its defaults instead of the case's config")
     p.add_argument("--report", action="store_true")
     C.add_data_arg(p)
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -239,7 +240,7 @@ def main(argv=None) -> None:
         return
     if not a.report:
         for ds in a.datasets.split(","):
-            res = measure(ds, a.epochs, a.timeout)
+            res = measure(ds, a.epochs, a.timeout, a.alsx_defaults)
             C.append_jsonl(JSONL, res)
     write_report()
 
