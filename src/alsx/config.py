@@ -127,7 +127,7 @@ AUTO = "auto"
 
 #: 'auto' alpha0 = UNOBSERVED_RATIO * nnz / (n_rows * n_cols): all unobserved pairs together weigh this many
 #: times the observed entries, whatever the density.  The tuned alpha0 of every shared data set (1e-4 on cnr-2000
-#: to 0.3 on ml1m) sits near the same ratio (benchmarks/results_defaults.md).
+#: to 0.4 on ml1m) sits within a few times of one ratio (benchmarks/results_defaults.md).
 UNOBSERVED_RATIO = 12.0
 
 #: 'auto' reg = REG_RATIO * alpha0: with nu = 1 the regulariser then keeps the same proportion to a row's

@@ -108,6 +108,16 @@ def auto_or_float(v: str, flag: str) -> float | str:
         raise argparse.ArgumentTypeError(f"{flag} takes a number or '{AUTO}', got {v!r}") from None
 
 
+def resolve_auto_weights(a: argparse.Namespace, nnz: int, shape: tuple[int, int]) -> None:
+    """Replaces an 'auto' --reg / --unobserved-weight in ``a`` by its number for a training matrix of ``nnz`` entries
+    and ``shape`` (for paths that hold the whole matrix's counts but do not fit ALS on it)."""
+    from alsx.config import resolve_weights
+
+    a.reg, a.unobserved_weight = resolve_weights(
+        a.reg, a.unobserved_weight, nnz, shape, a.unobserved_ratio, a.reg_ratio
+    )
+
+
 def add_model_args(p: argparse.ArgumentParser, dim: int = DEFAULTS["dim"], epochs: int = DEFAULTS["epochs"]) -> None:
     """The model flags (defaults from ``alsx.config.DEFAULTS``)."""
     g = p.add_argument_group("model")

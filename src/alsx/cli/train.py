@@ -22,6 +22,7 @@ from alsx.cli.common import (
     load_data,
     make_split,
     model_from_args,
+    resolve_auto_weights,
 )
 from alsx.cli.outputs import write_outputs
 from alsx.cli.train_multi import train_partitioned
@@ -201,14 +202,12 @@ def cmd_train(a: argparse.Namespace) -> int:
 def train_dataset(a: argparse.Namespace) -> int:
     """``alsx train DATASET_DIR``: the one training path on a WebGraph dataset folder, with the model
     flags as given (``HParams.from_args``: --init, --init-scale, --block-size, ... and --backend)."""
-    from alsx.config import HParams, resolve_weights
+    from alsx.config import HParams
     from alsx.webgraph.dataset import open_dataset
     from alsx.webgraph.train import train_webgraph
 
     train = open_dataset(a.data).train_csr()  # memory-mapped: 'auto' weights need only its nnz and shape
-    a.reg, a.unobserved_weight = resolve_weights(
-        a.reg, a.unobserved_weight, train.nnz, (train.n_rows, train.n_cols), a.unobserved_ratio, a.reg_ratio
-    )
+    resolve_auto_weights(a, train.nnz, (train.n_rows, train.n_cols))
     hp = HParams.from_args(a)
     t = time.perf_counter()
     res = train_webgraph(

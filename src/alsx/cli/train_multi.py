@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alsx.cli.common import checkpointer_from_args, ingest_options, model_from_args, split_options
+from alsx.cli.common import checkpointer_from_args, ingest_options, model_from_args, resolve_auto_weights, split_options
 from alsx.cli.outputs import write_outputs
 
 
@@ -25,7 +25,6 @@ def train_partitioned(a: argparse.Namespace, topo) -> int:
     rows for ``train.npz`` and the folded-in held-out rows.
     """
     from alsx.collectives import route
-    from alsx.config import resolve_weights
     from alsx.core.sharded import ShardedEngine
     from alsx.core.sharding import make_mesh
     from alsx.data.partitioned import engine_inputs, gather_to_lead, load_partitioned, split_partitioned
@@ -48,9 +47,7 @@ def train_partitioned(a: argparse.Namespace, topo) -> int:
     mesh = make_mesh()
     rows, cols, rc, cc = engine_inputs(train, a.alpha, mesh, a.tied)
     # 'auto' weights from the whole training matrix (each process holds only its rows): the same on every process
-    a.reg, a.unobserved_weight = resolve_weights(
-        a.reg, a.unobserved_weight, int(rc.sum()), train.shape, a.unobserved_ratio, a.reg_ratio
-    )
+    resolve_auto_weights(a, int(rc.sum()), train.shape)
     model = model_from_args(a, progress=lead)
     engine: dict = {}
 
