@@ -41,6 +41,7 @@ LAYERS = {
     "params": 4,
     "cli": 5,
     "tune": 5,
+    "validation": 5,
 }
 SHARED = {"errors", "callbacks", "units", "__init__"}
 # webgraph sits beside data, except its training front: webgraph/train.py trains and evaluates a

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import alsx.tune as tune_mod
+import alsx.validation as validation_mod
 from alsx import cli
 from alsx.cli.guard import check_args
 from alsx.cli.train_options import apply_config
@@ -113,8 +114,8 @@ def test_tune_trains_and_scores_only_the_training_part(data, monkeypatch):
         return real_metric(w, h, val, *a, **kw)
 
     monkeypatch.setattr(engine_mod, "make_engine", spy)
-    monkeypatch.setattr(tune_mod, "validation_metric", spy_metric)
-    result = tune_mod.tune(split.train, dim=4, epochs=2, trials=2, progress=False)
+    monkeypatch.setattr(validation_mod, "validation_metric", spy_metric)
+    result = tune_mod.tune(split.train, dim=4, epochs=2, trials=2, size_correction=False, progress=False)
     assert seen and scored
     assert all(not s & test for s in seen) and all(not s & test for s in scored)
     assert all(s == _keys(split.train) for s in scored)
@@ -182,6 +183,9 @@ def test_alsx_tune_writes_trials_best_config_plots_and_the_refit_model(data, dat
     assert best["unobserved_ratio"] == pytest.approx(top["unobserved_ratio"]) and best["epochs"] == top["best_epoch"]
     assert best["reg"] == best["unobserved_weight"] == "auto"
     assert best["about"]["validation recall@20"] == pytest.approx(top["recall@20"])
+    corr = best["about"]["size correction"]  # the refit's reg_ratio is the corrected one, said on stderr
+    assert corr["reg_ratio"] == pytest.approx(top["reg_ratio"]) and best["reg_ratio"] == corr["corrected"]
+    assert f"{corr['corrected']:.4g} for all {train_nnz(data)}" in res.stderr.replace(",", "")
     assert (out / "tune.png").stat().st_size > 0
     cfg = json.loads((out / "config.json").read_text())
     for k in ("dim", "nu", "init_scale", "cg_steps"):
@@ -209,6 +213,24 @@ def test_alsx_tune_writes_trials_best_config_plots_and_the_refit_model(data, dat
     everything = best["unobserved_ratio"] * data.nnz / (data.shape[0] * data.shape[1])  # --split none: all input
     assert cfg2["hparams"]["unobserved_weight"] == pytest.approx(everything, rel=1e-6)
     assert cfg2["hparams"]["reg"] == pytest.approx(best["reg_ratio"] * everything, rel=1e-6)
+
+
+def train_nnz(data: Interactions) -> int:
+    return given_split(data).train.nnz
+
+
+def test_alsx_tune_without_size_correction_keeps_the_carves_best(data_file, tmp_path):
+    out = tmp_path / "plain"
+    argv = ["tune", str(data_file), "--out", str(out), "--dim", "4", "--epochs", "2", "--trials", "2"]
+    res = _alsx(*argv, "--split", "given", "--no-size-correction", "--no-refit")
+    assert res.returncode == 0, res.stderr[-3000:]
+    best = json.loads((out / "best.json").read_text())
+    import pandas as pd
+
+    trials = pd.read_parquet(out / "trials.parquet")
+    top = trials.loc[trials["recall@20"].idxmax()]
+    assert best["reg_ratio"] == pytest.approx(top["reg_ratio"]) and "size correction" not in best["about"]
+    assert "for all" not in res.stderr
 
 
 # ------------------------------------------------------------------ alsx train --config

@@ -27,13 +27,21 @@ from tqdm.auto import tqdm
 from alsx.callbacks import StopTraining
 from alsx.config import AUTO, DEFAULTS, HParams, Packing, resolve_weights
 from alsx.data.matrix import Interactions
-from alsx.data.split import Split, random_holdout
+from alsx.data.split import Split
 from alsx.errors import DivergenceError
 from alsx.model import ALS, as_interactions
+from alsx.validation import (  # noqa: F401  (the names alsx.tune has always offered)
+    METRIC,
+    METRICS,
+    VALIDATION_FRACTION,
+    SizeCorrection,
+    parse_metric,
+    size_corrected,
+    validation_curve,
+    validation_metric,
+    validation_split,
+)
 
-VALIDATION_FRACTION = 0.2  # share of each training row held out for validation
-METRIC = "recall@20"
-METRICS = ("recall", "recall_gt", "ndcg", "hr", "map")  # names of alsx.eval.metrics.ranking_metrics
 DEFAULT_TRIALS = 20
 TUNED = ("unobserved_ratio", "reg_ratio", "nu", "init_scale", "cg_steps")  # searched; dim too with max_dim
 # The first trials: alsx's defaults, and plain (nu = 0) regularisation, the other regime of the space (implicit's
@@ -41,38 +49,8 @@ TUNED = ("unobserved_ratio", "reg_ratio", "nu", "init_scale", "cg_steps")  # sea
 STARTS = ({k: DEFAULTS[k] for k in TUNED}, {**{k: DEFAULTS[k] for k in TUNED}, "nu": 0.0, "reg_ratio": 20.0})
 EVALUATIONS = 5  # validation evaluations per trial when eval_every is 0 (auto)
 PRUNERS = ("hyperband", "halving", "none")
-
-
-def validation_split(train: Interactions, fraction: float = VALIDATION_FRACTION, seed: int = 0) -> Split:
-    """A per-row holdout of ``train`` (the training input or a split's training part).
-
-    Returns a Split whose ``train`` and ``test`` partition ``train``'s entries exactly; nothing
-    outside ``train`` (e.g. the test part of a given split) can reach either side.
-    """
-    return random_holdout(train, fraction=fraction, seed=seed)
-
-
-def parse_metric(metric: str) -> int:
-    """The cut-off k of 'recall@20' / 'ndcg@20' / ... (ValueError naming the accepted forms)."""
-    name, _, k = metric.partition("@")
-    if name not in METRICS or not k.isdigit() or int(k) < 1:
-        raise ValueError(
-            f"metric must be one of {', '.join(m + '@K' for m in METRICS)} (e.g. recall@20), got {metric!r}"
-        )
-    return int(k)
-
-
-def validation_metric(
-    w: np.ndarray, h: np.ndarray, val: Split, hp: HParams, metric: str = METRIC, alpha: float | None = None
-) -> float:
-    """``metric`` of tables w [n_rows, d], h [n_cols, d] on ``val`` (alsx.eval.protocol.evaluate);
-    NaN when a table is not finite (a diverged trial)."""
-    from alsx.eval.protocol import evaluate
-
-    if not (np.isfinite(w).all() and np.isfinite(h).all()):
-        return float("nan")
-    k = parse_metric(metric)
-    return float(evaluate(w, h, val, hp, (k,), alpha, baseline=False)["model"][metric])
+CORRECTION_FITS = 7  # fits the size correction takes, typically (validation.size_corrected); the budget keeps them
+CORRECTION_SHARE = 0.4  # at most this share of a --minutes budget is kept for them
 
 
 class EarlyStopping:
@@ -198,7 +176,8 @@ class TuneResult:
         epoch, ``alpha``, ``seed``): ``ALS(**params)`` trains it.
       value: its validation ``metric``; best_trial: its number.
       trials: one dict per trial (see :func:`trial_rows`).
-      study: the optuna Study; seconds: wall time of the search.
+      study: the optuna Study; seconds: wall time of the search and the size correction.
+      correction: what the size correction measured (None without it); params['reg_ratio'] is its result.
       model: with ``refit``, an ALS trained on all of ``data`` with ``params``.
     """
 
@@ -209,6 +188,7 @@ class TuneResult:
     trials: list[dict]
     study: Any
     seconds: float
+    correction: SizeCorrection | None = None
     model: ALS | None = None
 
 
@@ -229,6 +209,7 @@ def tune(
     backend: str = "auto",
     alpha: float | None = None,
     space: SearchSpace = SearchSpace(),
+    size_correction: bool = True,
     refit: bool = False,
     progress: bool = True,
 ) -> TuneResult:
@@ -240,7 +221,8 @@ def tune(
       dim: embedding dimension (the smallest tried with ``max_dim``).
       epochs: most epochs per trial; the best epoch of the best trial becomes ``params['epochs']``.
       trials, minutes: budget (default DEFAULT_TRIALS trials); with both, whichever ends first.
-        A trial running when the time is up finishes.
+        A trial running when the time is up finishes.  The size correction's fits count in
+        ``minutes``: the search ends early enough to leave time for them.
       metric: 'recall@20', 'ndcg@20', ... maximised on the validation split.
       max_dim: also search dim in dim, 2 dim, ... <= max_dim (one engine per dim).
       eval_every: evaluate (and report to the pruner) every N epochs and after the last; 0: about
@@ -248,12 +230,13 @@ def tune(
         at d=64 about 1 s against 0.04 s, under contention).
       validation_fraction: share of each row of ``data`` held out for validation.
       pruner: 'hyperband', 'halving' (successive halving) or 'none'.
+      size_correction: move the best reg_ratio from the carve's amount of data to all of ``data``
+        (:func:`alsx.validation.size_corrected`; ``result.correction``).
       refit: also train the best configuration on all of ``data`` (``result.model``).
     """
     import optuna
 
     from alsx.core.backends import make_engine
-    from alsx.train import run_epochs
 
     parse_metric(metric)
     if eval_every < 0 or epochs < 1:
@@ -263,41 +246,31 @@ def tune(
         trials = DEFAULT_TRIALS
     x = as_interactions(data)
     val = validation_split(x, validation_fraction, seed)
-    rows, cols = val.train.csr(alpha), val.train.csc(alpha)  # once: every trial trains on these
     dims = dims_up_to(dim, max_dim)
-    engines: dict[int, Any] = {}
+    engines: dict[tuple[int, int], Any] = {}
 
-    def engine_for(hp: HParams):
-        engine = engines.get(hp.dim)
-        if engine is not None:  # same shapes: swap the objective, keep the packed input and programs
-            engine.set_hparams(hp)
-            return engine
-        engines[hp.dim] = engine = make_engine(rows, cols, hp, Packing(), backend=backend)
-        return engine
+    def engine_for(hp: HParams, carve: Split):
+        key = (hp.dim, id(carve))
+        if key not in engines:  # else same shapes: validation_curve swaps the objective, keeps input and programs
+            engines[key] = make_engine(carve.train.csr(alpha), carve.train.csc(alpha), hp, Packing(), backend=backend)
+        return engines[key]
 
     def objective(trial) -> float:
         hp = resolved(space.suggest(trial, dims), val.train.nnz, val.train.shape, solver=solver)
         trial.set_user_attr("reg", hp.reg)
         trial.set_user_attr("unobserved_weight", hp.unobserved_weight)
-        engine = engine_for(hp)
-        curve: list[tuple[int, float]] = []
-        t0 = time.perf_counter()
+        t0, curve = time.perf_counter(), []
 
-        def on_epoch(st) -> None:
-            if st.epoch % eval_every and st.epoch != epochs:
-                return
-            value = validation_metric(*engine.to_numpy(st), val, hp, metric, alpha)
-            curve.append((st.epoch, value))
+        def report(epoch: int, value: float) -> None:
+            curve.append((epoch, value))
             trial.set_user_attr("curve", curve)
             trial.set_user_attr("seconds", time.perf_counter() - t0)
-            if math.isnan(value):
-                raise FloatingPointError(f"non-finite tables at epoch {st.epoch}")
-            trial.report(value, st.epoch)
+            trial.report(value, epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {st.epoch}")
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         try:
-            run_epochs(engine, epochs, seed, on_epoch=on_epoch)
+            validation_curve(engine_for(hp, val), hp, val, epochs, eval_every, seed, metric, alpha, report)
         except (FloatingPointError, DivergenceError):  # diverged: a failed trial (NaN), the search goes on
             return float("nan")
         best_epoch, best = max(curve, key=lambda ev: ev[1])
@@ -313,31 +286,60 @@ def tune(
     for start in STARTS:  # trial 0: alsx's defaults (the search never returns worse on validation); 1: nu = 0
         study.enqueue_trial(start | ({"dim": dim} if len(dims) > 1 else {}))
     bar = tqdm(total=trials, desc="alsx tune", unit="trial", disable=not progress)
+    t0 = time.perf_counter()
 
     def on_trial(study, trial) -> None:
         bar.update(1)
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if done:
             bar.set_postfix({f"best {metric}": f"{study.best_value:.4f}", "trial": study.best_trial.number})
+        if minutes is not None and size_correction and done:  # keep time for the correction's fits
+            full = [t.user_attrs["seconds"] for t in done if "seconds" in t.user_attrs]
+            keep = min(CORRECTION_SHARE * 60.0 * minutes, CORRECTION_FITS * float(np.median(full)))
+            if time.perf_counter() - t0 > 60.0 * minutes - keep:
+                study.stop()
 
-    t0 = time.perf_counter()
     try:
         study.optimize(
             objective, n_trials=trials, timeout=None if minutes is None else 60.0 * minutes, callbacks=[on_trial]
         )
     finally:
         bar.close()
-    seconds = time.perf_counter() - t0
     best = study.best_trial  # ValueError when no trial completed
+    point = {"dim": dim, **best.params}
+    hp = resolved(point, val.train.nnz, val.train.shape, solver=solver)
+    best_epoch = int(best.user_attrs["best_epoch"])
+    correction = None
+    if size_correction:
+        carve_b = validation_split(val.train, validation_fraction, seed)  # a carve of the carve
+        cbar = tqdm(desc="alsx tune: size correction", unit="fit", disable=not progress)
+
+        def score(carve: Split):
+            def fit(reg_ratio: float) -> float:
+                p = resolved({**point, "reg_ratio": reg_ratio}, carve.train.nnz, carve.train.shape, solver=solver)
+                try:
+                    curve = validation_curve(engine_for(p, carve), p, carve, epochs, eval_every, seed, metric, alpha)
+                except (FloatingPointError, DivergenceError):
+                    return float("nan")
+                finally:
+                    cbar.update(1)
+                return max(v for _, v in curve)
+
+            return fit
+
+        try:  # the best trial is the scan's middle point on the carve: same objective, start and epochs
+            correction = size_corrected(best.params["reg_ratio"], score(val), score(carve_b), {0.0: best.value})
+        finally:
+            cbar.close()
+    seconds = time.perf_counter() - t0
     # 'auto' weights with the best ratios: a fit on all of ``data`` (denser than the validation carve) keeps them
-    hp = resolved({"dim": dim, **best.params}, val.train.nnz, val.train.shape, solver=solver)
     params = {
         **dataclasses.asdict(hp),
         "reg": AUTO,
         "unobserved_weight": AUTO,
         "unobserved_ratio": best.params["unobserved_ratio"],
-        "reg_ratio": best.params["reg_ratio"],
-        "epochs": int(best.user_attrs["best_epoch"]),
+        "reg_ratio": best.params["reg_ratio"] if correction is None else correction.corrected,
+        "epochs": best_epoch,
         "alpha": alpha,
         "seed": seed,
     }
@@ -352,6 +354,7 @@ def tune(
         trials=trial_rows(study, metric),
         study=study,
         seconds=seconds,
+        correction=correction,
         model=model,
     )
 

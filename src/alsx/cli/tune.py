@@ -51,6 +51,13 @@ def add_parser(subparsers) -> None:
         help="share of each training row held out for validation (default %(default)s)",
     )
     g.add_argument(
+        "--no-size-correction",
+        dest="size_correction",
+        action="store_false",
+        help="keep the validation carve's best --reg-ratio for the final fit instead of moving it to the "
+        "amount of data that fit gets (measured on a carve of the carve, a few extra fits)",
+    )
+    g.add_argument(
         "--pruner", choices=PRUNERS, default="hyperband", help="stop bad trials early by epoch (default %(default)s)"
     )
     m = p.add_argument_group("model (the rest is searched; trial 0 is alsx's defaults)")
@@ -121,6 +128,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
         pruner=a.pruner,
         backend=a.backend,
         alpha=a.alpha,
+        size_correction=a.size_correction,
     )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,6 +161,15 @@ def cmd_tune(a: argparse.Namespace) -> int:
         "trials": len(result.trials),
         "search_seconds": round(time.perf_counter() - t, 1),
     }
+    c = result.correction
+    if c is not None:
+        best[CONFIG_ABOUT]["size correction"] = c.as_dict()
+        print(
+            f"tune: --reg-ratio {c.reg_ratio:.4g} is best on the validation carve; {c.corrected:.4g} for all "
+            f"{train.nnz:,} training entries (a carve of the carve wanted {2 ** (c.peak_b - c.peak_a):.2f}x "
+            f"more; {c.fits} fits)",
+            file=sys.stderr,
+        )
     (out / "best.json").write_text(json.dumps(best, indent=2) + "\n")
     png = plot_trials(result.trials, a.metric, result.best_trial, out / "tune.png")
     print(

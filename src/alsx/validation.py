@@ -1,0 +1,199 @@
+"""The validation carve ``alsx tune`` and ``--early-stopping`` score on, and the data-size correction
+of the regularisation a search finds there.
+
+A per-row holdout (:func:`validation_split`) trains every trial on a share 1 - f of the input, so
+the search finds the best lambda for *less* data than the final fit gets.  That best lambda moves
+with the amount of data: on ml1m at d=64 each 20 % cut of the training rows doubles the best
+reg_ratio (0.01 on the whole training part, 0.02 on the carve, 0.04 on a carve of the carve;
+benchmarks/results_tune.md), and iALS's quality falls off a cliff just above that optimum, so the
+carve's optimum loses 5 % Recall@20 on the test part.  :func:`size_corrected` measures the move
+instead of assuming it: it scans reg_ratio around the search's best point on the carve (A, a share
+1 - f of the input) and on a carve of the carve (B, (1 - f)^2), and takes one more step of the same
+size to the whole input, log s(all) = 2 log s(A) - log s(B) (the shares are equally spaced in log).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from alsx.config import HParams
+from alsx.data.matrix import Interactions
+from alsx.data.split import Split, random_holdout
+
+VALIDATION_FRACTION = 0.2  # share of each training row held out for validation
+METRIC = "recall@20"
+METRICS = ("recall", "recall_gt", "ndcg", "hr", "map")  # names of alsx.eval.metrics.ranking_metrics
+STEP = 0.5  # log2 spacing of the reg_ratio scans (sqrt(2) apart)
+MAX_STEPS = 3  # a scan extends at most this many steps past its start on either side
+MAX_SHIFT = 2.0  # log2 bound of the extrapolated move (at most 4x less lambda for the whole input)
+
+
+def validation_split(train: Interactions, fraction: float = VALIDATION_FRACTION, seed: int = 0) -> Split:
+    """A per-row holdout of ``train`` (the training input or a split's training part).
+
+    Returns a Split whose ``train`` and ``test`` partition ``train``'s entries exactly; nothing
+    outside ``train`` (e.g. the test part of a given split) can reach either side.
+    """
+    return random_holdout(train, fraction=fraction, seed=seed)
+
+
+def parse_metric(metric: str) -> int:
+    """The cut-off k of 'recall@20' / 'ndcg@20' / ... (ValueError naming the accepted forms)."""
+    name, _, k = metric.partition("@")
+    if name not in METRICS or not k.isdigit() or int(k) < 1:
+        raise ValueError(
+            f"metric must be one of {', '.join(m + '@K' for m in METRICS)} (e.g. recall@20), got {metric!r}"
+        )
+    return int(k)
+
+
+def validation_metric(
+    w: np.ndarray, h: np.ndarray, val: Split, hp: HParams, metric: str = METRIC, alpha: float | None = None
+) -> float:
+    """``metric`` of tables w [n_rows, d], h [n_cols, d] on ``val`` (alsx.eval.protocol.evaluate);
+    NaN when a table is not finite (a diverged trial)."""
+    from alsx.eval.protocol import evaluate
+
+    if not (np.isfinite(w).all() and np.isfinite(h).all()):
+        return float("nan")
+    k = parse_metric(metric)
+    return float(evaluate(w, h, val, hp, (k,), alpha, baseline=False)["model"][metric])
+
+
+def validation_curve(
+    engine: Any,
+    hp: HParams,
+    val: Split,
+    epochs: int,
+    every: int,
+    seed: int = 0,
+    metric: str = METRIC,
+    alpha: float | None = None,
+    report: Callable[[int, float], None] | None = None,
+) -> list[tuple[int, float]]:
+    """Trains ``engine`` (fitted to ``val.train``, objective ``hp``) from a fresh start for ``epochs``,
+    scoring ``val`` every ``every`` epochs and after the last: [(epoch, value), ...].
+
+    ``report(epoch, value)`` runs after each score and may raise to stop (a pruned trial).
+    Raises FloatingPointError at a non-finite table and DivergenceError as run_epochs does.
+    """
+    from alsx.train import run_epochs
+
+    engine.set_hparams(hp)
+    curve: list[tuple[int, float]] = []
+
+    def on_epoch(st) -> None:
+        if st.epoch % every and st.epoch != epochs:
+            return
+        value = validation_metric(*engine.to_numpy(st), val, hp, metric, alpha)
+        curve.append((st.epoch, value))
+        if math.isnan(value):
+            raise FloatingPointError(f"non-finite tables at epoch {st.epoch}")
+        if report is not None:
+            report(st.epoch, value)
+
+    run_epochs(engine, epochs, seed, on_epoch=on_epoch)
+    return curve
+
+
+def peak(scan: dict[float, float]) -> float:
+    """The log2 position of the maximum of ``scan`` {log2 x: value}: the vertex of the parabola through
+    the best point and its two neighbours, or the best point itself at an edge, beside a failed fit
+    (-inf) or without curvature."""
+    xs = sorted(scan)
+    i = max(range(len(xs)), key=lambda j: (scan[xs[j]], -abs(xs[j])))  # ties: the point nearest the start
+    if i == 0 or i == len(xs) - 1:
+        return xs[i]
+    x = np.array(xs[i - 1 : i + 2])
+    y = np.array([scan[v] for v in x])
+    if not np.isfinite(y).all():  # a failed neighbour: no parabola
+        return xs[i]
+    a, b, _ = np.polyfit(x, y, 2)
+    flat = a > -1e-9 * (1.0 + np.abs(y).max())  # no curvature beyond round-off
+    return xs[i] if flat else float(np.clip(-b / (2 * a), x[0], x[2]))
+
+
+def scan_peak(score: Callable[[float], float], known: dict[float, float] | None = None, start: float = 0.0) -> dict:
+    """Scores log2 offsets start - STEP, start, start + STEP and walks on (at most MAX_STEPS) while
+    the best point is at an edge: {log2 offset: value}.  ``score`` returns NaN for a failed fit."""
+    values = dict(known or {})
+
+    def at(x: float) -> float:
+        if x not in values:
+            v = score(x)
+            values[x] = -math.inf if math.isnan(v) else v
+        return values[x]
+
+    for x in (start - STEP, start, start + STEP):
+        at(x)
+    for _ in range(MAX_STEPS):
+        xs = sorted(values)
+        best = max(xs, key=lambda v: values[v])
+        if best == xs[0] and xs[0] > start - (MAX_STEPS + 1) * STEP:
+            at(xs[0] - STEP)
+        elif best == xs[-1] and xs[-1] < start + (MAX_STEPS + 1) * STEP:
+            at(xs[-1] + STEP)
+        else:
+            break
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeCorrection:
+    """What :func:`size_corrected` measured: the scans {log2 multiple of reg_ratio: validation metric}
+    on carve A (the search's carve) and carve B (a carve of A), their peaks, and the result."""
+
+    reg_ratio: float  # the search's best
+    corrected: float  # for a fit on the whole input
+    scan_a: dict[float, float]
+    scan_b: dict[float, float]
+    peak_a: float  # log2 multiples of reg_ratio
+    peak_b: float
+    fits: int
+
+    def as_dict(self) -> dict:
+        return {
+            "reg_ratio": self.reg_ratio,
+            "corrected": self.corrected,
+            "peak_a": self.peak_a,
+            "peak_b": self.peak_b,
+            "scan_a": {f"{2.0**k:.4g}": v for k, v in sorted(self.scan_a.items())},
+            "scan_b": {f"{2.0**k:.4g}": v for k, v in sorted(self.scan_b.items())},
+            "fits": self.fits,
+        }
+
+
+def size_corrected(
+    reg_ratio: float,
+    score_a: Callable[[float], float],
+    score_b: Callable[[float], float],
+    known_a: dict[float, float] | None = None,
+) -> SizeCorrection:
+    """reg_ratio for the whole input from scans on carve A (share 1 - f) and carve B ((1 - f)^2).
+
+    score_a(s) / score_b(s): the validation metric of the search's best point with reg_ratio s,
+    trained on A / B (NaN: failed).  known_a: A's scores already measured, {log2 multiple: value}.
+    The move from A to the whole input is the measured move from B to A, bounded by MAX_SHIFT and
+    never towards *more* regularisation (more data never needs more; a scan that says so is noise).
+    """
+    fits = 0
+
+    def counted(score: Callable[[float], float]) -> Callable[[float], float]:
+        def f(k: float) -> float:
+            nonlocal fits
+            fits += 1
+            return score(reg_ratio * 2.0**k)
+
+        return f
+
+    scan_a = scan_peak(counted(score_a), known_a)
+    pa = peak(scan_a)
+    scan_b = scan_peak(counted(score_b), start=round(pa / STEP) * STEP)
+    pb = peak(scan_b)
+    move = float(np.clip(pa - pb, -MAX_SHIFT, 0.0))
+    return SizeCorrection(reg_ratio, reg_ratio * 2.0 ** (pa + move), scan_a, scan_b, pa, pb, fits)
