@@ -21,6 +21,7 @@ import inspect
 import itertools
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def implicit_defaults() -> dict:
     return {k: sig[k].default for k in ("regularization", "alpha")}
 
 
-def run_tune(ds: str, dim: int, epochs: int, minutes: float, out: Path) -> dict:
+def run_tune(ds: str, dim: int, epochs: int, minutes: float, out: Path, extra: tuple[str, ...] = ()) -> dict:
     """``alsx tune`` in a child process; its test metrics (metrics.json) and best.json."""
     cmd = [
         sys.executable,
@@ -76,6 +77,7 @@ def run_tune(ds: str, dim: int, epochs: int, minutes: float, out: Path) -> dict:
         "--minutes",
         str(minutes),
         *SPLIT_FLAGS[C.PROTOCOL[ds]],
+        *extra,
     ]
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", str(C.ROOT / "src"))
@@ -99,7 +101,7 @@ def run_tune(ds: str, dim: int, epochs: int, minutes: float, out: Path) -> dict:
 
 def measure(a) -> None:
     ds, dim, epochs = a.dataset, a.dim, a.epochs
-    out = C.BENCH / "out" / "tune" / f"{ds}-d{dim}"
+    out = C.BENCH / "out" / "tune" / (f"{ds}-d{dim}" + ("-flags" if a.tune_flags else ""))
     if out.exists() and "alsx tune" in a.runs:
         shutil.rmtree(out)
     base = {"dataset": ds, "dim": dim, "epochs": epochs, "date": C.now(), "command": C.command_line()}
@@ -122,8 +124,12 @@ def measure_tune(a, base: dict, out: Path) -> None:
     ds, dim, epochs = a.dataset, a.dim, a.epochs
     print(f"[{C.now()}] alsx tune {ds} d={dim} {a.minutes} min, load {C.loadavg()}", flush=True)
     load0 = C.loadavg()
-    tuned = run_tune(ds, dim, epochs, a.minutes, out)
-    C.append_jsonl(JSONL, {**base, "run": "alsx tune", "minutes": a.minutes, "loadavg": [load0, C.loadavg()], **tuned})
+    extra = tuple(shlex.split(a.tune_flags or ""))
+    tuned = run_tune(ds, dim, epochs, a.minutes, out, extra)
+    note = {"note": f"with {' '.join(extra)}"} if extra else {}
+    C.append_jsonl(
+        JSONL, {**base, "run": "alsx tune", "minutes": a.minutes, "loadavg": [load0, C.loadavg()], **note, **tuned}
+    )
     print("  ", tuned.get("metrics", tuned.get("error")), flush=True)
     if "best" in tuned and a.save_config:
         CONFIGS.mkdir(exist_ok=True)
@@ -181,7 +187,9 @@ def write_report() -> None:
             b = r["best"]
             if b["reg"] == "auto":  # ratios (alpha0 = r x density, reg = s x alpha0); the values on the carve
                 reg, a0 = b["about"]["validation reg, unobserved_weight"]
-                weights = f"α0={b['unobserved_ratio']:.3g}×density ({a0:.3g}), λ={b['reg_ratio']:.3g}×α0 ({reg:.3g})"
+                weights = f"α0={b['unobserved_ratio']:.3g}×density ({a0:.3g}), λ={b['reg_ratio']:.3g}×α0"
+                corr = b["about"].get("size correction")
+                weights += f" (carve's best {corr['reg_ratio']:.3g}, size-corrected)" if corr else f" ({reg:.3g})"
             else:
                 weights = f"λ={b['reg']:.3g}, α0={b['unobserved_weight']:.3g}"
             cfg = (
@@ -190,7 +198,9 @@ def write_report() -> None:
             )
             if r.get("note"):
                 cfg += f"; {r['note']}"
-            lines.append(_row("alsx tune", cfg, r["metrics"], f"{r['wall_s']:.0f} (search {r['search_s']:.0f})", ref))
+            load = f", load {r['loadavg'][0].split()[0]}" if r.get("loadavg") else ""
+            secs = f"{r['wall_s']:.0f} (search {r['search_s']:.0f}{load})"
+            lines.append(_row("alsx tune", cfg, r["metrics"], secs, ref))
         pts = len(runs) - 1
         edge = [
             k
@@ -234,6 +244,7 @@ def main(argv=None) -> None:
     p.add_argument("--minutes", type=float, default=3.0, help="alsx tune's search budget")
     p.add_argument("--grid-implicit", default=None, help="override the implicit grid: 'regularization=1,10 alpha=3'")
     p.add_argument("--save-config", action="store_true", help="write benchmarks/configs/<dataset>-d<D>.json")
+    p.add_argument("--tune-flags", default=None, help="more flags for alsx tune, e.g. '--no-size-correction'")
     p.add_argument(
         "--runs",
         type=lambda v: v.split(","),

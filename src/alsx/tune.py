@@ -10,6 +10,8 @@ The search is Optuna's TPE sampler with a pruner by epoch (Hyperband or successi
 each trial reports its validation metric after every evaluated epoch and stops when the
 pruner says so.  Trials share one engine per (dim, solver): the packed input and the compiled
 kernels stay, ``engine.set_hparams`` swaps lambda, alpha0, nu, CG steps and the initial scale.
+After the search, the best reg_ratio is moved from the carve's amount of data to all of the input
+(:func:`alsx.validation.size_corrected`: a few fits on the carve and on a carve of the carve).
 """
 
 from __future__ import annotations
