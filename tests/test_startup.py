@@ -146,3 +146,24 @@ def test_lazy_public_names():
     from alsx.webgraph.variant import Variant as direct_variant
 
     assert (open_dataset, Variant) == (direct, direct_variant)
+
+
+def test_compile_cache_set_before_jax_loads(tmp_path):
+    """The command's compile cache (request_compile_cache, before JAX is imported) is the folder JAX uses once
+    loaded, with alsx's threshold; a folder the user gave JAX wins; with JAX loaded it is enable_compile_cache."""
+    code = f"""
+import os, sys
+from alsx.compile_cache import MIN_COMPILE_SECONDS, request_compile_cache
+os.environ["ALSX_CACHE_DIR"] = {str(tmp_path / "theirs")!r}
+os.environ["JAX_COMPILATION_CACHE_DIR"] = {str(tmp_path / "mine")!r}
+assert request_compile_cache() == {str(tmp_path / "mine")!r}  # set already: left alone
+del os.environ["JAX_COMPILATION_CACHE_DIR"]
+assert request_compile_cache() == {str(tmp_path / "theirs")!r} and "jax" not in sys.modules
+import jax
+assert jax.config.jax_compilation_cache_dir == {str(tmp_path / "theirs")!r}
+assert jax.config.jax_persistent_cache_min_compile_time_secs == MIN_COMPILE_SECONDS
+assert request_compile_cache() == {str(tmp_path / "theirs")!r}
+print("ok")
+"""
+    res = _python("-c", code)  # the code sets both variables itself, whatever this process has
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
