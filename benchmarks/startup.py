@@ -33,6 +33,18 @@ COMMANDS = {  # label -> argv after `alsx` ({tmp}: a scratch folder)
     "alsx train BAD.csv --out DIR (line 3 has 3 fields)": ["train", "{tmp}/bad.csv", "--out", "{tmp}/out"],
 }
 
+NOTES = """\
+What the "after" code changed (session 12): `alsx/__init__.py` and `alsx/webgraph/__init__.py` load their
+public names on first use (PEP 562), the defaults the CLI's flags show (--metric, --validation-fraction, --trials,
+--pruner) live in `alsx.config`, the commands import the model, JAX and pyarrow's writers after their checks, a
+model folder's config.json is read before `ALS.load`, `alsx train FILE` (one process) reads and checks its input
+before `alsx.distributed.initialize` imports JAX, and the compile cache is handed to JAX through its environment
+variables (`alsx.compile_cache.request_compile_cache`).  What is left in these commands: the interpreter itself
+(~0.05 s), NumPy (~0.1-0.15 s, through `alsx.distributed` -> `alsx.collectives`, and the readers), and for the
+malformed file the readers of `alsx.data` with pyarrow (~0.25-0.35 s).  tests/test_startup.py checks that none of these commands imports
+JAX, Numba, Optuna or SciPy.
+"""
+
 
 def program() -> list[str]:
     script = Path(sys.executable).parent / "alsx"
@@ -89,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "|---|---:|---:|---:|---|---|---|",
             *rows,
             "",
+            NOTES,
         ]
     )
     OUT.write_text(text)

@@ -12,7 +12,10 @@ One module per command (``alsx.cli.train``, ``.evaluate``, ``.demo``, ``.serve``
 ``add_parser(subparsers)`` and its ``cmd_*``; shared flags in ``alsx.cli.common``; error
 handling in ``alsx.cli.guard``.  Heavy modules (JAX, the data readers, the model) are imported
 inside the commands, in every command module: JAX must not load before main() has set XLA_FLAGS
-(--cpu-devices), and a wrong flag is reported at once.
+(--cpu-devices), and a wrong flag is reported at once.  Parsing, ``--help`` and every check that
+can run before training (flags, paths, a model folder's config.json, reading the input file) load
+no JAX, Numba or Optuna (tests/test_startup.py): an error costs ~0.5 s, not ~5
+(benchmarks/results_startup.md).
 """
 
 from __future__ import annotations
