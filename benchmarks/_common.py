@@ -18,6 +18,7 @@ import platform
 import re
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -287,6 +288,13 @@ def command_line() -> str:
 
 
 # ---------------------------------------------------------------------------- child processes
+def extract(rev: str, into: str) -> Path:
+    """The ``src`` folder of git revision ``rev``, unpacked under ``into`` (the "before" of a comparison)."""
+    tar = Path(into) / "src.tar"
+    subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(tar), rev, "src"], check=True)
+    with tarfile.open(tar) as t:
+        t.extractall(into, filter="data")
+    return Path(into) / "src"
 
 
 def run_child(script: Path, spec: dict, timeout: float | None = None, nice: int = 0) -> dict:

@@ -36,6 +36,7 @@ FRAGMENTS = [  # in the order they appear in RESULTS.md
     "results_tune.md",
     "results_time_to_quality.md",
     "results_compile.md",
+    "results_startup.md",
     "results_gpu_tiny.md",
 ]
 HEADER = """# Benchmark results

@@ -25,13 +25,14 @@ import os
 import platform
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from _common import extract
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ALSX_DATA", ROOT.parent / "shared" / "data"))
@@ -126,15 +127,6 @@ def run_child(n_buckets: int, entries: int, dim: int, cache: str, src: Path) -> 
     cmd = [sys.executable, __file__, "--child", str(n_buckets), "--entries", str(entries), "--dim", str(dim)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1])
-
-
-def extract(rev: str, into: str) -> Path:
-    """The ``src`` folder of git revision ``rev``, unpacked under ``into``."""
-    tar = Path(into) / "src.tar"
-    subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(tar), rev, "src"], check=True)
-    with tarfile.open(tar) as t:
-        t.extractall(into, filter="data")
-    return Path(into) / "src"
 
 
 def cnr_epochs(epochs: int, dim: int) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,6 +66,22 @@ def enable_compile_cache(path: str | None = None) -> str | None:
         except AttributeError:  # pragma: no cover - depends on the jax version
             log.debug("this jax has no jax_persistent_cache_min_compile_time_secs")
         log.debug("JAX compilation cache: %s", path)
+    return path
+
+
+def request_compile_cache() -> str | None:
+    """:func:`enable_compile_cache` without importing JAX: called before JAX is imported, it sets the
+    environment variables JAX reads its settings from when it loads (``JAX_COMPILATION_CACHE_DIR``,
+    ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``; ones already set win), so the ``alsx`` command pays for
+    JAX only in the commands that use it.  Once JAX is loaded it is :func:`enable_compile_cache`.
+    """
+    if "jax" in sys.modules:
+        return enable_compile_cache()
+    path = cache_dir()
+    if path is None:
+        return None
+    path = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", path)  # the user's folder wins, as in jax.config
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", str(MIN_COMPILE_SECONDS))
     return path
 
 

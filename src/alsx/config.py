@@ -162,6 +162,14 @@ def resolve_weights(
     return float(reg), float(unobserved_weight)
 
 
+#: ``alsx tune`` and ``--early-stopping`` (alsx.validation, alsx.tune): the share of each training row carved out
+#: for validation, the metric maximised on it, the trials of a search given neither --trials nor --minutes, and
+#: the trial pruners.  Here, not in alsx.tune, so the CLI's flags read them without importing the model (JAX).
+VALIDATION_FRACTION = 0.2
+METRIC = "recall@20"
+DEFAULT_TRIALS = 20
+PRUNERS = ("hyperband", "halving", "none")
+
 #: Training settings beside the hyper-parameters.
 TRAINING_DEFAULTS = {"epochs": 16, "seed": 0, "loss_every": 1, "backend": "auto"}
 

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from alsx.callbacks import StopTraining
-from alsx.config import AUTO, DEFAULTS, HParams, Packing, resolve_weights
+from alsx.config import AUTO, DEFAULT_TRIALS, DEFAULTS, PRUNERS, HParams, Packing, resolve_weights
 from alsx.data.matrix import Interactions
 from alsx.data.split import Split
 from alsx.errors import DivergenceError
@@ -44,13 +44,11 @@ from alsx.validation import (  # noqa: F401  (the names alsx.tune has always off
     validation_split,
 )
 
-DEFAULT_TRIALS = 20
 TUNED = ("unobserved_ratio", "reg_ratio", "nu", "init_scale", "cg_steps")  # searched; dim too with max_dim
 # The first trials: alsx's defaults, and plain (nu = 0) regularisation, the other regime of the space (implicit's
 # optimum on ml1m and citeulike_a, reg = 20-30 alpha0 at nu = 0: benchmarks/results_tune.md).
 STARTS = ({k: DEFAULTS[k] for k in TUNED}, {**{k: DEFAULTS[k] for k in TUNED}, "nu": 0.0, "reg_ratio": 20.0})
 EVALUATIONS = 5  # validation evaluations per trial when eval_every is 0 (auto)
-PRUNERS = ("hyperband", "halving", "none")
 CORRECTION_FITS = 7  # fits the size correction takes, typically (validation.size_corrected); the budget keeps them
 CORRECTION_SHARE = 0.4  # at most this share of a --minutes budget is kept for them
 

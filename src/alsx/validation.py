@@ -21,12 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from alsx.config import HParams
+from alsx.config import METRIC, VALIDATION_FRACTION, HParams
 from alsx.data.matrix import Interactions
 from alsx.data.split import Split, random_holdout
 
-VALIDATION_FRACTION = 0.2  # share of each training row held out for validation
-METRIC = "recall@20"
 METRICS = ("recall", "recall_gt", "ndcg", "hr", "map")  # names of alsx.eval.metrics.ranking_metrics
 STEP = 0.5  # log2 spacing of the reg_ratio scans (sqrt(2) apart)
 MAX_STEPS = 3  # a scan extends at most this many steps past its start on either side

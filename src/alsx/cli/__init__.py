@@ -12,7 +12,10 @@ One module per command (``alsx.cli.train``, ``.evaluate``, ``.demo``, ``.serve``
 ``add_parser(subparsers)`` and its ``cmd_*``; shared flags in ``alsx.cli.common``; error
 handling in ``alsx.cli.guard``.  Heavy modules (JAX, the data readers, the model) are imported
 inside the commands, in every command module: JAX must not load before main() has set XLA_FLAGS
-(--cpu-devices), and a wrong flag is reported at once.
+(--cpu-devices), and a wrong flag is reported at once.  Parsing, ``--help`` and every check that
+can run before training (flags, paths, a model folder's config.json, reading the input file) load
+no JAX, Numba or Optuna (tests/test_startup.py): an error costs ~0.5 s, not ~5
+(benchmarks/results_startup.md).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from alsx.cli import demo, evaluate, serve, train, tune
 from alsx.cli.guard import add_debug_flag, check_args, describe, leave
 from alsx.cli.train import cmd_train  # noqa: F401 - `alsx.cli.cmd_train`, as before the split
 from alsx.cli.train_options import apply_config
-from alsx.compile_cache import enable_compile_cache
+from alsx.compile_cache import enable_compile_cache, request_compile_cache  # noqa: F401 - benchmarks import the first here
 from alsx.config import DEFAULTS  # noqa: F401 - benchmarks read the CLI's defaults from here
 from alsx.webgraph.cli import add_webgraph_commands
 
@@ -45,7 +48,7 @@ def configure(args: argparse.Namespace) -> None:
         if "xla_force_host_platform_device_count" not in flags:  # an explicit XLA_FLAGS wins
             n = args.cpu_devices or min(os.cpu_count() or 1, 8)
             os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-    enable_compile_cache()  # alsx.compile_cache: JAX's persistent cache under the user's cache folder
+    request_compile_cache()  # alsx.compile_cache: JAX's persistent cache under the user's cache folder (JAX not imported)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from alsx.cli import common
 
 
@@ -24,6 +22,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    import numpy as np
+
     from alsx.data.split import heldout_rows_split
     from alsx.data.synthetic import community_graph
     from alsx.eval.protocol import evaluate

@@ -110,6 +110,10 @@ def check_args(a: argparse.Namespace) -> None:
     model = getattr(a, "model", None)
     if model is not None and not Path(model).is_dir():
         raise ModelError(f"{model}: no such model folder (give a folder written by 'alsx train --out')")
+    if model is not None:  # its config.json (what ALS.load reads first), before JAX and the model are imported
+        from alsx.folder import read_config
+
+        read_config(Path(model))
     if getattr(a, "out", None) is not None:
         check_writable_folder(a.out, "--out")
 

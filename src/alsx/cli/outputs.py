@@ -7,8 +7,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from alsx.cli.common import DATA_KEYS, SPLIT_KEYS, fold_in_heldout, format_table, plot_history
 from alsx.config import AUTO
 
@@ -70,6 +68,8 @@ def write_outputs(
     entries of a model kept without refit (default ``model.train_``), written as trained.npz;
     ``seconds`` / ``refit_seconds``: the split-trained fit's and the refit's.
     """
+    import numpy as np
+
     from alsx.folder import TRAINED_FILE
 
     out = Path(a.out)

@@ -16,11 +16,12 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from alsx.cli.recommend_output import JsonLines, Table, external
 from alsx.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BATCH = 4096  # rows scored and written per step of recommend: bounds memory whatever the row count
 K = 10
@@ -195,6 +196,8 @@ def _row_batches(a: argparse.Namespace, model) -> tuple[Iterator[np.ndarray], in
         raise UsageError("give the rows one way: row ids, '-' (ids on stdin), --all or --rows-file F")
     b = a.batch_size
     if a.all:
+        import numpy as np
+
         return (np.arange(s, min(s + b, n), dtype=np.int64) for s in range(0, n, b)), n
     if given:
         rows = _indices(given, model, False, a.model)  # all checked before any output
@@ -246,14 +249,15 @@ def _scorer(a: argparse.Namespace, model):
 
 # ---------------------------------------------------------------------------- commands
 def cmd_recommend(a: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from alsx.model import ALS
-
     if a.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {a.batch_size}")
     if a.ef_search is not None and not a.ann:
         raise UsageError("--ef-search is used only with --ann DIR")
+    from tqdm import tqdm
+
+    from alsx.cli.recommend_output import JsonLines, Table
+    from alsx.model import ALS
+
     model = ALS.load(a.model)
     batches, total = _row_batches(a, model)
     writer = JsonLines(model) if a.out_file is None else Table(a.out_file, model)
@@ -274,6 +278,7 @@ def cmd_recommend(a: argparse.Namespace) -> int:
 
 
 def cmd_similar(a: argparse.Namespace) -> int:
+    from alsx.cli.recommend_output import external
     from alsx.model import ALS
     from alsx.serve.topk import similar
 
@@ -296,13 +301,14 @@ def cmd_export(a: argparse.Namespace) -> int:
     import time
 
     from alsx.cli.guard import check_writable_folder
-    from alsx.model import ALS
-    from alsx.serve.export import export_model
 
     for flag, v in (("--hnsw-m", a.hnsw_m), ("--ef-construction", a.ef_construction), ("--ef-search", a.ef_search)):
         if v < 1:
             raise UsageError(f"{flag} must be >= 1, got {v}")
     check_writable_folder(a.to, "--to")
+    from alsx.model import ALS
+    from alsx.serve.export import export_model
+
     model = ALS.load(a.model)
     info = export_model(model, a.to, a.export_format, a.layout)
     print(

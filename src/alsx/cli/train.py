@@ -26,7 +26,7 @@ from alsx.cli.common import (
 )
 from alsx.cli.outputs import write_outputs
 from alsx.cli.train_multi import train_partitioned
-from alsx.cli.train_options import add_train_options, make_early_stopping
+from alsx.cli.train_options import add_train_options, check_early_stopping, make_early_stopping
 from alsx.config import DEFAULTS
 from alsx.distributed import add_distributed_arguments
 
@@ -109,17 +109,22 @@ def add_parser(sub) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from alsx.cli.guard import check_split, check_split_input
-    from alsx.distributed import init_from_args
+    from alsx.distributed import initialize, options_from_args
     from alsx.errors import UsageError
-    from alsx.eval.protocol import evaluate
+    from alsx.webgraph.dataset import is_dataset
 
+    check_early_stopping(a)
     try:
-        topo = init_from_args(a)
+        options = options_from_args(a)
     except ValueError as e:  # the multi-process flags (their messages name the flag)
         raise UsageError(str(e)) from None
-    from alsx.webgraph.train import is_dataset
-
+    # One process, one input file: the data is read and checked before JAX is imported (initialize),
+    # so a malformed file fails at once.
+    checked = load_checked(a) if not (options.multi_process or is_dataset(a.data)) else None
+    try:
+        topo = initialize(options)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if is_dataset(a.data) or topo.process_count > 1:
         # A WebGraph dataset directory (streamed from disk), or one input file of which each
         # process parses only its part.
@@ -137,12 +142,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
             multihost_utils.sync_global_devices("alsx-train-written")
         return code
-    data, summary = load_data(a.data, a)
-    check_split_input(data, a)
-    split = make_split(data, a)
-    if split is not None:
-        print(f"split: {split.summary()}", file=sys.stderr)
-    check_split(split, a)  # nothing to train on or to evaluate on: say so now, not after training
+    from alsx.eval.protocol import evaluate
+
+    data, summary, split = checked if checked is not None else load_checked(a)
     train = data if split is None else split.train
     model = model_from_args(a, progress=topo.process_index == 0)
     stop = make_early_stopping(a, train, model)  # --early-stopping: validation carved from `train`
@@ -197,6 +199,20 @@ def cmd_train(a: argparse.Namespace) -> int:
         refit_seconds=refit_seconds,
     )
     return 0
+
+
+def load_checked(a: argparse.Namespace):
+    """(data, ingest summary, split or None) of ``alsx train FILE``, checked: nothing to train on or to
+    evaluate on is an error now, not after training."""
+    from alsx.cli.guard import check_split, check_split_input
+
+    data, summary = load_data(a.data, a)
+    check_split_input(data, a)
+    split = make_split(data, a)
+    if split is not None:
+        print(f"split: {split.summary()}", file=sys.stderr)
+    check_split(split, a)
+    return data, summary, split
 
 
 def train_dataset(a: argparse.Namespace) -> int:

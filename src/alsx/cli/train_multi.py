@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from alsx.cli.common import checkpointer_from_args, ingest_options, model_from_args, resolve_auto_weights, split_options
 from alsx.cli.outputs import write_outputs
 
@@ -24,6 +22,8 @@ def train_partitioned(a: argparse.Namespace, topo) -> int:
     (``OUT`` must be one folder all processes see), and process 0 gathers only the training
     rows for ``train.npz`` and the folded-in held-out rows.
     """
+    import numpy as np
+
     from alsx.collectives import route
     from alsx.core.sharded import ShardedEngine
     from alsx.core.sharding import make_mesh

@@ -25,7 +25,7 @@ def config_keys() -> tuple[str, ...]:
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """--config FILE and --early-stopping PATIENCE (with --validation-fraction, --metric) for ``alsx train``."""
-    from alsx.tune import METRIC, VALIDATION_FRACTION
+    from alsx.config import METRIC, VALIDATION_FRACTION
 
     p.add_argument(
         "--config",
@@ -92,12 +92,11 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
     return parser.parse_args(argv)
 
 
-def make_early_stopping(a: argparse.Namespace, train, model):
-    """The EarlyStopping callback of --early-stopping (None without it), its validation
-    entries carved from ``train`` (the training part); fit the model on its ``.train``."""
+def check_early_stopping(a: argparse.Namespace) -> None:
+    """The flags of --early-stopping, as UsageErrors: run before any data is read (and JAX imported)."""
     if not getattr(a, "early_stopping", 0):
-        return None
-    from alsx.tune import EarlyStopping, parse_metric, validation_split
+        return
+    from alsx.validation import parse_metric
 
     if a.early_stopping < 0:
         raise UsageError(f"--early-stopping must be >= 0 (0: off), got {a.early_stopping}")
@@ -107,6 +106,16 @@ def make_early_stopping(a: argparse.Namespace, train, model):
         parse_metric(a.metric)
     except ValueError as e:
         raise UsageError(f"--metric: {e}") from None
+
+
+def make_early_stopping(a: argparse.Namespace, train, model):
+    """The EarlyStopping callback of --early-stopping (None without it), its validation
+    entries carved from ``train`` (the training part); fit the model on its ``.train``."""
+    if not getattr(a, "early_stopping", 0):
+        return None
+    check_early_stopping(a)
+    from alsx.tune import EarlyStopping, validation_split
+
     val = validation_split(train, a.validation_fraction, a.split_seed)
     print(
         f"early stopping: validation {val.test.nnz:,} of the {train.nnz:,} training entries, patience "

@@ -24,7 +24,7 @@ from alsx.errors import UsageError
 
 
 def add_parser(subparsers) -> None:
-    from alsx.tune import DEFAULT_TRIALS, METRIC, PRUNERS, VALIDATION_FRACTION
+    from alsx.config import DEFAULT_TRIALS, METRIC, PRUNERS, VALIDATION_FRACTION
 
     p = subparsers.add_parser("tune", help="search hyper-parameters on a validation split, then train the best")
     p.add_argument("data", help="data file, as for alsx train")
@@ -92,7 +92,7 @@ def add_parser(subparsers) -> None:
 
 def cmd_tune(a: argparse.Namespace) -> int:
     from alsx.cli.guard import check_split, check_split_input
-    from alsx.tune import parse_metric, tune
+    from alsx.validation import parse_metric
 
     try:
         parse_metric(a.metric)
@@ -106,6 +106,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
     check_split_input(data, a)
     split = make_split(data, a)
     check_split(split, a)
+    from alsx.tune import tune  # JAX loads here, after every check of the flags and the data
+
     train = data if split is None else split.train  # the search never sees the test part
     print(
         f"tune: searching on {train.nnz:,} training entries ({a.validation_fraction:.0%} of each row for "

@@ -32,12 +32,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from alsx.data.vocab import Vocab
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from alsx.data.vocab import Vocab
 
 ROW_GROUP = 1 << 16  # rows per Parquet row group (and per write)
 LAYOUTS = ("list", "columns")  # vector as one fixed-size list column, or one float column per dimension
@@ -51,6 +53,8 @@ def external_ids(vocab: Vocab | None, n: int) -> np.ndarray:
 
 def _batch(ids: np.ndarray, table: np.ndarray, layout: str) -> pa.RecordBatch:
     """One record batch of ``ids`` [b] and ``table`` [b, d] float32."""
+    import pyarrow as pa  # here, not at the top: `alsx export --help` reads FORMATS and LAYOUTS only
+
     id_array = pa.array(ids, type=pa.string() if ids.dtype.kind == "U" else pa.int64())
     flat = np.ascontiguousarray(table, dtype=np.float32)
     if layout == "list":
@@ -72,6 +76,8 @@ def write_parquet(
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if table.ndim != 2 or len(ids) != table.shape[0]:
         raise ValueError(f"ids [n] and table [n, d] must agree; got {ids.shape} and {table.shape}")
+    import pyarrow.parquet as pq
+
     path = Path(path)
     first = _batch(ids[:0], table[:0], layout)
     # Ids are unique and float vectors rarely repeat: a dictionary only costs time (2x the write).
@@ -84,6 +90,9 @@ def write_parquet(
 
 def read_parquet(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(ids [n], table float32 [n, d]) of a file written by :func:`write_parquet` (either layout)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     t = pq.read_table(path)
     ids = t["id"].to_numpy()
     ids = ids.astype(str) if pa.types.is_string(t.schema.field("id").type) else ids.astype(np.int64)

@@ -40,6 +40,11 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
+def is_dataset(path: str | os.PathLike) -> bool:
+    """True for a directory written by ``alsx webgraph build/synth`` (it has a manifest)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
 @dataclasses.dataclass(frozen=True)
 class Shard:
     """One row range of a matrix: rows [row_start, row_stop) as a CSR with local rows."""

@@ -33,15 +33,10 @@ from alsx.eval.protocol import evaluate_heldout_csr, merge_across_processes, tak
 from alsx.model import FORMAT_VERSION
 from alsx.serve.foldin import fold_in, fold_in_sharded
 from alsx.train import run, sharded_eval_topk
-from alsx.webgraph.dataset import MANIFEST, WebGraphDataset, open_dataset
+from alsx.webgraph.dataset import WebGraphDataset, is_dataset, open_dataset  # noqa: F401 - is_dataset, as before
 
 #: Training matrices up to this many entries are also saved as train.npz (so ``ALS.load`` works).
 SAVE_TRAIN_MAX_NNZ = 20_000_000
-
-
-def is_dataset(path: str | os.PathLike) -> bool:
-    """True for a directory written by ``alsx webgraph build/synth`` (it has a manifest)."""
-    return (Path(path) / MANIFEST).is_file()
 
 
 def _with_alpha(csr: CSR, alpha: float | None) -> CSR:
