@@ -55,6 +55,12 @@ def test_scan_walks_to_a_peak_outside_its_first_three_points_and_stops():
     assert len(far) == 3 + V.MAX_STEPS and max(far) == pytest.approx((1 + V.MAX_STEPS) * V.STEP)
 
 
+def test_past_the_deadline_the_scans_score_their_three_points_and_stop():
+    c = V.size_corrected(0.01, _bump(2.0), _bump(3.0), deadline=0.0)  # long past: no walking
+    assert sorted(c.scan_a) == [-V.STEP, 0.0, V.STEP] and len(c.scan_b) == 3 and c.fits == 6
+    assert c.peak_a == V.STEP and c.corrected <= 0.01 * 2.0**V.STEP  # the edge, never beyond what was seen
+
+
 def test_known_scores_are_not_refit_and_nan_counts_as_worst():
     seen: list[float] = []
 

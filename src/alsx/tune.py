@@ -49,7 +49,7 @@ TUNED = ("unobserved_ratio", "reg_ratio", "nu", "init_scale", "cg_steps")  # sea
 # optimum on ml1m and citeulike_a, reg = 20-30 alpha0 at nu = 0: benchmarks/results_tune.md).
 STARTS = ({k: DEFAULTS[k] for k in TUNED}, {**{k: DEFAULTS[k] for k in TUNED}, "nu": 0.0, "reg_ratio": 20.0})
 EVALUATIONS = 5  # validation evaluations per trial when eval_every is 0 (auto)
-CORRECTION_FITS = 7  # fits the size correction takes, typically (validation.size_corrected); the budget keeps them
+CORRECTION_FITS = 5  # fits the size correction takes at least (validation.size_corrected); the budget keeps them
 CORRECTION_SHARE = 0.4  # at most this share of a --minutes budget is kept for them
 
 
@@ -328,7 +328,10 @@ def tune(
             return fit
 
         try:  # the best trial is the scan's middle point on the carve: same objective, start and epochs
-            correction = size_corrected(best.params["reg_ratio"], score(val), score(carve_b), {0.0: best.value})
+            deadline = None if minutes is None else t0 + 60.0 * minutes  # past it the scans stop walking
+            correction = size_corrected(
+                best.params["reg_ratio"], score(val), score(carve_b), {0.0: best.value}, deadline=deadline
+            )
         finally:
             cbar.close()
     seconds = time.perf_counter() - t0

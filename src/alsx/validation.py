@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -116,9 +117,15 @@ def peak(scan: dict[float, float]) -> float:
     return xs[i] if flat else float(np.clip(-b / (2 * a), x[0], x[2]))
 
 
-def scan_peak(score: Callable[[float], float], known: dict[float, float] | None = None, start: float = 0.0) -> dict:
-    """Scores log2 offsets start - STEP, start, start + STEP and walks on (at most MAX_STEPS) while
-    the best point is at an edge: {log2 offset: value}.  ``score`` returns NaN for a failed fit."""
+def scan_peak(
+    score: Callable[[float], float],
+    known: dict[float, float] | None = None,
+    start: float = 0.0,
+    deadline: float | None = None,
+) -> dict:
+    """Scores log2 offsets start - STEP, start, start + STEP and walks on (at most MAX_STEPS, and not
+    after ``deadline``, a time.perf_counter() value) while the best point is at an edge:
+    {log2 offset: value}.  ``score`` returns NaN for a failed fit."""
     values = dict(known or {})
 
     def at(x: float) -> float:
@@ -130,6 +137,8 @@ def scan_peak(score: Callable[[float], float], known: dict[float, float] | None 
     for x in (start - STEP, start, start + STEP):
         at(x)
     for _ in range(MAX_STEPS):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         xs = sorted(values)
         best = max(xs, key=lambda v: values[v])
         if best == xs[0] and xs[0] > start - (MAX_STEPS + 1) * STEP:
@@ -171,11 +180,13 @@ def size_corrected(
     score_a: Callable[[float], float],
     score_b: Callable[[float], float],
     known_a: dict[float, float] | None = None,
+    deadline: float | None = None,
 ) -> SizeCorrection:
     """reg_ratio for the whole input from scans on carve A (share 1 - f) and carve B ((1 - f)^2).
 
     score_a(s) / score_b(s): the validation metric of the search's best point with reg_ratio s,
     trained on A / B (NaN: failed).  known_a: A's scores already measured, {log2 multiple: value}.
+    deadline (time.perf_counter()): the scans stop walking after it (each still scores its 3 points).
     The move from A to the whole input is the measured move from B to A, bounded by MAX_SHIFT and
     never towards *more* regularisation (more data never needs more; a scan that says so is noise).
     """
@@ -189,9 +200,9 @@ def size_corrected(
 
         return f
 
-    scan_a = scan_peak(counted(score_a), known_a)
+    scan_a = scan_peak(counted(score_a), known_a, deadline=deadline)
     pa = peak(scan_a)
-    scan_b = scan_peak(counted(score_b), start=round(pa / STEP) * STEP)
+    scan_b = scan_peak(counted(score_b), start=round(pa / STEP) * STEP, deadline=deadline)
     pb = peak(scan_b)
     move = float(np.clip(pa - pb, -MAX_SHIFT, 0.0))
     return SizeCorrection(reg_ratio, reg_ratio * 2.0 ** (pa + move), scan_a, scan_b, pa, pb, fits)
