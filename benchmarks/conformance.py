@@ -13,7 +13,8 @@ and whether anything was non-finite (a FloatingPointError from fit, or a non-fin
     python benchmarks/conformance.py --tiny                   # 20k-node part of cnr, 5 epochs, d=64
 
 Writes benchmarks/results_conformance.md and benchmarks/results_conformance.jsonl (--out-prefix
-changes both), each with the exact command, the machine and the date.
+changes both; a bare name such as results_conformance_d256 is put in benchmarks/), each with the
+exact command, the machine and the date.
 
 Tolerance (--rtol, default 1e-4): both backends run the same iteration from the same start;
 the small-graph suite (tests/test_engine_conformance.py) measures each within 1e-6 of a float64
@@ -43,27 +44,45 @@ FILE = "web_cnr2000.npz"
 
 
 # ---------------------------------------------------------------------------- child
+def load_training(path: str, max_nodes: int = 0):
+    """The Interactions of ``path``; with ``max_nodes``, the induced subgraph on the first N ids
+    (crawl order keeps it linked)."""
+    from alsx.data.ingest import load_interactions
+
+    data, _ = load_interactions(path)
+    if max_nodes:
+        n = max_nodes
+        sub = data.select((data.rows < n) & (data.cols < n))
+        data = dataclasses.replace(
+            sub, shape=(min(n, data.shape[0]), min(n, data.shape[1])), row_vocab=None, col_vocab=None
+        )
+    return data
+
+
+def default_hparams() -> dict:
+    """The CLI's defaults of the fields that shape the iteration ('auto' weights unresolved)."""
+    from alsx.config import DEFAULTS
+
+    names = ("reg", "unobserved_weight", "nu", "solver", "cg_steps", "dtype", "seed", "init", "init_scale")
+    return {k: DEFAULTS[k] for k in names}
+
+
+def out_prefix(given: str) -> Path:
+    """--out-prefix as a path: a bare name (no folder) goes into benchmarks/, like the default."""
+    p = Path(given)
+    return C.BENCH / p if not p.is_absolute() and p.parent == Path(".") else p
+
+
 def train_one(cfg: dict) -> dict:
     """One fit: per-epoch losses and seconds, where it stopped and why, the tables' finiteness."""
     if cfg["backend"] == "jax":  # device count before jax is imported, as the CLI's --cpu-devices
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={cfg['devices']}"
     import numpy as np
 
-    from alsx.config import DEFAULTS
-    from alsx.data.ingest import load_interactions
     from alsx.model import ALS
 
-    data, _ = load_interactions(cfg["data"])
-    if cfg.get("max_nodes"):  # the induced subgraph on the first N ids (crawl order keeps it linked)
-        n = cfg["max_nodes"]
-        sub = data.select((data.rows < n) & (data.cols < n))
-        data = dataclasses.replace(
-            sub, shape=(min(n, data.shape[0]), min(n, data.shape[1])), row_vocab=None, col_vocab=None
-        )
-    hp = {
-        k: DEFAULTS[k]
-        for k in ("reg", "unobserved_weight", "nu", "solver", "cg_steps", "dtype", "seed", "init", "init_scale")
-    }
+    data = load_training(cfg["data"], cfg.get("max_nodes", 0))
+    hp = default_hparams()
     model = ALS(dim=cfg["dim"], epochs=cfg["epochs"], progress=False, backend=cfg["backend"], **hp)
     error = None
     t = time.perf_counter()
@@ -266,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"non-finite {c['nonfinite']}, agree {c['agree']}",
                 file=sys.stderr,
             )
-    prefix = Path(a.out_prefix)
+    prefix = out_prefix(a.out_prefix)
     with open(prefix.with_suffix(".jsonl"), "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
