@@ -59,8 +59,12 @@ def cg_rows(indptr, indices, conf, starts, w, h, shared, lam, steps, out):  # pr
                 v[j] = w[u, j]
                 diag[j] = np.float64(shared[j]) + np.float64(lam[u])
                 r[j] = -diag[j] * x[j]
+                part[j] = 0.0
             for k0 in range(s0, s1, SUM_BLOCK):  # r = b - A x0 in one pass: sum c (1 - <h, x0>) h
-                part[:] = 0.0
+                if k0 > s0:
+                    for j in range(d):
+                        r[j] += part[j]
+                        part[j] = 0.0
                 for k in range(k0, min(k0 + SUM_BLOCK, s1)):
                     if k + PREFETCH < end:
                         prefetch_row(h, indices[k + PREFETCH])
@@ -71,10 +75,9 @@ def cg_rows(indptr, indices, conf, starts, w, h, shared, lam, steps, out):  # pr
                     q = conf[k] * (np.float32(1.0) - s)
                     for j in range(d):
                         part[j] += q * hk[j]
-                for j in range(d):
-                    r[j] += part[j]
             rs = 0.0
             for j in range(d):
+                r[j] += part[j]
                 p[j] = r[j]
                 rs += r[j] * r[j]
             far = (s1 - s0) * d > L1_FLOATS
@@ -84,8 +87,12 @@ def cg_rows(indptr, indices, conf, starts, w, h, shared, lam, steps, out):  # pr
                 for j in range(d):
                     ap[j] = diag[j] * p[j]
                     v[j] = p[j]
+                    part[j] = 0.0
                 for k0 in range(s0, s1, SUM_BLOCK):
-                    part[:] = 0.0
+                    if k0 > s0:
+                        for j in range(d):
+                            ap[j] += part[j]
+                            part[j] = 0.0
                     for k in range(k0, min(k0 + SUM_BLOCK, s1)):
                         if far and k + PREFETCH < s1:
                             prefetch_row(h, indices[k + PREFETCH])
@@ -96,10 +103,9 @@ def cg_rows(indptr, indices, conf, starts, w, h, shared, lam, steps, out):  # pr
                         q = conf[k] * s
                         for j in range(d):
                             part[j] += q * hk[j]
-                    for j in range(d):
-                        ap[j] += part[j]
                 pap = 0.0
                 for j in range(d):
+                    ap[j] += part[j]
                     pap += p[j] * ap[j]
                 if pap <= 0.0:
                     break
