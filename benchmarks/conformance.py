@@ -16,10 +16,22 @@ Writes benchmarks/results_conformance.md and benchmarks/results_conformance.json
 changes both; a bare name such as results_conformance_d256 is put in benchmarks/), each with the
 exact command, the machine and the date.
 
-Tolerance (--rtol, default 1e-4): both backends run the same iteration from the same start;
-the small-graph suite (tests/test_engine_conformance.py) measures each within 1e-6 of a float64
-trajectory over 30 epochs.  Here the JAX engine also sums 3.2M observed terms in float32
-(XLA's reduction: ~1e-5 relative) where the CPU engine sums in float64, so 1e-4 bounds both.
+Tolerance (--rtol, default 1e-4) and what a miss at d=256 means.  Both backends run the same
+iteration from the same start; benchmarks/conformance_f64.py puts each next to a float64
+trajectory of it on cnr-2000 (results_conformance_f64_d256.md).  At the 'auto' defaults
+(reg 3.6e-6) the rows are weakly regularised, and 3 warm-started CG steps amplify the rounding
+of CG's own recurrences (r, p, alpha, beta) by a row's condition number: with those in float32
+both backends were 1.1e-5 off float64 in loss after epoch 1 at d=256, and after epochs 2-7 the cpu
+one 4.3e-5..8.7e-5 and the jax one 1.2e-4..2.2e-4 (their difference, up to 1.6e-4, is what this
+script saw).
+The CPU kernel now keeps CG's vectors in float64 (alsx.core.cpu_kernels): 5.6e-8 after epoch 1.
+The JAX engine's CG is float32 throughout (JAX has no float64 without jax_enable_x64, and
+accelerators none at speed), so at d=256 the cpu-vs-jax difference is the JAX engine's own
+distance from float64, and that is what a d=256 'NO' reports; tests/test_engine_conformance.py
+holds it as an expected failure (test_jax_cg_half_step_is_float64_close_under_weak_regularisation).
+The tolerance is not loosened to hide it: 1e-4 stays the bound for two engines that both follow
+float64 (d=64: 3.8e-5 with the float32 kernel), and the small-graph suite keeps each engine
+within 2e-5 of the float64 trajectory over 30 epochs.
 """
 
 from __future__ import annotations

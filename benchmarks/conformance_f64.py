@@ -150,7 +150,10 @@ def engine_half(eng, side: str, x: np.ndarray, other: np.ndarray) -> np.ndarray:
 
 def trajectories(engs: dict, pb: Problem, w0, h0, m: dict, cache: Path, epochs: int) -> tuple[dict, list]:
     """cpu and jax free-running from the start tables, in lock-step, each epoch against the float64 one."""
-    states = {k: engs[k].from_external(*(_place(engs[k], t) for t in (w0, h0)), 0) for k in ("cpu", "jax")}
+    seed = default_hparams()["seed"]
+    states = {k: engs[k].init_state(seed) for k in ("cpu", "jax")}
+    for k, st in states.items():  # one start for every engine: the float64 trajectory's
+        assert all(np.array_equal(np.asarray(t), t0) for t, t0 in zip(engs[k].to_numpy(st), (w0, h0))), k
     runs = {k: {"loss": [], "loss_f64_eval": [], "w": [], "h": [], "seconds": []} for k in states}
     cross = []
     for e in range(1, epochs + 1):
@@ -179,12 +182,6 @@ def trajectories(engs: dict, pb: Problem, w0, h0, m: dict, cache: Path, epochs: 
         cross.append((rel(tables["cpu"][0], tables["jax"][0]), rel(tables["cpu"][1], tables["jax"][1])))
         del tables
     return runs, cross
-
-
-def _place(eng, t):
-    import jax.numpy as jnp
-
-    return t if eng.kind == "cpu" else jnp.asarray(t)
 
 
 def local_errors(engs: dict, pb: Problem, e: int, cache: Path) -> dict:
