@@ -18,8 +18,9 @@ from alsx.core.solvers import RESIDUAL_FLOOR
 # of a 10M x 2M matrix (48 % of its entries are in such rows at d=64), 8 % on the row one.
 L1_FLOATS = 8192
 FLOOR = np.float32(RESIDUAL_FLOOR)  # CG's stopping rule (see alsx.core.solvers), as the kernel's float32
-# Entries of a row whose float32 terms are summed before the sum goes into the float64 vector:
-# 16 keeps the float32 part of the rounding that of a short row, at ~1 % of the pass's work.
+# Entries of a row whose float32 terms are summed before the sum goes into the float64 vector
+# (columns of that 20k-node part, relative error of a half-step: one float32 sum per row 7.9e-7,
+# blocks of 32 6.3e-7, of 16 4.4e-7, of 8 3.1e-7; all in float64 1.6e-7 at ~10 % more time).
 SUM_BLOCK = 16
 
 
@@ -35,9 +36,10 @@ def cg_rows(indptr, indices, conf, starts, w, h, shared, lam, steps, out):  # pr
     Precision: the passes over a row's entries (the O(|I_u| d) work) run in float32, each
     SUM_BLOCK entries summed in float32 and the partial sums added in float64; the CG vectors
     x, r, p, Ap and scalars (O(d) per step) are float64.  With float32 recurrences CG's 3
-    steps amplified rounding by the condition number of weakly regularised rows: on cnr-2000
-    at the default reg one half-step was 1e-4..5e-4 off float64 on long columns (see
-    benchmarks/results_conformance_f64_d256.md), now ~1e-6.
+    steps amplified rounding by the condition number of weakly regularised rows: at the 'auto'
+    defaults one column half-step on a 20k-node part of cnr-2000 (d=32) was 5.0e-4 off float64
+    on columns of 101-1000 entries (now 4.5e-7), and cnr-2000's loss after epoch 1 at d=256
+    1.2e-5 (now 5.6e-8; benchmarks/results_conformance_f64_d256.md).
     """
     d = w.shape[1]
     for blk in prange(len(starts) - 1):
