@@ -28,6 +28,7 @@ FRAGMENTS = [  # in the order they appear in RESULTS.md
     "results_ingest_parts.md",
     "results_conformance.md",
     "results_conformance_d256.md",
+    "results_conformance_f64_d256.md",
     "results_ingest.md",
     "results_ann.md",
     "results_export.md",

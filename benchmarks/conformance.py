@@ -13,12 +13,26 @@ and whether anything was non-finite (a FloatingPointError from fit, or a non-fin
     python benchmarks/conformance.py --tiny                   # 20k-node part of cnr, 5 epochs, d=64
 
 Writes benchmarks/results_conformance.md and benchmarks/results_conformance.jsonl (--out-prefix
-changes both), each with the exact command, the machine and the date.
+changes both; a bare name such as results_conformance_d256 is put in benchmarks/), each with the
+exact command, the machine and the date.
 
-Tolerance (--rtol, default 1e-4): both backends run the same iteration from the same start;
-the small-graph suite (tests/test_engine_conformance.py) measures each within 1e-6 of a float64
-trajectory over 30 epochs.  Here the JAX engine also sums 3.2M observed terms in float32
-(XLA's reduction: ~1e-5 relative) where the CPU engine sums in float64, so 1e-4 bounds both.
+Tolerance (--rtol, default 1e-4) and what a miss at d=256 means.  Both backends run the same
+iteration from the same start; benchmarks/conformance_f64.py puts each next to a float64
+trajectory of it on cnr-2000 (results_conformance_f64_d256.md).  At the 'auto' defaults
+(reg 3.6e-6) the rows are weakly regularised, and 3 warm-started CG steps amplify the rounding
+of CG's own recurrences (r, p, alpha, beta) by a row's condition number: with those in float32
+both backends were 1.1e-5 off float64 in loss after epoch 1 at d=256, and after epochs 2-7 the cpu
+one 4.3e-5..8.7e-5 and the jax one 1.2e-4..2.2e-4 (their difference, up to 1.6e-4, is what this
+script saw).
+The CPU kernel now keeps CG's vectors in float64 (alsx.core.cpu_kernels): 5.6e-8 after epoch 1.
+The JAX engine's CG is float32 throughout (JAX has no float64 without jax_enable_x64, and
+accelerators none at speed), so at d=256 the cpu-vs-jax difference is the JAX engine's own
+distance from float64, and that is what a d=256 'NO' reports (after the change: 3.7e-4 at epoch
+19, the cpu engine on the float64 side of it); tests/test_engine_conformance.py
+holds it as an expected failure (test_jax_cg_half_step_is_float64_close_under_weak_regularisation).
+The tolerance is not loosened to hide it: 1e-4 stays the bound for two engines that both follow
+float64 (d=64: 3.8e-5 with the float32 kernel), and the small-graph suite keeps each engine
+within 2e-5 of the float64 trajectory over 30 epochs.
 """
 
 from __future__ import annotations
@@ -43,27 +57,45 @@ FILE = "web_cnr2000.npz"
 
 
 # ---------------------------------------------------------------------------- child
+def load_training(path: str, max_nodes: int = 0):
+    """The Interactions of ``path``; with ``max_nodes``, the induced subgraph on the first N ids
+    (crawl order keeps it linked)."""
+    from alsx.data.ingest import load_interactions
+
+    data, _ = load_interactions(path)
+    if max_nodes:
+        n = max_nodes
+        sub = data.select((data.rows < n) & (data.cols < n))
+        data = dataclasses.replace(
+            sub, shape=(min(n, data.shape[0]), min(n, data.shape[1])), row_vocab=None, col_vocab=None
+        )
+    return data
+
+
+def default_hparams() -> dict:
+    """The CLI's defaults of the fields that shape the iteration ('auto' weights unresolved)."""
+    from alsx.config import DEFAULTS
+
+    names = ("reg", "unobserved_weight", "nu", "solver", "cg_steps", "dtype", "seed", "init", "init_scale")
+    return {k: DEFAULTS[k] for k in names}
+
+
+def out_prefix(given: str) -> Path:
+    """--out-prefix as a path: a bare name (no folder) goes into benchmarks/, like the default."""
+    p = Path(given)
+    return C.BENCH / p if not p.is_absolute() and p.parent == Path(".") else p
+
+
 def train_one(cfg: dict) -> dict:
     """One fit: per-epoch losses and seconds, where it stopped and why, the tables' finiteness."""
     if cfg["backend"] == "jax":  # device count before jax is imported, as the CLI's --cpu-devices
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={cfg['devices']}"
     import numpy as np
 
-    from alsx.config import DEFAULTS
-    from alsx.data.ingest import load_interactions
     from alsx.model import ALS
 
-    data, _ = load_interactions(cfg["data"])
-    if cfg.get("max_nodes"):  # the induced subgraph on the first N ids (crawl order keeps it linked)
-        n = cfg["max_nodes"]
-        sub = data.select((data.rows < n) & (data.cols < n))
-        data = dataclasses.replace(
-            sub, shape=(min(n, data.shape[0]), min(n, data.shape[1])), row_vocab=None, col_vocab=None
-        )
-    hp = {
-        k: DEFAULTS[k]
-        for k in ("reg", "unobserved_weight", "nu", "solver", "cg_steps", "dtype", "seed", "init", "init_scale")
-    }
+    data = load_training(cfg["data"], cfg.get("max_nodes", 0))
+    hp = default_hparams()
     model = ALS(dim=cfg["dim"], epochs=cfg["epochs"], progress=False, backend=cfg["backend"], **hp)
     error = None
     t = time.perf_counter()
@@ -266,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"non-finite {c['nonfinite']}, agree {c['agree']}",
                 file=sys.stderr,
             )
-    prefix = Path(a.out_prefix)
+    prefix = out_prefix(a.out_prefix)
     with open(prefix.with_suffix(".jsonl"), "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")

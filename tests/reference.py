@@ -66,9 +66,39 @@ def _entry_rows(indptr: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
 
 
-def _weighted_sum(indptr, indices, q, h):
-    """[n, d] sum over row u's stored entries k of q_k h_{indices[k]} (a sparse product)."""
-    return sp.csr_matrix((q, indices, indptr), shape=(len(indptr) - 1, h.shape[0])) @ h
+CHUNK = 1 << 16  # entries per row range of the sparse passes: [CHUNK, d] float64 gathers, not [nnz, d]
+
+
+def _row_ranges(indptr: np.ndarray):
+    """(a, b) row ranges of about CHUNK stored entries each (a longer row is a range of its own)."""
+    n, a, chunk = len(indptr) - 1, 0, CHUNK
+    while a < n:
+        b = max(int(np.searchsorted(indptr, indptr[a] + chunk, side="right")) - 1, a + 1)
+        yield a, min(b, n)
+        a = min(b, n)
+
+
+def observed_pass(indptr, indices, conf, x, h, target: float) -> np.ndarray:
+    """float64 [n, d] sum over row u's stored entries k of c_k (target - <h_{indices[k]}, x_u>) h_{indices[k]}:
+    with target 1 the observed part of b - A x, with target 0 minus the observed part of A x.
+    Row range by row range (segment sums), so memory is [CHUNK, d], not [nnz, d]."""
+    out = np.zeros(x.shape)
+    for a, b in _row_ranges(indptr):
+        s0, s1 = indptr[a], indptr[b]
+        hg = h[indices[s0:s1]]
+        s = np.einsum("kd,kd->k", hg, np.repeat(x[a:b], np.diff(indptr[a : b + 1]), axis=0))
+        q = conf[s0:s1] * (target - s)
+        out[a:b] = sp.csr_matrix((q, np.arange(s1 - s0), indptr[a : b + 1] - s0), shape=(b - a, s1 - s0)) @ hg
+    return out
+
+
+def observed_scores(indptr, indices, x, h) -> np.ndarray:
+    """float64 [nnz] <x_u, h_{indices[k]}> for every stored entry k (row range by row range)."""
+    out = np.empty(len(indices))
+    for a, b in _row_ranges(indptr):
+        s0, s1 = indptr[a], indptr[b]
+        out[s0:s1] = np.einsum("kd,kd->k", h[indices[s0:s1]], np.repeat(x[a:b], np.diff(indptr[a : b + 1]), axis=0))
+    return out
 
 
 def cg_half_step(indptr, indices, conf, w, h, lam, alpha0: float, steps: int, floor: float = FLOOR) -> np.ndarray:
@@ -76,17 +106,16 @@ def cg_half_step(indptr, indices, conf, w, h, lam, alpha0: float, steps: int, fl
     r0 = b - A x0 from x0 = w, ``steps`` steps, a row stops once |r|^2 <= floor (alpha = beta = 0
     from then on); rows without entries get their optimum 0."""
     w, h, conf = (np.asarray(a, np.float64) for a in (w, h, conf))
-    ru = _entry_rows(indptr)
     gram = h.T @ h
 
     def shared(x):
         return alpha0 * x @ gram + lam[:, None] * x
 
     def matvec(x):
-        return _weighted_sum(indptr, indices, conf * np.einsum("kd,kd->k", h[indices], x[ru]), h) + shared(x)
+        return shared(x) - observed_pass(indptr, indices, conf, x, h, 0.0)
 
     x = w.copy()
-    r = _weighted_sum(indptr, indices, conf * (1.0 - np.einsum("kd,kd->k", h[indices], x[ru])), h) - shared(x)
+    r = observed_pass(indptr, indices, conf, x, h, 1.0) - shared(x)
     p = r.copy()
     rs = np.sum(r * r, 1)
     for _ in range(steps):
@@ -133,7 +162,7 @@ def block1_half_step(indptr, indices, conf, w, h, lam, alpha0: float, sweeps: in
 def csr_loss(indptr, indices, conf, w, h, lam_w, lam_h, alpha0: float) -> dict:
     """The objective's parts in float64 (observed over stored entries, unobserved through the Gramians)."""
     w, h = np.asarray(w, np.float64), np.asarray(h, np.float64)
-    s = np.einsum("kd,kd->k", h[indices], w[_entry_rows(indptr)])
+    s = observed_scores(indptr, indices, w, h)
     obs = float(np.sum(np.asarray(conf, np.float64) * (s - 1.0) ** 2))
     unobs = float(alpha0 * np.sum((w.T @ w) * (h.T @ h)))
     reg = float(lam_w @ np.sum(w * w, 1) + lam_h @ np.sum(h * h, 1))

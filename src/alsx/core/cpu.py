@@ -143,8 +143,8 @@ def _as_csr32(c: CSR) -> CSR:
 class CpuEngine(Engine):
     """iALS with the CG or the iALS++ ('block') solver on the host CPU, one process, all cores.
 
-    With ``solver='cg'``: same interface and, up to float32 rounding, same results as
-    ``LocalEngine``.  With ``solver='block'``: ``block_sweeps`` sweeps of ``hp.block_size``
+    With ``solver='cg'``: same interface and iteration as ``LocalEngine``; up to rounding the same
+    results (the kernel's CG vectors are float64, LocalEngine's float32: ``alsx.core.cpu_kernels``).  With ``solver='block'``: ``block_sweeps`` sweeps of ``hp.block_size``
     blocks per half-step in the eigenbasis (``alsx.core.cpu_block``); the same objective and
     fixed point as LocalEngine's block solver, but not the same iterates (its blocks are in
     the original basis).  Tables are NumPy float32 arrays; ``state.basis`` is the rotation
