@@ -253,7 +253,9 @@ def main(argv=None) -> None:
     p.add_argument("--minutes", type=float, default=3.0, help="alsx tune's search budget")
     p.add_argument("--grid-implicit", default=None, help="override the implicit grid: 'regularization=1,10 alpha=3'")
     p.add_argument("--save-config", action="store_true", help="write benchmarks/configs/<dataset>-d<D>.json")
-    p.add_argument("--tune-flags", default=None, help="more flags for alsx tune, given with '=': --tune-flags=--no-size-correction")
+    p.add_argument(
+        "--tune-flags", default=None, help="more flags for alsx tune, given with '=': --tune-flags=--no-size-correction"
+    )
     p.add_argument(
         "--runs",
         type=lambda v: v.split(","),
