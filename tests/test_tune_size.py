@@ -61,6 +61,25 @@ def test_past_the_deadline_the_scans_score_their_three_points_and_stop():
     assert c.peak_a == V.STEP and c.corrected <= 0.01 * 2.0**V.STEP  # the edge, never beyond what was seen
 
 
+def test_the_deadline_keeps_time_for_the_second_carves_three_fits(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(V.time, "perf_counter", lambda: clock[0])
+
+    def slow(f):  # every fit takes one second of the fake clock
+        def g(s: float) -> float:
+            clock[0] += 1.0
+            return f(s)
+
+        return g
+
+    # A's peak at +1.2 needs walking; 3 fits of A then 3 of B take 6 s: a deadline at 6.5 s allows no walk
+    c = V.size_corrected(0.01, slow(_bump(1.2)), slow(_bump(1.2)), deadline=6.5)
+    assert len(c.scan_a) == 3 and len(c.scan_b) == 3 and clock[0] == 6.0
+    clock[0] = 0.0
+    c = V.size_corrected(0.01, slow(_bump(1.2)), slow(_bump(1.2)), deadline=7.5)  # one step of A, then B's 3
+    assert len(c.scan_a) == 4 and len(c.scan_b) == 3 and clock[0] <= 7.5
+
+
 def test_known_scores_are_not_refit_and_nan_counts_as_worst():
     seen: list[float] = []
 

@@ -121,11 +121,11 @@ def scan_peak(
     score: Callable[[float], float],
     known: dict[float, float] | None = None,
     start: float = 0.0,
-    deadline: float | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Scores log2 offsets start - STEP, start, start + STEP and walks on (at most MAX_STEPS, and not
-    after ``deadline``, a time.perf_counter() value) while the best point is at an edge:
-    {log2 offset: value}.  ``score`` returns NaN for a failed fit."""
+    once ``stop()`` says so) while the best point is at an edge: {log2 offset: value}.  ``score``
+    returns NaN for a failed fit."""
     values = dict(known or {})
 
     def at(x: float) -> float:
@@ -137,7 +137,7 @@ def scan_peak(
     for x in (start - STEP, start, start + STEP):
         at(x)
     for _ in range(MAX_STEPS):
-        if deadline is not None and time.perf_counter() > deadline:
+        if stop is not None and stop():
             break
         xs = sorted(values)
         best = max(xs, key=lambda v: values[v])
@@ -186,23 +186,31 @@ def size_corrected(
 
     score_a(s) / score_b(s): the validation metric of the search's best point with reg_ratio s,
     trained on A / B (NaN: failed).  known_a: A's scores already measured, {log2 multiple: value}.
-    deadline (time.perf_counter()): the scans stop walking after it (each still scores its 3 points).
+    deadline (time.perf_counter()): a scan walks on only while its next fit, and B's 3 fits still to
+    come during A's scan, fit before it at the longest fit's duration so far (each scan always scores
+    its 3 points).
     The move from A to the whole input is the measured move from B to A, bounded by MAX_SHIFT and
     never towards *more* regularisation (more data never needs more; a scan that says so is noise).
     """
-    fits = 0
+    seconds: list[float] = []  # of each fit
 
     def counted(score: Callable[[float], float]) -> Callable[[float], float]:
         def f(k: float) -> float:
-            nonlocal fits
-            fits += 1
-            return score(reg_ratio * 2.0**k)
+            t = time.perf_counter()
+            value = score(reg_ratio * 2.0**k)
+            seconds.append(time.perf_counter() - t)
+            return value
 
         return f
 
-    scan_a = scan_peak(counted(score_a), known_a, deadline=deadline)
+    def stop(fits_after: int) -> Callable[[], bool]:  # one more fit and fits_after compulsory ones would end late
+        return lambda: (
+            deadline is not None and time.perf_counter() + (1 + fits_after) * max(seconds, default=0.0) > deadline
+        )
+
+    scan_a = scan_peak(counted(score_a), known_a, stop=stop(3))
     pa = peak(scan_a)
-    scan_b = scan_peak(counted(score_b), start=round(pa / STEP) * STEP, deadline=deadline)
+    scan_b = scan_peak(counted(score_b), start=round(pa / STEP) * STEP, stop=stop(0))
     pb = peak(scan_b)
     move = float(np.clip(pa - pb, -MAX_SHIFT, 0.0))
-    return SizeCorrection(reg_ratio, reg_ratio * 2.0 ** (pa + move), scan_a, scan_b, pa, pb, fits)
+    return SizeCorrection(reg_ratio, reg_ratio * 2.0 ** (pa + move), scan_a, scan_b, pa, pb, len(seconds))
