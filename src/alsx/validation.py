@@ -164,15 +164,8 @@ class SizeCorrection:
     fits: int
 
     def as_dict(self) -> dict:
-        return {
-            "reg_ratio": self.reg_ratio,
-            "corrected": self.corrected,
-            "peak_a": self.peak_a,
-            "peak_b": self.peak_b,
-            "scan_a": {f"{2.0**k:.4g}": v for k, v in sorted(self.scan_a.items())},
-            "scan_b": {f"{2.0**k:.4g}": v for k, v in sorted(self.scan_b.items())},
-            "fits": self.fits,
-        }
+        scans = {n: {f"{2.0**k:.4g}": v for k, v in sorted(getattr(self, n).items())} for n in ("scan_a", "scan_b")}
+        return dataclasses.asdict(self) | scans  # JSON keys: the multiples of reg_ratio
 
 
 def size_corrected(
