@@ -98,6 +98,7 @@ CASES = {  # argv (with {tmp}) -> (exit code, words of the error line)
         "--metric",
     ),
     "tune, bad metric": (["tune", "{tmp}/bad.csv", "--out", "{tmp}/out", "--metric", "ndcg@0"], 2, "--metric"),
+    "tune, bad eval rows": (["tune", "{tmp}/bad.csv", "--out", "{tmp}/out", "--eval-rows", "-1"], 2, "--eval-rows"),
     "not a model folder": (["recommend", "{tmp}", "1"], 4, "config.json"),
 }
 

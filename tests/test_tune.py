@@ -183,6 +183,8 @@ def test_alsx_tune_writes_trials_best_config_plots_and_the_refit_model(data, dat
     assert best["unobserved_ratio"] == pytest.approx(top["unobserved_ratio"]) and best["epochs"] == top["best_epoch"]
     assert best["reg"] == best["unobserved_weight"] == "auto"
     assert best["about"]["validation recall@20"] == pytest.approx(top["recall@20"])
+    n_val = np.unique(validation_split(given_split(data).train).test.rows).size  # fewer than --eval-rows: all
+    assert best["about"]["validation rows scored"] == [n_val, n_val]
     corr = best["about"]["size correction"]  # the refit's reg_ratio is the corrected one, said on stderr
     assert corr["reg_ratio"] == pytest.approx(top["reg_ratio"]) and best["reg_ratio"] == corr["corrected"]
     assert f"{corr['corrected']:.4g} for all {train_nnz(data)}" in res.stderr.replace(",", "")

@@ -153,3 +153,37 @@ def test_the_best_trial_refit_scores_what_the_search_scored(data):
     engine = engine_mod.make_engine(carve.train.csr(), carve.train.csc(), hp, Packing())
     curve = V.validation_curve(engine, hp, carve, 3, max(1, 3 // tune_mod.EVALUATIONS))
     assert max(v for _, v in curve) == result.value
+
+
+def test_scored_sample_keeps_the_training_part_and_scores_a_fixed_sample_of_rows(data):
+    carve = V.validation_split(given_split(data).train)
+    rows = np.unique(carve.test.rows)
+    assert V.scored_sample(carve, None) is carve and V.scored_sample(carve, rows.size) is carve
+    a, b = V.scored_sample(carve, 20, seed=1), V.scored_sample(carve, 20, seed=1)
+    kept = np.unique(a.test.rows)
+    assert a.train is carve.train and kept.size == 20 and set(kept) <= set(rows)
+    assert np.array_equal(kept, np.unique(b.test.rows))  # seeded
+    assert _keys(a.test) == {k for k in _keys(carve.test) if k[0] in set(kept.tolist())}  # whole rows kept
+    assert not np.array_equal(kept, np.unique(V.scored_sample(carve, 20, seed=2).test.rows))
+
+
+def test_every_evaluation_of_a_search_scores_the_same_sample(data, monkeypatch):
+    """The search and both carves of the size correction score eval_rows rows each, the same ones per carve,
+    while training on the whole carve."""
+    split = given_split(data)
+    carve = V.validation_split(split.train)
+    carve_b = V.validation_split(carve.train)
+    scored: dict[frozenset, set] = {}
+    real = V.validation_metric
+
+    def spy(w, h, val, *a, **kw):
+        scored.setdefault(frozenset(_keys(val.train)), set()).add(frozenset(np.unique(val.test.rows).tolist()))
+        return real(w, h, val, *a, **kw)
+
+    monkeypatch.setattr(V, "validation_metric", spy)
+    result = tune_mod.tune(split.train, dim=4, epochs=2, trials=3, eval_rows=25, progress=False)
+    assert set(scored) == {frozenset(_keys(carve.train)), frozenset(_keys(carve_b.train))}
+    for c in (carve, carve_b):
+        (rows,) = scored[frozenset(_keys(c.train))]  # one sample per carve
+        assert len(rows) == 25 and rows <= set(np.unique(c.test.rows).tolist())
+    assert result.scored_rows == (25, np.unique(carve.test.rows).size)

@@ -6,12 +6,11 @@ Both carve their validation entries from the *training* input only (a per-row ho
 >>> result = tune(split.train, dim=64, epochs=15, minutes=5)     # doctest: +SKIP
 >>> ALS(**result.params).fit(everything)                         # doctest: +SKIP
 
-The search is Optuna's TPE sampler with a pruner by epoch (Hyperband or successive halving):
-each trial reports its validation metric after every evaluated epoch and stops when the
-pruner says so.  Trials share one engine per (dim, solver): the packed input and the compiled
-kernels stay, ``engine.set_hparams`` swaps lambda, alpha0, nu, CG steps and the initial scale.
-After the search, the best reg_ratio is moved from the carve's amount of data to all of the input
-(:func:`alsx.validation.size_corrected`: a few fits on the carve and on a carve of the carve).
+The search is Optuna's TPE sampler with a pruner by epoch (Hyperband or successive halving): each trial
+reports its validation metric (on a fixed sample of the carve's rows) after every evaluated epoch and stops when
+the pruner says so.  Trials share one engine per (dim, solver): the packed input and the compiled kernels stay,
+``engine.set_hparams`` swaps lambda, alpha0, nu, CG steps and the initial scale.  After the search, the best
+reg_ratio is moved from the carve's amount of data to all of the input (:func:`alsx.validation.size_corrected`).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from alsx.callbacks import StopTraining
-from alsx.config import AUTO, DEFAULT_TRIALS, DEFAULTS, PRUNERS, HParams, Packing, resolve_weights
+from alsx.config import AUTO, DEFAULT_TRIALS, DEFAULTS, PRUNERS, SEARCH_EVAL_ROWS, HParams, Packing, resolve_weights
 from alsx.data.matrix import Interactions
 from alsx.data.split import Split
 from alsx.errors import DivergenceError
@@ -38,6 +37,7 @@ from alsx.validation import (  # noqa: F401  (the names alsx.tune has always off
     VALIDATION_FRACTION,
     SizeCorrection,
     parse_metric,
+    scored_sample,
     size_corrected,
     validation_curve,
     validation_metric,
@@ -178,6 +178,7 @@ class TuneResult:
       trials: one dict per trial (see :func:`trial_rows`).
       study: the optuna Study; seconds: wall time of the search and the size correction.
       correction: what the size correction measured (None without it); params['reg_ratio'] is its result.
+      scored_rows: (validation rows each evaluation scored, validation rows of the carve).
       model: with ``refit``, an ALS trained on all of ``data`` with ``params``.
     """
 
@@ -189,6 +190,7 @@ class TuneResult:
     study: Any
     seconds: float
     correction: SizeCorrection | None = None
+    scored_rows: tuple[int, int] = (0, 0)
     model: ALS | None = None
 
 
@@ -204,6 +206,7 @@ def tune(
     solver: str = "cg",
     eval_every: int = 0,
     validation_fraction: float = VALIDATION_FRACTION,
+    eval_rows: int | None = SEARCH_EVAL_ROWS,
     seed: int = 0,
     pruner: str = "hyperband",
     backend: str = "auto",
@@ -226,9 +229,10 @@ def tune(
       metric: 'recall@20', 'ndcg@20', ... maximised on the validation split.
       max_dim: also search dim in dim, 2 dim, ... <= max_dim (one engine per dim).
       eval_every: evaluate (and report to the pruner) every N epochs and after the last; 0: about
-        EVALUATIONS times per trial (full-ranking evaluation costs more than a small-d epoch: on ml1m
-        at d=64 about 1 s against 0.04 s, under contention).
+        EVALUATIONS times per trial (a full-ranking evaluation costs more than an epoch).
       validation_fraction: share of each row of ``data`` held out for validation.
+      eval_rows: score at most this many validation rows, the same seeded sample in every trial and
+        in the size correction (:func:`alsx.validation.scored_sample`; None or 0: all of them).
       pruner: 'hyperband', 'halving' (successive halving) or 'none'.
       size_correction: move the best reg_ratio from the carve's amount of data to all of ``data``
         (:func:`alsx.validation.size_corrected`; ``result.correction``).
@@ -245,7 +249,8 @@ def tune(
     if trials is None and minutes is None:
         trials = DEFAULT_TRIALS
     x = as_interactions(data)
-    val = validation_split(x, validation_fraction, seed)
+    carve = validation_split(x, validation_fraction, seed)
+    val = scored_sample(carve, eval_rows, seed)
     dims = dims_up_to(dim, max_dim)
     engines: dict[tuple[int, int], Any] = {}
 
@@ -311,7 +316,7 @@ def tune(
     best_epoch = int(best.user_attrs["best_epoch"])
     correction = None
     if size_correction:
-        carve_b = validation_split(val.train, validation_fraction, seed)  # a carve of the carve
+        carve_b = scored_sample(validation_split(val.train, validation_fraction, seed), eval_rows, seed)  # of A
         cbar = tqdm(desc="alsx tune: size correction", unit="fit", disable=not progress)
 
         def score(carve: Split):
@@ -358,14 +363,14 @@ def tune(
         study=study,
         seconds=seconds,
         correction=correction,
+        scored_rows=(int(np.unique(val.test.rows).size), int(np.unique(carve.test.rows).size)),
         model=model,
     )
 
 
 def trial_rows(study, metric: str) -> list[dict]:
-    """One flat dict per trial: trial, state ('complete', 'pruned', 'fail'), the best ``metric``,
-    best_epoch, seconds, the parameters, and ``epoch_N``: the metric after epoch N (NaN if not
-    evaluated there)."""
+    """One flat dict per trial: trial, state ('complete', 'pruned', 'fail'), the best ``metric``, best_epoch,
+    seconds, the parameters, and ``epoch_N``: the metric after epoch N (NaN if not evaluated there)."""
     epochs = sorted({e for t in study.trials for e, _ in t.user_attrs.get("curve", [])})
     out = []
     for t in study.trials:
@@ -386,8 +391,7 @@ def trial_rows(study, metric: str) -> list[dict]:
 
 
 class _CallableModule(types.ModuleType):
-    """Makes ``alsx.tune(...)`` call :func:`tune` while ``alsx.tune`` stays this module
-    (``import alsx.tune as t``, ``from alsx.tune import EarlyStopping`` keep working)."""
+    """``alsx.tune(...)`` calls :func:`tune`; ``alsx.tune`` stays this module (``import alsx.tune as t`` works)."""
 
     def __call__(self, *args, **kwargs) -> TuneResult:
         return tune(*args, **kwargs)

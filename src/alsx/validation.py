@@ -41,6 +41,20 @@ def validation_split(train: Interactions, fraction: float = VALIDATION_FRACTION,
     return random_holdout(train, fraction=fraction, seed=seed)
 
 
+def scored_sample(val: Split, max_rows: int | None, seed: int = 0) -> Split:
+    """``val`` with the held-out entries of at most ``max_rows`` of its rows (a seeded sample; all for None or 0).
+
+    Only the scoring shrinks: the training part is ``val.train`` itself, so every trial trains on the same
+    entries, and every trial is scored on the same rows (paired comparisons).
+    """
+    rows = np.unique(val.test.rows)
+    if not max_rows or rows.size <= max_rows:
+        return val
+    keep = np.zeros(int(val.test.shape[0]), bool)
+    keep[np.random.default_rng(seed).choice(rows, size=max_rows, replace=False)] = True
+    return dataclasses.replace(val, test=val.test.select(keep[val.test.rows]))
+
+
 def parse_metric(metric: str) -> int:
     """The cut-off k of 'recall@20' / 'ndcg@20' / ... (ValueError naming the accepted forms)."""
     name, _, k = metric.partition("@")

@@ -24,7 +24,7 @@ from alsx.errors import UsageError
 
 
 def add_parser(subparsers) -> None:
-    from alsx.config import DEFAULT_TRIALS, METRIC, PRUNERS, VALIDATION_FRACTION
+    from alsx.config import DEFAULT_TRIALS, METRIC, PRUNERS, SEARCH_EVAL_ROWS, VALIDATION_FRACTION
 
     p = subparsers.add_parser("tune", help="search hyper-parameters on a validation split, then train the best")
     p.add_argument("data", help="data file, as for alsx train")
@@ -49,6 +49,13 @@ def add_parser(subparsers) -> None:
         type=float,
         default=VALIDATION_FRACTION,
         help="share of each training row held out for validation (default %(default)s)",
+    )
+    g.add_argument(
+        "--eval-rows",
+        type=int,
+        default=SEARCH_EVAL_ROWS,
+        help="score at most N validation rows per evaluation, the same seeded sample in every trial "
+        "(0: all; default %(default)s)",
     )
     g.add_argument(
         "--no-size-correction",
@@ -100,6 +107,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
         raise UsageError(f"--metric: {e}") from None
     if a.trials is not None and a.trials < 1:
         raise UsageError(f"--trials must be >= 1, got {a.trials}")
+    if a.eval_rows < 0:
+        raise UsageError(f"--eval-rows must be >= 0, got {a.eval_rows}")
     if a.minutes is not None and not a.minutes > 0:
         raise UsageError(f"--minutes must be > 0, got {a.minutes}")
     data, _ = load_data(a.data, a)
@@ -126,6 +135,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
         solver=a.solver,
         eval_every=a.eval_every,
         validation_fraction=a.validation_fraction,
+        eval_rows=a.eval_rows,
         seed=a.seed,
         pruner=a.pruner,
         backend=a.backend,
@@ -161,6 +171,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
         "trial": result.best_trial,
         "validation reg, unobserved_weight": [top["reg"], top["unobserved_weight"]],  # the ratios on the carve
         "trials": len(result.trials),
+        "validation rows scored": list(result.scored_rows),  # a sample of them (--eval-rows)
         "search_seconds": round(time.perf_counter() - t, 1),
     }
     c = result.correction
@@ -176,7 +187,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
     png = plot_trials(result.trials, a.metric, result.best_trial, out / "tune.png")
     print(
         f"tune: best validation {a.metric} {result.value:.4f} (trial {result.best_trial} of {len(result.trials)}, "
-        f"epoch {result.params['epochs']}) in {result.seconds:.0f}s; wrote {table.name}, best.json, {png.name}",
+        f"epoch {result.params['epochs']}; {result.scored_rows[0]:,} of {result.scored_rows[1]:,} validation rows "
+        f"scored) in {result.seconds:.0f}s; wrote {table.name}, best.json, {png.name}",
         file=sys.stderr,
     )
     return train_command.cmd_train(train_args(a, out / "best.json"))
