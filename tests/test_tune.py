@@ -115,7 +115,7 @@ def test_tune_trains_and_scores_only_the_training_part(data, monkeypatch):
 
     monkeypatch.setattr(engine_mod, "make_engine", spy)
     monkeypatch.setattr(validation_mod, "validation_metric", spy_metric)
-    result = tune_mod.tune(split.train, dim=4, epochs=2, trials=2, size_correction=False, progress=False)
+    result = tune_mod.tune(split.train, dim=4, epochs=2, trials=2, size_correction=False, pick_carves=0, progress=False)
     assert seen and scored
     assert all(not s & test for s in seen) and all(not s & test for s in scored)
     assert all(s == _keys(split.train) for s in scored)
@@ -168,7 +168,8 @@ def test_set_hparams_swaps_the_objective_and_refuses_a_new_shape(data):
 def test_alsx_tune_writes_trials_best_config_plots_and_the_refit_model(data, data_file, tmp_path):
     out = tmp_path / "tuned"
     res = _alsx(
-        "tune", str(data_file), "--out", str(out), "--dim", "4", "--epochs", "3", "--trials", "3", "--split", "given"
+        *("tune", str(data_file), "--out", str(out), "--dim", "4", "--epochs", "3", "--trials", "3"),
+        *("--split", "given", "--pruner", "none"),  # 3 complete trials for the final pick
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"the {given_split(data).test.nnz} test entries are not read" in res.stderr.replace(",", "")
@@ -179,7 +180,11 @@ def test_alsx_tune_writes_trials_best_config_plots_and_the_refit_model(data, dat
     assert len(trials) == 3 and set(trials["state"]) <= {"complete", "pruned", "fail"}
     searched = {"unobserved_ratio", "reg_ratio", "reg", "unobserved_weight", "nu", "init_scale", "cg_steps"}
     assert searched | {"seconds", "recall@20"} <= set(trials)
-    top = trials.loc[trials["recall@20"].idxmax()]
+    top = trials.set_index("trial").loc[best["about"]["trial"]]  # the final pick among the best trials
+    picked = {int(n): v for n, v in best["about"]["top trials, mean over carves"].items()}
+    done = trials[trials["state"] == "complete"].sort_values("recall@20", ascending=False)
+    assert set(picked) == set(done["trial"][: tune_mod.PICK_TRIALS]) and max(picked, key=picked.get) == top.name
+    assert f"of the best {len(picked)} trials, {top.name} has the best mean" in res.stderr
     assert best["unobserved_ratio"] == pytest.approx(top["unobserved_ratio"]) and best["epochs"] == top["best_epoch"]
     assert best["reg"] == best["unobserved_weight"] == "auto"
     assert best["about"]["validation recall@20"] == pytest.approx(top["recall@20"])
@@ -230,7 +235,7 @@ def test_alsx_tune_without_size_correction_keeps_the_carves_best(data_file, tmp_
     import pandas as pd
 
     trials = pd.read_parquet(out / "trials.parquet")
-    top = trials.loc[trials["recall@20"].idxmax()]
+    top = trials.set_index("trial").loc[best["about"]["trial"]]
     assert best["reg_ratio"] == pytest.approx(top["reg_ratio"]) and "size correction" not in best["about"]
     assert "for all" not in res.stderr
 
@@ -270,7 +275,7 @@ def test_early_stopping_keeps_the_best_epochs_tables(data, data_file, tmp_path, 
         calls.append(len(calls))
         return next(script)
 
-    monkeypatch.setattr(tune_mod, "validation_metric", scripted)
+    monkeypatch.setattr(validation_mod, "validation_metric", scripted)
     flags = ["--dim", "4", "--epochs", "6", "--reg", "0.05", "--split", "given", "--backend", "cpu"]
     out = tmp_path / "es"
     assert _main(["train", str(data_file), "--out", str(out), "--early-stopping", "2", "--no-refit", *flags]) == 0
@@ -293,7 +298,7 @@ def test_early_stopping_keeps_the_best_epochs_tables(data, data_file, tmp_path, 
 def test_early_stopping_at_the_last_epoch_still_keeps_the_best(data, monkeypatch):
     val = validation_split(given_split(data).train, 0.2, seed=0)
     values = iter([0.2, 0.5, 0.4])
-    monkeypatch.setattr(tune_mod, "validation_metric", lambda *a: next(values))
+    monkeypatch.setattr(validation_mod, "validation_metric", lambda *a: next(values))
     model = ALS(dim=4, epochs=3, reg=0.05, progress=False, backend="cpu")
     stop = EarlyStopping(model, val, patience=5)
     kept = {}

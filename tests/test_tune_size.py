@@ -132,7 +132,8 @@ def test_tune_corrects_on_carves_of_the_training_part_only(data, monkeypatch):
     c = result.correction
     carve = tune_mod.validation_split(split.train)
     carve_b = tune_mod.validation_split(carve.train)
-    assert seen == [_keys(carve.train), _keys(carve_b.train)]  # one engine per carve; never the test part
+    picks = [_keys(tune_mod.validation_split(split.train, seed=s).train) for s in (1, 2)]  # the final pick's carves
+    assert seen == [_keys(carve.train), *picks, _keys(carve_b.train)]  # one engine per carve; never the test part
     assert all(not s & test and s <= train for s in seen)
     assert c is not None and result.params["reg_ratio"] == c.corrected
     best = next(t for t in result.trials if t["trial"] == result.best_trial)
@@ -187,3 +188,35 @@ def test_every_evaluation_of_a_search_scores_the_same_sample(data, monkeypatch):
         (rows,) = scored[frozenset(_keys(c.train))]  # one sample per carve
         assert len(rows) == 25 and rows <= set(np.unique(c.test.rows).tolist())
     assert result.scored_rows == (25, np.unique(carve.test.rows).size)
+
+
+def test_the_final_pick_is_the_best_mean_over_carves_of_the_top_trials(data, monkeypatch):
+    """The best PICK_TRIALS trials are re-scored on carves of other seeds of the training part; the trial with
+    the best mean curve wins, at that curve's best epoch."""
+    split = given_split(data)
+    curves: dict[tuple[int, frozenset], list] = {}
+    real = V.validation_curve
+
+    def spy(engine, hp, val, *a, **kw):
+        out = real(engine, hp, val, *a, **kw)
+        curves[(round(hp.reg, 12), frozenset(_keys(val.train)))] = out
+        return out
+
+    monkeypatch.setattr(tune_mod, "validation_curve", spy)
+    result = tune_mod.tune(split.train, dim=4, epochs=3, trials=6, size_correction=False, pruner="none", progress=False)
+    done = sorted((t for t in result.trials if t["state"] == "complete"), key=lambda t: -t["recall@20"])
+    assert sorted(result.top) == sorted(t["trial"] for t in done[: tune_mod.PICK_TRIALS])
+    assert result.best_trial == max(result.top, key=result.top.get)
+    carves = [tune_mod.validation_split(split.train, seed=s) for s in (0, 1, 2)]
+    for t in done[: tune_mod.PICK_TRIALS]:
+        point = {"dim": 4, **{k: t[k] for k in tune_mod.TUNED}}
+        regs = [round(tune_mod.resolved(point, c.train.nnz, c.train.shape).reg, 12) for c in carves]
+        per_carve = [curves[(r, frozenset(_keys(c.train)))] for r, c in zip(regs, carves, strict=True)]
+        mean = V.mean_curve(per_carve)
+        assert result.top[t["trial"]] == pytest.approx(max(v for _, v in mean))
+        if t["trial"] == result.best_trial:
+            assert result.params["epochs"] == max(mean, key=lambda ev: ev[1])[0]
+
+
+def test_mean_curve_averages_the_epochs_every_curve_has():
+    assert V.mean_curve([[(1, 0.2), (2, 0.4)], [(1, 0.4), (2, 0.0), (3, 1.0)]]) == [(1, pytest.approx(0.3)), (2, 0.2)]

@@ -171,6 +171,10 @@ METRIC = "recall@20"
 #: ranking costs rows x columns x d, ~95 % of a trial on gowalla at d=256 (9.5 s per evaluation of 29,858 rows
 #: against 0.33 s per epoch), and 10k rows already bound Recall@20's standard error near +-0.002.
 SEARCH_EVAL_ROWS = 10_000
+#: The final pick of a search: its best PICK_TRIALS trials re-scored on PICK_CARVES more carves (other seeds), the
+#: best mean wins (near the optimum one carve's ranking is noise: alsx.tune, benchmarks/results_tune.md).
+PICK_TRIALS = 4
+PICK_CARVES = 2
 DEFAULT_TRIALS = 20
 PRUNERS = ("hyperband", "halving", "none")
 

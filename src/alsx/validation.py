@@ -1,5 +1,5 @@
-"""The validation carve ``alsx tune`` and ``--early-stopping`` score on, and the data-size correction
-of the regularisation a search finds there.
+"""The validation carve ``alsx tune`` and ``--early-stopping`` score on, the early-stopping callback, and
+the data-size correction of the regularisation a search finds there.
 
 A per-row holdout (:func:`validation_split`) trains every trial on a share 1 - f of the input, so
 the search finds the best lambda for *less* data than the final fit gets.  That best lambda moves
@@ -18,13 +18,17 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from alsx.callbacks import StopTraining
 from alsx.config import METRIC, VALIDATION_FRACTION, HParams
 from alsx.data.matrix import Interactions
 from alsx.data.split import Split, random_holdout
+
+if TYPE_CHECKING:  # the model (JAX) loads only when a callback is built
+    from alsx.model import ALS
 
 METRICS = ("recall", "recall_gt", "ndcg", "hr", "map")  # names of alsx.eval.metrics.ranking_metrics
 STEP = 0.5  # log2 spacing of the reg_ratio scans (sqrt(2) apart)
@@ -112,6 +116,70 @@ def validation_curve(
 
     run_epochs(engine, epochs, seed, on_epoch=on_epoch)
     return curve
+
+
+class EarlyStopping:
+    """An ``ALS.fit`` callback: stops after ``patience`` evaluations without a better validation metric.
+
+    It evaluates every ``every`` epochs (and at the model's last epoch) on ``val`` and copies the
+    best epoch's tables; it ends training by raising :class:`StopTraining` with those tables,
+    also at the last epoch when an earlier one was better, so the model keeps the best epoch's.
+
+    Args:
+      model: the ALS being fitted on ``val.train`` (its ``engine_`` turns states into tables).
+      val: the validation split (:func:`validation_split` of the training part).
+      patience: evaluations without improvement before stopping (>= 1).
+    """
+
+    def __init__(self, model: ALS, val: Split, patience: int, metric: str = METRIC, every: int = 1):
+        if patience < 1 or every < 1:
+            raise ValueError(f"patience and every must be >= 1, got {patience} and {every}")
+        parse_metric(metric)
+        self.model, self.val, self.patience, self.metric, self.every = model, val, patience, metric, every
+        self.best, self.best_epoch, self.best_tables, self.bad = -math.inf, 0, None, 0
+        self.curve: list[tuple[int, float]] = []
+
+    @property
+    def train(self) -> Interactions:
+        """What the model is to be fitted on: the training part minus the validation entries."""
+        return self.val.train
+
+    def __call__(self, record: dict, st: Any) -> None:
+        last = st.epoch == self.model.epochs
+        if st.epoch % self.every and not last:
+            return
+        w, h = self.model.engine_.to_numpy(st)
+        value = validation_metric(w, h, self.val, self.model.hparams, self.metric, self.model.alpha)
+        record["validation"] = {self.metric: value}
+        self.curve.append((st.epoch, value))
+        if value > self.best:
+            self.best, self.best_epoch, self.bad = value, st.epoch, 0
+            self.best_tables = (np.array(w, np.float32), np.array(h, np.float32))
+        else:
+            self.bad += 1
+        if self.best_tables is None:
+            return
+        if self.bad >= self.patience:
+            raise StopTraining(
+                f"no better validation {self.metric} for {self.bad} evaluations after epoch "
+                f"{self.best_epoch} ({self.best:.4f})",
+                tables=self.best_tables,
+                epoch=self.best_epoch,
+            )
+        if last and self.best_epoch != st.epoch:
+            raise StopTraining(
+                f"last epoch; the best validation {self.metric} was epoch {self.best_epoch} ({self.best:.4f})",
+                tables=self.best_tables,
+                epoch=self.best_epoch,
+            )
+
+
+def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """[(epoch, mean over ``curves``)] at the epochs every curve was scored at (curves of one point on several
+    carves)."""
+    values = [dict(c) for c in curves]
+    epochs = sorted(set.intersection(*(set(v) for v in values)))
+    return [(e, float(np.mean([v[e] for v in values]))) for e in epochs]
 
 
 def peak(scan: dict[float, float]) -> float:

@@ -114,7 +114,7 @@ def make_early_stopping(a: argparse.Namespace, train, model):
     if not getattr(a, "early_stopping", 0):
         return None
     check_early_stopping(a)
-    from alsx.tune import EarlyStopping, validation_split
+    from alsx.validation import EarlyStopping, validation_split
 
     val = validation_split(train, a.validation_fraction, a.split_seed)
     print(

@@ -24,7 +24,15 @@ from alsx.errors import UsageError
 
 
 def add_parser(subparsers) -> None:
-    from alsx.config import DEFAULT_TRIALS, METRIC, PRUNERS, SEARCH_EVAL_ROWS, VALIDATION_FRACTION
+    from alsx.config import (
+        DEFAULT_TRIALS,
+        METRIC,
+        PICK_CARVES,
+        PICK_TRIALS,
+        PRUNERS,
+        SEARCH_EVAL_ROWS,
+        VALIDATION_FRACTION,
+    )
 
     p = subparsers.add_parser("tune", help="search hyper-parameters on a validation split, then train the best")
     p.add_argument("data", help="data file, as for alsx train")
@@ -56,6 +64,13 @@ def add_parser(subparsers) -> None:
         default=SEARCH_EVAL_ROWS,
         help="score at most N validation rows per evaluation, the same seeded sample in every trial "
         "(0: all; default %(default)s)",
+    )
+    g.add_argument(
+        "--pick-carves",
+        type=int,
+        default=PICK_CARVES,
+        help=f"re-score the best {PICK_TRIALS} trials on N more validation carves (other seeds) and keep the best "
+        "mean (0: the search's best trial; default %(default)s)",
     )
     g.add_argument(
         "--no-size-correction",
@@ -107,8 +122,9 @@ def cmd_tune(a: argparse.Namespace) -> int:
         raise UsageError(f"--metric: {e}") from None
     if a.trials is not None and a.trials < 1:
         raise UsageError(f"--trials must be >= 1, got {a.trials}")
-    if a.eval_rows < 0:
-        raise UsageError(f"--eval-rows must be >= 0, got {a.eval_rows}")
+    for flag, v in (("--eval-rows", a.eval_rows), ("--pick-carves", a.pick_carves)):
+        if v < 0:
+            raise UsageError(f"{flag} must be >= 0, got {v}")
     if a.minutes is not None and not a.minutes > 0:
         raise UsageError(f"--minutes must be > 0, got {a.minutes}")
     data, _ = load_data(a.data, a)
@@ -138,6 +154,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
         eval_rows=a.eval_rows,
         seed=a.seed,
         pruner=a.pruner,
+        pick_carves=a.pick_carves,
         backend=a.backend,
         alpha=a.alpha,
         size_correction=a.size_correction,
@@ -174,6 +191,13 @@ def cmd_tune(a: argparse.Namespace) -> int:
         "validation rows scored": list(result.scored_rows),  # a sample of them (--eval-rows)
         "search_seconds": round(time.perf_counter() - t, 1),
     }
+    if len(result.top) > 1:  # the final pick's mean over carves, per trial
+        best[CONFIG_ABOUT]["top trials, mean over carves"] = {str(n): v for n, v in result.top.items()}
+        print(
+            f"tune: of the best {len(result.top)} trials, {result.best_trial} has the best mean {a.metric} over "
+            f"{1 + a.pick_carves} validation carves ({result.top[result.best_trial]:.4f})",
+            file=sys.stderr,
+        )
     c = result.correction
     if c is not None:
         best[CONFIG_ABOUT]["size correction"] = c.as_dict()
