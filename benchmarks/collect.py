@@ -35,6 +35,7 @@ FRAGMENTS = [  # in the order they appear in RESULTS.md
     "results_latency.md",
     "results_defaults.md",
     "results_tune.md",
+    "results_tune_top.md",
     "results_evaluation.md",
     "results_time_to_quality.md",
     "results_compile.md",

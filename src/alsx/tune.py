@@ -263,7 +263,7 @@ def tune(
             bar.set_postfix({f"best {metric}": f"{study.best_value:.4f}", "trial": study.best_trial.number})
         if minutes is not None and done and (fits := after_search()):  # keep time for the pick's and correction's
             keep = min(CORRECTION_SHARE * 60.0 * minutes, fits * trial_seconds())
-            if time.perf_counter() - t0 > 60.0 * minutes - keep:
+            if time.perf_counter() - t0 + trial_seconds() > 60.0 * minutes - keep:  # the next trial would eat it
                 study.stop()
 
     def after_search() -> int:  # fits at least, after the search
